@@ -1,0 +1,342 @@
+"""The composition root: build botsky from Settings and run it.
+
+This is the only module (with the CLI) that reads ``Settings``; every component takes plain
+arguments. ``App.run`` reads the source, routes each event to its sinks (identity, consent,
+presence, outcomes, the selector), lets the dispatch workers answer queued posts, saves the
+cursor every ``cursor_every`` events and at exit, logs scores every ``score_interval`` seconds
+and at shutdown, and returns a summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from botsky.army import Army, Bot
+from botsky.configload import LoadedConfig, Secrets
+from botsky.dispatch import ComposeRules, Dispatcher, Selector
+from botsky.errors import ConfigError
+from botsky.events import Event, PostRef
+from botsky.identity import MemoryIdentity
+from botsky.ledger import Ledger, open_ledger
+from botsky.llm import make_model
+from botsky.llm.base import Model, Price
+from botsky.outcomes import OutcomeWatcher
+from botsky.policy import AudiencePolicy
+from botsky.posting import DryRunPoster, Poster
+from botsky.presence import Presence
+from botsky.recommend import Recommender
+from botsky.scoring import score, score_log_fields
+from botsky.sources import open_source
+from botsky.sources.base import Source
+
+__all__ = ["App", "RunSummary", "build_app", "build_bots"]
+
+log = structlog.get_logger("botsky.app")
+
+
+@dataclass
+class RunSummary:
+    """What one run did; printed at the end of a finite source and logged at shutdown."""
+
+    events: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_operation: Counter[str] = field(default_factory=Counter)
+    by_collection: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0
+    skip_reasons: Counter[str] = field(default_factory=Counter)
+    selector: Counter[str] = field(default_factory=Counter)
+    dispatch: Counter[str] = field(default_factory=Counter)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    opt_outs: int = 0
+    cursor: int | None = None
+    interrupted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "by_kind": dict(self.by_kind),
+            "by_operation": dict(self.by_operation),
+            "by_collection": dict(self.by_collection),
+            "skipped": self.skipped,
+            "skip_reasons": dict(self.skip_reasons),
+            "selector": dict(self.selector),
+            "dispatch": dict(self.dispatch),
+            "outcomes": dict(self.outcomes),
+            "opt_outs": self.opt_outs,
+            "cursor": self.cursor,
+            "interrupted": self.interrupted,
+        }
+
+
+class App:
+    """One botsky process: a source, its sinks and the dispatch workers."""
+
+    def __init__(
+        self,
+        *,
+        source: Source,
+        ledger: Ledger,
+        presence: Presence,
+        identity: MemoryIdentity,
+        policy: AudiencePolicy,
+        outcomes: OutcomeWatcher,
+        selector: Selector | None,
+        dispatcher: Dispatcher | None,
+        cursor_name: str,
+        cursor_every: int = 100,
+        score_interval_s: float = 60.0,
+        drain_on_eof: bool = True,
+        models: tuple[Model, ...] = (),
+    ) -> None:
+        self.source = source
+        self.ledger = ledger
+        self.presence = presence
+        self.identity = identity
+        self.policy = policy
+        self.outcomes = outcomes
+        self.selector = selector
+        self.dispatcher = dispatcher
+        self.cursor_name = cursor_name
+        self.cursor_every = cursor_every
+        self.score_interval_s = score_interval_s
+        self.drain_on_eof = drain_on_eof
+        self.models = models
+        self.summary = RunSummary()
+        self._cursor: int | None = None
+
+    async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
+        """Run until the source ends or ``stop`` is set; always saves the cursor and scores."""
+        stop = stop or asyncio.Event()
+        loaded = await self.outcomes.load()
+        log.info("app_started", source=self.source.name, open_mentions=loaded)
+        workers = asyncio.create_task(self.dispatcher.run()) if self.dispatcher else None
+        scorer = asyncio.create_task(self._score_loop())
+        reader = asyncio.create_task(self._read())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            self.summary.interrupted = not reader.done()
+            if self.summary.interrupted:
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader  # re-raises a fatal error from the reader
+        finally:
+            stopper.cancel()
+            await self._finish(workers, scorer)
+        return self.summary
+
+    async def aclose(self) -> None:
+        """Close the ledger and the models' HTTP clients."""
+        for model in self.models:
+            await model.aclose()
+        await self.ledger.close()
+
+    async def _read(self) -> None:
+        async for event in self.source:
+            await self.route(event)
+            self._cursor = event.cursor
+            if self.summary.events % self.cursor_every == 0:
+                await self.ledger.save_cursor(self.cursor_name, event.cursor)
+
+    async def route(self, event: Event) -> None:
+        """Hand one event to every sink. One bad event is logged, never fatal to the stream."""
+        s = self.summary
+        s.events += 1
+        s.by_kind[event.kind] += 1
+        if event.kind == "commit":
+            s.by_operation[event.operation or ""] += 1
+            s.by_collection[event.collection or ""] += 1
+        try:
+            self.identity.observe(event)
+            opted_out = self.policy.observe(event)
+            if opted_out is not None:
+                s.opt_outs += 1
+                await self.ledger.add_opt_out(opted_out, "blocked a bot", event.time_us)
+                log.info("opted_out", did=opted_out, reason="blocked a bot")
+            self.presence.observe(event)
+            await self.outcomes.observe(event)
+            if self.selector is not None and self.dispatcher is not None and event.is_post_create:
+                post = PostRef.of(event.record)
+                reason = self.selector.reason(event, post)
+                if reason is None and self.dispatcher.offer(event, post):
+                    self.selector.accepted(event)
+                s.selector[reason or "queued"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            s.skip_reasons["route_error"] += 1
+            log.exception("route_failed", uri=event.uri if event.kind == "commit" else event.did)
+
+    async def _finish(self, workers: asyncio.Task[None] | None, scorer: asyncio.Task[None]) -> None:
+        if self.dispatcher is not None and workers is not None:
+            if self.summary.interrupted or not self.drain_on_eof:
+                dropped = self.dispatcher.discard_pending()
+                if dropped:
+                    log.info("pending_posts_dropped", count=dropped)
+            await self.dispatcher.close()
+            await workers
+            self.summary.dispatch = self.dispatcher.counts
+        scorer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scorer
+        await self.outcomes.expire(self.presence.now_us)
+        if self._cursor is not None:
+            await self.ledger.save_cursor(self.cursor_name, self._cursor)
+        self.summary.cursor = self._cursor
+        stats = self.source.stats
+        self.summary.skipped = stats.skipped
+        self.summary.skip_reasons.update(stats.skip_reasons)
+        self.summary.outcomes = dict(self.outcomes.counts)
+        await self.log_scores()
+        log.info("run_summary", **self.summary.as_dict())
+        await self.source.aclose()
+
+    async def _score_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.score_interval_s)
+            await self.outcomes.expire(self.presence.now_us)
+            await self.log_scores()
+
+    async def log_scores(self) -> None:
+        """One ``recommender_score`` line per model."""
+        rows = score(await self.ledger.mentions(), await self.ledger.outcomes(), by="model")
+        for s in rows:
+            fields = score_log_fields(s)
+            log.info(fields.pop("event"), **fields)
+
+
+def build_bots(loaded: LoadedConfig, secrets: Secrets, *, http_client: Any = None) -> list[Bot]:
+    """Bots whose model can run: a bot without its API key is left out, with a warning."""
+    bots: list[Bot] = []
+    prices = loaded.settings.prices
+    for cfg in loaded.bots:
+        key = secrets[cfg.name].api_key if cfg.name in secrets else None
+        if cfg.provider != "template" and key is None:
+            log.warning("bot_disabled", bot=cfg.name, reason=f"{cfg.default_key_env} is not set")
+            continue
+        price_cfg = prices.get(cfg.model)
+        price = Price(price_cfg.input_per_mtok, price_cfg.output_per_mtok) if price_cfg else Price()
+        model = make_model(
+            cfg,
+            api_key=key.get_secret_value() if key else None,
+            price=price,
+            http_client=http_client,
+        )
+        # Dry-run bots may have no DID yet; did:web of the handle is valid and clearly not PLC.
+        did = cfg.account.did or f"did:web:{cfg.account.handle}"
+        bots.append(
+            Bot(
+                name=cfg.name,
+                persona=cfg.persona,
+                model=model,
+                picker=cfg.picker,
+                handle=cfg.account.handle,
+                did=did,
+                weight=cfg.weight,
+                languages=tuple(cfg.languages),
+            )
+        )
+    return bots
+
+
+async def build_app(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    *,
+    http_client: Any = None,
+    poster: Poster | None = None,
+) -> App:
+    """Wire every component from the loaded configuration; the ledger is opened here."""
+    st = loaded.settings
+    if st.posting.mode == "live" and poster is None:
+        raise ConfigError("posting.mode 'live' needs the atproto poster, which is not built yet")
+    st.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = open_ledger(st.ledger.url, st.data_dir)
+    await ledger.open()
+    rng = random.Random(st.seed)
+    cursor_name = st.source.cursor_name
+    after = await ledger.load_cursor(cursor_name) if st.source.resume else None
+    source = open_source(st.source, after_cursor=after)
+
+    bots = build_bots(loaded, secrets, http_client=http_client)
+    identity = MemoryIdentity({b.did: b.handle for b in bots})
+    opted_out = await ledger.opt_outs()
+    policy = AudiencePolicy(
+        mode=st.audience.mode,
+        bot_dids=[b.did for b in bots],
+        allow_list=st.audience.allow_list,
+        opted_out=opted_out,
+    )
+    presence = Presence(
+        window_s=st.presence.window_s,
+        max_users=st.presence.max_users,
+        terms_per_user=st.presence.terms_per_user,
+        texts_per_user=st.presence.texts_per_user,
+    )
+    outcomes = OutcomeWatcher(ledger, window_s=st.outcomes.window_s)
+    selector = dispatcher = None
+    if bots:
+        army = Army(bots, random.Random(rng.random()))
+        recommender = Recommender(
+            presence,
+            identity,
+            top_k=st.recommend.top_k,
+            cooldown_s=st.recommend.cooldown_s,
+            require_shared_language=st.recommend.require_shared_language,
+            is_bot=army.is_bot,
+            may_mention=policy.may_mention,
+        )
+        for did, time_us in await ledger.mentioned_since(0):
+            recommender.note_mentioned(did, time_us)
+        selector = Selector(
+            is_bot=army.is_bot,
+            may_answer=policy.may_answer,
+            sample_rate=st.dispatch.sample_rate,
+            author_cooldown_s=st.dispatch.author_cooldown_s,
+            reply_to_bots=st.dispatch.reply_to_bots,
+            reply_to_replies=st.dispatch.reply_to_replies,
+            languages=tuple(st.dispatch.languages),
+            rng=random.Random(rng.random()),
+        )
+        dispatcher = Dispatcher(
+            army=army,
+            recommender=recommender,
+            presence=presence,
+            identity=identity,
+            ledger=ledger,
+            poster=poster or DryRunPoster(),
+            outcomes=outcomes,
+            rules=ComposeRules(
+                max_graphemes=st.compose.max_graphemes,
+                max_bytes=st.compose.max_bytes,
+                allow_links=st.compose.allow_links,
+                allow_other_mentions=st.compose.allow_other_mentions,
+            ),
+            queue_size=st.dispatch.queue_size,
+            workers=st.dispatch.workers,
+            rng=random.Random(rng.random()),
+        )
+    else:
+        log.warning("no_bots_enabled", hint="set the bots' API key variables or add template bots")
+    return App(
+        source=source,
+        ledger=ledger,
+        presence=presence,
+        identity=identity,
+        policy=policy,
+        outcomes=outcomes,
+        selector=selector,
+        dispatcher=dispatcher,
+        cursor_name=cursor_name,
+        cursor_every=st.cursor_every,
+        score_interval_s=st.scoring.interval_s,
+        drain_on_eof=st.dispatch.drain_on_eof,
+        models=tuple(b.model for b in bots),
+    )

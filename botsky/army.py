@@ -1,0 +1,71 @@
+"""The bot army: personas on models with their own accounts, assigned to posts at random.
+
+``pick`` draws a bot by weight from a seeded RNG among the bots that speak the post's language,
+and logs the draw: each model's score then comes from a randomized assignment, so differences
+between models are not explained by which posts they got.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from botsky.llm.base import Model
+
+__all__ = ["Army", "Bot"]
+
+log = structlog.get_logger("botsky.army")
+
+
+@dataclass(frozen=True, slots=True)
+class Bot:
+    """One persona on one model with one account; ``picker`` chooses whom it mentions."""
+
+    name: str
+    persona: str
+    model: Model
+    picker: str
+    handle: str
+    did: str
+    weight: float = 1.0
+    languages: tuple[str, ...] = ()
+
+    @property
+    def model_name(self) -> str:
+        return self.model.model
+
+    @property
+    def provider(self) -> str:
+        return self.model.provider
+
+    def speaks(self, langs: Sequence[str]) -> bool:
+        # A post without langs, or a bot without languages, is not filtered out.
+        return not langs or not self.languages or bool(set(langs) & set(self.languages))
+
+
+class Army:
+    def __init__(self, bots: Sequence[Bot], rng: random.Random) -> None:
+        if not bots:
+            raise ValueError("an army needs at least one bot")
+        self.bots = tuple(bots)
+        self.rng = rng
+        self.dids = frozenset(b.did for b in self.bots)
+        self._by_did = {b.did: b for b in self.bots}
+
+    def is_bot(self, did: str) -> bool:
+        return did in self.dids
+
+    def by_did(self, did: str) -> Bot | None:
+        return self._by_did.get(did)
+
+    def pick(self, post_uri: str, langs: Sequence[str] = ()) -> Bot | None:
+        """Draw a bot for ``post_uri`` by weight; None when no bot speaks the language."""
+        eligible = [b for b in self.bots if b.speaks(langs)]
+        if not eligible:
+            return None
+        bot = self.rng.choices(eligible, weights=[b.weight for b in eligible], k=1)[0]
+        log.debug("bot_assigned", post=post_uri, bot=bot.name, model=bot.model_name)
+        return bot

@@ -1,0 +1,216 @@
+"""Settings: the schema of ``configs/botsky.yaml`` and ``configs/bots.yaml``.
+
+Only the composition root (``botsky.app`` / ``botsky.cli``) reads these; components take plain
+arguments. Precedence: ``BOTSKY_*`` environment variables (nested with ``__``, e.g.
+``BOTSKY_LEDGER__URL``) over the YAML file over the defaults here. Secrets (model API keys, app
+passwords) never live in YAML: a bot names the environment variable or file that holds them.
+
+Loading and error reporting (file, YAML line, field) live in ``botsky.configload``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "AccountConfig",
+    "AudienceConfig",
+    "BotConfig",
+    "BotsFile",
+    "ComposeConfig",
+    "DispatchConfig",
+    "LedgerConfig",
+    "LoggingConfig",
+    "OutcomesConfig",
+    "PostingConfig",
+    "PresenceConfig",
+    "PriceConfig",
+    "RecommendConfig",
+    "ScoringConfig",
+    "Settings",
+    "SourceConfig",
+]
+
+Provider = Literal["openai", "anthropic", "openai_compatible", "template"]
+Picker = Literal["llm", "similar", "random"]
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    """Where events come from. ``name`` keys the saved cursor in the ledger."""
+
+    kind: Literal["replay"] = "replay"
+    path: Path | None = None
+    name: str = ""
+    # Replay only: resume from the saved cursor (off by default: a replay is a fixed experiment).
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> SourceConfig:
+        if self.kind == "replay" and self.path is None:
+            raise ValueError("source.kind 'replay' needs source.path")
+        return self
+
+    @property
+    def cursor_name(self) -> str:
+        return self.name or f"{self.kind}:{self.path}"
+
+
+class LedgerConfig(_Strict):
+    """``sqlite`` (a file under data_dir) or a ``postgresql://`` DSN."""
+
+    url: str = "sqlite"
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    # Also append JSON log lines to this file under data_dir (for `botsky scores --logs`).
+    file: str | None = "botsky.log.jsonl"
+
+
+class PresenceConfig(_Strict):
+    window_s: float = Field(default=1800.0, gt=0)
+    max_users: int = Field(default=1_000_000, gt=0)
+    terms_per_user: int = Field(default=48, gt=0)
+    texts_per_user: int = Field(default=5, gt=0)
+
+
+class RecommendConfig(_Strict):
+    top_k: int = Field(default=8, ge=1, le=50)
+    cooldown_s: float = Field(default=86_400.0, ge=0)
+    require_shared_language: bool = True
+
+
+class DispatchConfig(_Strict):
+    workers: int = Field(default=4, ge=1, le=1000)
+    queue_size: int = Field(default=100, ge=1)
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    author_cooldown_s: float = Field(default=3600.0, ge=0)
+    reply_to_bots: bool = False
+    reply_to_replies: bool = True
+    languages: list[str] = Field(default_factory=list)  # empty: any language
+    # Let a finite source's queued work finish before exiting (replay, simulation).
+    drain_on_eof: bool = True
+
+
+class OutcomesConfig(_Strict):
+    window_s: float = Field(default=86_400.0, gt=0)
+
+
+class ScoringConfig(_Strict):
+    interval_s: float = Field(default=60.0, gt=0)
+
+
+class ComposeConfig(_Strict):
+    max_graphemes: int = Field(default=300, ge=20, le=300)
+    max_bytes: int = Field(default=3000, ge=100, le=3000)
+    allow_links: bool = False
+    allow_other_mentions: bool = False
+
+
+class PostingConfig(_Strict):
+    mode: Literal["dry_run", "live"] = "dry_run"
+
+
+class AudienceConfig(_Strict):
+    """Consent. ``opt_in`` answers and mentions only users who opted in."""
+
+    mode: Literal["opt_in", "open"] = "opt_in"
+    acknowledge_open_audience: bool = False
+    allow_list: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _open_needs_ack(self) -> AudienceConfig:
+        if self.mode == "open" and not self.acknowledge_open_audience:
+            raise ValueError(
+                "audience.mode 'open' answers strangers; it is only for networks you operate "
+                "and needs audience.acknowledge_open_audience: true"
+            )
+        return self
+
+
+class PriceConfig(_Strict):
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """The service configuration (``configs/botsky.yaml`` + ``BOTSKY_*`` env)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOTSKY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("./data")
+    bots_file: Path = Path("bots.yaml")  # relative to the YAML file that names it
+    seed: int | None = None
+    cursor_every: int = Field(default=100, ge=1)
+    source: SourceConfig = Field(default_factory=lambda: SourceConfig(path=Path("events.jsonl")))
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    presence: PresenceConfig = Field(default_factory=PresenceConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    outcomes: OutcomesConfig = Field(default_factory=OutcomesConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    compose: ComposeConfig = Field(default_factory=ComposeConfig)
+    posting: PostingConfig = Field(default_factory=PostingConfig)
+    audience: AudienceConfig = Field(default_factory=AudienceConfig)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+
+
+class AccountConfig(_Strict):
+    """A bot's Bluesky account. The app password comes from an env var or a file, never YAML."""
+
+    handle: str
+    did: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+
+
+class BotConfig(_Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    persona: Annotated[str, Field(min_length=1)]
+    provider: Provider
+    model: Annotated[str, Field(min_length=1)]
+    base_url: str | None = None
+    api_key_env: str | None = None  # default: OPENAI_API_KEY / ANTHROPIC_API_KEY
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=400, ge=16, le=8192)
+    account: AccountConfig
+    weight: float = Field(default=1.0, gt=0)
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    picker: Picker = "llm"
+    # openai_compatible servers differ: json_schema, json_object, or none (prompt + lenient parse).
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+
+    @model_validator(mode="after")
+    def _provider_rules(self) -> BotConfig:
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise ValueError("provider 'openai_compatible' needs base_url")
+        if self.provider == "template" and self.picker == "llm":
+            raise ValueError(
+                "provider 'template' has no model to pick with; use picker similar or random"
+            )
+        return self
+
+    @property
+    def default_key_env(self) -> str | None:
+        if self.api_key_env:
+            return self.api_key_env
+        return {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}.get(self.provider)
+
+
+class BotsFile(_Strict):
+    bots: list[BotConfig] = Field(min_length=1)

@@ -1,0 +1,353 @@
+"""Dispatch: pick eligible posts and turn each into at most one bot reply with one mention.
+
+The reader never waits on a model: ``Dispatcher.offer`` puts a post on a bounded queue and, when
+the queue is full, drops the post and counts the drop. N workers then run, per post::
+
+    bot = army.pick()  →  offer = recommender.offer(bot.picker)  →  draft = write_reply(model)
+    →  compose (validate, facets, limits)  →  ledger.claim(post)  →  poster.reply
+    →  ledger.record_mention  →  outcomes.track
+
+The claim comes after the model call, right before posting, so a failed model call leaves no
+trace in the ledger; the claim's unique key makes a second reply to the same post impossible
+across restarts and replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
+
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from botsky.army import Army, Bot
+from botsky.compose import Offered, compose
+from botsky.errors import (
+    DraftRejected,
+    LedgerUnavailable,
+    ModelError,
+    ModelUnavailable,
+    PostError,
+    PostRateLimited,
+)
+from botsky.events import Event, PostRef
+from botsky.identity import Identity
+from botsky.ledger.base import Ledger, Mention
+from botsky.llm.reply import ReplyRequest, write_reply
+from botsky.outcomes import OutcomeWatcher
+from botsky.posting import Poster, ReplyPost, StrongRef
+from botsky.presence import Presence
+from botsky.recommend import Recommender
+
+__all__ = ["ComposeRules", "Dispatcher", "Selector"]
+
+log = structlog.get_logger("botsky.dispatch")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Selector:
+    """Decides which new posts are worth a reply. ``reason`` returns None for eligible posts."""
+
+    def __init__(
+        self,
+        *,
+        is_bot: Callable[[str], bool],
+        may_answer: Callable[[str], bool] = lambda did: True,
+        sample_rate: float = 1.0,
+        author_cooldown_s: float = 3600.0,
+        reply_to_bots: bool = False,
+        reply_to_replies: bool = True,
+        languages: tuple[str, ...] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.is_bot = is_bot
+        # The consent hook: the audience policy says whose posts may be answered.
+        self.may_answer = may_answer
+        self.sample_rate = sample_rate
+        self.author_cooldown_us = int(author_cooldown_s * 1e6)
+        self.reply_to_bots = reply_to_bots
+        self.reply_to_replies = reply_to_replies
+        self.languages = frozenset(languages)
+        self.rng = rng or random.Random()
+        self._last_answered: dict[str, int] = {}
+
+    def reason(self, event: Event, post: PostRef) -> str | None:
+        """Why this post is skipped, or None when it should get a reply."""
+        if not event.is_post_create:
+            return "not_a_new_post"
+        if self.is_bot(event.did):
+            return "by_bot"
+        if not post.text.strip():
+            return "no_text"
+        if post.is_reply and not self.reply_to_replies:
+            return "is_reply"
+        if not self.reply_to_bots and post.parent_uri and self.is_bot(_authority(post.parent_uri)):
+            return "reply_to_bot"
+        if self.languages and post.langs and not self.languages & set(post.langs):
+            return "language"
+        if not self.may_answer(event.did):
+            return "no_consent"
+        last = self._last_answered.get(event.did)
+        if last is not None and event.time_us - last < self.author_cooldown_us:
+            return "author_cooldown"
+        if self.sample_rate < 1.0 and self.rng.random() >= self.sample_rate:
+            return "sampled_out"
+        return None
+
+    def accepted(self, event: Event) -> None:
+        """Start the author's cooldown (called once the post is queued)."""
+        self._last_answered[event.did] = event.time_us
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeRules:
+    max_graphemes: int = 300
+    max_bytes: int = 3000
+    allow_links: bool = False
+    allow_other_mentions: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    event: Event
+    post: PostRef
+    queued_at: float
+
+
+class Dispatcher:
+    """The bounded queue and its workers."""
+
+    def __init__(
+        self,
+        *,
+        army: Army,
+        recommender: Recommender,
+        presence: Presence,
+        identity: Identity,
+        ledger: Ledger,
+        poster: Poster,
+        outcomes: OutcomeWatcher,
+        rules: ComposeRules = ComposeRules(),
+        queue_size: int = 100,
+        workers: int = 4,
+        rng: random.Random | None = None,
+        ledger_attempts: int = 5,
+    ) -> None:
+        self.army = army
+        self.recommender = recommender
+        self.presence = presence
+        self.identity = identity
+        self.ledger = ledger
+        self.poster = poster
+        self.outcomes = outcomes
+        self.rules = rules
+        self.workers = workers
+        self.rng = rng or random.Random()
+        self.ledger_attempts = ledger_attempts
+        # Unbounded underneath so the stop markers never wait; ``offer`` enforces the bound.
+        self.queue_size = queue_size
+        self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self.counts: Counter[str] = Counter()
+
+    def offer(self, event: Event, post: PostRef) -> bool:
+        """Queue a post without waiting; False (and a counted drop) when the queue is full."""
+        if self.queue.qsize() >= self.queue_size:
+            self.counts["dropped_queue_full"] += 1
+            return False
+        self.queue.put_nowait(_Job(event, post, time.perf_counter()))
+        self.counts["queued"] += 1
+        return True
+
+    async def run(self) -> None:
+        """Run the workers until ``close`` has been called and the queue is drained."""
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(self.workers):
+                tg.create_task(self._worker())
+
+    async def close(self) -> None:
+        """Let the workers finish what is queued, then stop them."""
+        for _ in range(self.workers):
+            self.queue.put_nowait(None)
+
+    def discard_pending(self) -> int:
+        """Forget queued posts (on shutdown without draining); returns how many."""
+        n = 0
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return n
+            if job is None:
+                # Keep the stop marker so every worker still sees one.
+                self.queue.put_nowait(None)
+                return n
+            n += 1
+
+    async def _worker(self) -> None:
+        while (job := await self.queue.get()) is not None:
+            try:
+                outcome = await self.handle(job.event, job.post)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad post must never kill a worker; the error is logged with its post.
+                outcome = "error"
+                log.exception("dispatch_failed", post=job.event.uri)
+            self.counts[outcome] += 1
+
+    async def handle(self, event: Event, post: PostRef) -> str:
+        """Answer one post; returns what happened (``posted`` or why it was skipped)."""
+        structlog.contextvars.bind_contextvars(post=event.uri)
+        try:
+            return await self._handle(event, post)
+        finally:
+            structlog.contextvars.unbind_contextvars("post")
+
+    async def _handle(self, event: Event, post: PostRef) -> str:
+        bot = self.army.pick(event.uri, post.langs)
+        if bot is None:
+            return "no_bot_for_language"
+        offer = self.recommender.offer(bot.picker, post.text, event.did, post.langs, self.rng)
+        if not offer.candidates:
+            log.info("no_candidates", bot=bot.name)
+            return "no_candidates"
+        author = self.presence.profile(event.did)
+        req = ReplyRequest(
+            persona=bot.persona,
+            post_text=post.text,
+            author_handle=self.identity.handle(event.did) or event.did,
+            author_recent=tuple(t for t in (author.texts if author else ()) if t != post.text),
+            candidates=offer.candidates,
+            langs=post.langs,
+            max_graphemes=self.rules.max_graphemes,
+            chosen=None if offer.model_chooses else offer.candidates[0].handle,
+        )
+        started = time.perf_counter()
+        try:
+            draft = await write_reply(bot.model, req)
+            composed = compose(
+                draft.reply,
+                draft.mention,
+                [Offered(c.did, c.handle) for c in offer.candidates],
+                langs=post.langs,
+                max_graphemes=self.rules.max_graphemes,
+                max_bytes=self.rules.max_bytes,
+                allow_links=self.rules.allow_links,
+                allow_other_mentions=self.rules.allow_other_mentions,
+            )
+        except DraftRejected as exc:
+            log.warning("draft_rejected", bot=bot.name, model=bot.model_name, reason=exc.reason)
+            return f"rejected_{exc.reason}"
+        except ModelUnavailable as exc:
+            log.warning("model_unavailable", bot=bot.name, model=bot.model_name, error=str(exc))
+            return "model_unavailable"
+        except ModelError as exc:
+            log.warning("model_error", bot=bot.name, model=bot.model_name, error=str(exc))
+            return "model_error"
+        chosen = next(c for c in offer.candidates if c.did == composed.mention.did)
+
+        if not await self._ledger(self.ledger.claim, event.uri, bot.name, self.presence.now_us):
+            return "already_claimed"
+        root = StrongRef(post.root_uri, post.root_cid) if post.root_uri and post.root_cid else None
+        parent = StrongRef(event.uri, event.cid or "")
+        reply = ReplyPost(
+            bot=bot.name,
+            bot_did=bot.did,
+            text=composed.text,
+            facets=composed.facets,
+            langs=composed.langs,
+            root=root or parent,
+            parent=parent,
+            created_at=_rfc3339(self.presence.now_us),
+        )
+        try:
+            posted = await self.poster.reply(reply)
+        except (PostError, PostRateLimited) as exc:
+            await self._ledger(self.ledger.finish_claim, event.uri, "failed")
+            log.warning("post_failed", bot=bot.name, error=str(exc))
+            return "post_failed"
+        mention = Mention(
+            post_uri=event.uri,
+            post_cid=event.cid or "",
+            post_author=event.did,
+            root_uri=reply.root.uri,
+            root_cid=reply.root.cid,
+            bot=bot.name,
+            model=bot.model_name,
+            provider=bot.provider,
+            persona=bot.persona[:200],
+            picker=bot.picker,
+            reply_uri=posted.uri,
+            reply_cid=posted.cid,
+            reply_text=composed.text,
+            mentioned_did=chosen.did,
+            mentioned_handle=chosen.handle,
+            candidates=[c.did for c in offer.candidates],
+            rank=chosen.rank,
+            created_us=self.presence.now_us,
+            prompt_tokens=draft.usage.prompt_tokens,
+            completion_tokens=draft.usage.completion_tokens,
+            cost_usd=draft.usage.cost_usd,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            extra={"repaired": list(composed.repaired)} if composed.repaired else {},
+        )
+        await self._ledger(self.ledger.record_mention, mention)
+        self.outcomes.track(mention)
+        self.recommender.note_mentioned(chosen.did, mention.created_us)
+        _log_posted(bot, mention, composed.repaired)
+        return "posted"
+
+    async def _ledger(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        # A database blip must not lose a mention that is already posted: retry with backoff.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(LedgerUnavailable),
+            stop=stop_after_attempt(self.ledger_attempts),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            reraise=True,
+        ):
+            with attempt:
+                return await fn(*args, **kwargs)
+        raise AssertionError("unreachable")
+
+
+def _log_posted(bot: Bot, m: Mention, repaired: tuple[str, ...]) -> None:
+    # The canonical line per handled post; `botsky scores --logs` rebuilds scores from it.
+    log.info(
+        "reply_posted",
+        mention_id=m.id,
+        bot=m.bot,
+        model=m.model,
+        provider=m.provider,
+        persona=m.persona,
+        picker=m.picker,
+        post_uri=m.post_uri,
+        post_author=m.post_author,
+        root_uri=m.root_uri,
+        reply_uri=m.reply_uri,
+        mentioned_did=m.mentioned_did,
+        mentioned_handle=m.mentioned_handle,
+        rank=m.rank,
+        candidates=len(m.candidates),
+        created_us=m.created_us,
+        prompt_tokens=m.prompt_tokens,
+        completion_tokens=m.completion_tokens,
+        cost_usd=m.cost_usd,
+        latency_ms=m.latency_ms,
+        repaired=list(repaired),
+    )
+
+
+def _authority(uri: str) -> str:
+    return uri[5:].split("/", 1)[0] if uri.startswith("at://") else ""
+
+
+def _rfc3339(time_us: int) -> str:
+    dt = datetime.fromtimestamp(time_us / 1e6, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

@@ -1,0 +1,277 @@
+"""The one event type every source converges on, and Jetstream v1 JSON parsing.
+
+An ``Event`` is shaped like a Jetstream commit because Jetstream is already the normalized form
+of the firehose: relay frames, replay files and the simulated world are all turned into it, so
+everything downstream (presence, outcomes, the selector) handles exactly one type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from botsky.errors import FrameError
+
+__all__ = [
+    "BLOCK",
+    "FOLLOW",
+    "LIKE",
+    "POST",
+    "PROFILE",
+    "REPOST",
+    "Event",
+    "PostRef",
+    "at_uri",
+    "event_to_jetstream",
+    "parse_at_uri",
+    "parse_jetstream",
+]
+
+POST: Final = "app.bsky.feed.post"
+LIKE: Final = "app.bsky.feed.like"
+REPOST: Final = "app.bsky.feed.repost"
+FOLLOW: Final = "app.bsky.graph.follow"
+BLOCK: Final = "app.bsky.graph.block"
+PROFILE: Final = "app.bsky.actor.profile"
+
+_KINDS: Final = frozenset({"commit", "identity", "account"})
+_OPERATIONS: Final = frozenset({"create", "update", "delete"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One firehose event, normalized.
+
+    ``cursor`` is the source's own resume position (Jetstream: ``time_us``; relay: ``seq``);
+    ``time_us`` is when the event happened in the stream's clock (microseconds since the epoch).
+    Commit fields are ``None`` for identity and account events; ``handle`` is set on identity
+    events that carry one; ``active``/``status`` on account events.
+    """
+
+    did: str
+    time_us: int
+    kind: str
+    cursor: int = 0
+    operation: str | None = None
+    collection: str | None = None
+    rkey: str | None = None
+    cid: str | None = None
+    record: dict[str, Any] | None = None
+    rev: str | None = None
+    handle: str | None = None
+    active: bool | None = None
+    status: str | None = None
+
+    @property
+    def uri(self) -> str:
+        """The AT-URI of the record this commit touches."""
+        return f"at://{self.did}/{self.collection}/{self.rkey}"
+
+    @property
+    def is_post_create(self) -> bool:
+        return self.operation == "create" and self.collection == POST
+
+    def subject_uri(self) -> str | None:
+        """For a like or repost, the URI it points at; for a block, None (see ``subject_did``)."""
+        subject = (self.record or {}).get("subject")
+        if isinstance(subject, dict):
+            uri = subject.get("uri")
+            return uri if isinstance(uri, str) else None
+        return None
+
+    def subject_did(self) -> str | None:
+        """For a follow or block, the DID it points at."""
+        subject = (self.record or {}).get("subject")
+        return subject if isinstance(subject, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class PostRef:
+    """The parts of a post record botsky reads: text, languages, thread position, quote."""
+
+    text: str
+    langs: tuple[str, ...]
+    root_uri: str | None
+    root_cid: str | None
+    parent_uri: str | None
+    parent_cid: str | None
+    quote_uri: str | None
+    mention_dids: tuple[str, ...]
+
+    @classmethod
+    def of(cls, record: object) -> PostRef:
+        """Read a post record defensively: any field may be missing or of the wrong type.
+
+        Anything that is not a dict (``None`` included) reads as an empty post.
+        """
+        if not isinstance(record, dict):
+            record = {}
+        text = record.get("text")
+        langs = record.get("langs")
+        reply = record.get("reply")
+        root = reply.get("root") if isinstance(reply, dict) else None
+        parent = reply.get("parent") if isinstance(reply, dict) else None
+        return cls(
+            text=text if isinstance(text, str) else "",
+            langs=tuple(x for x in langs if isinstance(x, str)) if isinstance(langs, list) else (),
+            root_uri=_str_field(root, "uri"),
+            root_cid=_str_field(root, "cid"),
+            parent_uri=_str_field(parent, "uri"),
+            parent_cid=_str_field(parent, "cid"),
+            quote_uri=_quote_uri(record.get("embed")),
+            mention_dids=_mention_dids(record.get("facets")),
+        )
+
+    @property
+    def is_reply(self) -> bool:
+        return self.parent_uri is not None
+
+
+def _str_field(obj: object, key: str) -> str | None:
+    if isinstance(obj, dict):
+        value = obj.get(key)
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _quote_uri(embed: object) -> str | None:
+    if not isinstance(embed, dict):
+        return None
+    # app.bsky.embed.record holds {record: strongRef}; recordWithMedia nests it once more.
+    record = embed.get("record")
+    if isinstance(record, dict) and isinstance(record.get("record"), dict):
+        record = record["record"]
+    return _str_field(record, "uri")
+
+
+def _mention_dids(facets: object) -> tuple[str, ...]:
+    if not isinstance(facets, list):
+        return ()
+    found: list[str] = []
+    for facet in facets:
+        features = facet.get("features") if isinstance(facet, dict) else None
+        for feature in features if isinstance(features, list) else ():
+            if (
+                isinstance(feature, dict)
+                and feature.get("$type") == "app.bsky.richtext.facet#mention"
+                and isinstance(feature.get("did"), str)
+            ):
+                found.append(feature["did"])
+    return tuple(found)
+
+
+def at_uri(did: str, collection: str, rkey: str) -> str:
+    return f"at://{did}/{collection}/{rkey}"
+
+
+def parse_at_uri(uri: str) -> tuple[str, str, str]:
+    """Split ``at://did/collection/rkey``; raise ``ValueError`` for anything else."""
+    if not uri.startswith("at://"):
+        raise ValueError(f"not an AT-URI: {uri!r}")
+    parts = uri[5:].split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"not a record AT-URI: {uri!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def parse_jetstream(line: bytes | str) -> Event:
+    """Parse one Jetstream v1 JSON event (a websocket message or a replay line).
+
+    Raises ``FrameError`` for anything that is not a well-formed event; callers skip and count.
+    """
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise FrameError("event is not a JSON object")
+    did = data.get("did")
+    time_us = data.get("time_us")
+    kind = data.get("kind")
+    if not isinstance(did, str) or not did.startswith("did:"):
+        raise FrameError(f"missing or invalid did: {did!r}")
+    if not isinstance(time_us, int) or isinstance(time_us, bool) or time_us < 0:
+        raise FrameError(f"missing or invalid time_us: {time_us!r}")
+    if kind not in _KINDS:
+        raise FrameError(f"unknown kind: {kind!r}")
+    body = data.get(kind)
+    if not isinstance(body, dict):
+        raise FrameError(f"{kind} event without a {kind!r} object")
+    if kind == "commit":
+        op = body.get("operation")
+        collection = body.get("collection")
+        rkey = body.get("rkey")
+        if op not in _OPERATIONS:
+            raise FrameError(f"unknown operation: {op!r}")
+        if not isinstance(collection, str) or not isinstance(rkey, str):
+            raise FrameError("commit without collection or rkey")
+        record = body.get("record")
+        if op != "delete" and not isinstance(record, dict):
+            raise FrameError(f"{op} without a record")
+        cid = body.get("cid")
+        rev = body.get("rev")
+        return Event(
+            did=did,
+            time_us=time_us,
+            kind=kind,
+            cursor=time_us,
+            operation=op,
+            collection=collection,
+            rkey=rkey,
+            cid=cid if isinstance(cid, str) else None,
+            record=record if isinstance(record, dict) else None,
+            rev=rev if isinstance(rev, str) else None,
+        )
+    if kind == "identity":
+        handle = body.get("handle")
+        return Event(
+            did=did,
+            time_us=time_us,
+            kind=kind,
+            cursor=time_us,
+            handle=handle if isinstance(handle, str) else None,
+        )
+    active = body.get("active")
+    status = body.get("status")
+    return Event(
+        did=did,
+        time_us=time_us,
+        kind=kind,
+        cursor=time_us,
+        active=active if isinstance(active, bool) else None,
+        status=status if isinstance(status, str) else None,
+    )
+
+
+def event_to_jetstream(event: Event) -> bytes:
+    """Serialize an event as a Jetstream v1 JSON line (no newline); undoes ``parse_jetstream``."""
+    out: dict[str, Any] = {"did": event.did, "time_us": event.time_us, "kind": event.kind}
+    if event.kind == "commit":
+        commit: dict[str, Any] = {
+            "operation": event.operation,
+            "collection": event.collection,
+            "rkey": event.rkey,
+        }
+        # Optional fields are written only when set, so parsing the line gives the same Event.
+        if event.rev is not None:
+            commit["rev"] = event.rev
+        if event.record is not None:
+            commit["record"] = event.record
+        if event.cid is not None:
+            commit["cid"] = event.cid
+        out["commit"] = commit
+    elif event.kind == "identity":
+        identity: dict[str, Any] = {"did": event.did}
+        if event.handle is not None:
+            identity["handle"] = event.handle
+        out["identity"] = identity
+    else:
+        account: dict[str, Any] = {"did": event.did}
+        if event.active is not None:
+            account["active"] = event.active
+        if event.status is not None:
+            account["status"] = event.status
+        out["account"] = account
+    return orjson.dumps(out)

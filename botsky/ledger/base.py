@@ -1,0 +1,146 @@
+"""The ledger contract: what botsky remembers across restarts and replicas.
+
+Two backends implement it (``sqlite`` embedded, ``postgres`` for production and replicas); one
+contract test suite runs against both. All times are microseconds in the stream's clock.
+
+Tables (numbered migrations in each backend):
+- ``claims``: one row per post botsky decided to answer; ``post_uri`` is UNIQUE, which is what
+  makes a second reply impossible across restarts and replicas. ``status``: ``posting`` (intent
+  recorded, post call not yet confirmed), ``posted``, ``failed``.
+- ``mentions``: one row per posted bot reply and the user it @-mentioned.
+- ``outcomes``: success / engagement / negative events tied to a mention; UNIQUE on
+  ``(mention_id, kind, uri)`` so replaying the same event records it once.
+- ``cursors``: source name → last cursor.
+- ``opt_outs``: DIDs that must never be answered or mentioned again (permanent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "CLAIM_STATUSES",
+    "MENTION_STATUSES",
+    "OUTCOME_KINDS",
+    "Ledger",
+    "Mention",
+    "Outcome",
+]
+
+CLAIM_STATUSES = ("posting", "posted", "failed")
+MENTION_STATUSES = ("open", "succeeded", "expired")
+# success: the mentioned user posted in the thread. like/repost/quote: of the bot's reply.
+# author_reply: the original author replied to the bot. block: a negative (either party blocked).
+OUTCOME_KINDS = ("success", "like", "repost", "quote", "author_reply", "block")
+
+
+@dataclass(slots=True)
+class Mention:
+    """A posted bot reply and the user it recommended. ``id`` is 0 until recorded."""
+
+    post_uri: str
+    post_cid: str
+    post_author: str
+    root_uri: str
+    root_cid: str
+    bot: str
+    model: str
+    provider: str
+    persona: str
+    picker: str
+    reply_uri: str
+    reply_cid: str
+    reply_text: str
+    mentioned_did: str
+    mentioned_handle: str
+    candidates: list[str]  # DIDs offered, in similarity order
+    rank: int  # similarity rank of the chosen candidate (0 = most similar)
+    created_us: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    status: str = "open"
+    outcome_us: int | None = None  # when it succeeded or expired
+    id: int = 0
+    extra: dict[str, object] = field(default_factory=dict)  # free-form, stored as JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Something that happened to a mention: success, engagement or a negative."""
+
+    mention_id: int
+    kind: str  # one of OUTCOME_KINDS
+    actor: str  # DID that did it
+    uri: str  # the record that did it (reply post, like, block)
+    time_us: int
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Persistent state. Every method is safe to call concurrently from one event loop."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations. Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    # claims ---------------------------------------------------------------------------------
+    async def claim(self, post_uri: str, owner: str, time_us: int) -> bool:
+        """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
+
+    async def finish_claim(self, post_uri: str, status: str) -> None:
+        """Set a claim's status (``posted`` or ``failed``); ValueError for an unknown status."""
+
+    async def claims_with_status(self, status: str) -> list[tuple[str, str]]:
+        """``(post_uri, owner)`` of every claim in ``status`` (e.g. ``posting`` after a crash)."""
+
+    # mentions -------------------------------------------------------------------------------
+    async def record_mention(self, mention: Mention) -> int:
+        """Store a mention and mark its post's claim ``posted``, in one transaction.
+
+        If the post was never claimed, a ``posted`` claim owned by ``mention.bot`` is created,
+        so the post can never be claimed again. Returns the new id (also set on ``mention.id``).
+        """
+
+    async def open_mentions(self) -> list[Mention]:
+        """Every mention whose status is ``open``, oldest first."""
+
+    async def mentions(self) -> list[Mention]:
+        """Every mention, oldest first (for scoring)."""
+
+    async def mentioned_since(self, since_us: int) -> list[tuple[str, int]]:
+        """``(mentioned_did, created_us)`` of mentions created at or after ``since_us``."""
+
+    async def close_mention(self, mention_id: int, status: str, time_us: int) -> bool:
+        """Move an open mention to ``succeeded`` or ``expired``; False if it was not open.
+
+        Any other ``status`` is a caller bug: ValueError.
+        """
+
+    # outcomes -------------------------------------------------------------------------------
+    async def record_outcome(self, outcome: Outcome) -> bool:
+        """Store an outcome once; False if this (mention, kind, uri) was already recorded.
+
+        ``mention_id`` must be a recorded mention (a foreign key): LedgerError otherwise.
+        """
+
+    async def outcomes(self) -> list[Outcome]:
+        """Every outcome, oldest first."""
+
+    # cursors --------------------------------------------------------------------------------
+    async def save_cursor(self, source: str, cursor: int) -> None:
+        """Remember a source's position (64-bit: relay sequence numbers exceed 2^31)."""
+
+    async def load_cursor(self, source: str) -> int | None:
+        """The saved position, or None if this source never saved one."""
+
+    # opt-outs -------------------------------------------------------------------------------
+    async def add_opt_out(self, did: str, reason: str, time_us: int) -> bool:
+        """Record a permanent opt-out; False if the DID had already opted out."""
+
+    async def opt_outs(self) -> dict[str, str]:
+        """Every opted-out DID with its reason."""

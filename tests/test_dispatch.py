@@ -1,0 +1,231 @@
+"""Dispatch: the selector's rules and one post's way from queue to recorded mention."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from botsky.army import Army, Bot
+from botsky.dispatch import ComposeRules, Dispatcher, Selector
+from botsky.errors import LedgerUnavailable, ModelError, ModelUnavailable, PostError
+from botsky.events import PostRef
+from botsky.identity import MemoryIdentity
+from botsky.ledger.sqlite import SqliteLedger
+from botsky.outcomes import OutcomeWatcher
+from botsky.presence import Presence
+from botsky.recommend import Recommender
+from botsky.testing import FakeModel, RecordingPoster, handles_offered, like, post
+from tests.conftest import MIN, T0
+
+BOT_DID = "did:plc:bot"
+AUTHOR = "did:plc:author"
+
+
+# Selector ----------------------------------------------------------------------------------
+def _selector(**kw: object) -> Selector:
+    return Selector(is_bot=lambda d: d == BOT_DID, rng=random.Random(1), **kw)  # type: ignore[arg-type]
+
+
+ROOT = post(AUTHOR, T0, "a root post")
+BOT_POST = post(BOT_DID, T0, "a bot post")
+
+
+@pytest.mark.parametrize(
+    ("event", "kw", "expected"),
+    [
+        (post(AUTHOR, T0, "hello world"), {}, None),
+        (like(AUTHOR, T0, ROOT.uri), {}, "not_a_new_post"),
+        (post(BOT_DID, T0, "bots talk"), {}, "by_bot"),
+        (post(AUTHOR, T0, "   "), {}, "no_text"),
+        (post(AUTHOR, T0, "a reply", reply_to=ROOT), {"reply_to_replies": False}, "is_reply"),
+        (post(AUTHOR, T0, "a reply", reply_to=ROOT), {}, None),
+        (post(AUTHOR, T0, "to the bot", reply_to=BOT_POST), {}, "reply_to_bot"),
+        (post(AUTHOR, T0, "to the bot", reply_to=BOT_POST), {"reply_to_bots": True}, None),
+        (post(AUTHOR, T0, "bonjour", langs=("fr",)), {"languages": ("en",)}, "language"),
+        (post(AUTHOR, T0, "no langs", langs=()), {"languages": ("en",)}, None),
+        (post(AUTHOR, T0, "hi"), {"may_answer": lambda d: False}, "no_consent"),
+        (post(AUTHOR, T0, "hi"), {"sample_rate": 0.0}, "sampled_out"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_selector_rules(event, kw, expected) -> None:  # type: ignore[no-untyped-def]
+    """Each eligibility rule gives its reason, and eligible posts give None."""
+    assert _selector(**kw).reason(event, PostRef.of(event.record)) == expected
+
+
+def test_selector_author_cooldown() -> None:
+    """After a post is accepted the author waits out the cooldown."""
+    sel = _selector(author_cooldown_s=3600)
+    first = post(AUTHOR, T0, "one")
+    sel.accepted(first)
+    second = post(AUTHOR, T0 + 30 * MIN, "two")
+    third = post(AUTHOR, T0 + 61 * MIN, "three")
+    assert sel.reason(second, PostRef.of(second.record)) == "author_cooldown"
+    assert sel.reason(third, PostRef.of(third.record)) is None
+
+
+def test_selector_sampling_rate() -> None:
+    """A 25% sample rate keeps about a quarter of the posts."""
+    sel = _selector(sample_rate=0.25)
+    ev = post(AUTHOR, T0, "hello")
+    kept = sum(sel.reason(ev, PostRef.of(ev.record)) is None for _ in range(4000))
+    assert 850 < kept < 1150
+
+
+# Dispatcher --------------------------------------------------------------------------------
+@dataclass
+class World:
+    dispatcher: Dispatcher
+    model: FakeModel
+    poster: RecordingPoster
+    ledger: SqliteLedger
+    presence: Presence
+
+
+@pytest.fixture
+async def world(ledger: SqliteLedger) -> AsyncIterator[World]:
+    """Three online users with known interests, one bot on a FakeModel, a real ledger."""
+    presence = Presence()
+    identity = MemoryIdentity(
+        {"did:plc:baker": "baker.test", "did:plc:cook": "cook.test", AUTHOR: "author.test"}
+    )
+    presence.observe(post("did:plc:baker", T0, "sourdough bread baking starter"))
+    presence.observe(post("did:plc:cook", T0 + 1, "bread soup kitchen recipes"))
+    model = FakeModel(model="fake-1")
+    bot = Bot("b1", "A friendly baker.", model, "llm", "bot.test", BOT_DID)
+    army = Army([bot], random.Random(1))
+    poster = RecordingPoster()
+    d = Dispatcher(
+        army=army,
+        recommender=Recommender(presence, identity, is_bot=army.is_bot),
+        presence=presence,
+        identity=identity,
+        ledger=ledger,
+        poster=poster,
+        outcomes=OutcomeWatcher(ledger),
+        rules=ComposeRules(max_graphemes=120),
+        queue_size=2,
+        workers=1,
+    )
+    yield World(d, model, poster, ledger, presence)
+
+
+def _post(text: str = "How do I feed a sourdough starter for better bread?", dt: int = 10):
+    ev = post(AUTHOR, T0 + dt, text)
+    return ev, PostRef.of(ev.record)
+
+
+async def test_a_post_becomes_one_reply_with_a_valid_mention(world: World) -> None:
+    """The bot replies with a facet for an offered user; claim and mention are recorded."""
+    ev, ref = _post()
+    world.presence.observe(ev)
+    assert await world.dispatcher.handle(ev, ref) == "posted"
+    (sent,) = world.poster.posted
+    (facet,) = sent.facets
+    start, end = facet["index"]["byteStart"], facet["index"]["byteEnd"]
+    assert sent.text.encode()[start:end] == b"@baker.test"
+    assert facet["features"][0]["did"] == "did:plc:baker"
+    assert sent.parent.uri == ev.uri and sent.root.uri == ev.uri
+    (m,) = await world.ledger.mentions()
+    assert (m.mentioned_did, m.model, m.rank, m.picker) == ("did:plc:baker", "fake-1", 0, "llm")
+    assert m.candidates == ["did:plc:baker", "did:plc:cook"]
+    assert m.prompt_tokens == 100 and m.cost_usd == pytest.approx(0.001)
+    assert await world.ledger.claims_with_status("posted") == [(ev.uri, "b1")]
+    # The prompt carried the post as untrusted text and the candidates.
+    _system, user = world.model.calls[0]
+    assert "<post>" in user and handles_offered(user) == ["baker.test", "cook.test"]
+
+
+async def test_the_same_post_is_never_answered_twice(world: World) -> None:
+    """A second handling of the same post stops at the claim."""
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "posted"
+    world.dispatcher.recommender._last_mentioned.clear()
+    assert await world.dispatcher.handle(ev, ref) == "already_claimed"
+    assert len(world.poster.posted) == 1
+    assert len(await world.ledger.mentions()) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (ModelUnavailable("429 after 4 attempts", retry_after=2.0), "model_unavailable"),
+        (ModelError("refused"), "model_error"),
+        ({"reply": "ask @mallory.test", "mention": "mallory.test"}, "rejected_mention_not_offered"),
+        ({"reply": "no mention field"}, "rejected_malformed_answer"),
+        ({"reply": "   ", "mention": "baker.test"}, "rejected_malformed_answer"),
+    ],
+    ids=["unavailable", "refused", "not_offered", "malformed", "empty"],
+)
+async def test_model_failures_leave_nothing_in_the_ledger(world: World, answer, expected) -> None:  # type: ignore[no-untyped-def]
+    """A failed or rule-breaking model answer is skipped: no claim, no post, no mention."""
+    world.model.script(answer)
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == expected
+    assert world.poster.posted == []
+    assert await world.ledger.mentions() == []
+    assert await world.ledger.claims_with_status("posting") == []
+    assert await world.ledger.claims_with_status("posted") == []
+
+
+async def test_an_overlong_reply_is_trimmed_and_keeps_its_mention(world: World) -> None:
+    """An answer over the grapheme limit is repaired, not rejected; the mention survives."""
+    world.model.script({"reply": "🍞 " * 200 + "@baker.test", "mention": "baker.test"})
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "posted"
+    (sent,) = world.poster.posted
+    assert "@baker.test" in sent.text
+    (m,) = await world.ledger.mentions()
+    assert "trimmed" in m.extra["repaired"]  # type: ignore[operator]
+
+
+async def test_a_failed_post_marks_the_claim_failed(world: World) -> None:
+    """When the PDS refuses the post, no mention is recorded and the post is not retried."""
+    world.poster.fail_with.append(PostError("parent deleted"))
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "post_failed"
+    assert await world.ledger.mentions() == []
+    assert await world.ledger.claims_with_status("failed") == [(ev.uri, "b1")]
+    assert await world.dispatcher.handle(ev, ref) == "already_claimed"
+
+
+async def test_no_candidates_means_no_model_call(world: World) -> None:
+    """A post nobody online fits is skipped before the model is asked."""
+    ev, ref = _post("Quantum chromodynamics lattice gauge theory")
+    assert await world.dispatcher.handle(ev, ref) == "no_candidates"
+    assert world.model.calls == []
+
+
+async def test_ledger_blips_are_retried_so_a_posted_reply_is_recorded(world: World) -> None:
+    """A transient ledger error while recording a posted reply is retried, not lost."""
+    real = world.ledger.record_mention
+    failures = [LedgerUnavailable("locked"), LedgerUnavailable("locked")]
+
+    async def flaky(m):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return await real(m)
+
+    world.ledger.record_mention = flaky  # type: ignore[method-assign]
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "posted"
+    assert len(await world.ledger.mentions()) == 1
+
+
+async def test_a_full_queue_drops_and_counts_without_waiting(world: World) -> None:
+    """offer never blocks: past the queue size posts are dropped and counted."""
+    results = [world.dispatcher.offer(*_post(dt=i)) for i in range(5)]
+    assert results == [True, True, False, False, False]
+    assert world.dispatcher.counts["dropped_queue_full"] == 3
+
+
+async def test_workers_drain_the_queue_and_stop(world: World) -> None:
+    """run() handles every queued post and returns after close()."""
+    for i, text in enumerate(["sourdough bread question", "bread soup question"]):
+        world.dispatcher.offer(*_post(text, dt=i))
+    await world.dispatcher.close()
+    await world.dispatcher.run()
+    assert world.dispatcher.counts["posted"] == 2

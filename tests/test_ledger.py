@@ -1,0 +1,484 @@
+"""The ledger contract, run against SQLite and PostgreSQL alike, plus each backend's own edges."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from botsky.errors import ConfigError, LedgerError, LedgerUnavailable
+from botsky.ledger import Ledger, Mention, Outcome, open_ledger
+from botsky.ledger.postgres import PostgresLedger
+from botsky.ledger.sqlite import SqliteLedger
+
+POSTGRES_DSN = os.environ.get(
+    "BOTSKY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+T0 = 1_700_000_000_000_000  # a realistic microsecond timestamp
+
+
+# fixtures -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The test server's DSN; skips locally but fails in CI when the server is unreachable."""
+    try:
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL at BOTSKY_TEST_POSTGRES_DSN is unreachable: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_DSN
+
+
+@pytest.fixture
+def postgres_schema_dsn(postgres_dsn: str) -> Iterator[str]:
+    """A DSN whose search_path is a fresh schema, dropped after the test."""
+    schema = f"botsky_test_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    yield make_conninfo(postgres_dsn, options=f"-csearch_path={schema}")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Ledger]:
+    """Makes unopened ledgers that all share one empty database of the parametrized backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "not-yet-created" / "botsky.sqlite3"
+        return lambda: SqliteLedger(path)
+    dsn = request.getfixturevalue("postgres_schema_dsn")
+    return lambda: PostgresLedger(dsn)
+
+
+@pytest.fixture
+async def ledgers(store: Callable[[], Ledger]) -> AsyncIterator[Callable[[], Awaitable[Ledger]]]:
+    """Opens ledgers on the shared database and closes all of them after the test."""
+    made: list[Ledger] = []
+
+    async def new() -> Ledger:
+        ledger = store()
+        made.append(ledger)
+        await ledger.open()
+        return ledger
+
+    yield new
+    for ledger in made:
+        await ledger.close()
+
+
+@pytest.fixture
+async def ledger(ledgers: Callable[[], Awaitable[Ledger]]) -> Ledger:
+    """One open ledger on a fresh database."""
+    return await ledgers()
+
+
+def make_mention(n: int, **changes: object) -> Mention:
+    """A mention with every field set to something other than its default."""
+    mention = Mention(
+        post_uri=f"at://did:plc:author/app.bsky.feed.post/{n}",
+        post_cid=f"bafypost{n}",
+        post_author="did:plc:author",
+        root_uri="at://did:plc:root/app.bsky.feed.post/root",
+        root_cid="bafyroot",
+        bot="bot-a",
+        model="gpt-test",
+        provider="openai",
+        persona="gardener",
+        picker="llm",
+        reply_uri=f"at://did:plc:bot/app.bsky.feed.post/r{n}",
+        reply_cid=f"bafyreply{n}",
+        reply_text="héllo 👋 @bob.test, you might like this",
+        mentioned_did=f"did:plc:bob{n}",
+        mentioned_handle="bob.test",
+        candidates=["did:plc:carol", f"did:plc:bob{n}", "did:plc:dave"],
+        rank=1,
+        created_us=T0 + n,
+        prompt_tokens=321,
+        completion_tokens=45,
+        cost_usd=0.00123,
+        latency_ms=812.5,
+        extra={"seed": 7, "score": 0.25, "tags": ["a", "b"], "nested": {"ok": True}},
+    )
+    return dataclasses.replace(mention, **changes)  # type: ignore[arg-type]
+
+
+# the contract -------------------------------------------------------------------------------
+class TestLedgerContract:
+    """Behaviour every backend must share."""
+
+    async def test_is_a_ledger(self, ledger: Ledger) -> None:
+        """Each backend satisfies the runtime-checkable Ledger protocol."""
+        assert isinstance(ledger, Ledger)
+
+    async def test_open_and_close_are_idempotent(self, store: Callable[[], Ledger]) -> None:
+        """Opening twice and closing twice are harmless."""
+        ledger = store()
+        await ledger.open()
+        await ledger.open()
+        assert await ledger.claim("at://p/1", "me", T0)
+        await ledger.close()
+        await ledger.close()
+
+    async def test_second_ledger_sees_migrated_schema_and_data(
+        self, ledgers: Callable[[], Awaitable[Ledger]]
+    ) -> None:
+        """A second ledger on the same database skips applied migrations and sees the data."""
+        first = await ledgers()
+        await first.save_cursor("jetstream", 42)
+        second = await ledgers()
+        assert await second.load_cursor("jetstream") == 42
+
+    async def test_concurrent_first_opens_migrate_once(
+        self, ledgers: Callable[[], Awaitable[Ledger]]
+    ) -> None:
+        """Several ledgers opening an empty database at once all end up working."""
+        opened = await asyncio.gather(*(ledgers() for _ in range(3)))
+        assert [await ledger.claim("at://p/1", "me", T0) for ledger in opened] == [
+            True,
+            False,
+            False,
+        ]
+
+    async def test_data_survives_close_and_reopen(self, store: Callable[[], Ledger]) -> None:
+        """What one ledger wrote is there after it closes and a new one opens."""
+        ledger = store()
+        await ledger.open()
+        mention = make_mention(1)
+        await ledger.record_mention(mention)
+        await ledger.save_cursor("relay", 2**40 + 1)
+        await ledger.close()
+        reopened = store()
+        await reopened.open()
+        try:
+            assert await reopened.mentions() == [mention]
+            assert await reopened.load_cursor("relay") == 2**40 + 1
+            assert not await reopened.claim(mention.post_uri, "other", T0)
+        finally:
+            await reopened.close()
+
+    async def test_calls_before_open_raise_ledger_error(self, store: Callable[[], Ledger]) -> None:
+        """Using a ledger that is not open is a bug, reported as LedgerError."""
+        with pytest.raises(LedgerError):
+            await store().claim("at://p/1", "me", T0)
+
+    async def test_claim_is_true_once(self, ledger: Ledger) -> None:
+        """Only the first claim of a post wins, whoever the later claimers are."""
+        assert await ledger.claim("at://p/1", "replica-0", T0)
+        assert not await ledger.claim("at://p/1", "replica-0", T0 + 1)
+        assert not await ledger.claim("at://p/1", "replica-1", T0 + 2)
+        assert await ledger.claims_with_status("posting") == [("at://p/1", "replica-0")]
+
+    async def test_concurrent_claims_on_separate_connections(
+        self, ledgers: Callable[[], Awaitable[Ledger]]
+    ) -> None:
+        """Claimers racing on separate ledgers (connections) get exactly one True per post."""
+        a, b = await ledgers(), await ledgers()
+        for round_ in range(50):
+            uri = f"at://p/{round_}"
+            claimers = [a, b, a, b]
+            results = await asyncio.gather(
+                *(c.claim(uri, f"owner-{i}", T0) for i, c in enumerate(claimers))
+            )
+            assert results.count(True) == 1, (round_, results)
+
+    async def test_finish_claim_moves_between_statuses(self, ledger: Ledger) -> None:
+        """finish_claim changes which status list a claim appears in."""
+        for n in range(3):
+            await ledger.claim(f"at://p/{n}", f"owner-{n}", T0 + n)
+        await ledger.finish_claim("at://p/0", "posted")
+        await ledger.finish_claim("at://p/2", "failed")
+        assert await ledger.claims_with_status("posting") == [("at://p/1", "owner-1")]
+        assert await ledger.claims_with_status("posted") == [("at://p/0", "owner-0")]
+        assert await ledger.claims_with_status("failed") == [("at://p/2", "owner-2")]
+        assert not await ledger.claim("at://p/2", "again", T0)
+
+    async def test_finish_claim_rejects_unknown_status(self, ledger: Ledger) -> None:
+        """A status outside CLAIM_STATUSES is a caller bug (ValueError)."""
+        await ledger.claim("at://p/1", "me", T0)
+        with pytest.raises(ValueError):
+            await ledger.finish_claim("at://p/1", "done")
+
+    async def test_record_mention_roundtrips_every_field(self, ledger: Ledger) -> None:
+        """Every Mention field, including the JSON and float ones, comes back unchanged."""
+        mention = make_mention(1, outcome_us=None)
+        mention_id = await ledger.record_mention(mention)
+        assert mention_id > 0
+        assert mention.id == mention_id
+        (stored,) = await ledger.mentions()
+        assert stored == mention
+        assert isinstance(stored.cost_usd, float)
+        assert stored.extra == {
+            "seed": 7,
+            "score": 0.25,
+            "tags": ["a", "b"],
+            "nested": {"ok": True},
+        }
+
+    async def test_record_mention_marks_the_claim_posted(self, ledger: Ledger) -> None:
+        """Recording a mention moves its post's claim from posting to posted."""
+        mention = make_mention(1)
+        assert await ledger.claim(mention.post_uri, "replica-0", T0)
+        await ledger.record_mention(mention)
+        assert await ledger.claims_with_status("posting") == []
+        assert await ledger.claims_with_status("posted") == [(mention.post_uri, "replica-0")]
+
+    async def test_record_mention_without_claim_still_blocks_the_post(self, ledger: Ledger) -> None:
+        """A mention recorded without a prior claim still makes later claims of its post fail."""
+        mention = make_mention(1)
+        await ledger.record_mention(mention)
+        assert not await ledger.claim(mention.post_uri, "late", T0)
+        assert await ledger.claims_with_status("posted") == [(mention.post_uri, mention.bot)]
+
+    async def test_mentions_are_oldest_first(self, ledger: Ledger) -> None:
+        """mentions() and open_mentions() list in insertion order, not by created_us."""
+        recorded = [make_mention(n, created_us=T0 - n) for n in range(5)]
+        for mention in recorded:
+            await ledger.record_mention(mention)
+        assert [m.id for m in recorded] == sorted(m.id for m in recorded)
+        assert await ledger.mentions() == recorded
+        assert await ledger.open_mentions() == recorded
+
+    async def test_close_mention_only_from_open(self, ledger: Ledger) -> None:
+        """An open mention closes once; closing it again, or another way, returns False."""
+        first, second = make_mention(1), make_mention(2)
+        await ledger.record_mention(first)
+        await ledger.record_mention(second)
+        assert await ledger.close_mention(first.id, "succeeded", T0 + 100)
+        assert not await ledger.close_mention(first.id, "expired", T0 + 200)
+        assert not await ledger.close_mention(999_999, "expired", T0 + 200)
+        assert await ledger.open_mentions() == [second]
+        closed, still_open = await ledger.mentions()
+        assert (closed.status, closed.outcome_us) == ("succeeded", T0 + 100)
+        assert (still_open.status, still_open.outcome_us) == ("open", None)
+
+    async def test_close_mention_rejects_unknown_status(self, ledger: Ledger) -> None:
+        """Only succeeded and expired are valid targets for close_mention."""
+        mention = make_mention(1)
+        await ledger.record_mention(mention)
+        with pytest.raises(ValueError):
+            await ledger.close_mention(mention.id, "open", T0)
+
+    async def test_mentioned_since_filters_by_created_us(self, ledger: Ledger) -> None:
+        """mentioned_since includes the boundary and excludes older mentions."""
+        for n in range(4):
+            await ledger.record_mention(make_mention(n, created_us=T0 + 10 * n))
+        assert await ledger.mentioned_since(T0 + 10) == [
+            ("did:plc:bob1", T0 + 10),
+            ("did:plc:bob2", T0 + 20),
+            ("did:plc:bob3", T0 + 30),
+        ]
+        assert await ledger.mentioned_since(T0 + 31) == []
+
+    async def test_record_outcome_once_per_mention_kind_uri(self, ledger: Ledger) -> None:
+        """The same (mention, kind, uri) is stored once; any other combination is new."""
+        mention = make_mention(1)
+        await ledger.record_mention(mention)
+        like = Outcome(mention.id, "like", "did:plc:fan", "at://did:plc:fan/like/1", T0 + 5)
+        assert await ledger.record_outcome(like)
+        assert not await ledger.record_outcome(dataclasses.replace(like, time_us=T0 + 9))
+        repost = dataclasses.replace(like, kind="repost")
+        other_like = dataclasses.replace(like, uri="at://did:plc:fan/like/2")
+        assert await ledger.record_outcome(repost)
+        assert await ledger.record_outcome(other_like)
+        assert await ledger.outcomes() == [like, repost, other_like]
+
+    async def test_record_outcome_for_unknown_mention_is_an_error(self, ledger: Ledger) -> None:
+        """An outcome must point at a recorded mention (foreign key)."""
+        with pytest.raises(LedgerError):
+            await ledger.record_outcome(Outcome(12345, "like", "did:plc:x", "at://x", T0))
+
+    async def test_cursor_roundtrip_beyond_32_bits(self, ledger: Ledger) -> None:
+        """Cursors are 64-bit, and saving again overwrites."""
+        assert await ledger.load_cursor("relay") is None
+        await ledger.save_cursor("relay", 2**40 + 7)
+        assert await ledger.load_cursor("relay") == 2**40 + 7
+        await ledger.save_cursor("relay", 2**62)
+        await ledger.save_cursor("jetstream", 5)
+        assert await ledger.load_cursor("relay") == 2**62
+        assert await ledger.load_cursor("jetstream") == 5
+
+    async def test_opt_out_is_recorded_once(self, ledger: Ledger) -> None:
+        """The first opt-out of a DID wins; a repeat returns False and keeps the first reason."""
+        assert await ledger.add_opt_out("did:plc:a", "blocked bot-a", T0)
+        assert not await ledger.add_opt_out("did:plc:a", "said stop", T0 + 1)
+        assert await ledger.add_opt_out("did:plc:b", "#nobot", T0 + 2)
+        assert await ledger.opt_outs() == {"did:plc:a": "blocked bot-a", "did:plc:b": "#nobot"}
+
+
+# SQLite only --------------------------------------------------------------------------------
+_RACER = """
+import asyncio, json, sys, time
+from pathlib import Path
+from botsky.ledger.sqlite import SqliteLedger
+
+async def main(path, owner, n, offset):
+    # Each racer starts at its own offset and wraps around, so every post is contended once
+    # the racers' paths meet, whoever is scheduled first.
+    order = [(offset + i) % n for i in range(n)]
+    ledger = SqliteLedger(Path(path))
+    await ledger.open()
+    try:
+        print("ready", flush=True)
+        # The parent sends one wall-clock start time to every racer, so they start together
+        # instead of in the order the OS happens to wake them.
+        await asyncio.sleep(float(sys.stdin.readline()) - time.time())
+        won = [i for i in order if await ledger.claim(f"at://p/{i}", owner, i)]
+    finally:
+        await ledger.close()
+    print(json.dumps(won), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+async def test_sqlite_claims_are_atomic_across_processes(tmp_path: Path) -> None:
+    """Processes racing to claim the same posts claim each post exactly once in total."""
+    path, posts = tmp_path / "race.sqlite3", 300
+    setup = SqliteLedger(path)
+    await setup.open()
+    await setup.close()
+    racers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _RACER,
+            str(path),
+            f"proc-{k}",
+            str(posts),
+            str(k * posts // 3),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for k in range(3)
+    ]
+    try:
+        for racer in racers:
+            assert racer.stdout is not None
+            assert await racer.stdout.readline() == b"ready\n"
+        start = f"{time.time() + 0.2}\n".encode()
+        results = await asyncio.gather(*(racer.communicate(start) for racer in racers))
+    finally:
+        for racer in racers:  # a failed assertion above must not leave racers behind
+            if racer.returncode is None:
+                racer.kill()
+                await racer.communicate()
+    for racer, (_, stderr) in zip(racers, results, strict=True):
+        assert racer.returncode == 0, stderr.decode()
+    won = [orjson.loads(stdout) for stdout, _ in results]
+    assert sorted(i for wins in won for i in wins) == list(range(posts))
+    check = SqliteLedger(path)
+    await check.open()
+    try:
+        assert len(await check.claims_with_status("posting")) == posts
+    finally:
+        await check.close()
+
+
+async def test_sqlite_uses_wal_mode(tmp_path: Path) -> None:
+    """The file is switched to WAL, so readers never wait for the writer."""
+    ledger = SqliteLedger(tmp_path / "wal.sqlite3")
+    await ledger.open()
+    await ledger.close()
+    with sqlite3.connect(tmp_path / "wal.sqlite3") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+async def test_sqlite_locked_database_raises_ledger_unavailable(tmp_path: Path) -> None:
+    """A write lock held past busy_timeout is LedgerUnavailable, and the ledger recovers after."""
+    path = tmp_path / "locked.sqlite3"
+    ledger = SqliteLedger(path, busy_timeout=0.1)
+    await ledger.open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(LedgerUnavailable) as caught:
+            await ledger.claim("at://p/1", "me", T0)
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        blocker.execute("ROLLBACK")
+        assert await ledger.claim("at://p/1", "me", T0)
+    finally:
+        blocker.close()
+        await ledger.close()
+
+
+async def test_sqlite_corrupt_file_raises_ledger_error(tmp_path: Path) -> None:
+    """A file that is not a database is a fatal LedgerError, and the failed open leaks nothing."""
+    path = tmp_path / "corrupt.sqlite3"
+    path.write_bytes(b"this is not a database " * 100)
+    ledger = SqliteLedger(path)
+    with pytest.raises(LedgerError) as caught:
+        await ledger.open()
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+    with pytest.raises(LedgerError, match="not open"):
+        await ledger.load_cursor("x")
+
+
+# PostgreSQL only (no server needed) ---------------------------------------------------------
+async def test_postgres_unreachable_raises_ledger_unavailable() -> None:
+    """A server that refuses connections makes open() raise LedgerUnavailable."""
+    ledger = PostgresLedger("postgresql://postgres@127.0.0.1:1/test", timeout=0.5)
+    with pytest.raises(LedgerUnavailable):
+        await ledger.open()
+    await ledger.close()
+
+
+def test_postgres_bad_dsn_is_a_config_error_without_the_password() -> None:
+    """An unparsable DSN is a ConfigError that does not echo the DSN (it may hold a password)."""
+    with pytest.raises(ConfigError) as caught:
+        PostgresLedger("host=db password=hunter2 nonsense")
+    assert "hunter2" not in str(caught.value)
+
+
+# the factory --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite", "DATA/botsky.sqlite3"),
+        ("sqlite:ledger.db", "DATA/ledger.db"),
+        ("sqlite:sub/dir/ledger.db", "DATA/sub/dir/ledger.db"),
+        ("sqlite:///abs/ledger.db", "/abs/ledger.db"),
+        ("sqlite:/abs/ledger.db", "/abs/ledger.db"),
+    ],
+)
+def test_open_ledger_sqlite_paths(url: str, expected: str, tmp_path: Path) -> None:
+    """SQLite URLs resolve relative paths against data_dir and keep absolute ones."""
+    ledger = open_ledger(url, tmp_path)
+    assert isinstance(ledger, SqliteLedger)
+    assert ledger.path == Path(expected.replace("DATA", str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://botsky@db:5432/botsky", "postgres://botsky:pw@db/botsky"]
+)
+def test_open_ledger_postgres(url: str, tmp_path: Path) -> None:
+    """postgresql:// and postgres:// URLs make an unopened PostgresLedger with that DSN."""
+    ledger = open_ledger(url, tmp_path)
+    assert isinstance(ledger, PostgresLedger)
+    assert ledger.dsn == url
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://root:s3cret@db/x", "sqlite://host/x.db", "sqlite:", "sqlite://", "", "pg"]
+)
+def test_open_ledger_rejects_unknown_urls(url: str, tmp_path: Path) -> None:
+    """Anything else is a ConfigError that never echoes a password."""
+    with pytest.raises(ConfigError) as caught:
+        open_ledger(url, tmp_path)
+    assert "s3cret" not in str(caught.value)
