@@ -93,6 +93,7 @@ class App:
         cursor_every: int = 100,
         score_interval_s: float = 60.0,
         drain_on_eof: bool = True,
+        lockstep: bool = False,
         models: tuple[Model, ...] = (),
     ) -> None:
         self.source = source
@@ -107,6 +108,7 @@ class App:
         self.cursor_every = cursor_every
         self.score_interval_s = score_interval_s
         self.drain_on_eof = drain_on_eof
+        self.lockstep = lockstep
         self.models = models
         self.summary = RunSummary()
         self._cursor: int | None = None
@@ -167,6 +169,8 @@ class App:
                 reason = self.selector.reason(event, post)
                 if reason is None and self.dispatcher.offer(event, post):
                     self.selector.accepted(event)
+                    if self.lockstep:
+                        await self.dispatcher.wait_idle()
                 s.selector[reason or "queued"] += 1
         except asyncio.CancelledError:
             raise
@@ -218,7 +222,7 @@ def build_bots(loaded: LoadedConfig, secrets: Secrets, *, http_client: Any = Non
     prices = loaded.settings.prices
     for cfg in loaded.bots:
         key = secrets[cfg.name].api_key if cfg.name in secrets else None
-        if cfg.provider != "template" and key is None:
+        if cfg.default_key_env is not None and key is None:
             log.warning("bot_disabled", bot=cfg.name, reason=f"{cfg.default_key_env} is not set")
             continue
         price_cfg = prices.get(cfg.model)
@@ -273,6 +277,7 @@ async def build_app(
         bot_dids=[b.did for b in bots],
         allow_list=st.audience.allow_list,
         opted_out=opted_out,
+        handle_of=identity.handle,
     )
     presence = Presence(
         window_s=st.presence.window_s,
@@ -338,5 +343,6 @@ async def build_app(
         cursor_every=st.cursor_every,
         score_interval_s=st.scoring.interval_s,
         drain_on_eof=st.dispatch.drain_on_eof,
+        lockstep=st.dispatch.lockstep,
         models=tuple(b.model for b in bots),
     )

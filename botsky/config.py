@@ -100,6 +100,10 @@ class DispatchConfig(_Strict):
     languages: list[str] = Field(default_factory=list)  # empty: any language
     # Let a finite source's queued work finish before exiting (replay, simulation).
     drain_on_eof: bool = True
+    # Replays only: read the next event only once the queued posts are answered, so results
+    # do not depend on model latency (a reply later in the file always sees the mention).
+    # Never for live sources: the reader must not wait on a model there.
+    lockstep: bool = False
 
 
 class OutcomesConfig(_Strict):

@@ -200,7 +200,13 @@ class Dispatcher:
                 # One bad post must never kill a worker; the error is logged with its post.
                 outcome = "error"
                 log.exception("dispatch_failed", post=job.event.uri)
+            finally:
+                self.queue.task_done()
             self.counts[outcome] += 1
+
+    async def wait_idle(self) -> None:
+        """Wait until every queued post has been handled (lockstep replays)."""
+        await self.queue.join()
 
     async def handle(self, event: Event, post: PostRef) -> str:
         """Answer one post; returns what happened (``posted`` or why it was skipped)."""
@@ -211,6 +217,9 @@ class Dispatcher:
             structlog.contextvars.unbind_contextvars("post")
 
     async def _handle(self, event: Event, post: PostRef) -> str:
+        # A replay or a rewound cursor shows posts again: skip them before paying for a model.
+        if await self._ledger(self.ledger.is_claimed, event.uri):
+            return "already_claimed"
         bot = self.army.pick(event.uri, post.langs)
         if bot is None:
             return "no_bot_for_language"

@@ -9,7 +9,7 @@ blocking any bot opts a user out permanently (recorded in the ledger by the app)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from botsky.events import BLOCK, FOLLOW, POST, Event, PostRef
 
@@ -26,12 +26,17 @@ class AudiencePolicy:
         bot_dids: Iterable[str] = (),
         allow_list: Iterable[str] = (),
         opted_out: Iterable[str] = (),
+        handle_of: Callable[[str], str | None] = lambda did: None,
     ) -> None:
         if mode not in ("opt_in", "open"):
             raise ValueError(f"unknown audience mode {mode!r}")
         self.mode = mode
         self.bot_dids = frozenset(bot_dids)
-        self.opted_in: set[str] = set(allow_list)
+        # The allow list may name DIDs or handles; handles are checked through identity.
+        allowed = [a.strip().lower() for a in allow_list]
+        self.opted_in: set[str] = {a for a in allowed if a.startswith("did:")}
+        self.allowed_handles = frozenset(a.lstrip("@") for a in allowed if not a.startswith("did:"))
+        self.handle_of = handle_of
         self.opted_out: set[str] = set(opted_out)
 
     def may_answer(self, did: str) -> bool:
@@ -43,7 +48,9 @@ class AudiencePolicy:
     def _consents(self, did: str) -> bool:
         if did in self.opted_out or did in self.bot_dids:
             return False
-        return self.mode == "open" or did in self.opted_in
+        if self.mode == "open" or did in self.opted_in:
+            return True
+        return bool(self.allowed_handles) and self.handle_of(did) in self.allowed_handles
 
     def observe(self, event: Event) -> str | None:
         """Learn opt-ins (follow or mention of a bot) and opt-outs (block of a bot)."""

@@ -92,6 +92,7 @@ class DryRunPoster:
             bot=post.bot,
             parent=post.parent.uri,
             text=post.text,
+            facets=post.facets,
             uri=posted.uri,
         )
         return posted

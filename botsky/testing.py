@@ -265,12 +265,16 @@ class FakeVendorServer:
     """OpenAI- and Anthropic-shaped model API on 127.0.0.1, in a thread.
 
     ``choose(system, user)`` returns the answer object (default: mention the first candidate).
-    ``fail_next`` holds ``(status, headers, body)`` tuples answered before normal replies.
+    ``fail_next`` holds ``(status, headers, body)`` tuples answered before normal replies;
+    ``delay`` makes every answer slow.
     Every request body is kept in ``requests``.
     """
 
-    def __init__(self, choose: Callable[[str, str], dict[str, Any]] = _default_answer) -> None:
+    def __init__(
+        self, choose: Callable[[str, str], dict[str, Any]] = _default_answer, delay: float = 0.0
+    ) -> None:
         self.choose = choose
+        self.delay = delay  # seconds before each answer: a slow model
         self.fail_next: deque[tuple[int, dict[str, str], dict[str, Any]]] = deque()
         self.requests: list[dict[str, Any]] = []
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -292,6 +296,8 @@ class FakeVendorServer:
 
     def _answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         self.requests.append({"path": path, "body": body})
+        if self.delay:
+            time.sleep(self.delay)
         if self.fail_next:
             return self.fail_next.popleft()
         if path.endswith("/chat/completions"):

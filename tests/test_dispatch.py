@@ -6,6 +6,8 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx2
+import orjson
 import pytest
 
 from botsky.army import Army, Bot
@@ -14,6 +16,7 @@ from botsky.errors import LedgerUnavailable, ModelError, ModelUnavailable, PostE
 from botsky.events import PostRef
 from botsky.identity import MemoryIdentity
 from botsky.ledger.sqlite import SqliteLedger
+from botsky.llm.openai import OpenAIModel
 from botsky.outcomes import OutcomeWatcher
 from botsky.presence import Presence
 from botsky.recommend import Recommender
@@ -229,3 +232,101 @@ async def test_workers_drain_the_queue_and_stop(world: World) -> None:
     await world.dispatcher.close()
     await world.dispatcher.run()
     assert world.dispatcher.counts["posted"] == 2
+
+
+# The model failure matrix, through the real OpenAI SDK over the vendor's wire format ---------
+def _chat(content: str, *, refusal: str | None = None, finish: str = "stop") -> dict[str, object]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1_783_175_888,
+        "model": "gpt-4.1-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {"prompt_tokens": 300, "completion_tokens": 30, "total_tokens": 330},
+    }
+
+
+def _err(status: int, message: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+    return httpx2.Response(status, json=body, headers=headers or {})
+
+
+def _ok(reply: str, mention: str = "baker.test"):  # type: ignore[no-untyped-def]
+    return httpx2.Response(
+        200, json=_chat(orjson.dumps({"reply": reply, "mention": mention}).decode())
+    )
+
+
+def _timeout(request: httpx2.Request) -> httpx2.Response:
+    raise httpx2.ReadTimeout("timed out", request=request)
+
+
+MATRIX = {
+    # name: (responses in order, expected outcome, expected attempts)
+    "timeout_then_ok": ([_timeout, _ok("Ask @baker.test!")], "posted", 2),
+    "429_retry_after_then_ok": (
+        [_err(429, "Rate limit", {"retry-after": "3"}), _ok("Ask @baker.test!")],
+        "posted",
+        2,
+    ),
+    "500_until_the_bound": ([_err(500, "boom")] * 4, "model_unavailable", 4),
+    "malformed_json": ([httpx2.Response(200, json=_chat("{not json"))], "model_error", 1),
+    "refusal": ([httpx2.Response(200, json=_chat("", refusal="I can't help"))], "model_error", 1),
+    "mention_outside_candidates": (
+        [_ok("Ask @mallory.test!", "mallory.test")],
+        "rejected_mention_not_offered",
+        1,
+    ),
+    "over_long_reply": ([_ok("Sourdough! " * 80 + "@baker.test")], "posted", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(MATRIX))
+async def test_model_failure_matrix_through_the_openai_backend(world: World, case: str) -> None:
+    """Each failure ends as specified (retried, skipped and counted, or repaired); a skipped
+    post leaves no claim and no mention behind."""
+    steps, expected, attempts = MATRIX[case]
+    calls: list[httpx2.Request] = []
+    sleeps: list[float] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request)
+        step = steps[min(len(calls), len(steps)) - 1]
+        return step(request) if callable(step) else step
+
+    async def no_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    model = OpenAIModel(
+        "gpt-4.1-mini",
+        api_key="sk-test",
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
+        max_attempts=4,
+        sleep=no_sleep,
+    )
+    bot = Bot("gpt", "A baker.", model, "llm", "bot.test", BOT_DID)
+    world.dispatcher.army = Army([bot], random.Random(1))
+    try:
+        ev, ref = _post()
+        assert await world.dispatcher.handle(ev, ref) == expected
+    finally:
+        await model.aclose()
+    assert len(calls) == attempts
+    mentions = await world.ledger.mentions()
+    if expected == "posted":
+        (m,) = mentions
+        (sent,) = world.poster.posted
+        assert len(sent.text) <= 120 and "@baker.test" in sent.text
+        assert m.prompt_tokens == 300 and m.model == "gpt-4.1-mini"
+        if case.startswith("429"):
+            assert sleeps == [pytest.approx(3.0)]
+    else:
+        assert mentions == [] and world.poster.posted == []
+        assert not await world.ledger.is_claimed(ev.uri)

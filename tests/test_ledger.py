@@ -178,7 +178,9 @@ class TestLedgerContract:
 
     async def test_claim_is_true_once(self, ledger: Ledger) -> None:
         """Only the first claim of a post wins, whoever the later claimers are."""
+        assert not await ledger.is_claimed("at://p/1")
         assert await ledger.claim("at://p/1", "replica-0", T0)
+        assert await ledger.is_claimed("at://p/1")
         assert not await ledger.claim("at://p/1", "replica-0", T0 + 1)
         assert not await ledger.claim("at://p/1", "replica-1", T0 + 2)
         assert await ledger.claims_with_status("posting") == [("at://p/1", "replica-0")]

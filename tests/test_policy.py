@@ -40,3 +40,11 @@ def test_open_mode_answers_anyone_but_bots_and_opted_out() -> None:
     pol = AudiencePolicy(mode="open", bot_dids=[BOT], opted_out=["did:plc:gone"])
     assert pol.may_answer("did:plc:u")
     assert not pol.may_mention(BOT) and not pol.may_mention("did:plc:gone")
+
+
+def test_allow_list_accepts_dids_and_handles() -> None:
+    """Handles on the allow list are matched through the identity lookup."""
+    handles = {"did:plc:h": "alice.test"}
+    pol = AudiencePolicy(allow_list=["@Alice.test", "did:plc:d"], handle_of=handles.get)
+    assert pol.may_answer("did:plc:h") and pol.may_answer("did:plc:d")
+    assert not pol.may_answer("did:plc:x")

@@ -92,6 +92,9 @@ class Ledger(Protocol):
     async def claim(self, post_uri: str, owner: str, time_us: int) -> bool:
         """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
 
+    async def is_claimed(self, post_uri: str) -> bool:
+        """Whether any claim exists for the post (a cheap check before paying for a model)."""
+
     async def finish_claim(self, post_uri: str, status: str) -> None:
         """Set a claim's status (``posted`` or ``failed``); ValueError for an unknown status."""
 

@@ -122,6 +122,11 @@ class PostgresLedger:
         )
         return changed == 1
 
+    async def is_claimed(self, post_uri: str) -> bool:
+        """Whether any claim exists for the post."""
+        rows = await self._fetchall("SELECT 1 FROM claims WHERE post_uri = %s LIMIT 1", (post_uri,))
+        return bool(rows)
+
     async def finish_claim(self, post_uri: str, status: str) -> None:
         """Set a claim's status (``posted`` or ``failed``)."""
         check_status(status, CLAIM_STATUSES)

@@ -91,6 +91,13 @@ class SqliteLedger:
         """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
         return await self._run(_claim, post_uri, owner, time_us)
 
+    async def is_claimed(self, post_uri: str) -> bool:
+        """Whether any claim exists for the post."""
+        rows = await self._run(
+            _fetchall, "SELECT 1 FROM claims WHERE post_uri = ? LIMIT 1", (post_uri,)
+        )
+        return bool(rows)
+
     async def finish_claim(self, post_uri: str, status: str) -> None:
         """Set a claim's status (``posted`` or ``failed``)."""
         check_status(status, CLAIM_STATUSES)

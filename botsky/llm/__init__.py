@@ -69,7 +69,7 @@ def make_model(
     ``api_key`` is the resolved secret (the composition root reads ``bot.default_key_env``).
     """
     if bot.provider == "template":
-        return TemplateWriter()
+        return TemplateWriter(bot.model)
     key = api_key
     if not key:
         env = bot.default_key_env

@@ -59,7 +59,10 @@ class TemplateWriter:
     """The ``template`` provider: fixed templates naming the chosen user; free and instant."""
 
     provider = "template"
-    model = "template-v1"
+
+    def __init__(self, model: str = "template-v1") -> None:
+        # The label scores are grouped under; each control arm names its own in bots.yaml.
+        self.model = model
 
     def write(self, req: ReplyRequest) -> Draft:
         """Reply to ``req`` mentioning ``req.chosen``, else the top-ranked candidate."""

@@ -1,0 +1,140 @@
+"""The botsky command: check-config exit codes and messages, clean shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from botsky.events import event_to_jetstream
+from botsky.ledger.sqlite import SqliteLedger
+from botsky.testing import FakeVendorServer, identity, post
+from tests.conftest import T0
+
+REPO = Path(__file__).parent.parent
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTSKY_")}
+    return env | {"SIGTERM_TEST_KEY": "sk-sigterm-test"}
+
+
+def test_check_config_accepts_the_shipped_configs() -> None:
+    """The example configuration validates with exit code 0."""
+    out = subprocess.run(
+        [sys.executable, "-m", "botsky", "check-config", "-c", "configs/botsky.yaml"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "configuration OK" in out.stdout
+
+
+def test_check_config_reports_file_line_and_field(tmp_path: Path) -> None:
+    """A broken bots.yaml exits 1 with one precise line per problem."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "botsky.yaml").write_text(
+        "data_dir: ./d\nsource: {kind: replay, path: x.jsonl}\n"
+    )
+    (tmp_path / "configs" / "bots.yaml").write_text(
+        "bots:\n"
+        "  - name: ada\n"
+        "    persona: hi\n"
+        "    provider: opena1\n"
+        "    model: m\n"
+        "    account: {handle: ada.test}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "botsky", "check-config"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "configs/bots.yaml:4 bots[0].provider: 'opena1' is not one of openai, anthropic, "
+        "openai_compatible, template"
+    ]
+    assert out.stdout == ""
+
+
+def test_check_config_without_a_config_file_says_so(tmp_path: Path) -> None:
+    """With no configs/botsky.yaml in the working directory the error names the path."""
+    out = subprocess.run(
+        [sys.executable, "-m", "botsky", "check-config"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("configs/botsky.yaml: cannot read")
+
+
+def test_sigterm_stops_intake_saves_the_cursor_and_exits_zero(tmp_path: Path) -> None:
+    """SIGTERM mid-replay: in-flight work finishes, the cursor is saved, exit code 0."""
+    users = [(f"did:plc:u{i}", f"user{i}.test") for i in range(40)]
+    events = [identity(did, T0 + i, h) for i, (did, h) in enumerate(users)]
+    events += [
+        post(did, T0 + 1000 + i, f"sourdough bread baking question number {i}")
+        for i, (did, _) in enumerate(users)
+    ]
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(map(event_to_jetstream, events)))
+    with FakeVendorServer(delay=0.3) as server:
+        (tmp_path / "botsky.yaml").write_text(
+            "data_dir: data\nsource: {kind: replay, path: events.jsonl}\n"
+            "audience: {mode: open, acknowledge_open_audience: true}\n"
+            "dispatch: {lockstep: true, workers: 2}\nlogging: {format: json}\ncursor_every: 1000\n"
+        )
+        (tmp_path / "bots.yaml").write_text(
+            "bots:\n  - name: ada\n    persona: hi\n    provider: openai_compatible\n"
+            f"    base_url: {server.url}/v1\n    api_key_env: SIGTERM_TEST_KEY\n"
+            "    model: slow-model\n    account: {handle: ada.test}\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "botsky", "run", "-c", "botsky.yaml"],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - sent_at
+    assert proc.returncode == 0, stderr
+    assert stopped_in < 5
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    (summary,) = [line for line in lines if line["event"] == "run_summary"]
+    assert summary["interrupted"] is True
+    assert 0 < summary["events"] < len(events)
+    posted = [line for line in lines if line["event"] == "reply_posted"]
+    assert 3 <= len(posted) < len(users)
+
+    async def _check() -> None:
+        led = SqliteLedger(tmp_path / "data" / "botsky.sqlite3")
+        await led.open()
+        try:
+            assert await led.load_cursor(f"replay:{Path('events.jsonl')}") == summary["cursor"]
+            # Every reply that was posted is recorded; none is left half-done.
+            assert len(await led.mentions()) == len(posted)
+            assert await led.claims_with_status("posting") == []
+        finally:
+            await led.close()
+
+    asyncio.run(_check())
