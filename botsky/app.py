@@ -256,8 +256,14 @@ async def build_app(
     *,
     http_client: Any = None,
     poster: Poster | None = None,
+    source: Source | None = None,
+    known_handles: dict[str, str] | None = None,
 ) -> App:
-    """Wire every component from the loaded configuration; the ledger is opened here."""
+    """Wire every component from the loaded configuration; the ledger is opened here.
+
+    ``source`` and ``poster`` replace the configured ones (the simulation is both);
+    ``known_handles`` seeds the identity map (DID → handle).
+    """
     st = loaded.settings
     if st.posting.mode == "live" and poster is None:
         raise ConfigError("posting.mode 'live' needs the atproto poster, which is not built yet")
@@ -265,12 +271,13 @@ async def build_app(
     ledger = open_ledger(st.ledger.url, st.data_dir)
     await ledger.open()
     rng = random.Random(st.seed)
-    cursor_name = st.source.cursor_name
-    after = await ledger.load_cursor(cursor_name) if st.source.resume else None
-    source = open_source(st.source, after_cursor=after)
+    cursor_name = source.name if source is not None else st.source.cursor_name
+    if source is None:
+        after = await ledger.load_cursor(cursor_name) if st.source.resume else None
+        source = open_source(st.source, after_cursor=after)
 
     bots = build_bots(loaded, secrets, http_client=http_client)
-    identity = MemoryIdentity({b.did: b.handle for b in bots})
+    identity = MemoryIdentity({**(known_handles or {}), **{b.did: b.handle for b in bots}})
     opted_out = await ledger.opt_outs()
     policy = AudiencePolicy(
         mode=st.audience.mode,

@@ -13,16 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "AccountConfig",
+    "DEFAULT_COLLECTIONS",
     "AudienceConfig",
     "BotConfig",
     "BotsFile",
     "ComposeConfig",
     "DispatchConfig",
+    "IdentityConfig",
     "LedgerConfig",
     "LoggingConfig",
     "OutcomesConfig",
@@ -33,6 +35,7 @@ __all__ = [
     "ScoringConfig",
     "Settings",
     "SourceConfig",
+    "WebConfig",
 ]
 
 Provider = Literal["openai", "anthropic", "openai_compatible", "template"]
@@ -44,24 +47,67 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SourceConfig(_Strict):
-    """Where events come from. ``name`` keys the saved cursor in the ledger."""
+# What botsky needs from the firehose: posts, engagement, the social graph, profiles (#nobot).
+DEFAULT_COLLECTIONS = [
+    "app.bsky.feed.post",
+    "app.bsky.feed.like",
+    "app.bsky.feed.repost",
+    "app.bsky.graph.follow",
+    "app.bsky.graph.block",
+    "app.bsky.actor.profile",
+]
 
-    kind: Literal["replay"] = "replay"
+
+class SourceConfig(_Strict):
+    """Where events come from. ``name`` keys the saved cursor in the ledger.
+
+    - ``replay``: a JSONL file of Jetstream v1 events (``path``), ends at EOF.
+    - ``jetstream``: a Jetstream server (``url``, e.g. ``wss://jetstream2.us-east.bsky.network``);
+      ``jetstream_version`` v2 (atproto's client, compressed) or v1 (``/subscribe`` JSON).
+    - ``relay``: ``com.atproto.sync.subscribeRepos`` of a relay or PDS (``url``, e.g.
+      ``wss://bsky.network`` or ``ws://localhost:2583``).
+    - ``sim``: the simulated network (``botsky simulate`` sets it up).
+    """
+
+    kind: Literal["replay", "jetstream", "relay", "sim"] = "replay"
     path: Path | None = None
+    url: str | None = None
     name: str = ""
-    # Replay only: resume from the saved cursor (off by default: a replay is a fixed experiment).
+    # Replay: resume from the saved cursor (off by default: a replay is a fixed experiment).
+    # Live sources always resume, rewound by rewind_s (work is idempotent).
     resume: bool = False
+    rewind_s: float = Field(default=5.0, ge=0)
+    jetstream_version: Literal["v1", "v2"] = "v2"
+    compress: bool = True
+    collections: list[str] = Field(default_factory=lambda: list(DEFAULT_COLLECTIONS))
+    # Reconnect backoff: jittered exponential from min to max; reset after a healthy minute.
+    backoff_min_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    max_frame_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="after")
-    def _needs_path(self) -> SourceConfig:
+    def _needs_location(self) -> SourceConfig:
         if self.kind == "replay" and self.path is None:
             raise ValueError("source.kind 'replay' needs source.path")
+        if self.kind in ("jetstream", "relay") and not self.url:
+            raise ValueError(f"source.kind {self.kind!r} needs source.url")
         return self
 
     @property
     def cursor_name(self) -> str:
-        return self.name or f"{self.kind}:{self.path}"
+        if self.name:
+            return self.name
+        return f"{self.kind}:{self.path if self.kind == 'replay' else self.url or ''}"
+
+
+class IdentityConfig(_Strict):
+    """DID → handle resolution for live networks (a self-hosted network sets its own PLC)."""
+
+    plc_url: str = "https://plc.directory"
+    cache_ttl_s: float = Field(default=3600.0, gt=0)
+    max_entries: int = Field(default=2_000_000, gt=0)
+    # Resolve over the network (live); off, handles come only from #identity events and config.
+    resolve: bool = False
 
 
 class LedgerConfig(_Strict):
@@ -122,7 +168,29 @@ class ComposeConfig(_Strict):
 
 
 class PostingConfig(_Strict):
+    """``dry_run`` logs what it would post; ``live`` posts through each bot's PDS."""
+
     mode: Literal["dry_run", "live"] = "dry_run"
+    pds_url: str = "https://bsky.social"  # the bots' PDS (entryway); a bot may not override yet
+    # The PDS write budget (points; a create costs 3) and the share of it botsky may use.
+    points_per_hour: int = Field(default=5000, gt=0)
+    points_per_day: int = Field(default=35_000, gt=0)
+    budget_headroom: float = Field(default=0.8, gt=0, le=1)
+    posts_per_minute: float = Field(default=10.0, gt=0)  # across all bots
+    # Stop all posting (not ingestion) while this file exists or this env var is set non-empty.
+    kill_switch_file: Path | None = None
+    kill_switch_env: str | None = "BOTSKY_KILL_SWITCH"
+
+
+class WebConfig(_Strict):
+    """The in-process web app: /healthz, /readyz, /metrics, the leaderboard page."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Bearer token for every page but the health checks; required when host is not loopback.
+    # Give it via BOTSKY_WEB__TOKEN rather than in this file.
+    token: SecretStr | None = None
 
 
 class AudienceConfig(_Strict):
@@ -131,6 +199,13 @@ class AudienceConfig(_Strict):
     mode: Literal["opt_in", "open"] = "opt_in"
     acknowledge_open_audience: bool = False
     allow_list: list[str] = Field(default_factory=list)
+    mentions_per_target_per_day: int = Field(default=1, ge=0)
+    replies_per_author_per_day: int = Field(default=3, ge=0)
+    # A reply to a bot containing one of these (case-insensitive, whole words) opts out.
+    stop_phrases: list[str] = Field(
+        default_factory=lambda: ["stop", "unsubscribe", "opt out", "opt-out", "go away"]
+    )
+    nobot_tag: str = "#nobot"  # in a profile description: never answer or mention this user
 
     @model_validator(mode="after")
     def _open_needs_ack(self) -> AudienceConfig:
@@ -171,6 +246,8 @@ class Settings(BaseSettings):
     compose: ComposeConfig = Field(default_factory=ComposeConfig)
     posting: PostingConfig = Field(default_factory=PostingConfig)
     audience: AudienceConfig = Field(default_factory=AudienceConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
 
 
