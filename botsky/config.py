@@ -192,6 +192,16 @@ class WebConfig(_Strict):
     # Give it via BOTSKY_WEB__TOKEN rather than in this file.
     token: SecretStr | None = None
 
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebConfig:
+        loopback = self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+        if self.enabled and not loopback and self.token is None:
+            raise ValueError(
+                f"web.host {self.host!r} is reachable from other machines: set a bearer token "
+                "(BOTSKY_WEB__TOKEN)"
+            )
+        return self
+
 
 class AudienceConfig(_Strict):
     """Consent. ``opt_in`` answers and mentions only users who opted in."""
