@@ -117,7 +117,13 @@ class App:
         """Run until the source ends or ``stop`` is set; always saves the cursor and scores."""
         stop = stop or asyncio.Event()
         loaded = await self.outcomes.load()
-        log.info("app_started", source=self.source.name, open_mentions=loaded)
+        recovered = await self.dispatcher.recover() if self.dispatcher else {}
+        log.info(
+            "app_started",
+            source=self.source.name,
+            open_mentions=loaded,
+            recovered_claims=dict(recovered),
+        )
         workers = asyncio.create_task(self.dispatcher.run()) if self.dispatcher else None
         scorer = asyncio.create_task(self._score_loop())
         reader = asyncio.create_task(self._read())
@@ -323,7 +329,7 @@ async def build_app(
             presence=presence,
             identity=identity,
             ledger=ledger,
-            poster=poster or DryRunPoster(),
+            poster=poster or DryRunPoster(st.data_dir / "dry_run_posts.jsonl"),
             outcomes=outcomes,
             rules=ComposeRules(
                 max_graphemes=st.compose.max_graphemes,

@@ -15,6 +15,7 @@ across restarts and replicas.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ from typing import ParamSpec, TypeVar
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from botsky.army import Army, Bot
+from botsky.army import Army
 from botsky.compose import Offered, compose
 from botsky.errors import (
     DraftRejected,
@@ -41,7 +42,7 @@ from botsky.identity import Identity
 from botsky.ledger.base import Ledger, Mention
 from botsky.llm.reply import ReplyRequest, write_reply
 from botsky.outcomes import OutcomeWatcher
-from botsky.posting import Poster, ReplyPost, StrongRef
+from botsky.posting import Poster, ReplyPost, StrongRef, reply_rkey
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 
@@ -262,8 +263,7 @@ class Dispatcher:
             return "model_error"
         chosen = next(c for c in offer.candidates if c.did == composed.mention.did)
 
-        if not await self._ledger(self.ledger.claim, event.uri, bot.name, self.presence.now_us):
-            return "already_claimed"
+        now = self.presence.now_us
         root = StrongRef(post.root_uri, post.root_cid) if post.root_uri and post.root_cid else None
         parent = StrongRef(event.uri, event.cid or "")
         reply = ReplyPost(
@@ -274,14 +274,9 @@ class Dispatcher:
             langs=composed.langs,
             root=root or parent,
             parent=parent,
-            created_at=_rfc3339(self.presence.now_us),
+            created_at=_rfc3339(now),
+            rkey=reply_rkey(now, event.uri),
         )
-        try:
-            posted = await self.poster.reply(reply)
-        except (PostError, PostRateLimited) as exc:
-            await self._ledger(self.ledger.finish_claim, event.uri, "failed")
-            log.warning("post_failed", bot=bot.name, error=str(exc))
-            return "post_failed"
         mention = Mention(
             post_uri=event.uri,
             post_cid=event.cid or "",
@@ -293,24 +288,61 @@ class Dispatcher:
             provider=bot.provider,
             persona=bot.persona[:200],
             picker=bot.picker,
-            reply_uri=posted.uri,
-            reply_cid=posted.cid,
+            reply_uri="",
+            reply_cid="",
             reply_text=composed.text,
             mentioned_did=chosen.did,
             mentioned_handle=chosen.handle,
             candidates=[c.did for c in offer.candidates],
             rank=chosen.rank,
-            created_us=self.presence.now_us,
+            created_us=now,
             prompt_tokens=draft.usage.prompt_tokens,
             completion_tokens=draft.usage.completion_tokens,
             cost_usd=draft.usage.cost_usd,
             latency_ms=round((time.perf_counter() - started) * 1000, 1),
             extra={"repaired": list(composed.repaired)} if composed.repaired else {},
         )
+        # The intent goes in with the claim, so a crash before record_mention loses nothing.
+        intent = {"reply": dataclasses.asdict(reply), "mention": dataclasses.asdict(mention)}
+        if not await self._ledger(self.ledger.claim, event.uri, bot.name, now, intent):
+            return "already_claimed"
+        return await self._settle(reply, mention, find_first=False)
+
+    async def recover(self) -> Counter[str]:
+        """Settle claims left ``posting`` by a crash: record the reply if the bot's repo has
+        it, post it (under the same record key) if it does not. Run before reading events."""
+        done: Counter[str] = Counter()
+        for post_uri, owner, intent in await self._ledger(self.ledger.pending_claims):
+            if intent is None:
+                await self._ledger(self.ledger.finish_claim, post_uri, "failed")
+                done["no_intent"] += 1
+                continue
+            r, m = intent["reply"], intent["mention"]
+            reply = ReplyPost(
+                **{**r, "root": StrongRef(**r["root"]), "parent": StrongRef(**r["parent"])}
+            )
+            outcome = await self._settle(reply, Mention(**m), find_first=True)
+            done[outcome] += 1
+            log.info("claim_recovered", post=post_uri, bot=owner, outcome=outcome)
+        return done
+
+    async def _settle(self, reply: ReplyPost, mention: Mention, *, find_first: bool) -> str:
+        """Post (or, after a crash, find) the reply, then record the mention."""
+        posted = None
+        if find_first:
+            posted = await self.poster.lookup(reply.bot_did, reply.rkey, reply.parent.uri)
+        if posted is None:
+            try:
+                posted = await self.poster.reply(reply)
+            except (PostError, PostRateLimited) as exc:
+                await self._ledger(self.ledger.finish_claim, mention.post_uri, "failed")
+                log.warning("post_failed", bot=reply.bot, error=str(exc))
+                return "post_failed"
+        mention.reply_uri, mention.reply_cid = posted.uri, posted.cid
         await self._ledger(self.ledger.record_mention, mention)
         self.outcomes.track(mention)
-        self.recommender.note_mentioned(chosen.did, mention.created_us)
-        _log_posted(bot, mention, composed.repaired)
+        self.recommender.note_mentioned(mention.mentioned_did, mention.created_us)
+        _log_posted(mention)
         return "posted"
 
     async def _ledger(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -326,7 +358,7 @@ class Dispatcher:
         raise AssertionError("unreachable")
 
 
-def _log_posted(bot: Bot, m: Mention, repaired: tuple[str, ...]) -> None:
+def _log_posted(m: Mention) -> None:
     # The canonical line per handled post; `botsky scores --logs` rebuilds scores from it.
     log.info(
         "reply_posted",
@@ -349,7 +381,7 @@ def _log_posted(bot: Bot, m: Mention, repaired: tuple[str, ...]) -> None:
         completion_tokens=m.completion_tokens,
         cost_usd=m.cost_usd,
         latency_ms=m.latency_ms,
-        repaired=list(repaired),
+        repaired=m.extra.get("repaired", []),
     )
 
 

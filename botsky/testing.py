@@ -249,10 +249,17 @@ class RecordingPoster:
     async def reply(self, p: ReplyPost) -> Posted:
         if self.fail_with:
             raise self.fail_with.popleft()
-        rkey = tid(int(time.time() * 1e6), len(self.posted))
+        rkey = p.rkey or tid(int(time.time() * 1e6), len(self.posted))
         uri = at_uri(p.bot_did, POST, rkey)
         self.posted.append(p)
         return Posted(uri=uri, cid=fake_cid(uri))
+
+    async def lookup(self, bot_did: str, rkey: str, parent_uri: str) -> Posted | None:
+        for p in self.posted:
+            if p.bot_did == bot_did and p.rkey == rkey and p.parent.uri == parent_uri:
+                uri = at_uri(bot_did, POST, rkey)
+                return Posted(uri=uri, cid=fake_cid(uri))
+        return None
 
     async def aclose(self) -> None:
         return None

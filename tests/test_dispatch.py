@@ -330,3 +330,60 @@ async def test_model_failure_matrix_through_the_openai_backend(world: World, cas
     else:
         assert mentions == [] and world.poster.posted == []
         assert not await world.ledger.is_claimed(ev.uri)
+
+
+# Crash recovery ------------------------------------------------------------------------------
+class CrashingPoster(RecordingPoster):
+    """Posts, then 'crashes' (raises) before the caller can record the mention."""
+
+    async def reply(self, p):  # type: ignore[no-untyped-def]
+        await super().reply(p)
+        raise KeyboardInterrupt  # stands for a process killed right after the post call
+
+
+async def test_a_crash_after_posting_is_recovered_without_a_second_post(world: World) -> None:
+    """A claim left 'posting' whose reply exists is recorded from its intent, not re-posted."""
+    crashing = CrashingPoster()
+    world.dispatcher.poster = crashing
+    ev, ref = _post()
+    with pytest.raises(KeyboardInterrupt):
+        await world.dispatcher.handle(ev, ref)
+    assert await world.ledger.mentions() == []
+    [(uri, owner, intent)] = await world.ledger.pending_claims()
+    assert uri == ev.uri and intent is not None
+    assert await world.dispatcher.recover() == {"posted": 1}
+    assert len(crashing.posted) == 1  # found by lookup, not posted again
+    (m,) = await world.ledger.mentions()
+    assert m.reply_uri.endswith("/" + crashing.posted[0].rkey)
+    assert m.mentioned_did == "did:plc:baker" and m.prompt_tokens == 100
+    assert await world.ledger.pending_claims() == []
+    assert len(world.dispatcher.outcomes) == 1  # and it is watched for outcomes
+
+
+async def test_a_crash_before_posting_is_completed_by_recovery(world: World) -> None:
+    """A claim whose reply never reached the repo is posted once, with its planned rkey."""
+    ev, ref = _post()
+
+    class DiesBeforePosting(RecordingPoster):
+        async def reply(self, p):  # type: ignore[no-untyped-def]
+            raise KeyboardInterrupt
+
+    world.dispatcher.poster = DiesBeforePosting()
+    with pytest.raises(KeyboardInterrupt):
+        await world.dispatcher.handle(ev, ref)
+    [(_, _, intent)] = await world.ledger.pending_claims()
+    assert intent is not None
+    world.dispatcher.poster = world.poster
+    assert await world.dispatcher.recover() == {"posted": 1}
+    (sent,) = world.poster.posted
+    assert sent.rkey == intent["reply"]["rkey"] and sent.parent.uri == ev.uri
+    assert len(await world.ledger.mentions()) == 1
+
+
+async def test_claims_without_intent_are_marked_failed(world: World) -> None:
+    """A pending claim with no intent (nothing to post) is closed as failed."""
+    assert await world.ledger.claim("at://did:plc:x/app.bsky.feed.post/1", "b1", T0)
+    assert await world.dispatcher.recover() == {"no_intent": 1}
+    assert await world.ledger.claims_with_status("failed") == [
+        ("at://did:plc:x/app.bsky.feed.post/1", "b1")
+    ]

@@ -484,3 +484,19 @@ def test_open_ledger_rejects_unknown_urls(url: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         open_ledger(url, tmp_path)
     assert "s3cret" not in str(caught.value)
+
+
+class TestClaimIntent:
+    """The intent stored with a claim survives until the claim is settled."""
+
+    async def test_pending_claims_carry_their_intent(self, ledger: Ledger) -> None:
+        """A posting claim returns its intent; posted and failed claims are not pending."""
+        intent = {"rkey": "3mptbyplj5d2a", "text": "héllo @b.test", "facets": [{"x": 1}]}
+        assert await ledger.claim("at://p/1", "bot-a", T0, intent)
+        assert await ledger.claim("at://p/2", "bot-b", T0 + 1)
+        assert await ledger.claim("at://p/3", "bot-c", T0 + 2, {"rkey": "x"})
+        await ledger.finish_claim("at://p/3", "failed")
+        assert await ledger.pending_claims() == [
+            ("at://p/1", "bot-a", intent),
+            ("at://p/2", "bot-b", None),
+        ]

@@ -17,7 +17,7 @@ Tables (numbered migrations in each backend):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "CLAIM_STATUSES",
@@ -89,8 +89,13 @@ class Ledger(Protocol):
         """Release connections. Idempotent."""
 
     # claims ---------------------------------------------------------------------------------
-    async def claim(self, post_uri: str, owner: str, time_us: int) -> bool:
-        """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
+    async def claim(
+        self, post_uri: str, owner: str, time_us: int, intent: dict[str, Any] | None = None
+    ) -> bool:
+        """Atomically claim a post for a reply. True for exactly one caller, ever, per post.
+
+        ``intent`` (JSON-able) records what is about to be posted, for crash recovery.
+        """
 
     async def is_claimed(self, post_uri: str) -> bool:
         """Whether any claim exists for the post (a cheap check before paying for a model)."""
@@ -100,6 +105,9 @@ class Ledger(Protocol):
 
     async def claims_with_status(self, status: str) -> list[tuple[str, str]]:
         """``(post_uri, owner)`` of every claim in ``status`` (e.g. ``posting`` after a crash)."""
+
+    async def pending_claims(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+        """``(post_uri, owner, intent)`` of every claim still ``posting``, oldest first."""
 
     # mentions -------------------------------------------------------------------------------
     async def record_mention(self, mention: Mention) -> int:

@@ -126,6 +126,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "claim_intent",
+        (
+            # What the claimer was about to post (JSON): after a crash between the post call and
+            # record_mention, the reply can be found (or posted) and recorded from it.
+            "ALTER TABLE claims ADD COLUMN intent TEXT",
+        ),
+    ),
 )
 
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
@@ -111,14 +112,16 @@ class PostgresLedger:
             await pool.close()
 
     # claims ---------------------------------------------------------------------------------
-    async def claim(self, post_uri: str, owner: str, time_us: int) -> bool:
+    async def claim(
+        self, post_uri: str, owner: str, time_us: int, intent: dict[str, Any] | None = None
+    ) -> bool:
         """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
         # One statement, atomic on its own: concurrent INSERTs of the same key wait for the
         # first to commit, then do nothing.
         changed = await self._execute(
-            """INSERT INTO claims (post_uri, owner, status, created_us, updated_us)
-               VALUES (%s, %s, 'posting', %s, %s) ON CONFLICT (post_uri) DO NOTHING""",
-            (post_uri, owner, time_us, time_us),
+            """INSERT INTO claims (post_uri, owner, status, created_us, updated_us, intent)
+               VALUES (%s, %s, 'posting', %s, %s, %s) ON CONFLICT (post_uri) DO NOTHING""",
+            (post_uri, owner, time_us, time_us, orjson.dumps(intent).decode() if intent else None),
         )
         return changed == 1
 
@@ -142,6 +145,17 @@ class PostgresLedger:
             (status,),
         )
         return [(uri, owner) for uri, owner in rows]
+
+    async def pending_claims(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+        """``(post_uri, owner, intent)`` of every claim still ``posting``, oldest first."""
+        rows = await self._fetchall(
+            "SELECT post_uri, owner, intent FROM claims WHERE status = 'posting' "
+            "ORDER BY created_us, post_uri",
+            (),
+        )
+        return [
+            (uri, owner, orjson.loads(intent) if intent else None) for uri, owner, intent in rows
+        ]
 
     # mentions -------------------------------------------------------------------------------
     async def record_mention(self, mention: Mention) -> int:

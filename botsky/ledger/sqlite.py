@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from botsky.errors import BotskyError, LedgerError, LedgerUnavailable
 from botsky.ledger.base import CLAIM_STATUSES, Mention, Outcome
 from botsky.ledger.migrations import (
@@ -87,9 +89,12 @@ class SqliteLedger:
             executor.shutdown(wait=True)
 
     # claims ---------------------------------------------------------------------------------
-    async def claim(self, post_uri: str, owner: str, time_us: int) -> bool:
+    async def claim(
+        self, post_uri: str, owner: str, time_us: int, intent: dict[str, Any] | None = None
+    ) -> bool:
         """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
-        return await self._run(_claim, post_uri, owner, time_us)
+        encoded = orjson.dumps(intent).decode() if intent is not None else None
+        return await self._run(_claim, post_uri, owner, time_us, encoded)
 
     async def is_claimed(self, post_uri: str) -> bool:
         """Whether any claim exists for the post."""
@@ -115,6 +120,18 @@ class SqliteLedger:
             (status,),
         )
         return [(uri, owner) for uri, owner in rows]
+
+    async def pending_claims(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+        """``(post_uri, owner, intent)`` of every claim still ``posting``, oldest first."""
+        rows = await self._run(
+            _fetchall,
+            "SELECT post_uri, owner, intent FROM claims WHERE status = 'posting' "
+            "ORDER BY created_us, post_uri",
+            (),
+        )
+        return [
+            (uri, owner, orjson.loads(intent) if intent else None) for uri, owner, intent in rows
+        ]
 
     # mentions -------------------------------------------------------------------------------
     async def record_mention(self, mention: Mention) -> int:
@@ -300,13 +317,15 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> li
     return conn.execute(sql, params).fetchall()
 
 
-def _claim(conn: sqlite3.Connection, post_uri: str, owner: str, time_us: int) -> bool:
+def _claim(
+    conn: sqlite3.Connection, post_uri: str, owner: str, time_us: int, intent: str | None
+) -> bool:
     # One statement, so atomic on its own: the UNIQUE key lets exactly one INSERT through,
     # whichever connection or process it comes from.
     cursor = conn.execute(
-        """INSERT INTO claims (post_uri, owner, status, created_us, updated_us)
-           VALUES (?, ?, 'posting', ?, ?) ON CONFLICT (post_uri) DO NOTHING""",
-        (post_uri, owner, time_us, time_us),
+        """INSERT INTO claims (post_uri, owner, status, created_us, updated_us, intent)
+           VALUES (?, ?, 'posting', ?, ?, ?) ON CONFLICT (post_uri) DO NOTHING""",
+        (post_uri, owner, time_us, time_us, intent),
     )
     return cursor.rowcount == 1
 
