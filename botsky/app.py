@@ -14,7 +14,7 @@ import contextlib
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -25,6 +25,7 @@ from botsky.errors import ConfigError
 from botsky.events import Event, PostRef
 from botsky.identity import MemoryIdentity
 from botsky.ledger import Ledger, open_ledger
+from botsky.ledger.retry import RetryingLedger
 from botsky.llm import make_model
 from botsky.llm.base import Model, Price
 from botsky.outcomes import OutcomeWatcher
@@ -274,7 +275,12 @@ async def build_app(
     if st.posting.mode == "live" and poster is None:
         raise ConfigError("posting.mode 'live' needs the atproto poster, which is not built yet")
     st.data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = open_ledger(st.ledger.url, st.data_dir)
+    ledger = cast(
+        Ledger,
+        RetryingLedger(
+            open_ledger(st.ledger.url, st.data_dir), deadline_s=st.ledger.retry_deadline_s
+        ),
+    )
     await ledger.open()
     rng = random.Random(st.seed)
     cursor_name = source.name if source is not None else st.source.cursor_name

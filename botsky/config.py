@@ -114,6 +114,9 @@ class LedgerConfig(_Strict):
     """``sqlite`` (a file under data_dir) or a ``postgresql://`` DSN."""
 
     url: str = "sqlite"
+    # How long a ledger call keeps retrying while the database is unreachable (a restart, a
+    # failover) before the error stops the run; work pauses meanwhile, nothing is dropped.
+    retry_deadline_s: float = Field(default=300.0, ge=0)
 
 
 class LoggingConfig(_Strict):

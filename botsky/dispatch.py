@@ -19,19 +19,16 @@ import dataclasses
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ParamSpec, TypeVar
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from botsky.army import Army
 from botsky.compose import Offered, compose
 from botsky.errors import (
     DraftRejected,
-    LedgerUnavailable,
     ModelError,
     ModelUnavailable,
     PostError,
@@ -49,8 +46,6 @@ from botsky.recommend import Recommender
 __all__ = ["ComposeRules", "Dispatcher", "Selector"]
 
 log = structlog.get_logger("botsky.dispatch")
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 class Selector:
@@ -139,7 +134,6 @@ class Dispatcher:
         queue_size: int = 100,
         workers: int = 4,
         rng: random.Random | None = None,
-        ledger_attempts: int = 5,
     ) -> None:
         self.army = army
         self.recommender = recommender
@@ -151,7 +145,6 @@ class Dispatcher:
         self.rules = rules
         self.workers = workers
         self.rng = rng or random.Random()
-        self.ledger_attempts = ledger_attempts
         # Unbounded underneath so the stop markers never wait; ``offer`` enforces the bound.
         self.queue_size = queue_size
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
@@ -219,7 +212,7 @@ class Dispatcher:
 
     async def _handle(self, event: Event, post: PostRef) -> str:
         # A replay or a rewound cursor shows posts again: skip them before paying for a model.
-        if await self._ledger(self.ledger.is_claimed, event.uri):
+        if await self.ledger.is_claimed(event.uri):
             return "already_claimed"
         bot = self.army.pick(event.uri, post.langs)
         if bot is None:
@@ -304,7 +297,7 @@ class Dispatcher:
         )
         # The intent goes in with the claim, so a crash before record_mention loses nothing.
         intent = {"reply": dataclasses.asdict(reply), "mention": dataclasses.asdict(mention)}
-        if not await self._ledger(self.ledger.claim, event.uri, bot.name, now, intent):
+        if not await self.ledger.claim(event.uri, bot.name, now, intent):
             return "already_claimed"
         return await self._settle(reply, mention, find_first=False)
 
@@ -312,9 +305,9 @@ class Dispatcher:
         """Settle claims left ``posting`` by a crash: record the reply if the bot's repo has
         it, post it (under the same record key) if it does not. Run before reading events."""
         done: Counter[str] = Counter()
-        for post_uri, owner, intent in await self._ledger(self.ledger.pending_claims):
+        for post_uri, owner, intent in await self.ledger.pending_claims():
             if intent is None:
-                await self._ledger(self.ledger.finish_claim, post_uri, "failed")
+                await self.ledger.finish_claim(post_uri, "failed")
                 done["no_intent"] += 1
                 continue
             r, m = intent["reply"], intent["mention"]
@@ -335,27 +328,15 @@ class Dispatcher:
             try:
                 posted = await self.poster.reply(reply)
             except (PostError, PostRateLimited) as exc:
-                await self._ledger(self.ledger.finish_claim, mention.post_uri, "failed")
+                await self.ledger.finish_claim(mention.post_uri, "failed")
                 log.warning("post_failed", bot=reply.bot, error=str(exc))
                 return "post_failed"
         mention.reply_uri, mention.reply_cid = posted.uri, posted.cid
-        await self._ledger(self.ledger.record_mention, mention)
+        await self.ledger.record_mention(mention)
         self.outcomes.track(mention)
         self.recommender.note_mentioned(mention.mentioned_did, mention.created_us)
         _log_posted(mention)
         return "posted"
-
-    async def _ledger(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        # A database blip must not lose a mention that is already posted: retry with backoff.
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(LedgerUnavailable),
-            stop=stop_after_attempt(self.ledger_attempts),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            reraise=True,
-        ):
-            with attempt:
-                return await fn(*args, **kwargs)
-        raise AssertionError("unreachable")
 
 
 def _log_posted(m: Mention) -> None:

@@ -1,11 +1,16 @@
-"""Shared fixtures: a real SQLite ledger file, stream times, and the corpus path."""
+"""Shared fixtures: real SQLite ledger files, the real PostgreSQL server, stream times."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import secrets
+from urllib.parse import quote
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from botsky.ledger.sqlite import SqliteLedger
 
@@ -23,3 +28,35 @@ async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
         yield led
     finally:
         await led.close()
+
+
+POSTGRES_DSN = os.environ.get(
+    "BOTSKY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The test server's DSN; skips locally but fails in CI when the server is unreachable."""
+    try:
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL at BOTSKY_TEST_POSTGRES_DSN is unreachable: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_DSN
+
+
+@pytest.fixture
+def postgres_schema_dsn(postgres_dsn: str) -> Iterator[str]:
+    """A DSN whose search_path is a fresh schema, dropped after the test."""
+    schema = f"botsky_test_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    # A URL (what ledger.url takes), with the schema as libpq's ``options`` parameter.
+    sep = "&" if "?" in postgres_dsn else "?"
+    yield f"{postgres_dsn}{sep}options={quote(f'-csearch_path={schema}')}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

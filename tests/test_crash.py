@@ -39,9 +39,9 @@ def _topics(n: int) -> list[str]:
     return list(itertools.islice(words, n))
 
 
-def _scenario() -> tuple[list[Event], dict[str, str]]:
+def _scenario(n: int = N) -> tuple[list[Event], dict[str, str]]:
     """Experts post, askers ask, each expert answers its question later in the file."""
-    topics = _topics(N)
+    topics = _topics(n)
     events: list[Event] = []
     questions: list[Event] = []
     expert_of: dict[str, str] = {}

@@ -15,6 +15,7 @@ from botsky.dispatch import ComposeRules, Dispatcher, Selector
 from botsky.errors import LedgerUnavailable, ModelError, ModelUnavailable, PostError
 from botsky.events import PostRef
 from botsky.identity import MemoryIdentity
+from botsky.ledger.retry import RetryingLedger
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm.openai import OpenAIModel
 from botsky.outcomes import OutcomeWatcher
@@ -213,9 +214,16 @@ async def test_ledger_blips_are_retried_so_a_posted_reply_is_recorded(world: Wor
         return await real(m)
 
     world.ledger.record_mention = flaky  # type: ignore[method-assign]
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    world.dispatcher.ledger = RetryingLedger(world.ledger, sleep=no_sleep)  # type: ignore[assignment]
     ev, ref = _post()
     assert await world.dispatcher.handle(ev, ref) == "posted"
     assert len(await world.ledger.mentions()) == 1
+    assert len(slept) == 2 and 0 < slept[0] <= slept[1] + 1  # jittered, growing backoff
 
 
 async def test_a_full_queue_drops_and_counts_without_waiting(world: World) -> None:

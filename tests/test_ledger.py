@@ -4,57 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import secrets
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from botsky.errors import ConfigError, LedgerError, LedgerUnavailable
 from botsky.ledger import Ledger, Mention, Outcome, open_ledger
 from botsky.ledger.postgres import PostgresLedger
 from botsky.ledger.sqlite import SqliteLedger
 
-POSTGRES_DSN = os.environ.get(
-    "BOTSKY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
 T0 = 1_700_000_000_000_000  # a realistic microsecond timestamp
 
 
 # fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def postgres_dsn() -> str:
-    """The test server's DSN; skips locally but fails in CI when the server is unreachable."""
-    try:
-        with psycopg.connect(POSTGRES_DSN, connect_timeout=3):
-            pass
-    except psycopg.OperationalError as exc:
-        message = f"PostgreSQL at BOTSKY_TEST_POSTGRES_DSN is unreachable: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return POSTGRES_DSN
-
-
-@pytest.fixture
-def postgres_schema_dsn(postgres_dsn: str) -> Iterator[str]:
-    """A DSN whose search_path is a fresh schema, dropped after the test."""
-    schema = f"botsky_test_{secrets.token_hex(6)}"
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    yield make_conninfo(postgres_dsn, options=f"-csearch_path={schema}")
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Ledger]:
     """Makes unopened ledgers that all share one empty database of the parametrized backend."""

@@ -135,6 +135,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE claims ADD COLUMN intent TEXT",
         ),
     ),
+    Migration(
+        3,
+        "one_mention_per_post",
+        (
+            # One reply per post means one mention per post; the key also makes a retried
+            # record_mention (after a lost commit acknowledgement) a no-op instead of a twin.
+            "CREATE UNIQUE INDEX mentions_post_uri ON mentions (post_uri)",
+        ),
+    ),
 )
 
 

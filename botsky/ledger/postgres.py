@@ -42,7 +42,7 @@ _MIGRATION_LOCK = int.from_bytes(b"botskymg", "big")
 _COLUMNS = ", ".join(MENTION_COLUMNS)
 _INSERT_MENTION = (
     f"INSERT INTO mentions ({_COLUMNS}) VALUES ({', '.join('%s' for _ in MENTION_COLUMNS)})"
-    " RETURNING id"
+    " ON CONFLICT (post_uri) DO NOTHING"
 )
 _SELECT_MENTIONS = f"SELECT id, {_COLUMNS} FROM mentions"
 # A recorded mention means the post was answered, so the claim must say "posted" even if the
@@ -118,12 +118,19 @@ class PostgresLedger:
         """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
         # One statement, atomic on its own: concurrent INSERTs of the same key wait for the
         # first to commit, then do nothing.
+        encoded = orjson.dumps(intent).decode() if intent is not None else None
         changed = await self._execute(
             """INSERT INTO claims (post_uri, owner, status, created_us, updated_us, intent)
                VALUES (%s, %s, 'posting', %s, %s, %s) ON CONFLICT (post_uri) DO NOTHING""",
-            (post_uri, owner, time_us, time_us, orjson.dumps(intent).decode() if intent else None),
+            (post_uri, owner, time_us, time_us, encoded),
         )
-        return changed == 1
+        if changed == 1:
+            return True
+        # A retry of our own claim whose commit went through is still ours; anyone else's is not.
+        rows = await self._fetchall(
+            "SELECT owner, status, intent FROM claims WHERE post_uri = %s", (post_uri,)
+        )
+        return encoded is not None and [tuple(r) for r in rows] == [(owner, "posting", encoded)]
 
     async def is_claimed(self, post_uri: str) -> bool:
         """Whether any claim exists for the post."""
@@ -161,13 +168,17 @@ class PostgresLedger:
     async def record_mention(self, mention: Mention) -> int:
         """Store a mention and mark its post's claim ``posted``, in one transaction."""
         async with self._connection() as conn, conn.transaction():
-            cursor = await conn.execute(_INSERT_MENTION, mention_to_row(mention))
-            row = await cursor.fetchone()
+            await conn.execute(_INSERT_MENTION, mention_to_row(mention))
             await conn.execute(
                 _MARK_POSTED,
                 (mention.post_uri, mention.bot, mention.created_us, mention.created_us),
             )
-        assert row is not None  # RETURNING always yields the inserted row
+            # The existing row's id when this post's mention was already recorded (a retry).
+            cursor = await conn.execute(
+                "SELECT id FROM mentions WHERE post_uri = %s", (mention.post_uri,)
+            )
+            row = await cursor.fetchone()
+        assert row is not None  # inserted just now or earlier
         mention.id = row[0]
         return mention.id
 

@@ -42,6 +42,7 @@ _T = TypeVar("_T")
 _COLUMNS = ", ".join(MENTION_COLUMNS)
 _INSERT_MENTION = (
     f"INSERT INTO mentions ({_COLUMNS}) VALUES ({', '.join('?' for _ in MENTION_COLUMNS)})"
+    " ON CONFLICT (post_uri) DO NOTHING"
 )
 _SELECT_MENTIONS = f"SELECT id, {_COLUMNS} FROM mentions"
 # A recorded mention means the post was answered, so the claim must say "posted" even if the
@@ -327,14 +328,23 @@ def _claim(
            VALUES (?, ?, 'posting', ?, ?, ?) ON CONFLICT (post_uri) DO NOTHING""",
         (post_uri, owner, time_us, time_us, intent),
     )
-    return cursor.rowcount == 1
+    if cursor.rowcount == 1:
+        return True
+    # A retry of our own claim whose commit went through is still ours; anyone else's is not.
+    row = conn.execute(
+        "SELECT owner, status, intent FROM claims WHERE post_uri = ?", (post_uri,)
+    ).fetchone()
+    return intent is not None and row == (owner, "posting", intent)
 
 
 def _record_mention(conn: sqlite3.Connection, mention: Mention) -> int:
     with _immediate(conn):
-        cursor = conn.execute(_INSERT_MENTION, mention_to_row(mention))
+        conn.execute(_INSERT_MENTION, mention_to_row(mention))
         conn.execute(
             _MARK_POSTED, (mention.post_uri, mention.bot, mention.created_us, mention.created_us)
         )
-    assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
-    return cursor.lastrowid
+        # The existing row's id when this post's mention was already recorded (a retry).
+        (mention_id,) = conn.execute(
+            "SELECT id FROM mentions WHERE post_uri = ?", (mention.post_uri,)
+        ).fetchone()
+    return int(mention_id)
