@@ -19,6 +19,7 @@ from typing import Any, cast
 import structlog
 
 from botsky.army import Army, Bot
+from botsky.config import WebConfig
 from botsky.configload import LoadedConfig, Secrets
 from botsky.dispatch import ComposeRules, Dispatcher, Selector
 from botsky.errors import ConfigError
@@ -28,6 +29,7 @@ from botsky.ledger import Ledger, open_ledger
 from botsky.ledger.retry import RetryingLedger
 from botsky.llm import make_model
 from botsky.llm.base import Model, Price
+from botsky.metrics import Metrics
 from botsky.outcomes import OutcomeWatcher
 from botsky.policy import AudiencePolicy
 from botsky.posting import DryRunPoster, Poster
@@ -36,6 +38,7 @@ from botsky.recommend import Recommender
 from botsky.scoring import score, score_log_fields
 from botsky.sources import open_source
 from botsky.sources.base import Source
+from botsky.web import WebServer, serve
 
 __all__ = ["App", "RunSummary", "build_app", "build_bots"]
 
@@ -96,6 +99,8 @@ class App:
         drain_on_eof: bool = True,
         lockstep: bool = False,
         models: tuple[Model, ...] = (),
+        metrics: Metrics | None = None,
+        web: WebConfig | None = None,
     ) -> None:
         self.source = source
         self.ledger = ledger
@@ -111,12 +116,25 @@ class App:
         self.drain_on_eof = drain_on_eof
         self.lockstep = lockstep
         self.models = models
+        self.metrics = metrics or Metrics()
+        self.web = web
+        self.web_server: WebServer | None = None
+        self.keep_serving = False  # `simulate --serve` keeps the page up after the run
         self.summary = RunSummary()
         self._cursor: int | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
         """Run until the source ends or ``stop`` is set; always saves the cursor and scores."""
         stop = stop or asyncio.Event()
+        if self.web is not None and self.web.enabled:
+            self.web_server = await serve(
+                self,
+                host=self.web.host,
+                port=self.web.port,
+                token=self.web.token,
+                metrics=self.metrics,
+            )
+            log.info("web_started", url=self.web_server.url)
         loaded = await self.outcomes.load()
         recovered = await self.dispatcher.recover() if self.dispatcher else {}
         log.info(
@@ -139,12 +157,18 @@ class App:
         finally:
             stopper.cancel()
             await self._finish(workers, scorer)
+            if self.web_server is not None and not self.keep_serving:
+                await self.web_server.stop()
         return self.summary
 
     async def aclose(self) -> None:
-        """Close the ledger and the models' HTTP clients."""
+        """Stop the web server, close the models, the poster and the ledger."""
+        if self.web_server is not None:
+            await self.web_server.stop()
         for model in self.models:
             await model.aclose()
+        if self.dispatcher is not None:
+            await self.dispatcher.poster.aclose()
         await self.ledger.close()
 
     async def _read(self) -> None:
@@ -223,7 +247,13 @@ class App:
             log.info(fields.pop("event"), **fields)
 
 
-def build_bots(loaded: LoadedConfig, secrets: Secrets, *, http_client: Any = None) -> list[Bot]:
+def build_bots(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    *,
+    http_client: Any = None,
+    metrics: Metrics | None = None,
+) -> list[Bot]:
     """Bots whose model can run: a bot without its API key is left out, with a warning."""
     bots: list[Bot] = []
     prices = loaded.settings.prices
@@ -240,6 +270,8 @@ def build_bots(loaded: LoadedConfig, secrets: Secrets, *, http_client: Any = Non
             price=price,
             http_client=http_client,
         )
+        if metrics is not None:
+            model = metrics.model(model)
         # Dry-run bots may have no DID yet; did:web of the handle is valid and clearly not PLC.
         did = cfg.account.did or f"did:web:{cfg.account.handle}"
         bots.append(
@@ -265,11 +297,13 @@ async def build_app(
     poster: Poster | None = None,
     source: Source | None = None,
     known_handles: dict[str, str] | None = None,
+    metrics: Metrics | None = None,
 ) -> App:
     """Wire every component from the loaded configuration; the ledger is opened here.
 
     ``source`` and ``poster`` replace the configured ones (the simulation is both);
-    ``known_handles`` seeds the identity map (DID → handle).
+    ``known_handles`` seeds the identity map (DID → handle); ``metrics`` is the registry the
+    models and the poster report to (a fresh one by default).
     """
     st = loaded.settings
     if st.posting.mode == "live" and poster is None:
@@ -285,10 +319,14 @@ async def build_app(
     rng = random.Random(st.seed)
     cursor_name = source.name if source is not None else st.source.cursor_name
     if source is None:
-        after = await ledger.load_cursor(cursor_name) if st.source.resume else None
+        # Live sources always resume (they rewind a little themselves; work is idempotent);
+        # a replay is a fixed experiment and starts from the top unless asked to resume.
+        resume = st.source.resume or st.source.kind in ("jetstream", "relay")
+        after = await ledger.load_cursor(cursor_name) if resume else None
         source = open_source(st.source, after_cursor=after)
 
-    bots = build_bots(loaded, secrets, http_client=http_client)
+    metrics = metrics or Metrics()
+    bots = build_bots(loaded, secrets, http_client=http_client, metrics=metrics)
     identity = MemoryIdentity({**(known_handles or {}), **{b.did: b.handle for b in bots}})
     opted_out = await ledger.opt_outs()
     policy = AudiencePolicy(
@@ -335,7 +373,7 @@ async def build_app(
             presence=presence,
             identity=identity,
             ledger=ledger,
-            poster=poster or DryRunPoster(st.data_dir / "dry_run_posts.jsonl"),
+            poster=metrics.poster(poster or DryRunPoster(st.data_dir / "dry_run_posts.jsonl")),
             outcomes=outcomes,
             rules=ComposeRules(
                 max_graphemes=st.compose.max_graphemes,
@@ -364,4 +402,6 @@ async def build_app(
         drain_on_eof=st.dispatch.drain_on_eof,
         lockstep=st.dispatch.lockstep,
         models=tuple(b.model for b in bots),
+        metrics=metrics,
+        web=st.web,
     )

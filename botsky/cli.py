@@ -115,7 +115,16 @@ def run_cmd(config_path: Path | None) -> None:
     default=None,
     help="Rebuild the scores from a botsky JSON log file instead of the ledger.",
 )
-def scores_cmd(config_path: Path | None, by: str, as_json: bool, log_file: Path | None) -> None:
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write success rates with Wilson 95% intervals per model and picker as a PNG.",
+)
+def scores_cmd(
+    config_path: Path | None, by: str, as_json: bool, log_file: Path | None, plot_file: Path | None
+) -> None:
     """Print the leaderboard: success rate with its 95% interval, engagement and cost."""
     from botsky.scoring import rebuild_from_log, render_table, score, scores_json
 
@@ -143,6 +152,12 @@ def scores_cmd(config_path: Path | None, by: str, as_json: bool, log_file: Path 
             click.echo(f"botsky: {exc}", err=True)
             sys.exit(1)
     rows = score(mentions, outcomes, by=by)
+    if plot_file is not None:
+        from botsky.plot import plot_scores
+
+        by_model = score(mentions, outcomes, by="model")
+        plot_scores(by_model, score(mentions, outcomes, by="picker"), plot_file)
+        click.echo(f"plot written to {plot_file}", err=True)
     if as_json:
         click.echo(orjson.dumps(scores_json(rows), option=orjson.OPT_INDENT_2).decode())
     else:

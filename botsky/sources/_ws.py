@@ -107,6 +107,11 @@ class LiveSource:
         self._ws: ClientConnection | None = None
         self._attempt = 0
 
+    @property
+    def connected(self) -> bool:
+        """Whether a websocket is open right now (``/readyz`` reports it)."""
+        return self._ws is not None
+
     # --- subclass hooks -------------------------------------------------------------------
 
     def _url(self) -> str:

@@ -1,0 +1,107 @@
+"""``botsky scores --plot FILE.png``: success rates with Wilson 95% intervals, as a PNG.
+
+One panel per grouping (models, then pickers, the control arms), one row per group, best at the
+top, in ``scoring.score`` order: the point is the success rate, the bar its interval, and the
+label carries the tie-aware rank and n (matured/mentions). Groups with nothing matured get the
+full 0-100% bar and no point, which is exactly what is known about them.
+
+Output is deterministic for the same scores: matplotlib's Agg backend (no display), its bundled
+DejaVu font (nothing fetched or looked up on the system), and no timestamp or version in the
+PNG's metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from botsky.scoring import Score, score_log_fields
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = ["plot_scores"]
+
+_POINT: Final = "#1d3f73"
+_BAR: Final = "#7aa7e0"
+_EMPTY: Final = "#c8ccd2"
+
+
+def plot_scores(
+    by_model: Sequence[Score],
+    by_picker: Sequence[Score],
+    path: str | Path,
+    *,
+    title: str = "botsky: success rate by model and picker (Wilson 95% intervals)",
+) -> Path:
+    """Write the plot to ``path`` (PNG) and return the path."""
+    # Imported here so that the CLI and the service do not pay matplotlib's import time unless
+    # a plot is asked for; `use` before pyplot picks the non-interactive backend.
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    panels = [(p, rows) for p, rows in (("model", by_model), ("picker", by_picker)) if rows]
+    if not panels:
+        panels = [("model", [])]
+    heights = [max(len(rows), 1) for _, rows in panels]
+    out = Path(path)
+    # DejaVu Sans ships inside matplotlib, so no system font lookup can change the pixels.
+    with plt.rc_context({"font.family": "DejaVu Sans", "font.size": 10}):
+        fig, axes = plt.subplots(
+            len(panels),
+            1,
+            figsize=(9.0, 1.4 + 0.45 * sum(heights) + 0.6 * len(panels)),
+            gridspec_kw={"height_ratios": heights},
+            squeeze=False,
+        )
+        try:
+            for ax, (by, rows) in zip(axes[:, 0], panels, strict=True):
+                _panel(ax, by, list(rows))
+            fig.suptitle(title, fontsize=11, x=0.01, ha="left")
+            fig.tight_layout()
+            fig.savefig(out, format="png", dpi=110, metadata={"Software": None})
+        finally:
+            plt.close(fig)
+    return out
+
+
+def _panel(ax: Axes, by: str, rows: list[Score]) -> None:
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("success rate (mentioned user replied in the thread)")
+    ax.xaxis.set_major_formatter(lambda v, _pos: f"{v * 100:.0f}%")
+    ax.grid(axis="x", color="#e3e6ea", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"by {by}", loc="left", fontsize=10, color="#444")
+    if not rows:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no mentions yet", ha="center", va="center", color="#888")
+        return
+    n = len(rows)
+    ys = list(range(n - 1, -1, -1))  # best (first) at the top
+    labels = []
+    for y, s in zip(ys, rows, strict=True):
+        f = score_log_fields(s)
+        rank = f"{'=' if s.tied else ''}{s.rank}"
+        name = s.group if len(s.group) <= 32 else s.group[:31] + "…"
+        labels.append(f"{rank}  {name}  (n={s.matured}/{s.mentions})")
+        low, high = f["ci_low"], f["ci_high"]
+        if s.success_rate is None:
+            ax.plot([low, high], [y, y], color=_EMPTY, linewidth=6, solid_capstyle="butt")
+            ax.text(0.5, y + 0.28, "nothing matured", ha="center", fontsize=8, color="#888")
+            continue
+        ax.plot([low, high], [y, y], color=_BAR, linewidth=6, solid_capstyle="butt")
+        ax.plot([f["success_rate"]], [y], marker="o", color=_POINT, markersize=7)
+        ax.text(
+            min(high + 0.01, 0.9),
+            y + 0.22,
+            f"{f['success_rate'] * 100:.1f}%",
+            fontsize=8,
+            color=_POINT,
+        )
+    ax.set_yticks(ys, labels)
+    ax.set_ylim(-0.7, n - 0.3)

@@ -1,0 +1,590 @@
+"""The in-process web app: health checks, /metrics and the leaderboard page. Read-only.
+
+Routes (all GET):
+
+- ``/healthz``: the process is alive (always 200; never needs the token);
+- ``/readyz``: 200 when the source is connected and the ledger answers, else 503 (no token);
+- ``/metrics``: Prometheus text format (``botsky.metrics``);
+- ``/``: the leaderboard per model, persona and picker, recent conversations, a health summary;
+- ``/api/leaderboard?by=model``: exactly ``botsky scores --json`` (``scoring.scores_json``);
+- ``/api/conversations?limit=50``: the latest mentions, newest first, with their outcomes.
+
+When a token is configured, every route but the two health checks needs
+``Authorization: Bearer <token>``. Binding to anything but loopback without a token is refused
+(``ConfigError``): the page shows who was mentioned by whom.
+
+Pages are server-rendered strings with no script, no external asset and every interpolated
+value escaped; post and reply texts are hostile input. A ``Content-Security-Policy`` without
+``script-src`` backs the escaping up. Charts are inline SVG.
+
+``serve`` runs uvicorn as a task in the caller's event loop and returns a ``WebServer`` handle;
+it keeps serving until ``stop()``, also after the App's run has returned (``simulate --serve``),
+as long as the App's ledger stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import html
+import ipaddress
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import structlog
+import uvicorn
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from botsky.errors import ConfigError
+from botsky.ledger.base import Mention
+from botsky.metrics import CONTENT_TYPE, AppView, Metrics, ScoreCache
+from botsky.scoring import GROUP_BY, Score, score_log_fields, scores_json
+
+__all__ = ["LEADERBOARD_GROUPS", "WebServer", "bsky_url", "create_app", "serve"]
+
+log = structlog.get_logger("botsky.web")
+
+# The page's sections, in order. /api/leaderboard accepts every scoring.GROUP_BY value.
+LEADERBOARD_GROUPS: Final = ("model", "persona", "picker")
+_OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
+_READY_TIMEOUT_S: Final = 2.0
+_MAX_CONVERSATIONS: Final = 500
+# No script at all; inline styles only; SVG is inline markup, so no img-src is needed.
+_SECURITY_HEADERS: Final = {
+    "content-security-policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+def bsky_url(uri: str) -> str | None:
+    """The bsky.app page of an ``at://<did>/app.bsky.feed.post/<rkey>`` URI, else None."""
+    if not uri.startswith("at://"):
+        return None
+    parts = uri[5:].split("/")
+    if len(parts) != 3 or parts[1] != "app.bsky.feed.post" or not parts[0] or not parts[2]:
+        return None
+    return f"https://bsky.app/profile/{parts[0]}/post/{parts[2]}"
+
+
+def create_app(
+    view: AppView,
+    *,
+    metrics: Metrics | None = None,
+    token: str | SecretStr | None = None,
+    refresh_s: float = 5.0,
+) -> Starlette:
+    """The ASGI app over ``view``; ``metrics`` is created (and attached) if not given.
+
+    Ledger numbers are reloaded at most every ``refresh_s`` seconds, shared by every route.
+    """
+    metrics = metrics or Metrics()
+    cache = metrics.watch(view, max_age_s=refresh_s)
+    secret = _secret(token)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = await _readiness(view)
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    async def metrics_route(request: Request) -> Response:
+        # A ledger outage must not hide the live counters: the scores are just older (their
+        # age is botsky_scores_age_seconds).
+        await refresh()
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def refresh() -> Response | None:
+        """Reload the ledger numbers; on failure serve the last ones, or 503 if there are none."""
+        try:
+            await cache.refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("web_ledger_unavailable", error=f"{type(exc).__name__}: {exc}")
+            if cache.loaded_at is None:
+                return JSONResponse({"error": "ledger unavailable"}, status_code=503)
+        return None
+
+    async def leaderboard_api(request: Request) -> Response:
+        by = request.query_params.get("by", "model")
+        if by not in GROUP_BY:
+            return JSONResponse(
+                {"error": f"by must be one of {', '.join(GROUP_BY)}"}, status_code=400
+            )
+        return await refresh() or JSONResponse(scores_json(cache.scores(by)))
+
+    async def conversations_api(request: Request) -> Response:
+        limit = _limit(request.query_params.get("limit"), default=50)
+        if limit is None:
+            return JSONResponse(
+                {"error": f"limit must be an integer from 1 to {_MAX_CONVERSATIONS}"},
+                status_code=400,
+            )
+        return await refresh() or JSONResponse(list(_conversations(cache, limit)))
+
+    async def index(request: Request) -> Response:
+        failed = await refresh()
+        if failed is not None:
+            return failed
+        page = _render_page(view, cache, conversations=20)
+        return HTMLResponse(page, headers=_SECURITY_HEADERS)
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_route),
+        Route("/api/leaderboard", leaderboard_api),
+        Route("/api/conversations", conversations_api),
+    ]
+    app = Starlette(routes=routes)
+    if secret is not None:
+        app.add_middleware(_BearerAuth, token=secret)
+    return app
+
+
+# --- serving --------------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # botsky's CLI owns SIGINT/SIGTERM (drain, save the cursor); uvicorn must not take them.
+        yield
+
+
+@dataclass
+class WebServer:
+    """A running web app: ``url`` to reach it, ``stop()`` to shut it down."""
+
+    url: str
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """Stop accepting, finish open requests, and wait for the server task. Idempotent."""
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def wait(self) -> None:
+        """Wait until the server stops (by ``stop()`` or an error)."""
+        await asyncio.shield(self.task)
+
+
+async def serve(
+    view: AppView,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    token: str | SecretStr | None = None,
+    metrics: Metrics | None = None,
+    refresh_s: float = 5.0,
+) -> WebServer:
+    """Start the web app on ``host:port`` (0: any free port) and return once it accepts.
+
+    Raises ``ConfigError`` if ``host`` is not loopback and no token is given, and ``OSError``
+    if the port cannot be bound.
+    """
+    secret = _secret(token)
+    if secret is None and not _is_loopback(host):
+        raise ConfigError(
+            f"web.host {host!r} is not loopback and web.token is unset: refusing to publish "
+            "the leaderboard without authentication (set BOTSKY_WEB__TOKEN, or bind 127.0.0.1)"
+        )
+    app = create_app(view, metrics=metrics, token=secret, refresh_s=refresh_s)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",  # nothing to start or stop: the App owns every resource
+        ws="none",  # no websockets; also keeps the websockets library's deprecations away
+        http="h11",
+        log_config=None,  # botsky configures logging; uvicorn's loggers propagate to it
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config)
+    sock = _bind(host, port)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="botsky-web")
+    while not server.started:
+        if task.done():
+            sock.close()
+            task.result()  # re-raise the failure
+            raise RuntimeError("the web server stopped before it started")
+        await asyncio.sleep(0.01)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return WebServer(url=f"http://{shown}:{bound_port}", server=server, task=task)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secret(token: str | SecretStr | None) -> str | None:
+    value = token.get_secret_value() if isinstance(token, SecretStr) else token
+    return value or None
+
+
+class _BearerAuth:
+    """Every path but the health checks needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in _OPEN_PATHS:
+            given = Headers(scope=scope).get("authorization", "").encode()
+            if not secrets.compare_digest(given, self.expected):
+                response = PlainTextResponse(
+                    "unauthorized\n",
+                    status_code=401,
+                    headers={"www-authenticate": 'Bearer realm="botsky"'},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _readiness(view: AppView) -> dict[str, str]:
+    checks: dict[str, str] = {}
+    connected = getattr(view.source, "connected", True)
+    checks["source"] = "ok" if connected else "disconnected"
+    try:
+        await asyncio.wait_for(view.ledger.load_cursor(view.cursor_name), _READY_TIMEOUT_S)
+        checks["ledger"] = "ok"
+    except asyncio.CancelledError:
+        raise
+    except TimeoutError:
+        checks["ledger"] = "timeout"
+    except Exception as exc:
+        checks["ledger"] = f"error: {type(exc).__name__}"
+    return checks
+
+
+def _limit(raw: str | None, *, default: int) -> int | None:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if 1 <= value <= _MAX_CONVERSATIONS else None
+
+
+# --- data for the page and the API ----------------------------------------------------------
+
+
+def _conversations(cache: ScoreCache, limit: int) -> Iterator[dict[str, Any]]:
+    by_mention: dict[int, Counter[str]] = {}
+    for o in cache.outcomes:
+        by_mention.setdefault(o.mention_id, Counter())[o.kind] += 1
+    for m in _latest(cache.mentions, limit):
+        yield _conversation(m, by_mention.get(m.id, Counter()))
+
+
+def _latest(mentions: Sequence[Mention], limit: int) -> list[Mention]:
+    return heapq.nlargest(limit, mentions, key=lambda m: (m.created_us, m.id))
+
+
+def _conversation(m: Mention, outcomes: Counter[str]) -> dict[str, Any]:
+    post_text = m.extra.get("post_text")
+    return {
+        "mention_id": m.id,
+        "created_us": m.created_us,
+        "post_uri": m.post_uri,
+        "post_url": bsky_url(m.post_uri),
+        "post_author": m.post_author,
+        "post_text": post_text if isinstance(post_text, str) else None,
+        "bot": m.bot,
+        "model": m.model,
+        "persona": m.persona,
+        "picker": m.picker,
+        "reply_uri": m.reply_uri,
+        "reply_url": bsky_url(m.reply_uri),
+        "reply_text": m.reply_text,
+        "mentioned_did": m.mentioned_did,
+        "mentioned_handle": m.mentioned_handle,
+        "status": m.status,
+        "outcome_us": m.outcome_us,
+        "outcomes": dict(sorted(outcomes.items())),
+    }
+
+
+# --- HTML -----------------------------------------------------------------------------------
+
+
+def _e(value: object) -> str:
+    """Escape for element text and double-quoted attributes."""
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: float | None, spec: str, scale: float = 1.0) -> str:
+    return "–" if value is None else spec.format(value * scale)
+
+
+def _attr(value: object) -> str:
+    # data-* attributes carry the API's rounded numbers; null is the empty string.
+    return "" if value is None else _e(value)
+
+
+def _ci_svg(low: float, high: float, rate: float | None) -> str:
+    """The Wilson interval as a bar on a 0-100% track, the point estimate as a tick."""
+    w, h, pad = 200, 18, 4
+    span = w - 2 * pad
+
+    def x(v: float) -> float:
+        return round(pad + v * span, 2)
+
+    label = f"95% interval {low * 100:.1f}% to {high * 100:.1f}%"
+    parts = [
+        f'<svg class="ci" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+        f'aria-label="{_e(label)}"><title>{_e(label)}</title>',
+        f'<line x1="{pad}" y1="{h / 2}" x2="{w - pad}" y2="{h / 2}" stroke="#ccd" />',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{x(tick)}" y1="5" x2="{x(tick)}" y2="13" stroke="#ccd" />')
+    parts.append(
+        f'<rect x="{x(low)}" y="5" width="{max(x(high) - x(low), 1.0):.2f}" height="8" '
+        'rx="2" fill="#7aa7e0" />'
+    )
+    if rate is not None:
+        parts.append(f'<rect x="{x(rate) - 1.5:.2f}" y="2" width="3" height="14" fill="#1d3f73" />')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _score_rows(rows: list[Score]) -> str:
+    out = []
+    for s in rows:
+        f = score_log_fields(s)
+        rank = f"{'=' if s.tied else ''}{s.rank}"
+        group = s.group if len(s.group) <= 80 else s.group[:79] + "…"
+        rate = _num(f["success_rate"], "{:.1f}%", 100)
+        ci = f"{f['ci_low'] * 100:.1f}–{f['ci_high'] * 100:.1f}%"
+        data = {
+            "group": s.group,
+            "rank": s.rank,
+            "tied": "true" if s.tied else "false",
+            "mentions": s.mentions,
+            "matured": s.matured,
+            "successes": s.successes,
+            "success-rate": f["success_rate"],
+            "ci-low": f["ci_low"],
+            "ci-high": f["ci_high"],
+            "engagement-per-reply": f["engagement_per_reply"],
+            "cost-per-success": f["cost_per_success"],
+        }
+        attrs = " ".join(f'data-{k}="{_attr(v)}"' for k, v in data.items())
+        out.append(
+            f'<tr class="score" {attrs}>'
+            f'<td class="rank">{_e(rank)}</td>'
+            f'<td class="group" title="{_e(s.group)}">{_e(group)}</td>'
+            f'<td class="rate num">{_e(rate)}</td>'
+            f'<td class="ci">{_ci_svg(s.ci_low, s.ci_high, s.success_rate)}'
+            f'<span class="ci-text">{_e(ci)}</span></td>'
+            f'<td class="n num">{s.matured}/{s.mentions}</td>'
+            f'<td class="successes num">{s.successes}</td>'
+            f'<td class="engagement-per-reply num">'
+            f"{_e(_num(f['engagement_per_reply'], '{:.3f}'))}</td>"
+            f'<td class="cost-per-success num">'
+            f"{_e(_num(f['cost_per_success'], '${:.6f}'))}</td>"
+            "</tr>"
+        )
+    return "\n".join(out)
+
+
+def _leaderboard_section(by: str, rows: list[Score]) -> str:
+    body = _score_rows(rows) or '<tr><td colspan="8" class="empty">no mentions yet</td></tr>'
+    return f"""
+<section id="by-{by}" class="board">
+<h2>By {_e(by)}</h2>
+<table class="scores" data-by="{_e(by)}">
+<thead><tr><th>rank</th><th>{_e(by)}</th><th>success rate</th><th>95% interval (Wilson)</th>
+<th title="matured / mentions">n</th><th>successes</th><th>engagement / reply</th>
+<th>cost / success</th></tr></thead>
+<tbody>
+{body}
+</tbody>
+</table>
+</section>"""
+
+
+def _link(url: str | None, text: str) -> str:
+    if url is None:
+        return _e(text)
+    return f'<a href="{_e(url)}" rel="noopener noreferrer nofollow">{_e(text)}</a>'
+
+
+def _time(us: int | None) -> str:
+    if us is None:
+        return ""
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _conversation_rows(convs: list[dict[str, Any]]) -> str:
+    out = []
+    for c in convs:
+        post = _link(c["post_url"], "post")
+        if c["post_text"]:
+            post += f'<blockquote class="post-text">{_e(c["post_text"])}</blockquote>'
+        engagement = ", ".join(f"{k} ×{n}" for k, n in c["outcomes"].items() if k != "success")
+        out.append(
+            f'<tr class="conversation" data-mention-id="{c["mention_id"]}" '
+            f'data-status="{_e(c["status"])}">'
+            f'<td class="when">{_e(_time(c["created_us"]))}</td>'
+            f'<td class="post"><span class="did">{_e(c["post_author"])}</span> {post}</td>'
+            f'<td class="reply"><span class="bot">{_e(c["bot"])}</span> '
+            f'<span class="model">({_e(c["model"])}, {_e(c["picker"])})</span> '
+            f"{_link(c['reply_url'], 'reply')}"
+            f'<blockquote class="reply-text">{_e(c["reply_text"])}</blockquote></td>'
+            f'<td class="mention">@{_e(c["mentioned_handle"] or c["mentioned_did"])}</td>'
+            f'<td class="outcome status-{_e(c["status"])}">{_e(c["status"])}'
+            f'<div class="engagement">{_e(engagement)}</div></td>'
+            "</tr>"
+        )
+    if not out:
+        return '<tr><td colspan="5" class="empty">no conversations yet</td></tr>'
+    return "\n".join(out)
+
+
+def _health(view: AppView) -> list[tuple[str, str]]:
+    s = view.summary
+    stats = view.source.stats
+    d = view.dispatcher
+    now_us = view.presence.now_us
+    counts = d.counts if d is not None else {}
+    rows = [
+        ("source", view.source.name),
+        ("connected", "yes" if getattr(view.source, "connected", True) else "no"),
+        ("events read", str(s.events)),
+        ("newest event", _time(now_us) if now_us else "–"),
+        ("skipped frames", str(stats.skipped)),
+        ("reconnects", str(stats.reconnects)),
+        (
+            "dispatch queue",
+            f"{min(d.queue.qsize(), d.queue_size)}/{d.queue_size}" if d is not None else "no bots",
+        ),
+        ("dropped (queue full)", str(counts.get("dropped_queue_full", 0))),
+        ("replies posted", str(counts.get("posted", 0))),
+        ("open mentions", str(len(view.outcomes))),
+        ("opt-outs this run", str(s.opt_outs)),
+    ]
+    return rows
+
+
+def _render_page(view: AppView, cache: ScoreCache, *, conversations: int) -> str:
+    sections = "\n".join(_leaderboard_section(by, cache.scores(by)) for by in LEADERBOARD_GROUPS)
+    convs = list(_conversations(cache, conversations))
+    health = "\n".join(
+        f'<tr data-key="{_e(k)}"><th>{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in _health(view)
+    )
+    nav = " · ".join(f'<a href="#by-{by}">by {by}</a>' for by in LEADERBOARD_GROUPS)
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>botsky leaderboard</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<header>
+<h1>botsky leaderboard</h1>
+<p class="lede">Success = the @-mentioned user replied in the thread within the window.
+Rates use matured mentions (succeeded or expired); bars are Wilson 95% intervals; rows whose
+intervals overlap share a rank (<code>=1</code>).</p>
+<nav>{nav} · <a href="#conversations">conversations</a> · <a href="#health">health</a> ·
+<a href="/api/leaderboard?by=model">JSON</a> · <a href="/metrics">metrics</a></nav>
+</header>
+<main>
+{sections}
+<section id="conversations">
+<h2>Recent conversations</h2>
+<table class="conversations">
+<thead><tr><th>when</th><th>post</th><th>bot reply</th><th>mention</th><th>outcome</th></tr></thead>
+<tbody>
+{_conversation_rows(convs)}
+</tbody>
+</table>
+</section>
+<section id="health">
+<h2>Health</h2>
+<table class="health">
+{health}
+</table>
+</section>
+</main>
+</body>
+</html>
+"""
+
+
+_CSS: Final = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1f24;
+background:#f6f8fa}
+header,main{max-width:1200px;margin:0 auto;padding:0 20px}
+header{padding-top:16px}
+h1{font-size:22px;margin:8px 0}
+h2{font-size:17px;margin:24px 0 8px}
+.lede{color:#57606a;margin:4px 0 8px}
+nav a{color:#0b5cad}
+table{border-collapse:collapse;background:#fff;width:100%;border:1px solid #d0d7de}
+th,td{padding:6px 10px;border-bottom:1px solid #eaeef2;text-align:left;vertical-align:top}
+thead th{background:#eef2f6;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.rank{font-weight:600;width:3em}
+td.ci{white-space:nowrap}
+td.ci svg{vertical-align:middle}
+.ci-text{margin-left:8px;color:#57606a;font-variant-numeric:tabular-nums}
+blockquote{margin:4px 0 0;padding:2px 8px;border-left:3px solid #d0d7de;color:#333;
+white-space:pre-wrap;word-break:break-word}
+.did,.model{color:#57606a;font-size:12px}
+.bot{font-weight:600}
+.status-succeeded{color:#1a7f37;font-weight:600}
+.status-expired{color:#8c959f}
+.status-open{color:#9a6700}
+.engagement{color:#57606a;font-size:12px}
+.empty{color:#8c959f;text-align:center}
+table.health{width:auto}
+table.health th{font-weight:500;color:#57606a}
+"""

@@ -1,0 +1,400 @@
+"""The web app: a real uvicorn on 127.0.0.1 over a real App run, queried with httpx.
+
+``replay_app`` builds botsky from YAML like ``botsky run`` does, over a scripted replay, with
+model vendors on a loopback ``FakeVendorServer``; the browser and metrics tests reuse it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from botsky.app import App, build_app
+from botsky.configload import load_config, resolve_secrets
+from botsky.errors import ConfigError
+from botsky.events import Event, event_to_jetstream
+from botsky.metrics import Metrics
+from botsky.scoring import score, scores_json
+from botsky.sources.base import SourceStats
+from botsky.testing import (
+    FakeVendorServer,
+    RecordingPoster,
+    handles_offered,
+    identity,
+    like,
+    post,
+)
+from botsky.web import WebServer, bsky_url, serve
+from tests.conftest import MIN, T0
+
+USERS = {
+    "did:plc:alice": "alice.test",
+    "did:plc:bob": "bob.test",
+    "did:plc:carol": "carol.test",
+    "did:plc:dave": "dave.test",
+    "did:plc:erin": "erin.test",
+}
+BOT_DIDS = ("did:plc:botada", "did:plc:botbasil", "did:plc:bottess")
+HOSTILE = "<script>alert('pwned')</script>"
+
+
+def hostile_answer(system: str, user: str) -> dict[str, Any]:
+    """A model answer whose text carries markup, as a hostile post could make a model echo."""
+    handles = handles_offered(user)
+    chosen = handles[0] if handles else "nobody.invalid"
+    return {"reply": f"{HOSTILE} Ask @{chosen}, they know this.", "mention": chosen}
+
+
+class ScriptedSource:
+    """A finite source: ``events``, then the events ``later()`` computes once those are read.
+
+    ``later`` sees what the bots did (the ledger), so the script can like the bots' replies,
+    whose URIs only exist once they are posted.
+    """
+
+    def __init__(self, events: list[Event], later: Callable[[], Awaitable[list[Event]]]) -> None:
+        self.name = "scripted"
+        self.stats = SourceStats()
+        self._events = events
+        self._later = later
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        for batch in (self._events, None):
+            for event in batch if batch is not None else await self._later():
+                self.stats.events += 1
+                yield event
+
+    async def aclose(self) -> None:
+        return None
+
+
+def scenario() -> list[Event]:
+    """Five users, six questions; four answered by the recommended expert, two not."""
+    t = T0
+    events: list[Event] = [identity(d, t + i, h) for i, (d, h) in enumerate(USERS.items())]
+    events += [
+        post("did:plc:bob", t + 1 * MIN, "Baking sourdough bread today, my starter is thriving"),
+        post("did:plc:carol", t + 2 * MIN, "Trail running in the Alps, marathon training block"),
+        post("did:plc:dave", t + 3 * MIN, "Chess openings: the Sicilian defence is so sharp"),
+        post("did:plc:erin", t + 4 * MIN, "Watercolor painting of mountains and alpine lakes"),
+    ]
+    questions = [
+        ("did:plc:alice", "Any tips for a sourdough starter? My bread is flat", "did:plc:bob"),
+        ("did:plc:erin", "Looking for a marathon training plan for the Alps", "did:plc:carol"),
+        ("did:plc:alice", "Which chess opening should a beginner learn?", None),
+        (
+            "did:plc:bob",
+            "Watercolor painting of lakes: how to keep it from going muddy?",
+            "did:plc:erin",
+        ),
+        ("did:plc:carol", "Is rye flour good for sourdough bread baking?", None),
+        ("did:plc:dave", "Best shoes for trail running and marathon training?", "did:plc:carol"),
+    ]
+    qs = [post(a, t + (10 + i) * MIN, text) for i, (a, text, _) in enumerate(questions)]
+    events += qs
+    for i, (q, (_, _, expert)) in enumerate(zip(qs, questions, strict=True)):
+        if expert is not None:
+            events.append(post(expert, t + (30 + i) * MIN, "Happy to help with that!", reply_to=q))
+    return events
+
+
+def write_config(tmp: Path, server_url: str) -> Path:
+    """botsky.yaml and bots.yaml for a replay of ``scenario`` with three bots."""
+    events = scenario()
+    (tmp / "events.jsonl").write_bytes(b"\n".join(event_to_jetstream(e) for e in events) + b"\n")
+    (tmp / "botsky.yaml").write_text(
+        f"""
+data_dir: {tmp / "data"}
+seed: 7
+source: {{kind: replay, path: events.jsonl}}
+audience: {{mode: open, acknowledge_open_audience: true}}
+dispatch: {{author_cooldown_s: 0, lockstep: true, reply_to_replies: false}}
+recommend: {{cooldown_s: 0}}
+outcomes: {{window_s: 3600}}
+scoring: {{interval_s: 3600}}
+prices:
+  gpt-4.1-mini: {{input_per_mtok: 0.4, output_per_mtok: 1.6}}
+  claude-haiku-4-5: {{input_per_mtok: 1.0, output_per_mtok: 5.0}}
+"""
+    )
+    (tmp / "bots.yaml").write_text(
+        f"""
+bots:
+  - name: ada
+    persona: "You are Ada <b>warm</b> & brief."
+    provider: openai
+    model: gpt-4.1-mini
+    base_url: {server_url}/v1
+    api_key_env: WEB_OPENAI_KEY
+    account: {{handle: ada.test, did: "{BOT_DIDS[0]}"}}
+  - name: basil
+    persona: You are Basil, a science enthusiast.
+    provider: anthropic
+    model: claude-haiku-4-5
+    base_url: {server_url}
+    api_key_env: WEB_ANTHROPIC_KEY
+    account: {{handle: basil.test, did: "{BOT_DIDS[1]}"}}
+  - name: tess
+    persona: You are Tess, a plain template.
+    provider: template
+    model: template-v1
+    picker: similar
+    account: {{handle: tess.test, did: "{BOT_DIDS[2]}"}}
+"""
+    )
+    return tmp / "botsky.yaml"
+
+
+async def replay_app(tmp: Path, server_url: str, metrics: Metrics | None = None) -> App:
+    """botsky built from YAML over the scripted replay (not yet run).
+
+    ``metrics`` is the registry the composition root wraps the models and the poster with.
+    """
+    cfg = write_config(tmp, server_url)
+    loaded = load_config(cfg, environ={})
+    env = {"WEB_OPENAI_KEY": "sk-web-openai", "WEB_ANTHROPIC_KEY": "sk-ant-web"}
+    built: list[App] = []
+
+    async def later() -> list[Event]:
+        # Authors like every other bot reply; then, much later, activity moves the stream clock
+        # past the outcome window so the unanswered mentions expire.
+        mentions = await built[0].ledger.mentions()
+        likes = [
+            like(m.post_author, T0 + (40 + i) * MIN, m.reply_uri, m.reply_cid)
+            for i, m in enumerate(mentions)
+            if i % 2 == 0
+        ]
+        return [*likes, post("did:plc:erin", T0 + 180 * MIN, "Evening walk by the lake")]
+
+    source = ScriptedSource(scenario(), later)
+    secrets = resolve_secrets(loaded, environ=env, live=False)
+    app = await build_app(loaded, secrets, source=source, poster=RecordingPoster(), metrics=metrics)
+    built.append(app)
+    return app
+
+
+@pytest.fixture
+def vendor() -> Iterator[FakeVendorServer]:
+    """Loopback OpenAI/Anthropic endpoints whose replies carry a <script> tag."""
+    with FakeVendorServer(choose=hostile_answer) as server:
+        yield server
+
+
+@pytest.fixture
+async def ran(tmp_path: Path, vendor: FakeVendorServer) -> AsyncIterator[App]:
+    """An App that has run the whole replay; its ledger stays open until the test ends."""
+    app = await replay_app(tmp_path, vendor.url)
+    try:
+        await app.run()
+        yield app
+    finally:
+        await app.aclose()
+
+
+@pytest.fixture
+async def web(ran: App) -> AsyncIterator[WebServer]:
+    """The web app on a free loopback port, over the finished run, without a token."""
+    server = await serve(ran, host="127.0.0.1", port=0, token=None, refresh_s=0.0)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def _get(url: str, **kw: Any) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(url, **kw)
+
+
+async def _expected(app: App, by: str) -> list[dict[str, Any]]:
+    return scores_json(score(await app.ledger.mentions(), await app.ledger.outcomes(), by=by))
+
+
+async def test_api_leaderboard_equals_scores_json_for_every_grouping(
+    ran: App, web: WebServer
+) -> None:
+    """/api/leaderboard?by=X returns exactly scoring.scores_json over the same ledger."""
+    for by in ("model", "persona", "bot", "picker", "provider"):
+        r = await _get(f"{web.url}/api/leaderboard", params={"by": by})
+        assert r.status_code == 200
+        assert r.json() == await _expected(ran, by)
+    models = await _get(f"{web.url}/api/leaderboard")
+    assert {row["model"] for row in models.json()} == {m.model for m in await ran.ledger.mentions()}
+
+
+async def test_api_leaderboard_rejects_an_unknown_grouping(web: WebServer) -> None:
+    """An unknown ?by= is a 400 with the allowed values, not a 500."""
+    r = await _get(f"{web.url}/api/leaderboard", params={"by": "colour"})
+    assert r.status_code == 400 and "model" in r.json()["error"]
+
+
+async def test_the_scenario_has_successes_expiries_and_engagement(ran: App) -> None:
+    """The replay matures mentions both ways, so the page shows real intervals."""
+    mentions = await ran.ledger.mentions()
+    assert len(mentions) == 6
+    assert {m.status for m in mentions} == {"succeeded", "expired"}
+    assert {o.kind for o in await ran.ledger.outcomes()} >= {"success", "like"}
+
+
+async def test_leaderboard_page_has_one_row_per_group_with_the_api_numbers(
+    ran: App, web: WebServer
+) -> None:
+    """Each section's rows carry the API's rounded numbers and the tie-aware rank."""
+    page = (await _get(web.url + "/")).text
+    for by in ("model", "persona", "picker"):
+        section = page.split(f'<table class="scores" data-by="{by}">', 1)[1].split("</table>")[0]
+        rows = re.findall(r'<tr class="score" ([^>]*)>', section)
+        expected = await _expected(ran, by)
+        assert len(rows) == len(expected)
+        for attrs, exp in zip(rows, expected, strict=True):
+            data = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', attrs))
+            assert data["rank"] == str(exp["rank"])
+            assert data["matured"] == str(exp["matured"])
+            assert data["mentions"] == str(exp["mentions"])
+            assert data["ci-low"] == str(exp["ci_low"])
+            assert data["ci-high"] == str(exp["ci_high"])
+            rate = exp["success_rate"]
+            assert data["success-rate"] == ("" if rate is None else str(rate))
+        for exp in expected:
+            if exp["tied"]:
+                assert f'<td class="rank">={exp["rank"]}</td>' in section
+
+
+async def test_leaderboard_page_escapes_hostile_text_and_forbids_scripts(
+    web: WebServer,
+) -> None:
+    """Reply texts and personas are escaped; the CSP allows no script at all."""
+    r = await _get(web.url + "/")
+    assert r.status_code == 200
+    assert "<script" not in r.text
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in r.text
+    assert "<b>warm</b>" not in r.text and "&lt;b&gt;warm&lt;/b&gt;" in r.text
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert "<svg" in r.text
+
+
+async def test_conversations_link_to_bsky_and_carry_outcomes(ran: App, web: WebServer) -> None:
+    """/api/conversations lists the newest mention first with bsky.app links and outcomes."""
+    r = await _get(f"{web.url}/api/conversations", params={"limit": 6})
+    convs = r.json()
+    assert [c["mention_id"] for c in convs] == sorted(
+        (m.id for m in await ran.ledger.mentions()), reverse=True
+    )
+    first = convs[-1]
+    assert first["post_url"].startswith("https://bsky.app/profile/did:plc:alice/post/")
+    assert first["status"] == "succeeded" and first["outcomes"]["success"] == 1
+    assert first["outcomes"].get("like") == 1
+    assert HOSTILE in first["reply_text"]
+    bad = await _get(f"{web.url}/api/conversations", params={"limit": "all"})
+    assert bad.status_code == 400
+
+
+async def test_health_endpoints_report_liveness_and_readiness(ran: App, web: WebServer) -> None:
+    """/healthz is always 200; /readyz is 200 while the ledger answers and the source is up."""
+    assert (await _get(web.url + "/healthz")).json() == {"status": "ok"}
+    ready = await _get(web.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["ledger"] == "ok"
+    ran.source.connected = False  # type: ignore[attr-defined]
+    down = await _get(web.url + "/readyz")
+    assert down.status_code == 503 and down.json()["source"] == "disconnected"
+
+
+async def test_readyz_is_503_when_the_ledger_is_unreachable(tmp_path: Path, ran: App) -> None:
+    """A closed ledger makes /readyz and the page fail; /healthz and /metrics still answer."""
+    await ran.ledger.close()
+    server = await serve(ran, port=0)
+    try:
+        r = await _get(server.url + "/readyz")
+        assert r.status_code == 503 and r.json()["ledger"].startswith("error")
+        assert (await _get(server.url + "/healthz")).status_code == 200
+        assert (await _get(server.url + "/")).status_code == 503
+        assert (await _get(server.url + "/metrics")).status_code == 200
+    finally:
+        await server.stop()
+    await ran.ledger.open()  # the fixture closes it again
+
+
+async def test_pages_serve_the_last_numbers_while_the_ledger_is_down(
+    ran: App, web: WebServer
+) -> None:
+    """Once loaded, the leaderboard survives a ledger outage with the numbers it had."""
+    before = (await _get(f"{web.url}/api/leaderboard")).json()
+    await ran.ledger.close()
+    try:
+        assert (await _get(f"{web.url}/api/leaderboard")).json() == before
+        assert (await _get(web.url + "/")).status_code == 200
+    finally:
+        await ran.ledger.open()
+
+
+async def test_token_guards_every_route_but_the_health_checks(ran: App) -> None:
+    """With a token, pages need the bearer header; health checks do not."""
+    server = await serve(ran, port=0, token="s3cret-token")
+    try:
+        for path in ("/", "/metrics", "/api/leaderboard", "/api/conversations"):
+            assert (await _get(server.url + path)).status_code == 401
+            wrong = await _get(server.url + path, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = await _get(server.url + path, headers={"Authorization": "Bearer s3cret-token"})
+            assert ok.status_code == 200
+        assert (await _get(server.url + "/healthz")).status_code == 200
+        assert (await _get(server.url + "/readyz")).status_code == 200
+    finally:
+        await server.stop()
+
+
+async def test_serve_refuses_a_public_host_without_a_token(ran: App) -> None:
+    """Binding beyond loopback without a token is a ConfigError, before any socket is bound."""
+    for host in ("0.0.0.0", "192.0.2.10", "example.org"):
+        with pytest.raises(ConfigError, match="not loopback"):
+            await serve(ran, host=host, port=0)
+
+
+async def test_stop_closes_the_port_and_is_idempotent(ran: App) -> None:
+    """After stop() the server refuses connections; a second stop() is harmless."""
+    server = await serve(ran, port=0)
+    assert (await _get(server.url + "/healthz")).status_code == 200
+    await server.stop()
+    await server.stop()
+    with pytest.raises(httpx.ConnectError):
+        await _get(server.url + "/healthz")
+
+
+async def test_serve_keeps_reading_the_ledger_after_the_run(
+    tmp_path: Path, vendor: FakeVendorServer
+) -> None:
+    """Started before the run, the server shows the run's mentions once it has finished."""
+    app = await replay_app(tmp_path, vendor.url)
+    server = await serve(app, port=0, refresh_s=0.0)
+    try:
+        assert (await _get(server.url + "/api/leaderboard")).json() == []
+        await app.run()
+        rows = (await _get(server.url + "/api/leaderboard")).json()
+        assert sum(r["mentions"] for r in rows) == 6
+    finally:
+        await server.stop()
+        await app.aclose()
+
+
+@pytest.mark.parametrize(
+    ("uri", "url"),
+    [
+        (
+            "at://did:plc:abc/app.bsky.feed.post/3k2a",
+            "https://bsky.app/profile/did:plc:abc/post/3k2a",
+        ),
+        ("at://did:plc:abc/app.bsky.feed.like/3k2a", None),
+        ("at://did:plc:abc/app.bsky.feed.post", None),
+        ("https://bsky.app/profile/x/post/y", None),
+        ("", None),
+    ],
+)
+def test_bsky_url_maps_post_uris_only(uri: str, url: str | None) -> None:
+    """Only post URIs get a bsky.app link; anything else is shown as text."""
+    assert bsky_url(uri) == url
