@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,6 +31,7 @@ from botsky.llm import make_model
 from botsky.llm.base import Model, Price
 from botsky.metrics import Metrics
 from botsky.outcomes import OutcomeWatcher
+from botsky.partition import PgPartitions, SinglePartition, partition_of
 from botsky.policy import AudiencePolicy
 from botsky.posting import DryRunPoster, Poster
 from botsky.presence import Presence
@@ -101,6 +102,8 @@ class App:
         models: tuple[Model, ...] = (),
         metrics: Metrics | None = None,
         web: WebConfig | None = None,
+        partitions: PgPartitions | SinglePartition | None = None,
+        handover_buffer: int = 10_000,
     ) -> None:
         self.source = source
         self.ledger = ledger
@@ -120,6 +123,11 @@ class App:
         self.web = web
         self.web_server: WebServer | None = None
         self.keep_serving = False  # `simulate --serve` keeps the page up after the run
+        self.partitions = partitions or SinglePartition()
+        # Eligible posts of partitions owned elsewhere, to answer if this replica takes over.
+        self._handover: deque[tuple[Event, PostRef]] = deque(maxlen=handover_buffer or None)
+        if isinstance(self.partitions, PgPartitions):
+            self.partitions.on_acquire = self._took_over
         self.summary = RunSummary()
         self._cursor: int | None = None
 
@@ -136,7 +144,8 @@ class App:
             )
             log.info("web_started", url=self.web_server.url)
         loaded = await self.outcomes.load()
-        recovered = await self.dispatcher.recover() if self.dispatcher else {}
+        await self.partitions.start()
+        recovered = await self.dispatcher.recover(self._recoverable) if self.dispatcher else {}
         log.info(
             "app_started",
             source=self.source.name,
@@ -198,6 +207,9 @@ class App:
             if self.selector is not None and self.dispatcher is not None and event.is_post_create:
                 post = PostRef.of(event.record)
                 reason = self.selector.reason(event, post)
+                if reason is None and not self.partitions.owns(event.uri):
+                    reason = "other_replica"
+                    self._handover.append((event, post))
                 if reason is None and self.dispatcher.offer(event, post):
                     self.selector.accepted(event)
                     if self.lockstep:
@@ -209,7 +221,43 @@ class App:
             s.skip_reasons["route_error"] += 1
             log.exception("route_failed", uri=event.uri if event.kind == "commit" else event.did)
 
+    def _recoverable(self, post_uri: str, intent: dict[str, Any] | None) -> bool:
+        """Which crashed claims this process settles: all of them when it runs alone; with
+        replicas, those of dead replicas in partitions it owns (never a live one's in-flight
+        claim, and never the same claim as another survivor)."""
+        if isinstance(self.partitions, SinglePartition):
+            return True
+        replica = (intent or {}).get("replica")
+        return self.partitions.owns(post_uri) and replica not in self.partitions.alive()
+
+    async def _took_over(self, taken: frozenset[int]) -> None:
+        """A rebalance gave us partitions: answer what we skipped for them, settle the
+        claims their previous owner left half-done."""
+        assert isinstance(self.partitions, PgPartitions)
+        count = self.partitions.count
+        # Split the buffer before awaiting anything: the reader keeps appending to it.
+        mine = [(e, p) for e, p in self._handover if partition_of(e.uri, count) in taken]
+        self._handover = deque(
+            ((e, p) for e, p in self._handover if partition_of(e.uri, count) not in taken),
+            maxlen=self._handover.maxlen,
+        )
+        offered = 0
+        if self.dispatcher is not None:
+            for event, post in mine:
+                await self.dispatcher.put(event, post)
+                offered += 1
+        # The previous owner's open mentions: watch them for outcomes from now on.
+        for m in await self.ledger.open_mentions():
+            if partition_of(m.post_uri, count) in taken:
+                self.outcomes.track(m)
+        if self.dispatcher is not None:
+            recovered = await self.dispatcher.recover(self._recoverable)
+            if offered or recovered:
+                log.info("handover", offered=offered, recovered=dict(recovered))
+
     async def _finish(self, workers: asyncio.Task[None] | None, scorer: asyncio.Task[None]) -> None:
+        # Leave the group first, so no takeover queues work behind the workers' stop markers.
+        await self.partitions.stop()
         if self.dispatcher is not None and workers is not None:
             if self.summary.interrupted or not self.drain_on_eof:
                 dropped = self.dispatcher.discard_pending()
@@ -343,6 +391,21 @@ async def build_app(
         texts_per_user=st.presence.texts_per_user,
     )
     outcomes = OutcomeWatcher(ledger, window_s=st.outcomes.window_s)
+    is_pg = st.ledger.url.startswith(("postgres://", "postgresql://"))
+    partitioned = st.scale.partitioned if st.scale.partitioned is not None else is_pg
+    if partitioned and not is_pg:
+        raise ConfigError("scale.partitioned needs a PostgreSQL ledger (ledger.url)")
+    partitions: PgPartitions | SinglePartition = (
+        PgPartitions(
+            st.ledger.url,
+            count=st.scale.partitions,
+            group=st.scale.group,
+            rebalance_s=st.scale.rebalance_s,
+            rng=random.Random(),  # member ids must differ between replicas, seed or not
+        )
+        if partitioned
+        else SinglePartition()
+    )
     selector = dispatcher = None
     if bots:
         army = Army(bots, random.Random(rng.random()))
@@ -373,7 +436,7 @@ async def build_app(
             presence=presence,
             identity=identity,
             ledger=ledger,
-            poster=metrics.poster(poster or DryRunPoster(st.data_dir / "dry_run_posts.jsonl")),
+            poster=metrics.poster(poster or DryRunPoster(st.data_dir / st.posting.dry_run_file)),
             outcomes=outcomes,
             rules=ComposeRules(
                 max_graphemes=st.compose.max_graphemes,
@@ -384,6 +447,7 @@ async def build_app(
             queue_size=st.dispatch.queue_size,
             workers=st.dispatch.workers,
             rng=random.Random(rng.random()),
+            replica=partitions.member,
         )
     else:
         log.warning("no_bots_enabled", hint="set the bots' API key variables or add template bots")
@@ -404,4 +468,6 @@ async def build_app(
         models=tuple(b.model for b in bots),
         metrics=metrics,
         web=st.web,
+        partitions=partitions,
+        handover_buffer=st.scale.handover_buffer,
     )

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
-    "AccountConfig",
     "DEFAULT_COLLECTIONS",
+    "AccountConfig",
     "AudienceConfig",
     "BotConfig",
     "BotsFile",
@@ -32,6 +32,7 @@ __all__ = [
     "PresenceConfig",
     "PriceConfig",
     "RecommendConfig",
+    "ScaleConfig",
     "ScoringConfig",
     "Settings",
     "SourceConfig",
@@ -174,6 +175,8 @@ class PostingConfig(_Strict):
     """``dry_run`` logs what it would post; ``live`` posts through each bot's PDS."""
 
     mode: Literal["dry_run", "live"] = "dry_run"
+    # dry_run keeps what it would post here (relative to data_dir); replicas may share it.
+    dry_run_file: Path = Path("dry_run_posts.jsonl")
     pds_url: str = "https://bsky.social"  # the bots' PDS (entryway); a bot may not override yet
     # The PDS write budget (points; a create costs 3) and the share of it botsky may use.
     points_per_hour: int = Field(default=5000, gt=0)
@@ -183,6 +186,18 @@ class PostingConfig(_Strict):
     # Stop all posting (not ingestion) while this file exists or this env var is set non-empty.
     kill_switch_file: Path | None = None
     kill_switch_env: str | None = "BOTSKY_KILL_SWITCH"
+
+
+class ScaleConfig(_Strict):
+    """Replicas on one PostgreSQL ledger: who answers which posts (see botsky.partition)."""
+
+    # None: partitioned whenever the ledger is PostgreSQL (one replica then owns everything).
+    partitioned: bool | None = None
+    partitions: int = Field(default=64, ge=1, le=4096)
+    rebalance_s: float = Field(default=2.0, gt=0)
+    group: str = "botsky"
+    # Eligible posts of partitions this replica does not own, kept to answer after a takeover.
+    handover_buffer: int = Field(default=10_000, ge=0)
 
 
 class WebConfig(_Strict):
@@ -261,6 +276,7 @@ class Settings(BaseSettings):
     audience: AudienceConfig = Field(default_factory=AudienceConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
 
 

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -134,8 +135,10 @@ class Dispatcher:
         queue_size: int = 100,
         workers: int = 4,
         rng: random.Random | None = None,
+        replica: str = "local",
     ) -> None:
         self.army = army
+        self.replica = replica  # written into each claim's intent (who may recover it)
         self.recommender = recommender
         self.presence = presence
         self.identity = identity
@@ -148,6 +151,7 @@ class Dispatcher:
         # Unbounded underneath so the stop markers never wait; ``offer`` enforces the bound.
         self.queue_size = queue_size
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._room = asyncio.Event()  # set whenever a worker takes a job off the queue
         self.counts: Counter[str] = Counter()
 
     def offer(self, event: Event, post: PostRef) -> bool:
@@ -158,6 +162,14 @@ class Dispatcher:
         self.queue.put_nowait(_Job(event, post, time.perf_counter()))
         self.counts["queued"] += 1
         return True
+
+    async def put(self, event: Event, post: PostRef) -> None:
+        """Queue a post, waiting for room (for handover work, never for the reader)."""
+        while self.queue.qsize() >= self.queue_size:
+            self._room.clear()
+            await self._room.wait()
+        self.queue.put_nowait(_Job(event, post, time.perf_counter()))
+        self.counts["queued"] += 1
 
     async def run(self) -> None:
         """Run the workers until ``close`` has been called and the queue is drained."""
@@ -186,6 +198,7 @@ class Dispatcher:
 
     async def _worker(self) -> None:
         while (job := await self.queue.get()) is not None:
+            self._room.set()
             try:
                 outcome = await self.handle(job.event, job.post)
             except asyncio.CancelledError:
@@ -268,7 +281,7 @@ class Dispatcher:
             root=root or parent,
             parent=parent,
             created_at=_rfc3339(now),
-            rkey=reply_rkey(now, event.uri),
+            rkey=reply_rkey(event.time_us, f"{bot.did}|{event.uri}"),
         )
         mention = Mention(
             post_uri=event.uri,
@@ -296,16 +309,28 @@ class Dispatcher:
             extra={"repaired": list(composed.repaired)} if composed.repaired else {},
         )
         # The intent goes in with the claim, so a crash before record_mention loses nothing.
-        intent = {"reply": dataclasses.asdict(reply), "mention": dataclasses.asdict(mention)}
+        intent = {
+            "replica": self.replica,
+            "reply": dataclasses.asdict(reply),
+            "mention": dataclasses.asdict(mention),
+        }
         if not await self.ledger.claim(event.uri, bot.name, now, intent):
             return "already_claimed"
         return await self._settle(reply, mention, find_first=False)
 
-    async def recover(self) -> Counter[str]:
+    async def recover(
+        self, only: Callable[[str, dict[str, Any] | None], bool] | None = None
+    ) -> Counter[str]:
         """Settle claims left ``posting`` by a crash: record the reply if the bot's repo has
-        it, post it (under the same record key) if it does not. Run before reading events."""
+        it, post it (under the same record key) if it does not. Run before reading events.
+
+        ``only(post_uri, intent)`` limits it to some claims (with replicas: those of dead
+        replicas in partitions this one owns, so no two replicas settle the same claim).
+        """
         done: Counter[str] = Counter()
         for post_uri, owner, intent in await self.ledger.pending_claims():
+            if only is not None and not only(post_uri, intent):
+                continue
             if intent is None:
                 await self.ledger.finish_claim(post_uri, "failed")
                 done["no_intent"] += 1

@@ -19,25 +19,29 @@ from typing import IO, Any, Protocol, runtime_checkable
 import orjson
 import structlog
 
+from botsky.errors import PostError
 from botsky.events import POST, at_uri
 
 __all__ = ["DryRunPoster", "Posted", "Poster", "ReplyPost", "StrongRef", "reply_rkey"]
 
+log = structlog.get_logger("botsky.posting")
+
 _B32 = "234567abcdefghijklmnopqrstuvwxyz"
 
 
-def reply_rkey(time_us: int, post_uri: str, attempt: int = 0) -> str:
-    """A TID record key for the reply to ``post_uri``, chosen at claim time.
+def reply_rkey(time_us: int, key: str) -> str:
+    """A TID record key for one bot's reply to one post, chosen before posting.
 
-    The timestamp part is the claim's stream time; the 10-bit clock id comes from the post URI,
-    so two replies claimed in the same microsecond still get different keys.
+    ``time_us`` is the answered post's own time and ``key`` names the bot and the post: the
+    timestamp keeps its millisecond, the sub-millisecond part (1000 values) and the 10-bit
+    clock id come from a hash of ``key``. Distinct replies then collide only if their posts
+    share a millisecond *and* 20 hash bits; stream time would not do, since a replay or a
+    takeover answers hundreds of posts at one frozen stream time.
     """
-    clock_id = int.from_bytes(hashlib.sha256(post_uri.encode()).digest()[:2], "big") & 0x3FF
-    n = ((time_us + attempt) << 10) | clock_id
+    h = hashlib.sha256(key.encode()).digest()
+    micros = (time_us // 1000) * 1000 + int.from_bytes(h[:2], "big") % 1000
+    n = (micros << 10) | (int.from_bytes(h[2:4], "big") & 0x3FF)
     return "".join(_B32[(n >> (5 * i)) & 31] for i in range(12, -1, -1))
-
-
-log = structlog.get_logger("botsky.posting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +115,35 @@ class DryRunPoster:
         self.posted: list[ReplyPost] = []
         self._repo: dict[tuple[str, str], tuple[Posted, str]] = {}
         self._file: IO[bytes] | None = None
-        if path is not None and path.exists():
-            for line in path.read_bytes().splitlines():
-                try:
-                    row = orjson.loads(line)
-                    posted = Posted(row["uri"], row["cid"])
-                    self._repo[(row["did"], row["rkey"])] = (posted, row["parent"])
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line torn by a crash mid-write: that reply never returned
+        self._read_upto = 0
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Read lines appended since the last look (by this or another process)."""
+        if self.path is None or not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(self._read_upto)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        self._read_upto += end
+        for line in data[:end].splitlines():
+            try:
+                row = orjson.loads(line)
+                posted = Posted(row["uri"], row["cid"])
+                self._repo[(row["did"], row["rkey"])] = (posted, row["parent"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # a line torn by a crash mid-write: that reply never returned
 
     async def reply(self, post: ReplyPost) -> Posted:
         rkey = post.rkey or reply_rkey(0, f"{post.bot_did}|{post.parent.uri}")
+        self._refresh()
         known = self._repo.get((post.bot_did, rkey))
         if known is not None:
-            return known[0]  # idempotent, like createRecord with an existing rkey
+            if known[1] != post.parent.uri:
+                # Like createRecord on a taken rkey: never pass off another post's reply.
+                raise PostError(f"record key {rkey} already holds a reply to {known[1]}")
+            return known[0]  # the same reply again (a retry after a crash): idempotent
         record = post.record()
         cid = "dry" + hashlib.sha256(orjson.dumps(record)).hexdigest()[:40]
         posted = Posted(uri=at_uri(post.bot_did, POST, rkey), cid=cid)
@@ -144,6 +163,7 @@ class DryRunPoster:
         return posted
 
     async def lookup(self, bot_did: str, rkey: str, parent_uri: str) -> Posted | None:
+        self._refresh()
         known = self._repo.get((bot_did, rkey))
         return known[0] if known is not None and known[1] == parent_uri else None
 

@@ -1,0 +1,205 @@
+"""Partitions: which replica answers which posts, coordinated by PostgreSQL alone.
+
+Every replica reads the whole firehose. Posts are split into ``count`` partitions by a stable
+hash of their URI; a replica answers the posts of the partitions it owns. Ownership is a
+session-level advisory lock per partition on a dedicated connection, so a replica that dies
+(its session ends) releases everything at once, without a heartbeat table. Each replica also
+holds one *membership* lock; counting those in ``pg_locks`` gives the number of live replicas,
+and every ``rebalance_s`` each replica moves towards its fair share, ``ceil(count / members)``:
+it releases extras when a replica joins and takes free partitions when one leaves.
+
+Ownership can lag reality by a rebalance period; that is safe because the ledger's unique
+claim per post makes a second reply impossible whoever answers. The app keeps posts from
+partitions it does not own in a bounded buffer and offers them again when it takes a partition
+over, so a post seen while its partition was between owners is still answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import structlog
+
+__all__ = ["PgPartitions", "SinglePartition", "partition_of"]
+
+log = structlog.get_logger("botsky.partition")
+
+# pg_locks shows a two-key advisory lock as classid = key1, objid = key2, objsubid = 2.
+_HELD = """
+    SELECT objid::bigint FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint = %s
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def partition_of(uri: str, count: int) -> int:
+    """The partition of a post: stable across processes and restarts (not Python's hash)."""
+    return int.from_bytes(hashlib.blake2b(uri.encode(), digest_size=8).digest(), "big") % count
+
+
+def _key(text: str) -> int:
+    """A signed 32-bit advisory-lock key for ``text``."""
+    return int.from_bytes(
+        hashlib.blake2b(text.encode(), digest_size=4).digest(), "big", signed=True
+    )
+
+
+class SinglePartition:
+    """One process owns everything (SQLite, or PostgreSQL without scale-out)."""
+
+    member = "local"
+
+    def owns(self, uri: str) -> bool:
+        return True
+
+    def alive(self) -> frozenset[str]:
+        return frozenset({self.member})
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class PgPartitions:
+    """Partition ownership through PostgreSQL advisory locks.
+
+    ``on_acquire(partitions)`` is awaited after each rebalance that took partitions over (the
+    app re-offers buffered posts and recovers dead replicas' claims there).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        count: int = 64,
+        group: str = "botsky",
+        rebalance_s: float = 2.0,
+        on_acquire: Callable[[frozenset[int]], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.count = count
+        self.group = group
+        self.rebalance_s = rebalance_s
+        self.on_acquire = on_acquire
+        self.rng = rng or random.Random()
+        self.member_id = self.rng.randrange(1, 2**31)
+        self.member = str(self.member_id)
+        self.owned: set[int] = set()
+        self.members: frozenset[int] = frozenset()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ns_members = 0
+        self._ns_parts = 0
+        # Held while a rebalance (and the takeover work it triggers) runs, so stop() never
+        # cuts a takeover in half: the posts it was re-offering would have no owner.
+        self._busy = asyncio.Lock()
+
+    def owns(self, uri: str) -> bool:
+        # With no live session our locks are gone: own nothing until they are taken again.
+        return self._conn is not None and partition_of(uri, self.count) in self.owned
+
+    def alive(self) -> frozenset[str]:
+        """Members (replicas) whose session holds its membership lock, as of the last check."""
+        return frozenset(str(m) for m in self.members)
+
+    async def start(self) -> None:
+        """Join the group, take a first share, and keep rebalancing in the background."""
+        await self._connect()
+        await self.rebalance()
+        self._task = asyncio.create_task(self._loop(), name="partitions")
+
+    async def stop(self) -> None:
+        """Leave the group (after any takeover in progress): closing the session releases
+        every lock at once."""
+        async with self._busy:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            await self._disconnect()
+
+    async def rebalance(self) -> frozenset[int]:
+        """Move towards the fair share; returns the partitions taken over."""
+        conn = self._conn
+        if conn is None:
+            return frozenset()
+        members = frozenset(await self._held(conn, self._ns_members)) | {self.member_id}
+        self.members = members
+        fair = math.ceil(self.count / len(members))
+        if len(self.owned) > fair:
+            for p in self.rng.sample(sorted(self.owned), len(self.owned) - fair):
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self._ns_parts, p))
+                self.owned.discard(p)
+            log.info("partitions_released", owned=len(self.owned), members=len(members))
+            return frozenset()
+        taken: set[int] = set()
+        if len(self.owned) < fair:
+            held = set(await self._held(conn, self._ns_parts))
+            free = [p for p in range(self.count) if p not in held and p not in self.owned]
+            self.rng.shuffle(free)
+            for p in free:
+                if len(self.owned) >= fair:
+                    break
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._ns_parts, p))
+                row = await cur.fetchone()
+                if row is not None and row[0]:
+                    self.owned.add(p)
+                    taken.add(p)
+        if taken:
+            log.info(
+                "partitions_acquired", taken=len(taken), owned=len(self.owned), members=len(members)
+            )
+            if self.on_acquire is not None:
+                await self.on_acquire(frozenset(taken))
+        return frozenset(taken)
+
+    # internals --------------------------------------------------------------------------
+    async def _connect(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        # The group is scoped to the schema too, so two deployments (or two tests) sharing a
+        # database never share partitions.
+        cur = await conn.execute("SELECT current_database(), current_schema()")
+        row = await cur.fetchone()
+        scope = f"{self.group}|{row[0] if row else ''}|{row[1] if row else ''}"
+        self._ns_members, self._ns_parts = _key(scope + "|members"), _key(scope + "|partitions")
+        await conn.execute("SELECT pg_advisory_lock(%s, %s)", (self._ns_members, self.member_id))
+        self._conn = conn
+        log.info("partitions_joined", member=self.member_id, partitions=self.count)
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        self.owned.clear()
+        if conn is not None:
+            await conn.close()
+
+    async def _held(self, conn: psycopg.AsyncConnection[Any], ns: int) -> list[int]:
+        # classid is an oid (unsigned); our keys are signed, so compare modulo 2^32.
+        cur = await conn.execute(_HELD, (ns % 2**32,))
+        return [int(r[0]) for r in await cur.fetchall()]
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rebalance_s)
+            try:
+                async with self._busy:
+                    if self._conn is None or self._conn.closed:
+                        await self._disconnect()
+                        await self._connect()
+                    await self.rebalance()
+            except psycopg.Error as exc:
+                # The session is gone, and our locks with it: own nothing until we rejoin.
+                log.warning("partitions_lost", error=str(exc))
+                await self._disconnect()
+            except Exception:
+                # A failure in the takeover work must not end rebalancing for good.
+                log.exception("rebalance_failed")
