@@ -256,6 +256,10 @@ class App:
                 log.info("handover", offered=offered, recovered=dict(recovered))
 
     async def _finish(self, workers: asyncio.Task[None] | None, scorer: asyncio.Task[None]) -> None:
+        # A finite source ended: make sure what was buffered for other owners has one (the
+        # session may have been lost, or the others may have finished first).
+        if not self.summary.interrupted:
+            await self.partitions.settle()
         # Leave the group first, so no takeover queues work behind the workers' stop markers.
         await self.partitions.stop()
         if self.dispatcher is not None and workers is not None:

@@ -65,6 +65,9 @@ class SinglePartition:
     async def start(self) -> None:
         return None
 
+    async def settle(self, timeout_s: float = 60.0) -> None:
+        return None
+
     async def stop(self) -> None:
         return None
 
@@ -105,8 +108,11 @@ class PgPartitions:
         self._busy = asyncio.Lock()
 
     def owns(self, uri: str) -> bool:
-        # With no live session our locks are gone: own nothing until they are taken again.
-        return self._conn is not None and partition_of(uri, self.count) in self.owned
+        # While the session is lost we keep answering the partitions we last held: every reply
+        # still needs a claim in this same database, whose unique key arbitrates if another
+        # replica took a partition over meanwhile. Dropping them instead would leave posts
+        # unanswered for as long as the outage lasts.
+        return partition_of(uri, self.count) in self.owned
 
     def alive(self) -> frozenset[str]:
         """Members (replicas) whose session holds its membership lock, as of the last check."""
@@ -117,6 +123,24 @@ class PgPartitions:
         await self._connect()
         await self.rebalance()
         self._task = asyncio.create_task(self._loop(), name="partitions")
+
+    async def settle(self, timeout_s: float = 60.0) -> None:
+        """Before leaving at the end of a finite source: rejoin if the session was lost, and
+        take over whatever is free, so posts buffered meanwhile still get an owner."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        async with self._busy:
+            while True:
+                try:
+                    if self._conn is None or self._conn.closed:
+                        await self._rejoin()
+                    await self.rebalance()
+                    return
+                except psycopg.Error as exc:
+                    await self._disconnect(keep_owned=True)
+                    if asyncio.get_running_loop().time() > deadline:
+                        log.error("partitions_unsettled", error=str(exc))
+                        return
+                    await asyncio.sleep(min(self.rebalance_s, 1.0))
 
     async def stop(self) -> None:
         """Leave the group (after any takeover in progress): closing the session releases
@@ -164,6 +188,20 @@ class PgPartitions:
         return frozenset(taken)
 
     # internals --------------------------------------------------------------------------
+    async def _rejoin(self) -> None:
+        """After a lost session: reconnect, then take back what we held if it is still free."""
+        held_before = set(self.owned)
+        await self._disconnect(keep_owned=True)
+        await self._connect()
+        conn = self._conn
+        assert conn is not None
+        for p in sorted(held_before):
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._ns_parts, p))
+            row = await cur.fetchone()
+            if not (row is not None and row[0]):
+                self.owned.discard(p)  # someone took it over while we were away
+        log.info("partitions_rejoined", kept=len(self.owned), held_before=len(held_before))
+
     async def _connect(self) -> None:
         conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         # The group is scoped to the schema too, so two deployments (or two tests) sharing a
@@ -176,9 +214,10 @@ class PgPartitions:
         self._conn = conn
         log.info("partitions_joined", member=self.member_id, partitions=self.count)
 
-    async def _disconnect(self) -> None:
+    async def _disconnect(self, *, keep_owned: bool = False) -> None:
         conn, self._conn = self._conn, None
-        self.owned.clear()
+        if not keep_owned:
+            self.owned.clear()
         if conn is not None:
             await conn.close()
 
@@ -193,13 +232,12 @@ class PgPartitions:
             try:
                 async with self._busy:
                     if self._conn is None or self._conn.closed:
-                        await self._disconnect()
-                        await self._connect()
+                        await self._rejoin()
                     await self.rebalance()
             except psycopg.Error as exc:
-                # The session is gone, and our locks with it: own nothing until we rejoin.
-                log.warning("partitions_lost", error=str(exc))
-                await self._disconnect()
+                # The session, and our locks with it, is gone; owns() keeps the last view.
+                log.warning("partitions_lost", error=str(exc), owned=len(self.owned))
+                await self._disconnect(keep_owned=True)
             except Exception:
                 # A failure in the takeover work must not end rebalancing for good.
                 log.exception("rebalance_failed")

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import psycopg
 import pytest
 
 from botsky.events import event_to_jetstream
@@ -75,6 +76,36 @@ async def test_replicas_share_partitions_fairly_and_take_over_from_the_dead(
     finally:
         for m in members.values():
             await m.stop()
+
+
+async def test_a_lost_session_keeps_answering_and_takes_its_partitions_back(
+    postgres_schema_dsn: str,
+) -> None:
+    """When the server drops our session, owns() keeps the last view; rejoining re-takes the
+    partitions nobody grabbed meanwhile."""
+    member = PgPartitions(postgres_schema_dsn, count=8, rebalance_s=3600)
+    await member._connect()
+    try:
+        await member.rebalance()
+        assert member.owned == set(range(8))
+        uri = "at://did:plc:x/app.bsky.feed.post/1"
+        assert member._conn is not None
+        pid = member._conn.info.backend_pid
+        with psycopg.connect(postgres_schema_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.Error):
+            await member.rebalance()
+        await member._disconnect(keep_owned=True)
+        assert member.owns(uri)  # still answering its partitions during the outage
+        await member._rejoin()
+        assert member.owned == set(range(8))
+        with psycopg.connect(postgres_schema_dsn, autocommit=True) as other:
+            held = other.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            ).fetchone()
+        assert held is not None and held[0] >= 9  # 8 partitions + membership, held again
+    finally:
+        await member.stop()
 
 
 def _replica_config(tmp: Path, name: str, shared_repo: Path) -> Path:
