@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -32,10 +33,11 @@ from botsky.llm.base import Model, Price
 from botsky.metrics import Metrics
 from botsky.outcomes import OutcomeWatcher
 from botsky.partition import PgPartitions, SinglePartition, partition_of
-from botsky.policy import AudiencePolicy
+from botsky.policy import AudiencePolicy, KillSwitch
 from botsky.posting import DryRunPoster, Poster
 from botsky.presence import Presence
 from botsky.recommend import Recommender
+from botsky.resolve import ResolvingIdentity
 from botsky.scoring import score, score_log_fields
 from botsky.sources import open_source
 from botsky.sources.base import Source
@@ -89,7 +91,7 @@ class App:
         source: Source,
         ledger: Ledger,
         presence: Presence,
-        identity: MemoryIdentity,
+        identity: MemoryIdentity | ResolvingIdentity,
         policy: AudiencePolicy,
         outcomes: OutcomeWatcher,
         selector: Selector | None,
@@ -143,6 +145,11 @@ class App:
                 metrics=self.metrics,
             )
             log.info("web_started", url=self.web_server.url)
+        resolver = (
+            asyncio.create_task(self.identity.run(), name="identity")
+            if isinstance(self.identity, ResolvingIdentity)
+            else None
+        )
         loaded = await self.outcomes.load()
         await self.partitions.start()
         recovered = await self.dispatcher.recover(self._recoverable) if self.dispatcher else {}
@@ -166,6 +173,10 @@ class App:
         finally:
             stopper.cancel()
             await self._finish(workers, scorer)
+            if resolver is not None:
+                resolver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await resolver
             if self.web_server is not None and not self.keep_serving:
                 await self.web_server.stop()
         return self.summary
@@ -178,6 +189,8 @@ class App:
             await model.aclose()
         if self.dispatcher is not None:
             await self.dispatcher.poster.aclose()
+        if isinstance(self.identity, ResolvingIdentity):
+            await self.identity.aclose()
         await self.ledger.close()
 
     async def _read(self) -> None:
@@ -200,8 +213,9 @@ class App:
             opted_out = self.policy.observe(event)
             if opted_out is not None:
                 s.opt_outs += 1
-                await self.ledger.add_opt_out(opted_out, "blocked a bot", event.time_us)
-                log.info("opted_out", did=opted_out, reason="blocked a bot")
+                why = self.policy.last_reason or "blocked a bot"
+                await self.ledger.add_opt_out(opted_out, why, event.time_us)
+                log.info("opted_out", did=opted_out, reason=why)
             self.presence.observe(event)
             await self.outcomes.observe(event)
             if self.selector is not None and self.dispatcher is not None and event.is_post_create:
@@ -358,8 +372,6 @@ async def build_app(
     models and the poster report to (a fresh one by default).
     """
     st = loaded.settings
-    if st.posting.mode == "live" and poster is None:
-        raise ConfigError("posting.mode 'live' needs the atproto poster, which is not built yet")
     st.data_dir.mkdir(parents=True, exist_ok=True)
     ledger = cast(
         Ledger,
@@ -378,15 +390,44 @@ async def build_app(
         source = open_source(st.source, after_cursor=after)
 
     metrics = metrics or Metrics()
+    kill_switch = KillSwitch(file=st.posting.kill_switch_file, env=st.posting.kill_switch_env)
     bots = build_bots(loaded, secrets, http_client=http_client, metrics=metrics)
-    identity = MemoryIdentity({**(known_handles or {}), **{b.did: b.handle for b in bots}})
-    opted_out = await ledger.opt_outs()
-    policy = AudiencePolicy(
-        mode=st.audience.mode,
-        bot_dids=[b.did for b in bots],
-        allow_list=st.audience.allow_list,
-        opted_out=opted_out,
-        handle_of=identity.handle,
+    if st.posting.mode == "live" and poster is None:
+        from botsky.atposter import open_live_poster
+
+        enabled = {b.name for b in bots}
+        accounts = []
+        for cfg in loaded.bots:
+            password = secrets[cfg.name].password if cfg.name in secrets else None
+            if cfg.name in enabled and password is not None:
+                accounts.append((cfg.name, cfg.account, password))
+        poster = await open_live_poster(
+            pds_url=st.posting.pds_url,
+            accounts=accounts,
+            data_dir=st.data_dir,
+            points_per_hour=st.posting.points_per_hour,
+            points_per_day=st.posting.points_per_day,
+            headroom=st.posting.budget_headroom,
+            posts_per_minute=st.posting.posts_per_minute,
+            max_wait_s=st.posting.max_wait_s,
+            paused=kill_switch,
+        )
+        # Live bots are who their PDS says they are: the DID comes from the login.
+        bots = [dataclasses.replace(b, did=poster.did_of(b.name)) for b in bots]
+    known = {**(known_handles or {}), **{b.did: b.handle for b in bots}}
+    identity: MemoryIdentity | ResolvingIdentity = (
+        ResolvingIdentity(
+            plc_url=st.identity.plc_url,
+            verify=st.identity.verify,
+            resolve_handle_url=st.identity.resolve_handle_url,
+            cache_ttl_s=st.identity.cache_ttl_s,
+            max_entries=st.identity.max_entries,
+            concurrency=st.identity.concurrency,
+            queue_size=st.identity.queue_size,
+            known=known,
+        )
+        if st.identity.resolve
+        else MemoryIdentity(known)
     )
     presence = Presence(
         window_s=st.presence.window_s,
@@ -394,6 +435,22 @@ async def build_app(
         terms_per_user=st.presence.terms_per_user,
         texts_per_user=st.presence.texts_per_user,
     )
+    policy = AudiencePolicy(
+        mode=st.audience.mode,
+        bot_dids=[b.did for b in bots],
+        allow_list=st.audience.allow_list,
+        opted_out=await ledger.opt_outs(),
+        handle_of=identity.handle,
+        stop_phrases=st.audience.stop_phrases,
+        nobot_tag=st.audience.nobot_tag,
+        mentions_per_target_per_day=st.audience.mentions_per_target_per_day,
+        replies_per_author_per_day=st.audience.replies_per_author_per_day,
+        clock=lambda: presence.now_us,
+        kill_switch=kill_switch,
+    )
+    mentioned = await ledger.mentions()
+    for m in mentioned:  # the daily caps survive restarts (old mentions simply age out)
+        policy.note_reply(m.post_author, m.mentioned_did, m.created_us)
     outcomes = OutcomeWatcher(ledger, window_s=st.outcomes.window_s)
     is_pg = st.ledger.url.startswith(("postgres://", "postgresql://"))
     partitioned = st.scale.partitioned if st.scale.partitioned is not None else is_pg
@@ -422,8 +479,8 @@ async def build_app(
             is_bot=army.is_bot,
             may_mention=policy.may_mention,
         )
-        for did, time_us in await ledger.mentioned_since(0):
-            recommender.note_mentioned(did, time_us)
+        for m in mentioned:
+            recommender.note_mentioned(m.mentioned_did, m.created_us)
         selector = Selector(
             is_bot=army.is_bot,
             may_answer=policy.may_answer,
@@ -452,6 +509,8 @@ async def build_app(
             workers=st.dispatch.workers,
             rng=random.Random(rng.random()),
             replica=partitions.member,
+            on_reply=policy.note_reply,
+            paused=policy.posting_paused,
         )
     else:
         log.warning("no_bots_enabled", hint="set the bots' API key variables or add template bots")

@@ -1,4 +1,4 @@
-"""The ``botsky`` command line: ``run``, ``check-config``, ``scores``.
+"""The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``check-config``, ``accounts``.
 
 With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory. Logs go to
 stdout (JSON lines unless stdout is a terminal); human summaries and tables go to stderr or, for
@@ -187,6 +187,18 @@ def _print_summary(summary: dict[str, object]) -> None:
     table.add_row("skipped lines", str(summary["skipped"]))
     table.add_row("opt-outs", str(summary["opt_outs"]))
     console.print(table)
+
+
+def _register() -> None:
+    # Imported here, not at the top: each module imports only click until its command runs.
+    from botsky.accounts import accounts
+    from botsky.sim.cli import simulate_cmd
+
+    cli.add_command(accounts)
+    cli.add_command(simulate_cmd)
+
+
+_register()
 
 
 def main() -> None:

@@ -109,6 +109,19 @@ class IdentityConfig(_Strict):
     max_entries: int = Field(default=2_000_000, gt=0)
     # Resolve over the network (live); off, handles come only from #identity events and config.
     resolve: bool = False
+    # How a handle is verified to point back at its DID: "dns" (DNS TXT, then /.well-known: the
+    # public network) or "xrpc" (com.atproto.identity.resolveHandle on resolve_handle_url, for
+    # a self-hosted PDS whose handles have no DNS, such as *.test).
+    verify: Literal["dns", "xrpc"] = "dns"
+    resolve_handle_url: str | None = None
+    concurrency: int = Field(default=4, ge=1)
+    queue_size: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _xrpc_needs_url(self) -> IdentityConfig:
+        if self.verify == "xrpc" and not self.resolve_handle_url:
+            raise ValueError("identity.verify 'xrpc' needs identity.resolve_handle_url")
+        return self
 
 
 class LedgerConfig(_Strict):
@@ -183,6 +196,8 @@ class PostingConfig(_Strict):
     points_per_day: int = Field(default=35_000, gt=0)
     budget_headroom: float = Field(default=0.8, gt=0, le=1)
     posts_per_minute: float = Field(default=10.0, gt=0)  # across all bots
+    # How long a reply may wait for the write budget before it is skipped as rate limited.
+    max_wait_s: float = Field(default=30.0, ge=0)
     # Stop all posting (not ingestion) while this file exists or this env var is set non-empty.
     kill_switch_file: Path | None = None
     kill_switch_env: str | None = "BOTSKY_KILL_SWITCH"
@@ -227,8 +242,9 @@ class AudienceConfig(_Strict):
     mode: Literal["opt_in", "open"] = "opt_in"
     acknowledge_open_audience: bool = False
     allow_list: list[str] = Field(default_factory=list)
-    mentions_per_target_per_day: int = Field(default=1, ge=0)
-    replies_per_author_per_day: int = Field(default=3, ge=0)
+    # Daily caps that protect real people from a bot army (null: no cap).
+    mentions_per_target_per_day: int | None = Field(default=1, ge=0)
+    replies_per_author_per_day: int | None = Field(default=3, ge=0)
     # A reply to a bot containing one of these (case-insensitive, whole words) opts out.
     stop_phrases: list[str] = Field(
         default_factory=lambda: ["stop", "unsubscribe", "opt out", "opt-out", "go away"]

@@ -136,9 +136,14 @@ class Dispatcher:
         workers: int = 4,
         rng: random.Random | None = None,
         replica: str = "local",
+        on_reply: Callable[[str, str, int], None] = lambda author, mentioned, time_us: None,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.army = army
         self.replica = replica  # written into each claim's intent (who may recover it)
+        # Consent hooks: count replies toward the daily caps; the kill switch pauses posting.
+        self.on_reply = on_reply
+        self.paused = paused
         self.recommender = recommender
         self.presence = presence
         self.identity = identity
@@ -224,6 +229,8 @@ class Dispatcher:
             structlog.contextvars.unbind_contextvars("post")
 
     async def _handle(self, event: Event, post: PostRef) -> str:
+        if self.paused():
+            return "paused"
         # A replay or a rewound cursor shows posts again: skip them before paying for a model.
         if await self.ledger.is_claimed(event.uri):
             return "already_claimed"
@@ -360,6 +367,7 @@ class Dispatcher:
         await self.ledger.record_mention(mention)
         self.outcomes.track(mention)
         self.recommender.note_mentioned(mention.mentioned_did, mention.created_us)
+        self.on_reply(mention.post_author, mention.mentioned_did, mention.created_us)
         _log_posted(mention)
         return "posted"
 

@@ -3,21 +3,94 @@
 Bluesky's developer guidelines forbid unsolicited automated replies and mentions, so the
 default is ``opt_in``: a user opts in by following a bot, by mentioning a bot in a post, or by
 being on the configured allow list. ``open`` answers anyone and is only for networks you
-operate (configuration requires an explicit acknowledgement). In every mode an opt-out wins:
-blocking any bot opts a user out permanently (recorded in the ledger by the app).
+operate (configuration requires an explicit acknowledgement). In every mode an opt-out wins and
+is permanent (recorded in the ledger by the app): blocking any bot, replying to a bot with a
+stop phrase, or ``#nobot`` in the profile description.
+
+On top of consent: daily caps (mentions per target, replies per author) on a sliding 24 h
+window of the stream clock, and a kill switch (a file or an environment variable) that pauses
+all posting while ingestion goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
-from botsky.events import BLOCK, FOLLOW, POST, Event, PostRef
+from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event, PostRef
 
-__all__ = ["AudiencePolicy"]
+__all__ = ["DAY_US", "OPT_OUT_REASONS", "AudiencePolicy", "KillSwitch"]
+
+DAY_US = 86_400_000_000
+
+# The reasons ``observe`` gives (in ``last_reason``) with an opt-out.
+BLOCKED = "blocked a bot"
+ASKED_TO_STOP = "asked a bot to stop"
+NOBOT_PROFILE = "nobot in profile"
+OPT_OUT_REASONS = (BLOCKED, ASKED_TO_STOP, NOBOT_PROFILE)
+
+# How long a kill-switch reading is trusted: posting stops within this (plus one post).
+_KILL_SWITCH_TTL_S = 0.5
+
+
+def _phrase_pattern(phrases: Iterable[str]) -> re.Pattern[str] | None:
+    # Whole words, any case, any run of whitespace between the words of a phrase.
+    alts = [r"\s+".join(re.escape(w) for w in p.split()) for p in phrases if p.strip()]
+    if not alts:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(alts) + r")(?!\w)", re.IGNORECASE)
+
+
+def _tag_pattern(tag: str) -> re.Pattern[str] | None:
+    if not tag.strip():
+        return None
+    # "#nobot" but not "#nobots" or "a#nobot"; the '#' itself is not a word character.
+    return re.compile(r"(?<![\w#])" + re.escape(tag.strip()) + r"(?!\w)", re.IGNORECASE)
+
+
+def _authority(uri: str | None) -> str:
+    return uri[5:].split("/", 1)[0] if uri and uri.startswith("at://") else ""
+
+
+class KillSwitch:
+    """True while ``file`` exists or the env var ``env`` is non-empty; read at most every 0.5 s."""
+
+    def __init__(
+        self,
+        *,
+        file: Path | None = None,
+        env: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.file = file
+        self.env = env
+        self.environ = os.environ if environ is None else environ
+        self.clock = clock
+        self._checked_at: float | None = None
+        self._on = False
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if self._checked_at is None or now - self._checked_at >= _KILL_SWITCH_TTL_S:
+            self._checked_at = now
+            self._on = bool(self.env and self.environ.get(self.env)) or bool(
+                self.file is not None and self.file.exists()
+            )
+        return self._on
 
 
 class AudiencePolicy:
-    """Consent decisions. ``observe`` returns the DID that just opted out, if any."""
+    """Consent decisions.
+
+    ``observe`` returns the DID that just opted out (once), and sets ``last_reason`` to why
+    (one of ``OPT_OUT_REASONS``). ``note_reply`` is called after each posted mention, so the
+    daily caps hold; ``posting_paused`` is the kill switch.
+    """
 
     def __init__(
         self,
@@ -27,6 +100,12 @@ class AudiencePolicy:
         allow_list: Iterable[str] = (),
         opted_out: Iterable[str] = (),
         handle_of: Callable[[str], str | None] = lambda did: None,
+        stop_phrases: Iterable[str] = (),
+        nobot_tag: str = "#nobot",
+        mentions_per_target_per_day: int | None = None,
+        replies_per_author_per_day: int | None = None,
+        clock: Callable[[], int] | None = None,
+        kill_switch: Callable[[], bool] | None = None,
     ) -> None:
         if mode not in ("opt_in", "open"):
             raise ValueError(f"unknown audience mode {mode!r}")
@@ -38,12 +117,36 @@ class AudiencePolicy:
         self.allowed_handles = frozenset(a.lstrip("@") for a in allowed if not a.startswith("did:"))
         self.handle_of = handle_of
         self.opted_out: set[str] = set(opted_out)
+        self.last_reason: str | None = None
+        self._stop = _phrase_pattern(stop_phrases)
+        self._nobot = _tag_pattern(nobot_tag)
+        # Caps: None is unlimited, 0 allows nothing.
+        self.mentions_per_target_per_day = mentions_per_target_per_day
+        self.replies_per_author_per_day = replies_per_author_per_day
+        # The stream clock (µs); without one, the newest time seen in note_reply is "now".
+        self.clock = clock
+        self._latest_us = 0
+        self._mentions: dict[str, deque[int]] = {}
+        self._replies: dict[str, deque[int]] = {}
+        self._kill_switch = kill_switch or (lambda: False)
+
+    # -- decisions -------------------------------------------------------------------------
 
     def may_answer(self, did: str) -> bool:
-        return self._consents(did)
+        """Consent to answer ``did``'s post, and ``did`` is under its daily reply cap."""
+        return self._consents(did) and self._under(
+            self._replies, did, self.replies_per_author_per_day
+        )
 
     def may_mention(self, did: str) -> bool:
-        return self._consents(did)
+        """Consent to mention ``did``, and ``did`` is under its daily mention cap."""
+        return self._consents(did) and self._under(
+            self._mentions, did, self.mentions_per_target_per_day
+        )
+
+    def posting_paused(self) -> bool:
+        """The kill switch: while true, post nothing (reading the stream goes on)."""
+        return self._kill_switch()
 
     def _consents(self, did: str) -> bool:
         if did in self.opted_out or did in self.bot_dids:
@@ -52,18 +155,65 @@ class AudiencePolicy:
             return True
         return bool(self.allowed_handles) and self.handle_of(did) in self.allowed_handles
 
+    # -- caps ------------------------------------------------------------------------------
+
+    def note_reply(self, author_did: str, mentioned_did: str, time_us: int) -> None:
+        """Count one posted reply to ``author_did`` that mentions ``mentioned_did``."""
+        self._latest_us = max(self._latest_us, time_us)
+        self._replies.setdefault(author_did, deque()).append(time_us)
+        self._mentions.setdefault(mentioned_did, deque()).append(time_us)
+
+    def _now_us(self) -> int:
+        return self.clock() if self.clock is not None else self._latest_us
+
+    def _under(self, counts: dict[str, deque[int]], did: str, cap: int | None) -> bool:
+        if cap is None:
+            return True
+        times = counts.get(did)
+        if not times:
+            return cap > 0
+        horizon = self._now_us() - DAY_US
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del counts[did]  # memory stays proportional to the last day's posts
+            return cap > 0
+        return len(times) < cap
+
+    # -- learning from the stream ----------------------------------------------------------
+
     def observe(self, event: Event) -> str | None:
-        """Learn opt-ins (follow or mention of a bot) and opt-outs (block of a bot)."""
-        if event.kind != "commit" or event.operation != "create":
+        """Learn opt-ins (follow or mention of a bot) and opt-outs; return a new opt-out's DID.
+
+        Opt-outs: a block of a bot, a reply to a bot containing a stop phrase, ``#nobot`` in a
+        profile description (create or update). The reason is left in ``last_reason``.
+        """
+        self.last_reason = None
+        if event.kind != "commit" or event.operation not in ("create", "update"):
             return None
-        if event.collection == BLOCK and event.subject_did() in self.bot_dids:
-            if event.did not in self.opted_out:
-                self.opted_out.add(event.did)
-                return event.did
+        reason: str | None = None
+        if event.collection == PROFILE:
+            description = (event.record or {}).get("description")
+            if self._nobot and isinstance(description, str) and self._nobot.search(description):
+                reason = NOBOT_PROFILE
+        elif event.operation != "create":
             return None
-        if (event.collection == FOLLOW and event.subject_did() in self.bot_dids) or (
-            event.collection == POST
-            and any(d in self.bot_dids for d in PostRef.of(event.record).mention_dids)
-        ):
-            self.opted_in.add(event.did)
-        return None
+        elif event.collection == BLOCK:
+            if event.subject_did() in self.bot_dids:
+                reason = BLOCKED
+        elif event.collection == FOLLOW:
+            if event.subject_did() in self.bot_dids:
+                self.opted_in.add(event.did)
+        elif event.collection == POST:
+            post = PostRef.of(event.record)
+            to_bot = _authority(post.parent_uri) in self.bot_dids
+            if to_bot and self._stop is not None and self._stop.search(post.text):
+                reason = ASKED_TO_STOP
+            if reason is None and any(d in self.bot_dids for d in post.mention_dids):
+                self.opted_in.add(event.did)
+        if reason is None or event.did in self.opted_out or event.did in self.bot_dids:
+            return None
+        self.opted_out.add(event.did)
+        self.opted_in.discard(event.did)
+        self.last_reason = reason
+        return event.did

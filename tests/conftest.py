@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from urllib.parse import quote
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest

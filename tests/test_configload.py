@@ -109,7 +109,10 @@ ERROR_CASES = [
         _edit(BOTSKY, "  url: sqlite", "  flavour: sqlite"),
         BOTS,
         {},
-        ["configs/botsky.yaml:7 ledger.flavour: unknown field, expected one of url"],
+        [
+            "configs/botsky.yaml:7 ledger.flavour: unknown field, "
+            "expected one of url, retry_deadline_s"
+        ],
         id="unknown-key-without-close-match",
     ),
     pytest.param(

@@ -45,7 +45,7 @@ def _scenario(n: int = N) -> tuple[list[Event], dict[str, str]]:
     events: list[Event] = []
     questions: list[Event] = []
     expert_of: dict[str, str] = {}
-    for i, word in enumerate(topics):
+    for i in range(len(topics)):
         events.append(identity(f"did:plc:expert{i}", T0 + i, f"expert{i}.test"))
         events.append(identity(f"did:plc:asker{i}", T0 + i, f"asker{i}.test"))
     # Experts talk in a reply thread (replies are not answered in this config), so only the

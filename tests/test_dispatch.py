@@ -357,7 +357,7 @@ async def test_a_crash_after_posting_is_recovered_without_a_second_post(world: W
     with pytest.raises(KeyboardInterrupt):
         await world.dispatcher.handle(ev, ref)
     assert await world.ledger.mentions() == []
-    [(uri, owner, intent)] = await world.ledger.pending_claims()
+    [(uri, _owner, intent)] = await world.ledger.pending_claims()
     assert uri == ev.uri and intent is not None
     assert await world.dispatcher.recover() == {"posted": 1}
     assert len(crashing.posted) == 1  # found by lookup, not posted again

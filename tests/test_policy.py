@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from botsky.policy import AudiencePolicy
+from pathlib import Path
+
+import pytest
+
+from botsky.events import PROFILE, Event
+from botsky.policy import AudiencePolicy, KillSwitch
 from botsky.testing import block, follow, post
 from tests.conftest import T0
 
@@ -48,3 +53,196 @@ def test_allow_list_accepts_dids_and_handles() -> None:
     pol = AudiencePolicy(allow_list=["@Alice.test", "did:plc:d"], handle_of=handles.get)
     assert pol.may_answer("did:plc:h") and pol.may_answer("did:plc:d")
     assert not pol.may_answer("did:plc:x")
+
+
+# -- opt-outs beyond blocks -------------------------------------------------------------------
+
+BOT_POST = post(BOT, T0, "hello, @carol.test might know", rkey="3botpost")
+OTHER_POST = post("did:plc:human", T0, "hello", rkey="3humanpost")
+STOP = ["stop", "unsubscribe", "opt out", "opt-out", "go away"]
+
+
+def _profile(did: str, description: object, operation: str = "create") -> Event:
+    record = {"$type": PROFILE, "displayName": "X", "description": description}
+    return Event(
+        did=did,
+        time_us=T0,
+        kind="commit",
+        cursor=T0,
+        operation=operation,
+        collection=PROFILE,
+        rkey="self",
+        cid="bafyprofile",
+        record=record,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "opts_out"),
+    [
+        ("please STOP", True),
+        ("stop.", True),
+        ("Go   away bot", True),
+        ("I want to opt-out", True),
+        ("let me Opt Out now", True),
+        ("unsubscribe", True),
+        ("don't stop me now", True),
+        ("unstoppable", False),
+        ("bus stops here", False),
+        ("go, away", False),
+        ("great reply!", False),
+    ],
+)
+def test_stop_phrase_in_a_reply_to_a_bot_opts_out(text: str, opts_out: bool) -> None:
+    """A reply to a bot opts out when it contains a stop phrase as whole words, any case."""
+    pol = AudiencePolicy(mode="open", bot_dids=[BOT], stop_phrases=STOP)
+    got = pol.observe(post("did:plc:u", T0 + 1, text, reply_to=BOT_POST))
+    assert (got == "did:plc:u") is opts_out
+    assert pol.last_reason == ("asked a bot to stop" if opts_out else None)
+    assert pol.may_answer("did:plc:u") is not opts_out
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        post("did:plc:u", T0, "stop"),
+        post("did:plc:u", T0, "stop", reply_to=OTHER_POST),
+        post("did:plc:u", T0, "stop it", reply_to=post("did:plc:h", T0, "x", reply_to=BOT_POST)),
+    ],
+    ids=["top-level", "reply-to-human", "reply-in-bot-thread-to-human"],
+)
+def test_stop_phrase_elsewhere_does_not_opt_out(event: Event) -> None:
+    """Only a direct reply to a bot's post counts as asking the bots to stop."""
+    pol = AudiencePolicy(mode="open", bot_dids=[BOT], stop_phrases=STOP)
+    assert pol.observe(event) is None and pol.may_answer("did:plc:u")
+
+
+def test_no_stop_phrases_configured_means_no_stop_opt_out() -> None:
+    """An empty stop-phrase list disables this kind of opt-out."""
+    pol = AudiencePolicy(mode="open", bot_dids=[BOT], stop_phrases=[])
+    assert pol.observe(post("did:plc:u", T0, "stop", reply_to=BOT_POST)) is None
+
+
+@pytest.mark.parametrize(
+    ("description", "operation", "opts_out"),
+    [
+        ("I post about birds #nobot", "create", True),
+        ("#NoBot please", "update", True),
+        ("#nobot", "update", True),
+        ("I like #nobots", "create", False),
+        ("nobot", "create", False),
+        ("no bots please", "update", False),
+        (None, "create", False),
+        (42, "update", False),
+        ("#nobot", "delete", False),
+    ],
+)
+def test_nobot_in_profile_description_opts_out(
+    description: object, operation: str, opts_out: bool
+) -> None:
+    """``#nobot`` as a whole tag in a created or updated profile opts the user out."""
+    pol = AudiencePolicy(mode="open", bot_dids=[BOT])
+    got = pol.observe(_profile("did:plc:u", description, operation))
+    assert (got == "did:plc:u") is opts_out
+    assert pol.last_reason == ("nobot in profile" if opts_out else None)
+
+
+def test_an_opt_out_is_reported_once_and_beats_a_later_follow() -> None:
+    """The same user opting out again returns None; following a bot afterwards does not opt in."""
+    pol = AudiencePolicy(bot_dids=[BOT], stop_phrases=STOP)
+    assert pol.observe(_profile("did:plc:u", "#nobot")) == "did:plc:u"
+    assert pol.observe(post("did:plc:u", T0, "stop", reply_to=BOT_POST)) is None
+    assert pol.last_reason is None
+    pol.observe(follow("did:plc:u", T0, BOT))
+    assert not pol.may_answer("did:plc:u") and not pol.may_mention("did:plc:u")
+
+
+def test_a_bot_never_opts_itself_out() -> None:
+    """A bot's own profile or posts are not opt-outs (bots are excluded anyway)."""
+    pol = AudiencePolicy(mode="open", bot_dids=[BOT], stop_phrases=STOP)
+    assert pol.observe(_profile(BOT, "#nobot")) is None
+    assert pol.observe(post(BOT, T0, "stop", reply_to=BOT_POST)) is None
+
+
+# -- caps --------------------------------------------------------------------------------------
+
+HOUR = 3_600_000_000
+
+
+def test_mentions_per_target_cap_holds_for_a_day_of_stream_time() -> None:
+    """A target mentioned ``cap`` times in 24 h is not offered again until the window passes."""
+    now = [T0]
+    pol = AudiencePolicy(mode="open", mentions_per_target_per_day=2, clock=lambda: now[0])
+    pol.note_reply("did:plc:a1", "did:plc:t", T0)
+    assert pol.may_mention("did:plc:t")
+    now[0] = T0 + HOUR
+    pol.note_reply("did:plc:a2", "did:plc:t", now[0])
+    assert not pol.may_mention("did:plc:t") and pol.may_mention("did:plc:other")
+    now[0] = T0 + 24 * HOUR  # the first mention leaves the window
+    assert pol.may_mention("did:plc:t")
+    now[0] = T0 + 25 * HOUR
+    assert pol.may_mention("did:plc:t") and not pol._mentions
+
+
+def test_replies_per_author_cap() -> None:
+    """An author answered ``cap`` times today is not answered again; others still are."""
+    pol = AudiencePolicy(mode="open", replies_per_author_per_day=1, clock=lambda: T0 + 1)
+    pol.note_reply("did:plc:a", "did:plc:t", T0)
+    assert not pol.may_answer("did:plc:a") and pol.may_answer("did:plc:b")
+
+
+@pytest.mark.parametrize(
+    ("cap", "allowed"), [(None, True), (0, False), (1, True)], ids=["none", "zero", "one"]
+)
+def test_cap_none_is_unlimited_and_zero_allows_nothing(cap: int | None, allowed: bool) -> None:
+    """Without a cap anyone passes; a cap of 0 lets nobody be mentioned."""
+    pol = AudiencePolicy(mode="open", mentions_per_target_per_day=cap, clock=lambda: T0)
+    assert pol.may_mention("did:plc:t") is allowed
+
+
+def test_caps_without_a_clock_use_the_newest_noted_time() -> None:
+    """With no stream clock injected, the latest ``note_reply`` time is "now"."""
+    pol = AudiencePolicy(mode="open", mentions_per_target_per_day=1)
+    pol.note_reply("did:plc:a", "did:plc:t", T0)
+    assert not pol.may_mention("did:plc:t")
+    pol.note_reply("did:plc:a", "did:plc:x", T0 + 24 * HOUR)
+    assert pol.may_mention("did:plc:t")
+
+
+def test_caps_do_not_override_consent() -> None:
+    """Being under the cap never makes a stranger answerable in opt-in mode."""
+    pol = AudiencePolicy(mentions_per_target_per_day=5, clock=lambda: T0)
+    assert not pol.may_mention("did:plc:stranger")
+
+
+# -- kill switch -------------------------------------------------------------------------------
+
+
+def test_kill_switch_file_is_checked_at_most_every_half_second(tmp_path: Path) -> None:
+    """Creating the file pauses posting within 0.5 s of the clock; removing it resumes."""
+    now = [100.0]
+    flag = tmp_path / "STOP"
+    switch = KillSwitch(file=flag, environ={}, clock=lambda: now[0])
+    pol = AudiencePolicy(kill_switch=switch)
+    assert not pol.posting_paused()
+    flag.touch()
+    now[0] += 0.2
+    assert not pol.posting_paused()  # cached reading
+    now[0] += 0.3
+    assert pol.posting_paused()
+    flag.unlink()
+    now[0] += 0.5
+    assert not pol.posting_paused()
+
+
+@pytest.mark.parametrize(("value", "paused"), [("1", True), ("", False), (None, False)])
+def test_kill_switch_env_var_must_be_non_empty(value: str | None, paused: bool) -> None:
+    """The env var pauses posting only when set to a non-empty value."""
+    environ = {} if value is None else {"BOTSKY_KILL_SWITCH": value}
+    switch = KillSwitch(env="BOTSKY_KILL_SWITCH", environ=environ, clock=lambda: 0.0)
+    assert switch() is paused
+
+
+def test_no_kill_switch_never_pauses() -> None:
+    """A policy built without a kill switch never pauses posting."""
+    assert not AudiencePolicy().posting_paused()

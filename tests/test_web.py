@@ -112,7 +112,12 @@ def write_config(tmp: Path, server_url: str) -> Path:
 data_dir: {tmp / "data"}
 seed: 7
 source: {{kind: replay, path: events.jsonl}}
-audience: {{mode: open, acknowledge_open_audience: true}}
+audience:
+  mode: open
+  acknowledge_open_audience: true
+  # The scenario mentions the same few users on purpose: no daily caps.
+  mentions_per_target_per_day: null
+  replies_per_author_per_day: null
 dispatch: {{author_cooldown_s: 0, lockstep: true, reply_to_replies: false}}
 recommend: {{cooldown_s: 0}}
 outcomes: {{window_s: 3600}}

@@ -62,4 +62,8 @@ def open_source(config: SourceConfig, *, after_cursor: int | None = None) -> Sou
             max_frame_bytes=config.max_frame_bytes,
             backoff=backoff,
         )
+    if config.kind == "sim":
+        raise ConfigError(
+            "source.kind 'sim' is the simulated network: run it with `botsky simulate`"
+        )
     raise ConfigError(f"unknown source kind: {config.kind!r}")

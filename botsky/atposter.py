@@ -1,0 +1,510 @@
+"""The live poster: each bot's replies go to its PDS through atproto's ``AsyncClient``.
+
+Sessions. ``createSession`` is limited (30 per 5 min, 300 per day per account), so a bot logs in
+with its app password only when it has no usable session: the session string is kept in
+``<data_dir>/sessions/<bot>.session`` (mode 0600), reused across restarts, and rewritten
+whenever the SDK creates or refreshes it (``on_session_change``). The SDK refreshes an expired
+access token by itself; if the refresh itself fails (refresh token expired or revoked), the bot
+logs in again once and the request is retried.
+
+Budgets (``WriteBudget``). The PDS allows 5000 points per hour and 35000 per day per account;
+a create costs 3 points. botsky uses only ``headroom`` of that (default 80%), counted over a
+*sliding* window of the last hour and the last day, so no window of the server's, however it is
+aligned, sees more than ``headroom`` × the limit. On top, a global cap of posts per minute
+across all bots. ``WriteBudget.slot(account)`` is an async context manager: it waits for room
+up to ``max_wait_s`` on the injected clock and raises ``PostRateLimited`` (with
+``retry_after``) instead of waiting longer. A server 429 raises ``PostRateLimited`` with
+``retry_after`` from ``ratelimit-reset`` and blocks that account until then.
+
+Errors from the SDK are translated here, once: 429 → ``PostRateLimited``; everything else
+(parent deleted → ``InvalidRequest``, account taken down, network failure) → ``PostError``.
+Replies carry a record key chosen at claim time (``ReplyPost.rkey``), so a failed create is
+checked with ``lookup`` before it is reported: if the bot's repo has the reply (it landed but
+the answer was lost, or this is a retry after a crash) the create counts as done. The create
+itself is retried only after a re-login (an auth failure means the PDS refused it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import SecretStr
+
+from botsky.errors import PostError, PostRateLimited
+from botsky.events import POST
+from botsky.posting import Posted, ReplyPost
+
+if TYPE_CHECKING:
+    import httpx
+    from atproto import AsyncClient
+
+    from botsky.config import AccountConfig
+
+__all__ = [
+    "CREATE_COST",
+    "AtprotoPoster",
+    "BotSession",
+    "WriteBudget",
+    "open_live_poster",
+    "session_path",
+]
+
+log = structlog.get_logger("botsky.atposter")
+
+CREATE_COST = 3  # PDS write points for one createRecord
+_HOUR_S = 3600.0
+_DAY_S = 86_400.0
+_DEFAULT_429_BLOCK_S = 60.0  # a 429 without ratelimit-reset / retry-after
+# Error names that mean "the session is no good": log in again with the password.
+_AUTH_ERRORS = frozenset({"ExpiredToken", "InvalidToken", "AuthRequired", "AuthMissing"})
+
+
+class _Window:
+    """Costs spent in the last ``span`` seconds; room for ``limit``."""
+
+    def __init__(self, limit: float, span: float) -> None:
+        self.limit = limit
+        self.span = span
+        self.used = 0.0
+        self._log: deque[tuple[float, float]] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self._log and self._log[0][0] <= now - self.span:
+            self.used -= self._log.popleft()[1]
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` fits (0 now, ``inf`` never)."""
+        self._expire(now)
+        if cost > self.limit:
+            return math.inf
+        if self.used + cost <= self.limit:
+            return 0.0
+        need = self.used + cost - self.limit
+        for t, c in self._log:
+            need -= c
+            if need <= 0:
+                return t + self.span - now
+        return math.inf  # pragma: no cover - cost <= limit guarantees the loop returns
+
+    def take(self, cost: float, now: float) -> None:
+        self._log.append((now, cost))
+        self.used += cost
+
+
+@dataclass
+class WriteBudget:
+    """Per-account write budget plus a global posts-per-minute cap; see the module docstring.
+
+    ``clock`` is monotonic seconds; ``wall`` converts a 429's ``ratelimit-reset`` (epoch
+    seconds) into it. ``sleep`` is injected so tests run on a fake clock.
+    """
+
+    points_per_hour: int = 5000
+    points_per_day: int = 35_000
+    headroom: float = 0.8
+    posts_per_minute: float = 10.0
+    max_wait_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    sleep: Callable[[float], Any] = asyncio.sleep
+    counts: Counter[str] = field(default_factory=Counter)
+    _accounts: dict[str, tuple[_Window, _Window]] = field(default_factory=dict)
+    _blocked_until: dict[str, float] = field(default_factory=dict)
+    _global: _Window = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.headroom <= 1:
+            raise ValueError("headroom must be in (0, 1]")
+        # n posts per window of 60·n/ppm seconds is exactly ppm per minute, also below 1.
+        n = max(1, math.floor(self.posts_per_minute))
+        self._global = _Window(n, 60.0 * n / self.posts_per_minute)
+
+    def _windows(self, account: str) -> tuple[_Window, _Window]:
+        if account not in self._accounts:
+            self._accounts[account] = (
+                _Window(self.points_per_hour * self.headroom, _HOUR_S),
+                _Window(self.points_per_day * self.headroom, _DAY_S),
+            )
+        return self._accounts[account]
+
+    def wait_time(self, account: str, cost: int = CREATE_COST) -> float:
+        """Seconds until ``account`` may spend ``cost`` (0: now)."""
+        now = self.clock()
+        hour, day = self._windows(account)
+        blocked = max(0.0, self._blocked_until.get(account, now) - now)
+        return max(blocked, hour.wait(cost, now), day.wait(cost, now), self._global.wait(1, now))
+
+    def remaining(self, account: str) -> tuple[float, float]:
+        """Points left now in the hour and day windows."""
+        now = self.clock()
+        hour, day = self._windows(account)
+        hour.wait(0, now)
+        day.wait(0, now)
+        return hour.limit - hour.used, day.limit - day.used
+
+    @contextlib.asynccontextmanager
+    async def slot(self, account: str, cost: int = CREATE_COST) -> AsyncIterator[None]:
+        """Wait (at most ``max_wait_s``) for room, spend ``cost``, then run the body."""
+        while True:
+            wait = self.wait_time(account, cost)
+            if wait <= 0:
+                break
+            if wait > self.max_wait_s:
+                self.counts["local_limited"] += 1
+                raise PostRateLimited(
+                    f"write budget of {account} is spent for {wait:.0f} s", retry_after=wait
+                )
+            self.counts["waited"] += 1
+            await self.sleep(wait)
+        now = self.clock()
+        hour, day = self._windows(account)
+        hour.take(cost, now)
+        day.take(cost, now)
+        self._global.take(1, now)
+        yield
+
+    def server_limited(self, account: str, reset_epoch_s: float | None) -> float:
+        """Block ``account`` until the server's reset; returns the seconds until then."""
+        wait = (
+            max(0.0, reset_epoch_s - self.wall())
+            if reset_epoch_s is not None
+            else _DEFAULT_429_BLOCK_S
+        )
+        self._blocked_until[account] = max(
+            self._blocked_until.get(account, 0.0), self.clock() + wait
+        )
+        self.counts["server_limited"] += 1
+        return wait
+
+
+def session_path(data_dir: Path, bot: str) -> Path:
+    """Where ``bot``'s session string is kept."""
+    return Path(data_dir) / "sessions" / f"{bot}.session"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)  # in case the file existed with wider permissions
+    os.replace(tmp, path)
+
+
+def _dot(obj: dict[str, Any]) -> Any:
+    # The SDK serializes its models or DotDicts, not plain dicts; DotDict round-trips "$type".
+    from atproto_client.models.dot_dict import DotDict
+
+    return DotDict(obj)
+
+
+def _error_name(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    content = getattr(response, "content", None)
+    name = getattr(content, "error", None)
+    if name is None and isinstance(content, dict):
+        name = content.get("error")
+    return str(name or "")
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    from atproto_client.exceptions import LoginRequiredError, UnauthorizedError
+
+    if isinstance(exc, LoginRequiredError | UnauthorizedError):
+        return True
+    return _error_name(exc) in _AUTH_ERRORS
+
+
+class BotSession:
+    """One bot's logged-in ``AsyncClient`` and its persisted session."""
+
+    def __init__(
+        self,
+        *,
+        bot: str,
+        handle: str,
+        password: SecretStr,
+        pds_url: str,
+        data_dir: Path,
+        expected_did: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        try:
+            from atproto import AsyncClient
+            from atproto_client.request import AsyncRequest
+        except ImportError as exc:  # pragma: no cover - atproto is a core dependency
+            raise PostError("the live poster needs the 'atproto' package") from exc
+        self.bot = bot
+        self.handle = handle
+        self.expected_did = expected_did
+        self.pds_url = pds_url.rstrip("/")
+        self.path = session_path(data_dir, bot)
+        self._password = password
+        request = AsyncRequest(transport=transport) if transport is not None else AsyncRequest()
+        self.client: AsyncClient = AsyncClient(base_url=self.pds_url, request=request)
+        self.client.on_session_change(self._persist)
+        self.did = ""
+        self.logins = 0  # createSession calls made by this process
+        self.status = "new"  # reused | created | relogged
+        self._lock = asyncio.Lock()
+        self._generation = 0
+
+    async def _persist(self, event: Any, session: Any) -> None:
+        # IMPORT is our own file coming back; CREATE and REFRESH are new tokens worth keeping.
+        if getattr(event, "value", str(event)) == "import":
+            return
+        _write_private(self.path, session.encode())
+
+    def _stored(self) -> str | None:
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        parts = text.split(":::")
+        # handle:::did:::access:::refresh:::pds — reuse only a session for this account and PDS.
+        # (The SDK stores the PDS as given, or with "/xrpc" when the session had no DID doc.)
+        if len(parts) != 5 or parts[4].rstrip("/").removesuffix("/xrpc") != self.pds_url:
+            return None
+        if self.expected_did and parts[1] != self.expected_did:
+            return None
+        if not self.expected_did and parts[0].lower() != self.handle.lower():
+            return None
+        return text
+
+    async def open(self) -> None:
+        """Reuse the stored session if the PDS still accepts it, else log in."""
+        from atproto_client.exceptions import NetworkError
+
+        stored = self._stored()
+        if stored is not None:
+            try:
+                await self.client.login(session_string=stored, fetch_bsky_profile=False)
+                # A cheap authenticated call; refreshes the access token if it has expired.
+                out = await self.client.invoke_query("com.atproto.server.getSession")
+                self.did = str(out.content["did"])
+                self.status = "reused"
+                return
+            except NetworkError:
+                raise  # the PDS is unreachable: a login would fail the same way
+            except Exception as exc:
+                # Refused, expired, revoked or unreadable (a malformed token): log in afresh.
+                log.info("session_rejected", bot=self.bot, error=_error_name(exc) or str(exc))
+        await self.login()
+        self.status = "created"
+
+    async def login(self) -> None:
+        """createSession with the app password (counted: it is rate limited)."""
+        self.logins += 1
+        self._generation += 1
+        await self.client.login(
+            self.handle, self._password.get_secret_value(), fetch_bsky_profile=False
+        )
+        self.did = self.client.export_session_string().split(":::")[1]
+        if self.expected_did and self.did != self.expected_did:
+            raise PostError(
+                f"bot {self.bot}: {self.handle} is {self.did}, not the configured "
+                f"{self.expected_did}"
+            )
+        log.info("bot_logged_in", bot=self.bot, did=self.did, handle=self.handle)
+
+    async def query(self, nsid: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An XRPC query as this bot; returns the JSON body."""
+        return await self._call(
+            lambda: self.client.invoke_query(nsid, params=_dot(params) if params else None)
+        )
+
+    async def procedure(self, nsid: str, data: dict[str, Any]) -> dict[str, Any]:
+        """An XRPC procedure as this bot; returns the JSON body."""
+        return await self._call(
+            lambda: self.client.invoke_procedure(
+                nsid, data=_dot(data), input_encoding="application/json"
+            )
+        )
+
+    async def _call(self, fn: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+        # On an auth failure (the SDK's own refresh failed too) log in once more and retry once;
+        # concurrent failures share one login (the generation tells whether it already happened).
+        generation = self._generation
+        try:
+            return dict((await fn()).content)
+        except Exception as exc:
+            if not _is_auth_error(exc):
+                raise
+            async with self._lock:
+                if generation == self._generation:
+                    log.info("session_expired", bot=self.bot, error=_error_name(exc) or str(exc))
+                    await self.login()
+                    self.status = "relogged"
+        return dict((await fn()).content)
+
+    async def aclose(self) -> None:
+        await self.client.request.close()
+
+
+class AtprotoPoster:
+    """Posts each bot's replies to its PDS; implements ``botsky.posting.Poster``.
+
+    ``paused`` is the kill switch: while it returns true every reply raises
+    ``PostRateLimited`` before anything is sent.
+    """
+
+    def __init__(
+        self,
+        sessions: Sequence[BotSession],
+        budget: WriteBudget,
+        *,
+        paused: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.sessions = {s.bot: s for s in sessions}
+        self.budget = budget
+        self.paused = paused
+        self.counts: Counter[str] = Counter()
+
+    def did_of(self, bot: str) -> str:
+        """The DID ``bot`` is logged in as."""
+        return self.sessions[bot].did
+
+    @property
+    def logins(self) -> int:
+        """createSession calls made by this process, over all bots."""
+        return sum(s.logins for s in self.sessions.values())
+
+    async def reply(self, post: ReplyPost) -> Posted:
+        session = self.sessions.get(post.bot)
+        if session is None:
+            raise PostError(f"no account is logged in for bot {post.bot!r}")
+        if post.bot_did and post.bot_did != session.did:
+            raise PostError(f"bot {post.bot} posts as {session.did}, not {post.bot_did}")
+        if self.paused():
+            self.counts["paused"] += 1
+            raise PostRateLimited("posting is paused by the kill switch", retry_after=1.0)
+        from atproto_client.exceptions import AtProtocolError, RateLimitExceededError
+
+        data: dict[str, Any] = {"repo": session.did, "collection": POST, "record": post.record()}
+        if post.rkey:
+            data["rkey"] = post.rkey  # chosen at claim time: a retry cannot post twice
+        async with self.budget.slot(session.did):
+            try:
+                out = await session.procedure("com.atproto.repo.createRecord", data)
+            except RateLimitExceededError as exc:
+                reset = exc.reset_at.timestamp() if exc.reset_at else None
+                if reset is None and exc.retry_after is not None:
+                    reset = self.budget.wall() + exc.retry_after
+                wait = self.budget.server_limited(session.did, reset)
+                self.counts["rate_limited"] += 1
+                log.warning("pds_rate_limited", bot=post.bot, retry_after=round(wait, 1))
+                raise PostRateLimited(f"the PDS rate-limited {post.bot}", retry_after=wait) from exc
+            except AtProtocolError as exc:
+                # With a chosen record key a failure is checkable: the reply may have landed
+                # before (a retry after a crash: the PDS answers 500 for a taken key) or the
+                # answer was lost on the network. If the bot's repo has it, that is a success.
+                found = None
+                if post.rkey:
+                    with contextlib.suppress(PostError):
+                        found = await self.lookup(session.did, post.rkey, post.parent.uri)
+                if found is not None:
+                    self.counts["already_posted"] += 1
+                    return found
+                self.counts["failed"] += 1
+                name = _error_name(exc) or type(exc).__name__
+                raise PostError(f"{name}: {exc}") from exc
+        self.counts["posted"] += 1
+        return Posted(uri=str(out["uri"]), cid=str(out["cid"]))
+
+    async def lookup(self, bot_did: str, rkey: str, parent_uri: str) -> Posted | None:
+        """The reply under ``rkey`` in the bot's repo if it answers ``parent_uri``, else None.
+
+        Reads are public (no budget). Raises ``PostError`` when the PDS cannot tell.
+        """
+        from atproto_client.exceptions import AtProtocolError
+
+        session = next((s for s in self.sessions.values() if s.did == bot_did), None)
+        if session is None:
+            raise PostError(f"no bot is logged in as {bot_did}")
+        params = {"repo": bot_did, "collection": POST, "rkey": rkey}
+        try:
+            got = await session.query("com.atproto.repo.getRecord", params)
+        except AtProtocolError as exc:
+            if _error_name(exc) == "RecordNotFound":
+                return None
+            raise PostError(f"looking up {rkey}: {exc}") from exc
+        reply = (got.get("value") or {}).get("reply") or {}
+        if (reply.get("parent") or {}).get("uri") != parent_uri:
+            return None
+        return Posted(uri=str(got["uri"]), cid=str(got["cid"]))
+
+    async def aclose(self) -> None:
+        for session in self.sessions.values():
+            await session.aclose()
+
+
+async def open_live_poster(
+    *,
+    pds_url: str,
+    accounts: Sequence[tuple[str, AccountConfig, SecretStr]],
+    data_dir: Path,
+    points_per_hour: int = 5000,
+    points_per_day: int = 35_000,
+    headroom: float = 0.8,
+    posts_per_minute: float = 10.0,
+    max_wait_s: float = 30.0,
+    paused: Callable[[], bool] = lambda: False,
+    clock: Callable[[], float] = time.monotonic,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AtprotoPoster:
+    """Log every bot in (reusing saved sessions) and return the poster.
+
+    ``accounts`` holds ``(bot name, account config, app password)``. A bot that cannot log in
+    fails the whole call with ``PostError``: a live run with a silently missing bot would skew
+    the randomized assignment.
+    """
+    from atproto_client.exceptions import AtProtocolError
+
+    sessions = [
+        BotSession(
+            bot=name,
+            handle=account.handle,
+            password=password,
+            pds_url=pds_url,
+            data_dir=data_dir,
+            expected_did=account.did,
+            transport=transport,
+        )
+        for name, account, password in accounts
+    ]
+    try:
+        for s in sessions:
+            try:
+                await s.open()
+            except AtProtocolError as exc:
+                raise PostError(f"bot {s.bot} ({s.handle}) cannot log in: {exc}") from exc
+    except BaseException:
+        for s in sessions:
+            await s.aclose()
+        raise
+    budget = WriteBudget(
+        points_per_hour=points_per_hour,
+        points_per_day=points_per_day,
+        headroom=headroom,
+        posts_per_minute=posts_per_minute,
+        max_wait_s=max_wait_s,
+        clock=clock,
+    )
+    return AtprotoPoster(sessions, budget, paused=paused)

@@ -1,0 +1,178 @@
+"""``botsky simulate``: run the simulated network through the production pipeline.
+
+Registered on the ``botsky`` group by ``botsky.cli`` (``cli.add_command(simulate_cmd)``).
+Logs go to the JSON log file under ``data_dir`` only (the terminal shows a progress bar); the
+leaderboard by picker and by model, the ground truth (expected and oracle rates) and where the
+ledger, log and checkpoint are go to stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from botsky.errors import BotskyError, ConfigError
+
+__all__ = ["DEFAULT_SIM_CONFIG", "simulate_cmd"]
+
+DEFAULT_SIM_CONFIG = Path("configs/sim.yaml")
+
+
+@click.command("simulate")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The simulation's botsky.yaml (default: configs/sim.yaml in the working directory).",
+)
+@click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True)
+@click.option("--users", type=click.IntRange(2, 1_000_000), default=300, show_default=True)
+@click.option(
+    "--seed", type=int, default=None, help="World and pipeline seed (default: the config's, or 1)."
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["stochastic", "llm"]),
+    default="stochastic",
+    show_default=True,
+    help="llm: the first LLM bot's model writes posts and replies and rates interest.",
+)
+@click.option("--new-per-day", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--churn", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from the checkpoint in data_dir (written at every simulated day boundary).",
+)
+@click.option(
+    "--export",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write every event as Jetstream JSONL (readable by source.kind: replay).",
+)
+def simulate_cmd(
+    config_path: Path | None,
+    days: int,
+    users: int,
+    seed: int | None,
+    engine: str,
+    new_per_day: int,
+    churn: float,
+    resume: bool,
+    export: Path | None,
+) -> None:
+    """Simulate a social network and score the bot army against its ground truth."""
+    from botsky.configload import load_config, resolve_secrets
+    from botsky.logs import configure_logging, register_secret
+    from botsky.sim.run import simulate
+    from botsky.sim.world import World
+
+    try:
+        loaded = load_config(config_path or DEFAULT_SIM_CONFIG)
+        secrets = resolve_secrets(loaded, live=False)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(1)
+    for bot_secrets in secrets.values():
+        if bot_secrets.api_key is not None:
+            register_secret(bot_secrets.api_key.get_secret_value())
+    st = loaded.settings
+    st.data_dir.mkdir(parents=True, exist_ok=True)
+    seed = seed if seed is not None else st.seed if st.seed is not None else 1
+    # Wide enough for the leaderboard when stdout is a pipe (rich assumes 80 columns there).
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    log_file = st.data_dir / st.logging.file if st.logging.file else None
+    if log_file is not None and not resume:
+        log_file.unlink(missing_ok=True)  # a fresh world, a fresh log (scores --logs reads it)
+    with open(os.devnull, "w", encoding="utf-8") as quiet:
+        configure_logging(
+            level=st.logging.level,
+            fmt="json",
+            file=log_file,
+            stream=quiet,
+        )
+        progress = Progress(
+            TextColumn("[bold]day"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        task = progress.add_task("simulate", total=days + 1, counts="")
+
+        def on_day(world: World) -> None:
+            c = world.counts
+            progress.update(
+                task,
+                completed=min(world.day, days + 1) if not world.finished else days + 1,
+                counts=(
+                    f"users {len(world.users)}  posts {c['posts']}  mentions {c['mentions']}  "
+                    f"replies {c['replies']}  answered mentions {c['mention_replies']}"
+                ),
+            )
+
+        try:
+            with progress:
+                result = asyncio.run(
+                    simulate(
+                        loaded,
+                        secrets,
+                        days=days,
+                        users=users,
+                        seed=seed,
+                        engine=engine,
+                        new_per_day=new_per_day,
+                        churn=churn,
+                        resume=resume,
+                        export=export,
+                        on_day=on_day,
+                    )
+                )
+        except BotskyError as exc:
+            click.echo(f"botsky: {exc}", err=True)
+            sys.exit(1)
+        finally:
+            # Off the soon-closed null stream; the tables below are not logs.
+            configure_logging(level=st.logging.level, fmt="json", stream=sys.stderr)
+
+    from botsky.scoring import render_table
+
+    world = result.world
+    console.print(
+        f"simulated {world.config.days} days, {len(world.users)} users, seed {seed}, "
+        f"engine {world.engine.name}: {result.user_days} user-days in {result.elapsed_s:.1f} s "
+        f"({result.user_days / max(result.elapsed_s, 1e-9):.0f} user-days/s)"
+    )
+    for title, rows in (("by picker", result.by_picker), ("by model", result.by_model)):
+        table = render_table(rows)
+        table.title = f"leaderboard {title}"
+        console.print(table)
+    truth = Table(title="ground truth (upper bounds: no fatigue, no mood)")
+    truth.add_column("picker")
+    truth.add_column("mentions", justify="right")
+    truth.add_column("expected rate of its picks", justify="right")
+    for picker in sorted({p for p in result.picker_of.values()}):
+        rate = result.expected_rate(picker)
+        if rate is not None:
+            n = sum(
+                t.mentions for b, t in result.truth.items() if result.picker_of.get(b) == picker
+            )
+            truth.add_row(picker, str(n), f"{rate:.1%}")
+    oracle = result.oracle_rate
+    truth.add_row("oracle (best-fitting online user)", "", f"{oracle:.1%}" if oracle else "-")
+    console.print(truth)
+    console.print(f"ledger: {result.ledger_path}")
+    console.print(f"log:    {result.log_path}")
+    if export is not None:
+        console.print(f"events: {export}")

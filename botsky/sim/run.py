@@ -1,0 +1,266 @@
+"""``simulate``: the production pipeline (``app.build_app``) driven by a simulated world.
+
+The world is both the app's source and its poster; dispatch runs in lockstep so that every bot
+reply is in the world before the next event is generated, and one seed gives one history: the
+world, the army's bot draws, the random picker and the selector all draw from RNGs seeded from
+``seed`` (no wall clock and no hash randomization enters any decision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from botsky.app import RunSummary, build_app, build_bots
+from botsky.army import Army
+from botsky.config import SourceConfig
+from botsky.configload import LoadedConfig, Secrets
+from botsky.errors import ConfigError
+from botsky.events import Event, event_to_jetstream
+from botsky.ledger import open_ledger
+from botsky.ledger.sqlite import SqliteLedger
+from botsky.llm.base import Model
+from botsky.scoring import Score, score
+from botsky.sim.checkpoint import (
+    load_checkpoint,
+    restore_ledger,
+    restore_pipeline,
+    save_checkpoint,
+)
+from botsky.sim.engines import Engine, LLMEngine, StochasticEngine
+from botsky.sim.world import Truth, World, WorldConfig
+from botsky.sources.base import SourceStats
+
+__all__ = ["CHECKPOINT_FILE", "SimResult", "simulate"]
+
+log = structlog.get_logger("botsky.sim")
+
+CHECKPOINT_FILE = "sim-checkpoint.pkl"  # under data_dir
+# The SQLite ledger answers on a worker thread; with CPython's default 5 ms switch interval the
+# event loop can wait that long for the interpreter after every ledger call, which dominates a
+# simulation (thousands of calls, no network). 0.2 ms makes a run about twice as fast.
+_SWITCH_INTERVAL_S = 0.0002
+
+
+@contextlib.contextmanager
+def _fast_thread_handoff() -> Any:
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(min(old, _SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+@dataclass
+class SimResult:
+    """What a simulation did and how every arm scored against the ground truth."""
+
+    world: World
+    summary: RunSummary
+    by_picker: list[Score]
+    by_model: list[Score]
+    by_bot: list[Score]
+    truth: dict[str, Truth]  # per bot name
+    picker_of: Mapping[str, str]  # bot name → picker
+    oracle_rate: float | None
+    elapsed_s: float
+    user_days: int
+    ledger_path: Path | None
+    log_path: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def expected_rate(self, picker: str) -> float | None:
+        """The ground-truth upper bound of ``picker``'s picks (no fatigue, no mood)."""
+        bots = [b for b, p in self.picker_of.items() if p == picker and b in self.truth]
+        n = sum(self.truth[b].mentions for b in bots)
+        return sum(self.truth[b].expected for b in bots) / n if n else None
+
+
+class _Tee:
+    """The world as a source that also writes every event it emits to a JSONL file."""
+
+    def __init__(self, world: World, out: IO[bytes]) -> None:
+        self.world = world
+        self.out = out
+        self.name = world.name
+        self.stats: SourceStats = world.stats
+
+    async def __aiter__(self) -> Any:
+        event: Event
+        async for event in self.world:
+            self.out.write(event_to_jetstream(event) + b"\n")
+            yield event
+
+    async def aclose(self) -> None:
+        await self.world.aclose()
+
+
+def _settings_for(loaded: LoadedConfig, seed: int) -> LoadedConfig:
+    st = loaded.settings
+    if st.audience.mode != "open":
+        raise ConfigError(
+            "the simulation's users are the network's own: set audience.mode: open and "
+            "audience.acknowledge_open_audience: true in the simulation config"
+        )
+    st = st.model_copy(
+        update={
+            "seed": seed,
+            "source": SourceConfig(kind="sim", name="sim"),
+            # Lockstep is what makes a run a function of its seed.
+            "dispatch": st.dispatch.model_copy(update={"lockstep": True}),
+        }
+    )
+    return dataclasses.replace(loaded, settings=st)
+
+
+def _fresh_files(loaded: LoadedConfig) -> None:
+    # A new world reuses post URIs of an earlier run with the same seed, which the old ledger
+    # has claimed: a fresh run starts from an empty ledger. (The CLI also starts a fresh log.)
+    st = loaded.settings
+    ledger = open_ledger(st.ledger.url, st.data_dir)
+    if isinstance(ledger, SqliteLedger):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{ledger.path}{suffix}").unlink(missing_ok=True)
+
+
+def _swap_models(army: Army, models: Mapping[str, Model]) -> None:
+    army.bots = tuple(
+        dataclasses.replace(b, model=models[b.name]) if b.name in models else b for b in army.bots
+    )
+    army._by_did = {b.did: b for b in army.bots}
+
+
+def _engine_model(loaded: LoadedConfig, secrets: Secrets, http_client: Any) -> Model:
+    for bot in build_bots(loaded, secrets, http_client=http_client):
+        if bot.provider != "template":
+            return bot.model
+    raise ConfigError(
+        "--engine llm needs a model: enable an LLM bot in the bots file (set its API key)"
+    )
+
+
+async def simulate(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    *,
+    days: int = 7,
+    users: int = 300,
+    seed: int = 1,
+    engine: str | Engine = "stochastic",
+    engine_model: Model | None = None,
+    new_per_day: int = 1,
+    churn: float = 0.0,
+    resume: bool = False,
+    export: Path | None = None,
+    checkpoint: Path | None = None,
+    http_client: Any = None,
+    on_day: Callable[[World], None] | None = None,
+    models: Mapping[str, Model] | None = None,
+) -> SimResult:
+    """Run the world for ``days`` simulated days through the production pipeline.
+
+    ``checkpoint`` (default ``data_dir/sim-checkpoint.pkl``) is written at every day boundary;
+    ``resume`` continues from it (``days`` may extend the run). ``export`` writes every event
+    the world emits (bot replies included) as Jetstream JSONL, which ``ReplaySource`` reads.
+    ``on_day`` is called with the world at each day boundary and at the end (progress).
+    ``models`` replaces the model of the named bots (tests: a scripted ``FakeModel``).
+    """
+    loaded = _settings_for(loaded, seed)
+    st = loaded.settings
+    st.data_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint or st.data_dir / CHECKPOINT_FILE
+    pipeline: dict[str, Any] | None = None
+    ledger = open_ledger(st.ledger.url, st.data_dir)  # not opened: only its file is wanted
+    ledger_path = ledger.path if isinstance(ledger, SqliteLedger) else None
+    if resume:
+        if ledger_path is None:
+            raise ConfigError("--resume needs the SQLite ledger (ledger.url: sqlite)")
+        world, pipeline = load_checkpoint(checkpoint)
+        world.config = dataclasses.replace(world.config, days=days)
+        restore_ledger(checkpoint, ledger_path)
+    else:
+        _fresh_files(loaded)
+        config = WorldConfig(
+            users=users,
+            days=days,
+            seed=seed,
+            new_per_day=new_per_day,
+            churn=churn,
+            presence_window_s=st.presence.window_s,
+            outcome_window_s=st.outcomes.window_s,
+        )
+        world = World(config)
+    if isinstance(engine, str):
+        if engine == "llm":
+            engine = LLMEngine(engine_model or _engine_model(loaded, secrets, http_client))
+        elif engine == "stochastic":
+            engine = StochasticEngine()
+        else:
+            raise ConfigError(f"unknown engine {engine!r}: use stochastic or llm")
+    world.engine = engine
+    start_day = world.day
+
+    out = export.open("wb") if export is not None else None
+    try:
+        source = _Tee(world, out) if out is not None else world
+        app = await build_app(loaded, secrets, source=source, poster=world, http_client=http_client)
+        try:
+            if app.dispatcher is not None:
+                world.bot_dids = set(app.dispatcher.army.dids)
+                if models:
+                    _swap_models(app.dispatcher.army, models)
+            if pipeline is not None:
+                restore_pipeline(app, pipeline)
+
+            async def _on_day(day: int) -> None:
+                if day > start_day and ledger_path is not None:
+                    save_checkpoint(checkpoint, world, app, ledger_path)
+                if on_day is not None:
+                    on_day(world)
+
+            world.on_day = _on_day
+            started = time.perf_counter()
+            with _fast_thread_handoff():
+                summary = await app.run()
+            elapsed = time.perf_counter() - started
+            if on_day is not None:
+                on_day(world)
+            mentions, outcomes = await app.ledger.mentions(), await app.ledger.outcomes()
+        finally:
+            await app.aclose()
+    finally:
+        if out is not None:
+            out.close()
+    bots = {b.name: b.picker for b in loaded.bots}
+    result = SimResult(
+        world=world,
+        summary=summary,
+        by_picker=score(mentions, outcomes, by="picker"),
+        by_model=score(mentions, outcomes, by="model"),
+        by_bot=score(mentions, outcomes, by="bot"),
+        truth=dict(world.truth),
+        picker_of=bots,
+        oracle_rate=world.oracle_rate(),
+        elapsed_s=elapsed,
+        user_days=world.user_days,
+        ledger_path=ledger_path,
+        log_path=st.data_dir / st.logging.file if st.logging.file else None,
+    )
+    log.info(
+        "simulation_finished",
+        days=world.config.days,
+        users=len(world.users),
+        oracle_rate=result.oracle_rate,
+        elapsed_s=round(elapsed, 3),
+        **world.counts,
+    )
+    return result

@@ -1,0 +1,1 @@
+"""The reference-PDS harness for integration tests."""

@@ -1,0 +1,204 @@
+"""``simulate``: the production pipeline driven by the world (determinism, export, resume)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import structlog
+
+from botsky.configload import LoadedConfig, load_config, resolve_secrets
+from botsky.errors import ConfigError
+from botsky.events import PostRef, event_to_jetstream, parse_jetstream
+from botsky.sim.run import SimResult, simulate
+from botsky.sim.state import DEFAULT_LIMITS
+from botsky.sources.replay import ReplaySource
+from botsky.testing import FakeModel
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM_CONFIG = ROOT / "configs" / "sim.yaml"
+
+CONTROL_BOTS = """bots:
+  - {name: similar, persona: p, provider: template, model: t-similar, picker: similar,
+     account: {handle: similar.bots.sim.test}}
+  - {name: random, persona: p, provider: template, model: t-random, picker: random,
+     account: {handle: random.bots.sim.test}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> Iterator[None]:
+    """Thousands of info lines per run would only slow the tests down."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    yield
+    structlog.reset_defaults()
+
+
+def sim_config(
+    tmp: Path, bots: str = CONTROL_BOTS, *, top_k: int = 8, audience: str = "open"
+) -> LoadedConfig:
+    """The shipped simulation config with its own data_dir and army under ``tmp``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "bots.yaml").write_text(bots)
+    text = SIM_CONFIG.read_text()
+    text = text.replace("data_dir: ./data/sim", f"data_dir: {tmp / 'data'}")
+    text = text.replace("bots_file: sim-bots.yaml", "bots_file: bots.yaml")
+    text = text.replace("top_k: 8", f"top_k: {top_k}")
+    if audience != "open":
+        text = text.replace("mode: open", f"mode: {audience}")
+    (tmp / "sim.yaml").write_text(text)
+    return load_config(tmp / "sim.yaml", environ={})
+
+
+def board(result: SimResult) -> list[tuple[Any, ...]]:
+    """The leaderboard numbers that must not depend on anything but the seed."""
+    return [
+        (s.group, s.mentions, s.matured, s.successes, s.ci_low, s.ci_high, s.likes_per_reply)
+        for s in result.by_picker
+    ]
+
+
+async def _run(tmp: Path, **kwargs: Any) -> SimResult:
+    loaded = sim_config(tmp)
+    secrets = resolve_secrets(loaded, environ={}, live=False)
+    return await simulate(loaded, secrets, **kwargs)
+
+
+async def test_a_seed_gives_one_leaderboard(tmp_path: Path) -> None:
+    """Two runs with one seed give identical leaderboards; another seed gives another."""
+    a = await _run(tmp_path / "a", days=2, users=60, seed=3)
+    b = await _run(tmp_path / "b", days=2, users=60, seed=3)
+    c = await _run(tmp_path / "c", days=2, users=60, seed=4)
+    assert board(a) == board(b)
+    assert a.world.counts == b.world.counts and a.oracle_rate == b.oracle_rate
+    assert board(a) != board(c)
+    assert {s.group for s in a.by_picker} == {"similar", "random"}
+    assert all(s.matured == s.mentions > 0 for s in a.by_picker)  # everything matured
+    assert a.ledger_path is not None and a.ledger_path.exists()
+    assert a.log_path is not None
+
+
+async def test_rerunning_into_the_same_data_dir_starts_afresh(tmp_path: Path) -> None:
+    """A new (non-resumed) run replaces the ledger instead of colliding with its claims."""
+    a = await _run(tmp_path, days=1, users=40, seed=5)
+    b = await _run(tmp_path, days=1, users=40, seed=5)
+    assert board(a) == board(b)
+
+
+async def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Stopping after day 2 and resuming to day 4 gives the uninterrupted 4-day leaderboard."""
+    whole = await _run(tmp_path / "whole", days=4, users=60, seed=6)
+    part = tmp_path / "part"
+    await _run(part, days=2, users=60, seed=6)
+    assert (part / "data" / "sim-checkpoint.pkl").exists()
+    resumed = await _run(part, days=4, users=60, seed=6, resume=True)
+    assert board(resumed) == board(whole)
+    assert resumed.world.counts == whole.world.counts
+    assert resumed.oracle_rate == whole.oracle_rate
+
+
+async def test_resume_without_a_checkpoint_is_a_config_error(tmp_path: Path) -> None:
+    """--resume with nothing to resume from says so."""
+    with pytest.raises(ConfigError, match="no simulation checkpoint"):
+        await _run(tmp_path, days=1, users=10, seed=1, resume=True)
+
+
+async def test_export_round_trips_through_the_replay_source(tmp_path: Path) -> None:
+    """Every emitted event, bot replies included, is a Jetstream line the replay source reads."""
+    out = tmp_path / "events.jsonl"
+    result = await _run(tmp_path, days=1, users=30, seed=2, export=out)
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == result.summary.events
+    for line in lines:
+        assert event_to_jetstream(parse_jetstream(line)) == line
+    replay = ReplaySource(out)
+    events = [e async for e in replay]
+    assert events == [parse_jetstream(line) for line in lines]
+    bot_dids = {"did:web:similar.bots.sim.test", "did:web:random.bots.sim.test"}
+    bot_replies = [e for e in events if e.did in bot_dids]
+    assert len(bot_replies) == result.world.counts["mentions"] > 0
+    posts = {e.uri for e in events if e.is_post_create}
+    for reply in bot_replies:
+        ref = PostRef.of(reply.record)
+        assert ref.parent_uri in posts and ref.root_uri in posts and len(ref.mention_dids) == 1
+
+
+async def test_simulation_needs_the_open_audience(tmp_path: Path) -> None:
+    """The default opt-in audience would silence the world: the config must say open."""
+    loaded = sim_config(tmp_path, audience="opt_in")
+    secrets = resolve_secrets(loaded, environ={}, live=False)
+    with pytest.raises(ConfigError, match=r"audience\.mode: open"):
+        await simulate(loaded, secrets, days=1, users=5)
+
+
+def _llm_user(system: str, user: str) -> dict[str, Any]:
+    # One scripted "user" for every prompt of the llm engine.
+    if "Invent this user's hidden state" in user:
+        facts = [f"remembers thing {i}" for i in range(200)]
+        return {"state": orjson.dumps({"mood": 0.9, "facts": facts, "bio": "z" * 5000}).decode()}
+    if "You logged on" in user:
+        n = user.count("\n", user.index("<posts>"), user.index("</posts>")) - 1
+        state = {"mood": 0.2, "facts": ["read the feed"]}
+        return {"probabilities": [0.9] * n, "state": orjson.dumps(state).decode()}
+    if "Write a new post" in user:
+        topic = user.split("about ", 1)[1].split(".", 1)[0]
+        return {"text": f"scripted post about {topic} sourdough marathon"}
+    return {"text": "scripted reply, thanks"}
+
+
+async def test_llm_engine_drives_users_through_a_model(tmp_path: Path) -> None:
+    """The llm engine's posts, ratings and (bounded) states come from the model."""
+    model = FakeModel(model="sim-user")
+    model.script(*[_llm_user] * 5000)
+    loaded = sim_config(tmp_path)
+    secrets = resolve_secrets(loaded, environ={}, live=False)
+    result = await simulate(
+        loaded, secrets, days=2, users=8, seed=1, engine="llm", engine_model=model
+    )
+    assert len(model.calls) > 20
+    posts = [p for p in result.world.posts.values() if not p.by_bot]
+    assert any(p.text.startswith("scripted post about") for p in posts)
+    assert any(p.text == "scripted reply, thanks" for p in posts)
+    for u in result.world.users:
+        assert len(orjson.dumps(u.state)) <= DEFAULT_LIMITS.max_bytes
+        assert len(u.state.get("facts", [])) <= DEFAULT_LIMITS.max_list
+    assert result.world.engine.name == "llm"
+
+
+async def test_llm_engine_falls_back_when_the_model_fails(tmp_path: Path) -> None:
+    """Malformed answers and model errors fall back to the stochastic engine, step by step."""
+    from botsky.errors import ModelError
+
+    model = FakeModel(model="sim-user")
+    model.script(*[{"nonsense": True}, ModelError("boom")] * 1000)
+    loaded = sim_config(tmp_path)
+    secrets = resolve_secrets(loaded, environ={}, live=False)
+    result = await simulate(
+        loaded, secrets, days=1, users=6, seed=1, engine="llm", engine_model=model
+    )
+    assert result.world.counts["posts"] == 6
+
+
+def test_simulate_command_prints_leaderboards_and_oracle(tmp_path: Path) -> None:
+    """`botsky simulate` runs a small world and prints both leaderboards and the oracle."""
+    sim_config(tmp_path)
+    code = "from botsky.sim.cli import simulate_cmd; simulate_cmd()"
+    args = ["-c", str(tmp_path / "sim.yaml"), "--days", "1", "--users", "30", "--seed", "2"]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args, "--export", str(tmp_path / "ev.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "leaderboard by picker" in out.stdout and "leaderboard by model" in out.stdout
+    assert "oracle" in out.stdout and "user-days/s" in out.stdout
+    assert (tmp_path / "data" / "sim.log.jsonl").stat().st_size > 0
+    assert (tmp_path / "ev.jsonl").stat().st_size > 0
