@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import sys
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from botsky.app import App
@@ -176,3 +179,89 @@ async def test_chromium_renders_one_row_per_model_with_the_scores_json_numbers(
         server.url + "/",
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def _row_numbers(row: dict[str, str]) -> dict[str, Any]:
+    return {
+        "rank": int(row["rank"]),
+        "mentions": int(row["mentions"]),
+        "matured": int(row["matured"]),
+        "successes": int(row["successes"]),
+        "success_rate": float(row["success-rate"]) if row["success-rate"] else None,
+        "ci_low": float(row["ci-low"]),
+        "ci_high": float(row["ci-high"]),
+    }
+
+
+@pytest.mark.slow
+async def test_chromium_reads_the_page_of_a_served_simulation(
+    chromium: str, tmp_path: Path
+) -> None:
+    """`botsky simulate --serve` keeps its page up after the run; Chromium's DOM has one row
+    per model and per picker, equal to `botsky scores --json` over the same ledger."""
+    repo = Path(__file__).parent.parent
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BOTSKY_", "OPENAI", "ANTHROPIC"))
+    }
+    env["BOTSKY_DATA_DIR"] = str(tmp_path / "data")
+    cmd = ["-m", "botsky", "simulate", "-c", str(repo / "configs" / "sim.yaml")]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *cmd,
+        "--days",
+        "3",
+        "--users",
+        "60",
+        "--serve",
+        "--port",
+        "0",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        url = ""
+        async with asyncio.timeout(_TIMEOUT_S):
+            while not url:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "simulate exited before serving"
+                if line.startswith("leaderboard page: "):
+                    url = line.split()[2]
+        html = await _browse(chromium, tmp_path / "profile", "--dump-dom", url + "/")
+        shot = _artifacts(tmp_path) / "simulation-leaderboard.png"
+        await _browse(
+            chromium, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,900", url
+        )
+        scores = {}
+        for by in ("model", "picker"):
+            out = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *cmd[:2],
+                "scores",
+                "-c",
+                str(repo / "configs" / "sim.yaml"),
+                "--json",
+                "--by",
+                by,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            stdout, _ = await out.communicate()
+            assert out.returncode == 0
+            scores[by] = orjson.loads(stdout)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), _TIMEOUT_S)
+    assert proc.returncode == 0
+    dom = _Dom()
+    dom.feed(html)
+    for by in ("model", "picker"):
+        rows = dom.rows[by]
+        assert [r["group"] for r in rows] == [e[by] for e in scores[by]]
+        for row, exp in zip(rows, scores[by], strict=True):
+            got = _row_numbers(row)
+            assert got == {k: exp[k] for k in got}
+    assert {r["group"] for r in dom.rows["picker"]} == {"similar", "random"}
+    assert sum(r["mentions"] for r in scores["model"]) > 50
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -19,6 +21,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from botsky.errors import BotskyError, ConfigError
+
+if TYPE_CHECKING:  # the CLI imports the app only when a command runs
+    from botsky.app import App
+    from botsky.sim.run import SimResult
 
 __all__ = ["DEFAULT_SIM_CONFIG", "simulate_cmd"]
 
@@ -59,6 +65,17 @@ DEFAULT_SIM_CONFIG = Path("configs/sim.yaml")
     default=None,
     help="Also write every event as Jetstream JSONL (readable by source.kind: replay).",
 )
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Serve the leaderboard page during the run and keep it up afterwards (Ctrl-C stops).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port for --serve (default: web.port from the config; 0 picks a free one).",
+)
 def simulate_cmd(
     config_path: Path | None,
     days: int,
@@ -69,6 +86,8 @@ def simulate_cmd(
     churn: float,
     resume: bool,
     export: Path | None,
+    serve: bool,
+    port: int | None,
 ) -> None:
     """Simulate a social network and score the bot army against its ground truth."""
     from botsky.configload import load_config, resolve_secrets
@@ -88,6 +107,10 @@ def simulate_cmd(
             register_secret(bot_secrets.api_key.get_secret_value())
     st = loaded.settings
     st.data_dir.mkdir(parents=True, exist_ok=True)
+    if serve:
+        st.web.enabled = True
+        if port is not None:
+            st.web.port = port
     seed = seed if seed is not None else st.seed if st.seed is not None else 1
     # Wide enough for the leaderboard when stdout is a pipe (rich assumes 80 columns there).
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -122,6 +145,18 @@ def simulate_cmd(
                 ),
             )
 
+        async def hold(app: App, result: SimResult) -> None:
+            progress.stop()
+            _print_result(console, result, seed, export)
+            url = app.web_server.url if app.web_server is not None else "(web app not running)"
+            # A line of its own, flushed: scripts and tests wait for it.
+            print(f"leaderboard page: {url}  (Ctrl-C to stop)", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+
         try:
             with progress:
                 result = asyncio.run(
@@ -137,6 +172,7 @@ def simulate_cmd(
                         resume=resume,
                         export=export,
                         on_day=on_day,
+                        hold=hold if serve else None,
                     )
                 )
         except BotskyError as exc:
@@ -146,6 +182,12 @@ def simulate_cmd(
             # Off the soon-closed null stream; the tables below are not logs.
             configure_logging(level=st.logging.level, fmt="json", stream=sys.stderr)
 
+    if not serve:  # with --serve the results were printed before serving
+        _print_result(console, result, seed, export)
+
+
+def _print_result(console: Console, result: SimResult, seed: int, export: Path | None) -> None:
+    """The leaderboards next to the world's ground truth, and where the files are."""
     from botsky.scoring import render_table
 
     world = result.world

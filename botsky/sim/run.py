@@ -12,14 +12,14 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import structlog
 
-from botsky.app import RunSummary, build_app, build_bots
+from botsky.app import App, RunSummary, build_app, build_bots
 from botsky.army import Army
 from botsky.config import SourceConfig
 from botsky.configload import LoadedConfig, Secrets
@@ -165,6 +165,7 @@ async def simulate(
     http_client: Any = None,
     on_day: Callable[[World], None] | None = None,
     models: Mapping[str, Model] | None = None,
+    hold: Callable[[App, SimResult], Awaitable[None]] | None = None,
 ) -> SimResult:
     """Run the world for ``days`` simulated days through the production pipeline.
 
@@ -173,6 +174,8 @@ async def simulate(
     the world emits (bot replies included) as Jetstream JSONL, which ``ReplaySource`` reads.
     ``on_day`` is called with the world at each day boundary and at the end (progress).
     ``models`` replaces the model of the named bots (tests: a scripted ``FakeModel``).
+    ``hold(app, result)`` runs after the results are in and before the app closes: with the
+    web app enabled, the page stays up for as long as it waits (``simulate --serve``).
     """
     loaded = _settings_for(loaded, seed)
     st = loaded.settings
@@ -228,6 +231,7 @@ async def simulate(
                     on_day(world)
 
             world.on_day = _on_day
+            app.keep_serving = hold is not None
             started = time.perf_counter()
             with _fast_thread_handoff():
                 summary = await app.run()
@@ -235,26 +239,28 @@ async def simulate(
             if on_day is not None:
                 on_day(world)
             mentions, outcomes = await app.ledger.mentions(), await app.ledger.outcomes()
+            bots = {b.name: b.picker for b in loaded.bots}
+            result = SimResult(
+                world=world,
+                summary=summary,
+                by_picker=score(mentions, outcomes, by="picker"),
+                by_model=score(mentions, outcomes, by="model"),
+                by_bot=score(mentions, outcomes, by="bot"),
+                truth=dict(world.truth),
+                picker_of=bots,
+                oracle_rate=world.oracle_rate(),
+                elapsed_s=elapsed,
+                user_days=world.user_days,
+                ledger_path=ledger_path,
+                log_path=st.data_dir / st.logging.file if st.logging.file else None,
+            )
+            if hold is not None:
+                await hold(app, result)
         finally:
             await app.aclose()
     finally:
         if out is not None:
             out.close()
-    bots = {b.name: b.picker for b in loaded.bots}
-    result = SimResult(
-        world=world,
-        summary=summary,
-        by_picker=score(mentions, outcomes, by="picker"),
-        by_model=score(mentions, outcomes, by="model"),
-        by_bot=score(mentions, outcomes, by="bot"),
-        truth=dict(world.truth),
-        picker_of=bots,
-        oracle_rate=world.oracle_rate(),
-        elapsed_s=elapsed,
-        user_days=world.user_days,
-        ledger_path=ledger_path,
-        log_path=st.data_dir / st.logging.file if st.logging.file else None,
-    )
     log.info(
         "simulation_finished",
         days=world.config.days,
