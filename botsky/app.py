@@ -101,6 +101,7 @@ class App:
         score_interval_s: float = 60.0,
         drain_on_eof: bool = True,
         lockstep: bool = False,
+        shutdown_deadline_s: float = 30.0,
         models: tuple[Model, ...] = (),
         metrics: Metrics | None = None,
         web: WebConfig | None = None,
@@ -120,6 +121,8 @@ class App:
         self.score_interval_s = score_interval_s
         self.drain_on_eof = drain_on_eof
         self.lockstep = lockstep
+        self.shutdown_deadline_s = shutdown_deadline_s
+        self._stop = asyncio.Event()
         self.models = models
         self.metrics = metrics or Metrics()
         self.web = web
@@ -135,7 +138,7 @@ class App:
 
     async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
         """Run until the source ends or ``stop`` is set; always saves the cursor and scores."""
-        stop = stop or asyncio.Event()
+        stop = self._stop = stop or asyncio.Event()
         if self.web is not None and self.web.enabled:
             self.web_server = await serve(
                 self,
@@ -282,7 +285,22 @@ class App:
                 if dropped:
                     log.info("pending_posts_dropped", count=dropped)
             await self.dispatcher.close()
-            await workers
+            # Draining waits for the workers, until a stop request comes (before or during the
+            # drain): then queued posts are dropped and replies in flight get the deadline;
+            # past it they are cancelled (a claim left 'posting' is settled on the next start).
+            stopping = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({workers, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not workers.done():
+                self.summary.interrupted = True
+                self.dispatcher.discard_pending()
+                try:
+                    await asyncio.wait_for(asyncio.shield(workers), self.shutdown_deadline_s)
+                except TimeoutError:
+                    log.warning("shutdown_deadline_passed", deadline_s=self.shutdown_deadline_s)
+                    workers.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await workers
             self.summary.dispatch = self.dispatcher.counts
         scorer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -528,6 +546,7 @@ async def build_app(
         score_interval_s=st.scoring.interval_s,
         drain_on_eof=st.dispatch.drain_on_eof,
         lockstep=st.dispatch.lockstep,
+        shutdown_deadline_s=st.dispatch.shutdown_deadline_s,
         models=tuple(b.model for b in bots),
         metrics=metrics,
         web=st.web,

@@ -167,6 +167,9 @@ class DispatchConfig(_Strict):
     # do not depend on model latency (a reply later in the file always sees the mention).
     # Never for live sources: the reader must not wait on a model there.
     lockstep: bool = False
+    # On SIGTERM, how long replies already in flight may take to finish before they are
+    # cancelled (a cancelled reply's claim is settled on the next start).
+    shutdown_deadline_s: float = Field(default=30.0, ge=0)
 
 
 class OutcomesConfig(_Strict):

@@ -138,3 +138,71 @@ def test_sigterm_stops_intake_saves_the_cursor_and_exits_zero(tmp_path: Path) ->
             await led.close()
 
     asyncio.run(_check())
+
+
+class _HangingModel:
+    """A model whose call never returns (a stuck vendor)."""
+
+    provider = "fake"
+    model = "hangs"
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def complete_json(self, **_: object) -> object:
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_shutdown_deadline_cancels_stuck_replies(tmp_path: Path) -> None:
+    """On stop, a reply stuck in a model call is cancelled at the deadline; nothing half-done
+    is left in the ledger."""
+    import dataclasses
+
+    from botsky.app import build_app
+    from botsky.configload import load_config, resolve_secrets
+    from botsky.testing import ListSource
+
+    (tmp_path / "botsky.yaml").write_text(
+        f"data_dir: {tmp_path / 'data'}\nsource: {{kind: replay, path: x.jsonl}}\n"
+        "audience: {mode: open, acknowledge_open_audience: true}\n"
+        "dispatch: {shutdown_deadline_s: 0.3}\n"
+    )
+    (tmp_path / "bots.yaml").write_text(
+        "bots:\n  - name: ada\n    persona: hi\n    provider: template\n    model: t\n"
+        "    picker: similar\n    account: {handle: ada.test}\n"
+    )
+    loaded = load_config(tmp_path / "botsky.yaml", environ={})
+    events = [
+        identity("did:plc:b", T0, "bob.test"),
+        post("did:plc:b", T0 + 1, "sourdough bread baking all day"),
+        post("did:plc:a", T0 + 2, "any sourdough bread tips?"),
+    ]
+    app = await build_app(
+        loaded, resolve_secrets(loaded, environ={}, live=False), source=ListSource(events)
+    )
+    model = _HangingModel()
+    assert app.dispatcher is not None
+    army = app.dispatcher.army
+    army.bots = tuple(dataclasses.replace(b, model=model) for b in army.bots)
+    stop = asyncio.Event()
+
+    async def stop_when_stuck() -> None:
+        await model.called.wait()
+        stop.set()
+
+    try:
+        started = time.monotonic()
+        stopper = asyncio.create_task(stop_when_stuck())
+        summary = await app.run(stop)
+        await stopper
+        assert time.monotonic() - started < 5
+        assert summary.interrupted
+        assert await app.ledger.mentions() == []
+        assert await app.ledger.pending_claims() == []
+    finally:
+        await app.aclose()
