@@ -407,6 +407,21 @@ async def build_app(
         after = await ledger.load_cursor(cursor_name) if resume else None
         source = open_source(st.source, after_cursor=after)
 
+    is_pg = st.ledger.url.startswith(("postgres://", "postgresql://"))
+    partitioned = st.scale.partitioned if st.scale.partitioned is not None else is_pg
+    if partitioned and not is_pg:
+        raise ConfigError("scale.partitioned needs a PostgreSQL ledger (ledger.url)")
+    partitions: PgPartitions | SinglePartition = (
+        PgPartitions(
+            st.ledger.url,
+            count=st.scale.partitions,
+            group=st.scale.group,
+            rebalance_s=st.scale.rebalance_s,
+            rng=random.Random(),  # member ids must differ between replicas, seed or not
+        )
+        if partitioned
+        else SinglePartition()
+    )
     metrics = metrics or Metrics()
     kill_switch = KillSwitch(file=st.posting.kill_switch_file, env=st.posting.kill_switch_env)
     bots = build_bots(loaded, secrets, http_client=http_client, metrics=metrics)
@@ -429,6 +444,8 @@ async def build_app(
             posts_per_minute=st.posting.posts_per_minute,
             max_wait_s=st.posting.max_wait_s,
             paused=kill_switch,
+            # Replicas share the bot accounts: each uses its share of their write budgets.
+            share=lambda: 1.0 / max(1, len(partitions.alive())),
         )
         # Live bots are who their PDS says they are: the DID comes from the login.
         bots = [dataclasses.replace(b, did=poster.did_of(b.name)) for b in bots]
@@ -470,21 +487,6 @@ async def build_app(
     for m in mentioned:  # the daily caps survive restarts (old mentions simply age out)
         policy.note_reply(m.post_author, m.mentioned_did, m.created_us)
     outcomes = OutcomeWatcher(ledger, window_s=st.outcomes.window_s)
-    is_pg = st.ledger.url.startswith(("postgres://", "postgresql://"))
-    partitioned = st.scale.partitioned if st.scale.partitioned is not None else is_pg
-    if partitioned and not is_pg:
-        raise ConfigError("scale.partitioned needs a PostgreSQL ledger (ledger.url)")
-    partitions: PgPartitions | SinglePartition = (
-        PgPartitions(
-            st.ledger.url,
-            count=st.scale.partitions,
-            group=st.scale.group,
-            rebalance_s=st.scale.rebalance_s,
-            rng=random.Random(),  # member ids must differ between replicas, seed or not
-        )
-        if partitioned
-        else SinglePartition()
-    )
     selector = dispatcher = None
     if bots:
         army = Army(bots, random.Random(rng.random()))

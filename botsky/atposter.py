@@ -114,6 +114,9 @@ class WriteBudget:
     headroom: float = 0.8
     posts_per_minute: float = 10.0
     max_wait_s: float = 30.0
+    # This process's share of each account's budget: replicas share the accounts, so each
+    # may use 1/N of it (N live replicas, read at every check so it follows joins and deaths).
+    share: Callable[[], float] = lambda: 1.0
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     sleep: Callable[[float], Any] = asyncio.sleep
@@ -131,11 +134,12 @@ class WriteBudget:
 
     def _windows(self, account: str) -> tuple[_Window, _Window]:
         if account not in self._accounts:
-            self._accounts[account] = (
-                _Window(self.points_per_hour * self.headroom, _HOUR_S),
-                _Window(self.points_per_day * self.headroom, _DAY_S),
-            )
-        return self._accounts[account]
+            self._accounts[account] = (_Window(0, _HOUR_S), _Window(0, _DAY_S))
+        hour, day = self._accounts[account]
+        share = min(1.0, max(0.0, self.share()))
+        hour.limit = self.points_per_hour * self.headroom * share
+        day.limit = self.points_per_day * self.headroom * share
+        return hour, day
 
     def wait_time(self, account: str, cost: int = CREATE_COST) -> float:
         """Seconds until ``account`` may spend ``cost`` (0: now)."""
@@ -466,6 +470,7 @@ async def open_live_poster(
     posts_per_minute: float = 10.0,
     max_wait_s: float = 30.0,
     paused: Callable[[], bool] = lambda: False,
+    share: Callable[[], float] = lambda: 1.0,
     clock: Callable[[], float] = time.monotonic,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AtprotoPoster:
@@ -505,6 +510,7 @@ async def open_live_poster(
         headroom=headroom,
         posts_per_minute=posts_per_minute,
         max_wait_s=max_wait_s,
+        share=share,
         clock=clock,
     )
     return AtprotoPoster(sessions, budget, paused=paused)

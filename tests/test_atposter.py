@@ -74,6 +74,22 @@ async def test_hour_budget_with_headroom_raises_past_the_cap() -> None:
     assert budget.counts["local_limited"] == 1 and budget.remaining("did:plc:a")[0] == 0
 
 
+async def test_replicas_share_an_account_budget() -> None:
+    """With 3 live replicas each uses a third of the budget; when one leaves, half."""
+    clock = FakeClock()
+    replicas = [3]
+    budget = _budget(
+        clock, points_per_hour=90, points_per_day=10_000, share=lambda: 1 / replicas[0]
+    )
+    await _spend(budget, "did:plc:a", 8)  # 90 × 0.8 / 3 = 24 points: 8 creates
+    with pytest.raises(PostRateLimited):
+        async with budget.slot("did:plc:a"):
+            pytest.fail("past this replica's share")
+    replicas[0] = 2  # 36 points now: 4 more creates
+    await _spend(budget, "did:plc:a", 4)
+    assert budget.remaining("did:plc:a")[0] == 0
+
+
 async def test_budget_is_per_account_and_frees_up_after_the_window() -> None:
     """Another account has its own budget; an hour later the first has room again."""
     clock = FakeClock()
