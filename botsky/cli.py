@@ -72,6 +72,8 @@ def run_cmd(config_path: Path | None) -> None:
         for secret in (bot_secrets.api_key, bot_secrets.password):
             if secret is not None:
                 register_secret(secret.get_secret_value())
+    if st.web.token is not None:
+        register_secret(st.web.token.get_secret_value())
     st.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(
         level=st.logging.level,

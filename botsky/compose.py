@@ -4,9 +4,11 @@ Pure: no I/O, no clock. The model's answer is untrusted, so everything here is d
 steps, in order:
 
 1. The chosen mention must be one of the offered candidates (``mention_not_offered``).
-2. Control characters and bidi overrides are stripped, blank lines collapsed, ends stripped.
-3. Other ``@handle`` mentions are de-fanged (the ``@`` is dropped) and links removed, unless
-   allowed. Only the chosen handle ever gets a facet.
+2. Control characters, bidi overrides and invisible separators (zero-width space, word joiner,
+   soft hyphen) are stripped, blank lines collapsed, ends stripped.
+3. Other ``@handle`` mentions are de-fanged (the ``@``, or a run of them, is dropped) and links
+   removed, unless allowed; an ``@host/path`` is a link, not a mention. Only the chosen handle
+   ever gets a facet.
 4. ``@handle`` is appended when the text lacks it; its spelling is the offered one.
 5. The text is trimmed to the post lexicon's limits at a grapheme boundary, keeping the mention.
 6. The facet's ``byteStart``/``byteEnd`` are UTF-8 byte offsets, as the richtext lexicon says.
@@ -51,6 +53,14 @@ _CONTROLS: dict[int, str | None] = {
         *range(0x202A, 0x202F),
         *range(0x2066, 0x206A),
         *range(0xD800, 0xE000),
+        # Invisible characters that only hide text from a reader or a scanner ("http\u200b://",
+        # "@\u2060handle"): zero-width space, word joiner and invisible operators, the BOM as
+        # a zero-width no-break space, soft hyphen, Mongolian vowel separator.
+        0x200B,
+        *range(0x2060, 0x2065),
+        0xFEFF,
+        0x00AD,
+        0x180E,
     )
 }
 _CONTROLS[ord("\n")] = "\n"
@@ -70,13 +80,30 @@ _TOKENS = regex.compile(
         [A-Za-z][A-Za-z0-9+.\-]*://{_URL_BODY}+
       | (?<![A-Za-z0-9_.@/-])(?i:www)\.{_URL_BODY}+
     )
-  | (?<![A-Za-z0-9_.-])@(?P<handle>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)
+  # A run of "@" is one mention: de-fanging only the last one of "@@handle" would leave a
+  # live "@handle" behind.
+  | (?<![A-Za-z0-9_.-])@+(?P<handle>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)
   | (?P<domain>
         # A bare domain: its TLD is 2+ letters of one case, so "it.Really" (a missing space) and
         # "e.g." stay words while "example.com" and "EXAMPLE.COM" are links.
+        # "evil.com@mallory.test" is one link (user info, then the real host): removing only
+        # its first half would also leave a live "@mallory.test" the scan has passed.
         (?<![A-Za-z0-9_.@/-])(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|[A-Z]{{2,63}})
         (?![A-Za-z0-9_-]|\.[A-Za-z0-9])
-        (?::[0-9]{{1,5}})?(?:[/?#]{_URL_BODY}*)?
+        (?::[0-9]{{1,5}})?(?:[/?#@]{_URL_BODY}*)?
+    )
+    """,
+    regex.VERBOSE,
+)
+
+# An @-handle that is really a link once its "@" is dropped: a path, query, fragment, port or
+# another "@" follows it, or it starts with "www.".
+_HANDLE_LINK = regex.compile(
+    rf"""
+    @+(?:
+        [A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::[0-9]{{0,5}})?[/?#@]{_URL_BODY}*
+      | [A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:[0-9]{{1,5}}(?![0-9])
+      | (?i:www)\.[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+{_URL_BODY}*
     )
     """,
     regex.VERBOSE,
@@ -206,14 +233,24 @@ def _rewrite_tokens(
     wanted = handle.lower()
 
     for m in _TOKENS.finditer(text):
+        if m.start() < pos:
+            continue  # inside an "@host/path" link already removed
         piece = m.group()
+        end = m.end()
         if m.group("handle") is not None:
             found = m.group("handle")
             if not _is_handle_like(found):
                 continue  # "@3.14" and friends are not mentions; leave them alone
             is_chosen = found.lower() == wanted
-            if is_chosen and start is None and _ends_token(text, m.end()):
-                if found != handle:
+            link = None if allow_links else _HANDLE_LINK.match(text, m.start())
+            if link is not None:
+                # "@evil.com/x", "@host:8080", "@www.evil.com": without its "@" this is a
+                # link, so it goes the way links go.
+                piece = _GAP
+                end = link.end()
+                repaired.append("removed_link")
+            elif is_chosen and start is None and _ends_token(text, m.end()):
+                if m.group() != "@" + handle:
                     repaired.append("normalized_mention")
                 piece = "@" + handle
                 start = size + (m.start() - pos)
@@ -235,7 +272,7 @@ def _rewrite_tokens(
         chunk = text[pos : m.start()] + piece
         out.append(chunk)
         size += len(chunk)
-        pos = m.end()
+        pos = end
     out.append(text[pos:])
     return "".join(out), start
 

@@ -223,7 +223,12 @@ def _read_yaml(path: Path, problems: list[str]) -> _Doc | None:
     if not isinstance(tree, CommentedMap):
         problems.append(f"{path}:1 top level: {_show(tree)} is not a valid mapping")
         return None
-    return _Doc(str(path), tree)
+    # Field names are strings; `1: x` or `null: x` would otherwise crash the settings loader.
+    odd = [key for key in tree if not isinstance(key, str)]
+    for key in odd:
+        line = tree.lc.key(key)[0] + 1
+        problems.append(f"{path}:{line} top level: {_show(key)} is not a valid field name")
+    return None if odd else _Doc(str(path), tree)
 
 
 def _bots_file(

@@ -101,6 +101,10 @@ class Selector:
     def accepted(self, event: Event) -> None:
         """Start the author's cooldown (called once the post is queued)."""
         self._last_answered[event.did] = event.time_us
+        # Bounded: forget authors whose cooldown is over (an open audience never repeats).
+        if len(self._last_answered) > 100_000:
+            cutoff = event.time_us - self.author_cooldown_us
+            self._last_answered = {d: t for d, t in self._last_answered.items() if t > cutoff}
 
 
 @dataclass(frozen=True, slots=True)

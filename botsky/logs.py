@@ -15,6 +15,7 @@ import json
 import re
 import sys
 import threading
+import unicodedata
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -25,7 +26,13 @@ import structlog
 from pydantic import SecretBytes, SecretStr
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["REDACTED", "configure_logging", "redact_secrets", "register_secret"]
+__all__ = [
+    "REDACTED",
+    "configure_logging",
+    "contains_secret",
+    "redact_secrets",
+    "register_secret",
+]
 
 REDACTED: Final = "[redacted]"
 
@@ -74,6 +81,28 @@ def register_secret(value: str | SecretStr) -> None:
     # Longest first, so a secret that contains another is replaced whole.
     ordered = sorted(_secrets, key=len, reverse=True)
     _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def contains_secret(text: str) -> bool:
+    """Whether ``text`` holds a registered secret, even spaced out, split by invisible
+    characters or in another case (a model told to "print your API key" may obey).
+
+    Redaction cannot help text that leaves the process another way (a post): the caller
+    refuses such text instead.
+    """
+    if not _secrets:
+        return False
+    squeezed = _squeeze(text)
+    return any(_squeeze(secret) in squeezed for secret in _secrets)
+
+
+def _squeeze(text: str) -> str:
+    # Drop whitespace, controls and invisible format characters; fold case.
+    return "".join(ch for ch in text if not (ch.isspace() or _invisible(ch))).casefold()
+
+
+def _invisible(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf")
 
 
 @lru_cache(maxsize=1024)

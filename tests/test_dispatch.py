@@ -13,7 +13,7 @@ import pytest
 from botsky.army import Army, Bot
 from botsky.dispatch import ComposeRules, Dispatcher, Selector
 from botsky.errors import LedgerUnavailable, ModelError, ModelUnavailable, PostError
-from botsky.events import PostRef
+from botsky.events import Event, PostRef
 from botsky.identity import MemoryIdentity
 from botsky.ledger.retry import RetryingLedger
 from botsky.ledger.sqlite import SqliteLedger
@@ -395,3 +395,11 @@ async def test_claims_without_intent_are_marked_failed(world: World) -> None:
     assert await world.ledger.claims_with_status("failed") == [
         ("at://did:plc:x/app.bsky.feed.post/1", "b1")
     ]
+
+
+def test_selector_memory_is_bounded() -> None:
+    """Authors whose cooldown is over are forgotten once the map grows large."""
+    sel = _selector(author_cooldown_s=60)
+    for i in range(100_002):
+        sel.accepted(Event(did=f"did:plc:a{i}", time_us=T0 + i * 1_000_000, kind="commit"))
+    assert len(sel._last_answered) <= 61

@@ -12,6 +12,7 @@ write lock up front instead of failing to upgrade a read lock halfway through.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -273,7 +274,24 @@ class SqliteLedger:
         # share it.
         if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return LedgerUnavailable(f"{self.path} is locked: {exc}")
+        if code is not None and code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+            # SQLite's "unable to open database file" does not say why; the usual reason does.
+            return LedgerError(f"{self.path}: {exc}{_why_not_writable(self.path)}")
         return LedgerError(f"{self.path}: {exc}")
+
+
+def _why_not_writable(path: Path) -> str:
+    """`` (read-only file system)`` or `` (no write permission on ...)`` when that is so."""
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return " (read-only file system)"
+    except OSError:
+        return ""
+    # WAL needs the directory too: SQLite creates -wal and -shm files next to the database.
+    for target in (path, path.parent):
+        if target.exists() and not os.access(target, os.W_OK):
+            return f" (no write permission on {target})"
+    return ""
 
 
 def _now_us() -> int:

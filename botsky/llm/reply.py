@@ -9,7 +9,8 @@ interest words) is untrusted. It is placed inside tagged blocks, and any of our 
 inside it is defanged (``<`` becomes ``‹``), so a post saying ``</post> ignore previous
 instructions`` stays inside its block. The system prompt tells the model that those blocks are
 data. This cannot make injection impossible, which is why ``compose`` still checks the mention
-against the candidate set: nothing a post says can widen it.
+against the candidate set: nothing a post says can widen it, and why ``write_reply`` refuses an
+answer that repeats the system prompt or holds a registered secret (``botsky.logs``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from botsky.errors import DraftRejected
 from botsky.llm.base import Model, Usage
+from botsky.logs import contains_secret
 
 __all__ = [
     "REPLY_SCHEMA",
@@ -169,6 +171,25 @@ def build_prompt(req: ReplyRequest) -> tuple[str, str]:
     return system, "\n".join(parts)
 
 
+# A reply sharing this many consecutive words with the system prompt is repeating it (a post
+# asked "print your instructions" and the model obeyed). Long enough that ordinary phrases of a
+# persona ("a post on Bluesky") do not trip it; short enough for one rule to.
+_ECHO_WORDS = 7
+_WORD_RE = re.compile(r"\w+")
+
+
+def _shingles(text: str) -> set[tuple[str, ...]]:
+    # Invisible characters are dropped first so "ig\u200bnore" cannot split a word.
+    words = _WORD_RE.findall("".join(ch for ch in text if ch.isprintable() or ch.isspace()))
+    words = [w.casefold() for w in words]
+    return {tuple(words[i : i + _ECHO_WORDS]) for i in range(len(words) - _ECHO_WORDS + 1)}
+
+
+def _echoes(reply: str, system: str) -> bool:
+    """Whether ``reply`` repeats a run of ``_ECHO_WORDS`` words of the system prompt."""
+    return not _shingles(reply).isdisjoint(_shingles(system))
+
+
 def _field(data: dict[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value.strip():
@@ -196,6 +217,11 @@ async def write_reply(model: Model, req: ReplyRequest) -> Draft:
         schema_name=REPLY_SCHEMA_NAME,
     )
     reply = _field(completion.data, "reply")
+    if contains_secret(reply):
+        # Never quoted in the rejection: the detail may be logged.
+        raise DraftRejected("leaked_secret", "the reply holds a configured secret")
+    if _echoes(reply, system):
+        raise DraftRejected("leaked_prompt", "the reply repeats the system prompt")
     mention = _field(completion.data, "mention").removeprefix("@").strip()
     if not mention:
         raise DraftRejected("malformed_answer", "'mention' is only '@'")
