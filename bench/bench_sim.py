@@ -1,54 +1,51 @@
 """Benchmark: simulated user-days per second with the bots in the loop (stochastic engine).
 
-The whole production pipeline runs (presence, recommender, control-arm bots, SQLite ledger,
-outcome watcher) on the default simulation config, in a temporary data directory::
-
-    .venv/bin/python bench/bench_sim.py            # 300 users, 7 days (the default world)
-    .venv/bin/python bench/bench_sim.py --quick    # 60 users, 2 days (a smoke run)
-
-Prints one line: user-days, events, mentions, seconds and user-days per second.
+The whole production pipeline runs (``botsky.sim.run.simulate``: presence, recommender,
+control-arm bots, SQLite ledger, outcome watcher, lockstep dispatch) on the default simulation
+config, in a temporary data directory. Full: 300 users for 7 days (the default world);
+``--quick``: 60 users for 2 days. No baseline. Target: >= 2,000 user-days/s.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import tempfile
-from pathlib import Path
+from typing import Any
 
-import structlog
+from _harness import ROOT, Row, cli, quiet_logs, report
 
 from botsky.configload import load_config, resolve_secrets
 from botsky.sim.run import simulate
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim.yaml"
+CONFIG = ROOT / "configs" / "sim.yaml"
 
 
-async def _bench(users: int, days: int, seed: int) -> None:
+async def run(users: int, days: int, seed: int = 1) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load_config(CONFIG, environ={"BOTSKY_DATA_DIR": tmp})
         secrets = resolve_secrets(loaded, environ={}, live=False)  # no keys: control arms only
-        result = await simulate(loaded, secrets, days=days, users=users, seed=seed)
-    rate = result.user_days / result.elapsed_s
-    print(
-        f"bench_sim users={users} days={days} user_days={result.user_days} "
-        f"events={result.summary.events} mentions={result.world.counts['mentions']} "
-        f"seconds={result.elapsed_s:.2f} user_days_per_s={rate:.1f}"
-    )
+        return await simulate(loaded, secrets, days=days, users=users, seed=seed)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="60 users for 2 days")
-    parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    users, days = (60, 2) if args.quick else (args.users, args.days)
-    # Logs would measure the terminal; keep warnings only.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    asyncio.run(_bench(users, days, args.seed))
+    args = cli(__doc__)
+    quiet_logs()
+    users, days = (60, 2) if args.quick else (300, 7)
+    result = asyncio.run(run(users, days))
+    rate = result.user_days / result.elapsed_s
+    report(
+        Row(
+            "sim",
+            f"{rate:,.0f} user-days/s ({users} users × {days} days: {result.user_days:,} "
+            f"user-days, {result.summary.events:,} events, "
+            f"{result.world.counts['mentions']:,} mentions in {result.elapsed_s:.2f} s)",
+            "—",
+            "—",
+            "≥ 2,000 user-days/s",
+            None if args.quick else rate >= 2000,
+        ),
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ _HANDLE_LINK = regex.compile(
     @+(?:
         [A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::[0-9]{{0,5}})?[/?#@]{_URL_BODY}*
       | [A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:[0-9]{{1,5}}(?![0-9])
-      | (?i:www)\.[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+{_URL_BODY}*
+      | (?i:www)\.[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*{_URL_BODY}*
     )
     """,
     regex.VERBOSE,

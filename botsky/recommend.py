@@ -47,6 +47,7 @@ class Recommender:
         require_shared_language: bool = True,
         is_bot: Callable[[str], bool] = lambda did: False,
         may_mention: Callable[[str], bool] = lambda did: True,
+        max_candidates: int = 256,
     ) -> None:
         self.presence = presence
         self.identity = identity
@@ -56,6 +57,10 @@ class Recommender:
         self.is_bot = is_bot
         # The consent hook: the audience policy says who may be mentioned at all.
         self.may_mention = may_mention
+        # Users scored per post at most (see Presence.candidates): on the whole network a
+        # common word is shared by 10^5 online users; scoring them all took ~0.1 s a post with
+        # 20k online users already (BENCHMARKS.md). Scoring costs about 5 µs a user.
+        self.max_candidates = max_candidates
         self._last_mentioned: dict[str, int] = {}
 
     def note_mentioned(self, did: str, time_us: int) -> None:
@@ -70,7 +75,8 @@ class Recommender:
         if p.did == author or self.is_bot(p.did) or not self.presence.is_online(p.did):
             return False
         last = self._last_mentioned.get(p.did)
-        if last is not None and last >= self.presence.now_us - self.cooldown_us:
+        # cooldown_s: 0 means none (a mention at this very stream time does not exclude).
+        if last is not None and self.cooldown_us and last > self.presence.now_us - self.cooldown_us:
             return False
         if self.require_shared_language and langs and p.langs and not set(langs) & set(p.langs):
             return False
@@ -78,18 +84,36 @@ class Recommender:
 
     def ranked(self, text: str, author: str, langs: tuple[str, ...]) -> list[tuple[float, Profile]]:
         """Eligible users sharing a term with the post, most similar first."""
-        vec = weigh(tokenize(text), self.presence.stats)
-        scored: list[tuple[float, Profile]] = []
-        for did in self.presence.users_sharing(vec):
-            p = self.presence.profile(did)
-            if p is None or not self.eligible(p, author, langs):
+        profile = self.presence.profile
+        return [(sim, p) for sim, did in self._rank(text, author, langs) if (p := profile(did))]
+
+    def _rank(self, text: str, author: str, langs: tuple[str, ...]) -> list[tuple[float, str]]:
+        """``ranked`` as (similarity, DID): no Profile is built for users nobody is offered."""
+        presence = self.presence
+        vec = weigh(tokenize(text), presence.stats)
+        scored: list[tuple[float, int, str]] = []
+        cutoff = presence.now_us - self.cooldown_us
+        last_mentioned = self._last_mentioned
+        wanted = set(langs) if self.require_shared_language and langs else None
+        for did in presence.candidates(vec, self.max_candidates):
+            # ``eligible``, on the presence's columns instead of a Profile.
+            if did == author or not presence.is_online(did) or self.is_bot(did):
                 continue
-            sim = sum(w * p.terms.get(t, 0.0) for t, w in vec.items())
+            last = last_mentioned.get(did)
+            if last is not None and last >= cutoff:
+                continue
+            if wanted is not None:
+                theirs = presence.langs_of(did)
+                if theirs and not wanted.intersection(theirs):
+                    continue
+            if not self.may_mention(did) or self.identity.handle(did) is None:
+                continue
+            sim = presence.similarity(did, vec)
             if sim > 0:
-                scored.append((sim, p))
+                scored.append((sim, presence.last_seen(did), did))
         # Ties broken by recency, then DID, so the order is deterministic for a seed.
-        scored.sort(key=lambda sp: (-sp[0], -sp[1].last_us, sp[1].did))
-        return scored
+        scored.sort(key=lambda sld: (-sld[0], -sld[1], sld[2]))
+        return [(sim, did) for sim, _, did in scored]
 
     def candidate(self, p: Profile, rank: int, score: float) -> Candidate:
         handle = self.identity.handle(p.did) or ""
@@ -108,24 +132,30 @@ class Recommender:
         self, picker: str, text: str, author: str, langs: tuple[str, ...], rng: random.Random
     ) -> Offer:
         """What ``picker`` offers for this post; an empty offer means nobody fits."""
-        return PICKERS[picker](self, self.ranked(text, author, langs), author, langs, rng)
+        return PICKERS[picker](self, self._rank(text, author, langs), author, langs, rng)
 
 
-def _llm(rec: Recommender, ranked: list[tuple[float, Profile]], *_: object) -> Offer:
-    top = ranked[: rec.top_k]
+def _offered(rec: Recommender, ranked: list[tuple[float, str]]) -> list[tuple[float, Profile]]:
+    profile = rec.presence.profile
+    return [(s, p) for s, did in ranked if (p := profile(did)) is not None]
+
+
+def _llm(rec: Recommender, ranked: list[tuple[float, str]], *_: object) -> Offer:
+    top = _offered(rec, ranked[: rec.top_k])
     return Offer(tuple(rec.candidate(p, i, s) for i, (s, p) in enumerate(top)), True)
 
 
-def _similar(rec: Recommender, ranked: list[tuple[float, Profile]], *_: object) -> Offer:
-    if not ranked:
+def _similar(rec: Recommender, ranked: list[tuple[float, str]], *_: object) -> Offer:
+    top = _offered(rec, ranked[:1])
+    if not top:
         return Offer((), False)
-    s, p = ranked[0]
+    s, p = top[0]
     return Offer((rec.candidate(p, 0, s),), False)
 
 
 def _random(
     rec: Recommender,
-    ranked: list[tuple[float, Profile]],
+    ranked: list[tuple[float, str]],
     author: str,
     langs: tuple[str, ...],
     rng: random.Random,
@@ -137,8 +167,8 @@ def _random(
         if rec.eligible(p, author, langs):
             # Its similarity rank is recorded like any other pick's; users that share no term
             # with the post all tie after the ranked ones.
-            for i, (s, q) in enumerate(ranked):
-                if q.did == p.did:
+            for i, (s, did) in enumerate(ranked):
+                if did == p.did:
                     return Offer((rec.candidate(p, i, s),), False)
             return Offer((rec.candidate(p, len(ranked), 0.0),), False)
     return Offer((), False)

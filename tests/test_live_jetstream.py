@@ -38,7 +38,8 @@ async def test_botsky_run_on_a_jetstream_url_answers_and_resumes(tmp_path: Path)
         (tmp_path / "botsky.yaml").write_text(
             "data_dir: data\n"
             f"source: {{kind: jetstream, url: 'ws://127.0.0.1:{port}', jetstream_version: v1}}\n"
-            "audience: {mode: open, acknowledge_open_audience: true}\n"
+            "audience: {mode: open, acknowledge_open_audience: true,"
+            " mentions_per_target_per_day: null, replies_per_author_per_day: null}\n"
             "presence: {window_s: 100000}\nrecommend: {cooldown_s: 0}\n"
             "dispatch: {author_cooldown_s: 0, reply_to_replies: false}\n"
             "logging: {format: json}\n"

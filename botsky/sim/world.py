@@ -149,15 +149,18 @@ class World:
         self.pending: deque[Event] = deque()
         self.on_day: Callable[[int], Awaitable[None]] | None = None
         self.finished = False
+        self._bounds: dict[tuple[float, ...], list[float]] = {}  # see _best_online
 
     # pickling (checkpoints): the engine may hold a network client; the caller re-attaches it
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["engine"] = None
         state["on_day"] = None
+        state["_bounds"] = {}  # a cache: rebuilt on demand
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_bounds", {})
         self.__dict__.update(state)
         self.engine = StochasticEngine()
 
@@ -173,6 +176,24 @@ class World:
         mood = min(1.0, max(0.0, float(mood))) if isinstance(mood, int | float) else 0.5
         fatigue = FATIGUE ** max(0, recent - 1)
         return self.upper_bound(user, topics) * fatigue * (0.7 + 0.3 * mood)
+
+    def _best_online(self, topics: tuple[float, ...], since_us: int, author: str) -> float:
+        """The oracle: the highest ``upper_bound`` among users active since ``since_us``.
+
+        Interests and traits never change after a user joins, so each user's bound per
+        thread topic vector is computed once (same function, same floats) and kept.
+        """
+        bounds = self._bounds.get(topics)
+        if bounds is None:
+            bounds = self._bounds[topics] = []
+        users = self.users
+        for u in users[len(bounds) :]:
+            bounds.append(self.upper_bound(u, topics))
+        best = 0.0
+        for u, bound in zip(users, bounds, strict=True):
+            if bound > best and u.active and u.last_active_us >= since_us and u.did != author:
+                best = bound
+        return best
 
     def oracle_rate(self) -> float | None:
         n = sum(t.mentions for t in self.truth.values())
@@ -432,9 +453,6 @@ class World:
         truth = self.truth.setdefault(rp.bot, Truth())
         window = int(self.config.presence_window_s * 1e6)
         author = parent.did if parent is not None else ""
-        online = [
-            u for u in self.users if u.active and u.last_active_us >= t - window and u.did != author
-        ]
         for did in PostRef.of(record).mention_dids:
             user = self.by_did.get(did)
             if user is None:
@@ -444,7 +462,7 @@ class World:
             user.mentions = [*user.mentions[-31:], t]
             self.counts["mentions"] += 1
             picked = self.upper_bound(user, topics)
-            best = max((self.upper_bound(o, topics) for o in online), default=0.0)
+            best = self._best_online(topics, t - window, author)
             truth.mentions += 1
             truth.expected += picked
             truth.oracle += max(best, picked)

@@ -47,7 +47,7 @@ import structlog
 import zstandard
 
 from botsky.errors import FrameError
-from botsky.events import Event, parse_jetstream
+from botsky.events import Event, commit_event, parse_jetstream
 from botsky.sources._ws import Backoff, LiveSource, Reconnect, iso_time_us
 
 __all__ = ["JetstreamSource"]
@@ -256,17 +256,16 @@ def _v2_event(kind: str, payload: dict[str, Any]) -> Event:
             raise FrameError(f"{op} without a record")
         cid = payload.get("cid")
         rev = payload.get("rev")
-        return Event(
-            did=did,
-            time_us=time_us,
-            kind="commit",
-            cursor=time_us,
-            operation=op,
-            collection=collection,
-            rkey=rkey,
-            cid=cid if isinstance(cid, str) else None,
-            record=record if isinstance(record, dict) else None,
-            rev=rev if isinstance(rev, str) else None,
+        return commit_event(
+            did,
+            time_us,
+            time_us,
+            op,
+            collection,
+            rkey,
+            cid if isinstance(cid, str) else None,
+            record if isinstance(record, dict) else None,
+            rev if isinstance(rev, str) else None,
         )
     if kind == "identity":
         upstream = payload.get("identity")

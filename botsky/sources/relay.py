@@ -59,7 +59,7 @@ import libipld
 import structlog
 
 from botsky.errors import FrameError
-from botsky.events import Event
+from botsky.events import Event, commit_event
 from botsky.sources._ws import Backoff, LiveSource, Reconnect, iso_time_us
 
 __all__ = ["RelayDecoder", "RelaySource", "subscribe_url"]
@@ -131,19 +131,20 @@ class RelayDecoder:
     def _commit(self, body: dict[str, Any], seq: int) -> list[Event]:
         ops = body.get("ops")
         did = body.get("repo")
-        if not isinstance(ops, list) or not isinstance(did, str):
+        if type(ops) is not list or type(did) is not str:
             raise FrameError("invalid commit: no ops or repo")
         wanted = self.collections
         picked: list[tuple[str, str, str, Any]] = []
+        # libipld gives exact builtin types, so ``type(x) is`` stands for isinstance here.
         for op in ops:
-            path = op.get("path") if isinstance(op, dict) else None
-            if not isinstance(path, str):
+            path = op.get("path") if type(op) is dict else None
+            if type(path) is not str:
                 raise FrameError("invalid commit: op without path")
             collection, _, rkey = path.partition("/")
             if wanted is not None and collection not in wanted:
                 continue
             action = op.get("action")
-            if action not in _ACTIONS:
+            if not isinstance(action, str) or action not in _ACTIONS:
                 raise FrameError(f"invalid commit: unknown action {action!r}"[:200])
             picked.append((action, collection, rkey, op.get("cid")))
         if not picked:
@@ -151,34 +152,43 @@ class RelayDecoder:
             return []
         time_us = iso_time_us(body.get("time"))
         rev = body.get("rev")
-        rev = rev if isinstance(rev, str) else None
-        needed = [cid for action, _, _, cid in picked if action != "delete" and cid]
-        blocks = _find_blocks(body.get("blocks"), needed) if needed else {}
-        events = []
-        for action, collection, rkey, cid in picked:
-            record = None
-            cid_str = None
-            if action != "delete":
-                if not isinstance(cid, bytes):
-                    raise FrameError(f"invalid commit: {action} without cid")
-                raw = blocks.get(cid)
+        rev = rev if type(rev) is str else None
+        blocks = body.get("blocks")
+        if len(picked) == 1:
+            # Nearly every commit is one op: no list of wanted CIDs, no dict of blocks.
+            action, collection, rkey, cid = picked[0]
+            if action == "delete":
+                return [commit_event(did, time_us, seq, action, collection, rkey, None, None, rev)]
+            if type(cid) is not bytes:
+                raise FrameError(f"invalid commit: {action} without cid")
+            if not cid:
+                raise FrameError("missing block: record not in the commit's CAR")
+            if type(blocks) is not bytes:
+                raise FrameError("invalid commit: blocks is not bytes")
+            raw = _seek_block(blocks, cid)
+            if raw is None:
+                raw = _walk_blocks(blocks, {cid}).get(cid)
                 if raw is None:
                     raise FrameError("missing block: record not in the commit's CAR")
-                record = _record(raw)
-                cid_str = libipld.encode_cid(cid)
+            record = _record(raw)
+            cid_str = libipld.encode_cid(cid)
+            return [commit_event(did, time_us, seq, action, collection, rkey, cid_str, record, rev)]
+        needed = [cid for action, _, _, cid in picked if action != "delete" and cid]
+        found = _find_blocks(blocks, needed) if needed else {}
+        events = []
+        for action, collection, rkey, cid in picked:
+            rec: dict[str, Any] | None = None
+            cid_text: str | None = None
+            if action != "delete":
+                if type(cid) is not bytes:
+                    raise FrameError(f"invalid commit: {action} without cid")
+                raw = found.get(cid)
+                if raw is None:
+                    raise FrameError("missing block: record not in the commit's CAR")
+                rec = _record(raw)
+                cid_text = libipld.encode_cid(cid)
             events.append(
-                Event(
-                    did=did,
-                    time_us=time_us,
-                    kind="commit",
-                    cursor=seq,
-                    operation=action,
-                    collection=collection,
-                    rkey=rkey,
-                    cid=cid_str,
-                    record=record,
-                    rev=rev,
-                )
+                commit_event(did, time_us, seq, action, collection, rkey, cid_text, rec, rev)
             )
         return events
 
