@@ -168,6 +168,19 @@ def test_commit_ops_of_any_shape_decode_or_raise_frame_error(ops: list[dict[str,
     _decode_or_skip(RelayDecoder(), frame)
 
 
+@pytest.mark.parametrize(
+    "cid", ["bafy-not-bytes", 300, -1, [1, 2]], ids=["str", "int", "neg", "list"]
+)
+def test_a_multi_op_commit_with_a_mistyped_cid_is_a_frame_error(cid: object) -> None:
+    """A cid that is not CID bytes, in a commit with several ops, is a FrameError."""
+    header, body = _BASE
+    good = body["ops"][0]
+    ops = [good, {**good, "path": "app.bsky.feed.like/x", "action": "create", "cid": cid}]
+    frame = libipld.encode_dag_cbor(header) + libipld.encode_dag_cbor({**body, "ops": ops})
+    with pytest.raises(FrameError):
+        RelayDecoder().decode(frame)
+
+
 def test_unhashable_op_action_is_a_frame_error() -> None:
     """An op whose action is a list is a FrameError (not a TypeError that ends the stream)."""
     header, body = _BASE

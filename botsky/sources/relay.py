@@ -173,7 +173,10 @@ class RelayDecoder:
             record = _record(raw)
             cid_str = libipld.encode_cid(cid)
             return [commit_event(did, time_us, seq, action, collection, rkey, cid_str, record, rev)]
-        needed = [cid for action, _, _, cid in picked if action != "delete" and cid]
+        # Only well-typed CIDs are searched for; any other value is a FrameError just below.
+        needed = [
+            cid for action, _, _, cid in picked if action != "delete" and type(cid) is bytes and cid
+        ]
         found = _find_blocks(blocks, needed) if needed else {}
         events = []
         for action, collection, rkey, cid in picked:
