@@ -10,9 +10,16 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg import sql
 
 from botsky.ledger.sqlite import SqliteLedger
+
+# CI replays the same hypothesis examples every run (a red CI must mean a change broke
+# something); local runs draw fresh ones and keep hunting for new failures.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 DATA = Path(__file__).parent / "data"
 T0 = 1_783_175_888_000_000  # a stream time in July 2026, in microseconds
