@@ -227,10 +227,14 @@ class App:
                 if reason is None and not self.partitions.owns(event.uri):
                     reason = "other_replica"
                     self._handover.append((event, post))
-                if reason is None and self.dispatcher.offer(event, post):
+                if reason is None and self.lockstep:
+                    # Replays wait for their work anyway, so they wait for room too: a
+                    # takeover's re-offers must not crowd a fresh post out of the queue.
+                    await self.dispatcher.put(event, post)
                     self.selector.accepted(event)
-                    if self.lockstep:
-                        await self.dispatcher.wait_idle()
+                    await self.dispatcher.wait_idle()
+                elif reason is None and self.dispatcher.offer(event, post):
+                    self.selector.accepted(event)
                 s.selector[reason or "queued"] += 1
         except asyncio.CancelledError:
             raise

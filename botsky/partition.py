@@ -75,8 +75,9 @@ class SinglePartition:
 class PgPartitions:
     """Partition ownership through PostgreSQL advisory locks.
 
-    ``on_acquire(partitions)`` is awaited after each rebalance that took partitions over (the
-    app re-offers buffered posts and recovers dead replicas' claims there).
+    ``on_acquire(partitions)`` is awaited after each rebalance that took partitions over, or
+    that saw a replica leave (then with the partitions taken, possibly none): the app re-offers
+    buffered posts of the taken partitions and settles dead replicas' claims in all it owns.
     """
 
     def __init__(
@@ -158,6 +159,9 @@ class PgPartitions:
         if conn is None:
             return frozenset()
         members = frozenset(await self._held(conn, self._ns_members)) | {self.member_id}
+        # A replica left: its half-done claims may now be ours to settle, even if this round
+        # takes no partition (the one that took them may have seen it still alive).
+        someone_left = bool(self.members - members)
         self.members = members
         fair = math.ceil(self.count / len(members))
         if len(self.owned) > fair:
@@ -165,6 +169,8 @@ class PgPartitions:
                 await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self._ns_parts, p))
                 self.owned.discard(p)
             log.info("partitions_released", owned=len(self.owned), members=len(members))
+            if someone_left and self.on_acquire is not None:
+                await self.on_acquire(frozenset())
             return frozenset()
         taken: set[int] = set()
         if len(self.owned) < fair:
@@ -183,8 +189,8 @@ class PgPartitions:
             log.info(
                 "partitions_acquired", taken=len(taken), owned=len(self.owned), members=len(members)
             )
-            if self.on_acquire is not None:
-                await self.on_acquire(frozenset(taken))
+        if (taken or someone_left) and self.on_acquire is not None:
+            await self.on_acquire(frozenset(taken))
         return frozenset(taken)
 
     # internals --------------------------------------------------------------------------

@@ -73,7 +73,8 @@ def _config(tmp: Path, events: list[Event]) -> Path:
     (tmp / "botsky.yaml").write_text(
         "data_dir: data\nseed: 3\ncursor_every: 50\n"
         "source: {kind: replay, path: events.jsonl}\n"
-        "audience: {mode: open, acknowledge_open_audience: true}\n"
+        "audience: {mode: open, acknowledge_open_audience: true,"
+        " mentions_per_target_per_day: null, replies_per_author_per_day: null}\n"
         "presence: {window_s: 100000}\nrecommend: {cooldown_s: 0}\n"
         "dispatch: {lockstep: true, author_cooldown_s: 0, reply_to_replies: false}\n"
         "logging: {format: json}\n"

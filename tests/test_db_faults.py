@@ -87,7 +87,8 @@ def test_postgres_restart_mid_run_pauses_and_loses_nothing(
         (tmp_path / "botsky.yaml").write_text(
             "data_dir: data\nseed: 5\ncursor_every: 20\n"
             "source: {kind: replay, path: events.jsonl}\n"
-            "audience: {mode: open, acknowledge_open_audience: true}\n"
+            "audience: {mode: open, acknowledge_open_audience: true,"
+            " mentions_per_target_per_day: null, replies_per_author_per_day: null}\n"
             "presence: {window_s: 100000}\nrecommend: {cooldown_s: 0}\n"
             "dispatch: {lockstep: true, author_cooldown_s: 0, reply_to_replies: false}\n"
             "logging: {format: json}\n"

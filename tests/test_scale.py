@@ -114,7 +114,8 @@ def _replica_config(tmp: Path, name: str, shared_repo: Path) -> Path:
     (home / "botsky.yaml").write_text(
         f"data_dir: {home / 'data'}\nseed: 1\ncursor_every: 500\n"
         f"source: {{kind: replay, path: {tmp / 'events.jsonl'}}}\n"
-        "audience: {mode: open, acknowledge_open_audience: true}\n"
+        "audience: {mode: open, acknowledge_open_audience: true,"
+        " mentions_per_target_per_day: null, replies_per_author_per_day: null}\n"
         "presence: {window_s: 1000000}\nrecommend: {cooldown_s: 0}\n"
         "dispatch: {lockstep: true, author_cooldown_s: 0, reply_to_replies: false}\n"
         "logging: {format: json, file: null}\n"
