@@ -48,13 +48,6 @@ class MemoryIdentity:
     def handle(self, did: str) -> str | None:
         return self._handles.get(did)
 
-    def did_of(self, handle: str) -> str | None:
-        handle = handle.lower()
-        for did, h in self._handles.items():
-            if h == handle:
-                return did
-        return None
-
     def observe(self, event: Event) -> None:
         # An identity event without a handle means "re-resolve"; we cannot, so forget it.
         if event.kind == "identity":
