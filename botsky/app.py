@@ -395,10 +395,14 @@ async def build_app(
     """
     st = loaded.settings
     st.data_dir.mkdir(parents=True, exist_ok=True)
+    # A lockstep run over a finite source waits on every post anyway: SQLite calls run on the
+    # loop's thread there (no hand-off per call); live sources keep the worker thread.
+    inline = st.dispatch.lockstep and st.source.kind in ("replay", "sim")
     ledger = cast(
         Ledger,
         RetryingLedger(
-            open_ledger(st.ledger.url, st.data_dir), deadline_s=st.ledger.retry_deadline_s
+            open_ledger(st.ledger.url, st.data_dir, inline=inline),
+            deadline_s=st.ledger.retry_deadline_s,
         ),
     )
     await ledger.open()

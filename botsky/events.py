@@ -107,6 +107,18 @@ class PostRef:
 
         Anything that is not a dict (``None`` included) reads as an empty post.
         """
+        # Four sinks read each new post in a row (consent, presence, outcomes, selector): the
+        # last answer is kept with its record (held, so its identity cannot be reused).
+        # Records are never mutated once parsed.
+        last = _last_post
+        if last[0] is record and record is not None:
+            return last[1]
+        post = cls._read(record)
+        _last_post[:] = (record, post)
+        return post
+
+    @classmethod
+    def _read(cls, record: object) -> PostRef:
         if not isinstance(record, dict):
             record = {}
         text = record.get("text")
@@ -128,6 +140,9 @@ class PostRef:
     @property
     def is_reply(self) -> bool:
         return self.parent_uri is not None
+
+
+_last_post: list[Any] = [None, None]  # (record, PostRef) of the last PostRef.of call
 
 
 def _str_field(obj: object, key: str) -> str | None:

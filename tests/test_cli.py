@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from botsky.events import event_to_jetstream
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.testing import FakeVendorServer, identity, post
@@ -204,5 +206,43 @@ async def test_shutdown_deadline_cancels_stuck_replies(tmp_path: Path) -> None:
         assert summary.interrupted
         assert await app.ledger.mentions() == []
         assert await app.ledger.pending_claims() == []
+    finally:
+        await app.aclose()
+
+
+@pytest.mark.parametrize(
+    ("source", "lockstep", "inline"),
+    [
+        ("{kind: replay, path: x.jsonl}", True, True),
+        ("{kind: replay, path: x.jsonl}", False, False),
+        ("{kind: jetstream, url: 'ws://127.0.0.1:9/subscribe'}", True, False),
+    ],
+)
+async def test_sqlite_runs_inline_only_for_lockstep_finite_sources(
+    tmp_path: Path, source: str, lockstep: bool, inline: bool
+) -> None:
+    """Lockstep replays run SQLite on the loop's thread; a live source keeps the worker thread
+    even if the config asks for lockstep (its reader must never wait on the disk)."""
+    from botsky.app import build_app
+    from botsky.configload import load_config, resolve_secrets
+    from botsky.testing import ListSource
+
+    (tmp_path / "botsky.yaml").write_text(
+        f"data_dir: {tmp_path / 'data'}\nsource: {source}\n"
+        "audience: {mode: open, acknowledge_open_audience: true}\n"
+        f"dispatch: {{lockstep: {str(lockstep).lower()}}}\n"
+    )
+    (tmp_path / "bots.yaml").write_text(
+        "bots:\n  - name: ada\n    persona: hi\n    provider: template\n    model: t\n"
+        "    picker: similar\n    account: {handle: ada.test}\n"
+    )
+    loaded = load_config(tmp_path / "botsky.yaml", environ={})
+    app = await build_app(
+        loaded, resolve_secrets(loaded, environ={}, live=False), source=ListSource([])
+    )
+    try:
+        inner = app.ledger.inner  # type: ignore[attr-defined]
+        assert isinstance(inner, SqliteLedger)
+        assert inner.inline is inline
     finally:
         await app.aclose()

@@ -22,12 +22,15 @@ T0 = 1_700_000_000_000_000  # a realistic microsecond timestamp
 
 
 # fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=["sqlite", "sqlite-inline", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Ledger]:
     """Makes unopened ledgers that all share one empty database of the parametrized backend."""
-    if request.param == "sqlite":
+    if request.param.startswith("sqlite"):
         path = tmp_path / "not-yet-created" / "botsky.sqlite3"
-        return lambda: SqliteLedger(path)
+        inline = request.param == "sqlite-inline"
+        return lambda: SqliteLedger(path, inline=inline)
     dsn = request.getfixturevalue("postgres_schema_dsn")
     return lambda: PostgresLedger(dsn)
 
@@ -357,6 +360,24 @@ async def test_sqlite_claims_are_atomic_across_processes(tmp_path: Path) -> None
         assert len(await check.claims_with_status("posting")) == posts
     finally:
         await check.close()
+
+
+async def test_sqlite_inline_runs_on_the_loop_thread(tmp_path: Path) -> None:
+    """``inline=True`` starts no worker thread; the default keeps one per ledger."""
+    import threading
+
+    before = {t.name for t in threading.enumerate()}
+    inline = SqliteLedger(tmp_path / "inline.sqlite3", inline=True)
+    await inline.open()
+    assert not {t.name for t in threading.enumerate()} - before
+    assert await inline.claim("at://p/1", "me", T0)
+    await inline.close()
+    with pytest.raises(LedgerError, match="not open"):
+        await inline.load_cursor("x")
+    threaded = SqliteLedger(tmp_path / "threaded.sqlite3")
+    await threaded.open()
+    assert any(n.startswith("botsky-sqlite") for n in {t.name for t in threading.enumerate()})
+    await threaded.close()
 
 
 async def test_sqlite_uses_wal_mode(tmp_path: Path) -> None:

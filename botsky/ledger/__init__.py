@@ -16,15 +16,18 @@ __all__ = ["Ledger", "Mention", "Outcome", "open_ledger"]
 _DEFAULT_SQLITE_FILE = "botsky.sqlite3"
 
 
-def open_ledger(url: str, data_dir: Path) -> Ledger:
+def open_ledger(url: str, data_dir: Path, *, inline: bool = False) -> Ledger:
     """The ledger ``url`` names, not yet opened (call ``await ledger.open()``).
 
     - ``sqlite``: ``data_dir/botsky.sqlite3``
     - ``sqlite:///abs/path.db`` or ``sqlite:relative.db`` (relative to ``data_dir``)
     - ``postgresql://...`` or ``postgres://...``: a PostgreSQL DSN
+
+    ``inline``: a SQLite ledger runs its calls on the event loop's thread (lockstep runs; see
+    ``SqliteLedger``). PostgreSQL is asynchronous already and ignores it.
     """
     if url == "sqlite":
-        return SqliteLedger(data_dir / _DEFAULT_SQLITE_FILE)
+        return SqliteLedger(data_dir / _DEFAULT_SQLITE_FILE, inline=inline)
     if url.startswith("sqlite:"):
         path = url.removeprefix("sqlite:")
         if path.startswith("//"):
@@ -37,7 +40,7 @@ def open_ledger(url: str, data_dir: Path) -> Ledger:
                 )
         if not path:
             raise ConfigError(f"ledger URL {url!r} has no file path")
-        return SqliteLedger(data_dir / path)  # an absolute path replaces data_dir
+        return SqliteLedger(data_dir / path, inline=inline)  # an absolute path replaces data_dir
     if url.startswith(("postgresql://", "postgres://")):
         # Imported here so a SQLite-only install never loads psycopg.
         from botsky.ledger.postgres import PostgresLedger

@@ -94,7 +94,8 @@ class Ledger(Protocol):
     ) -> bool:
         """Atomically claim a post for a reply. True for exactly one caller, ever, per post.
 
-        ``intent`` (JSON-able) records what is about to be posted, for crash recovery.
+        ``intent`` records what is about to be posted, for crash recovery: anything orjson
+        encodes (dataclasses included); ``pending_claims`` gives it back as plain JSON values.
         """
 
     async def is_claimed(self, post_uri: str) -> bool:

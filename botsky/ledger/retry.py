@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -60,9 +62,25 @@ class RetryingLedger:
 
         @functools.wraps(attr)
         async def call(*args: Any, **kwargs: Any) -> Any:
+            # The first attempt runs bare: building tenacity's state per call cost more than
+            # the SQLite statement itself, and a healthy database never needs it.
+            try:
+                return await attr(*args, **kwargs)
+            except LedgerUnavailable as exc:
+                self.retries += 1
+                wait = self.initial_s * (1 + random.random())
+                log.warning(
+                    "ledger_unavailable",
+                    method=name,
+                    attempt=1,
+                    retry_in_s=round(wait, 2),
+                    error=str(exc),
+                )
+                started = time.monotonic()
+                await self.sleep(wait)
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(LedgerUnavailable),
-                stop=stop_after_delay(self.deadline_s),
+                stop=stop_after_delay(max(0.0, self.deadline_s - (time.monotonic() - started))),
                 wait=wait_exponential_jitter(
                     multiplier=self.initial_s, max=self.max_wait_s, jitter=self.initial_s
                 ),
@@ -74,6 +92,8 @@ class RetryingLedger:
                     return await attr(*args, **kwargs)
             raise AssertionError("unreachable: tenacity either returns or raises")
 
+        # Cached on the instance, so later look-ups skip __getattr__ (one per ledger call).
+        setattr(self, name, call)
         return call
 
     def _waiting(self, method: str, state: RetryCallState) -> None:
@@ -83,7 +103,7 @@ class RetryingLedger:
         log.warning(
             "ledger_unavailable",
             method=method,
-            attempt=state.attempt_number,
+            attempt=state.attempt_number + 1,  # the bare first attempt came before
             retry_in_s=round(wait, 2),
             error=str(exc),
         )

@@ -16,6 +16,7 @@ answer that repeats the system prompt or holds a registered secret (``botsky.log
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -185,9 +186,15 @@ def _shingles(text: str) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + _ECHO_WORDS]) for i in range(len(words) - _ECHO_WORDS + 1)}
 
 
+@functools.lru_cache(maxsize=256)
+def _prompt_shingles(system: str) -> frozenset[tuple[str, ...]]:
+    # A system prompt is one per persona (and language): built once, not per reply.
+    return frozenset(_shingles(system))
+
+
 def _echoes(reply: str, system: str) -> bool:
     """Whether ``reply`` repeats a run of ``_ECHO_WORDS`` words of the system prompt."""
-    return not _shingles(reply).isdisjoint(_shingles(system))
+    return not _prompt_shingles(system).isdisjoint(_shingles(reply))
 
 
 def _field(data: dict[str, Any], key: str) -> str:

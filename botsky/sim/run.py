@@ -8,9 +8,7 @@ world, the army's bot draws, the random picker and the selector all draw from RN
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,20 +42,6 @@ __all__ = ["CHECKPOINT_FILE", "SimResult", "simulate"]
 log = structlog.get_logger("botsky.sim")
 
 CHECKPOINT_FILE = "sim-checkpoint.pkl"  # under data_dir
-# The SQLite ledger answers on a worker thread; with CPython's default 5 ms switch interval the
-# event loop can wait that long for the interpreter after every ledger call, which dominates a
-# simulation (thousands of calls, no network). 0.2 ms makes a run about twice as fast.
-_SWITCH_INTERVAL_S = 0.0002
-
-
-@contextlib.contextmanager
-def _fast_thread_handoff() -> Any:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(min(old, _SWITCH_INTERVAL_S))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 @dataclass
@@ -233,8 +217,8 @@ async def simulate(
             world.on_day = _on_day
             app.keep_serving = hold is not None
             started = time.perf_counter()
-            with _fast_thread_handoff():
-                summary = await app.run()
+            # (The SQLite ledger runs on the loop's thread here: a lockstep run, see build_app.)
+            summary = await app.run()
             elapsed = time.perf_counter() - started
             if on_day is not None:
                 on_day(world)
