@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import random
+import time
 from typing import Any
 
 import orjson
@@ -23,6 +25,7 @@ from botsky.syntax import (
     is_valid_handle,
     is_valid_tid,
 )
+from botsky.testing import tid
 
 BOT_DID = "did:web:bot.bots.sim.test"
 
@@ -203,3 +206,72 @@ def test_fit_is_one_for_the_favourite_topic_and_zero_off_topic() -> None:
     assert fit(interests, (1.0, 0.0, 0.0)) == 1.0
     assert fit(interests, (0.0, 1.0, 0.0)) == pytest.approx(0.4 / 0.6)
     assert fit(interests, (0.0, 0.0, 1.0)) == 0.0
+
+
+async def test_a_pickled_world_continues_exactly_as_the_original() -> None:
+    """Pickled at a day boundary (as a checkpoint does) and restored, a world emits the same
+    events as one never interrupted: derived per-user values and indexes are rebuilt."""
+    config = WorldConfig(users=25, days=3, seed=9)
+    whole = await _events(World(config))
+    first = World(config)
+    snapshot: list[bytes] = []
+
+    async def on_day(day: int) -> None:
+        if day == 2 and not snapshot:
+            snapshot.append(pickle.dumps(first, protocol=5))
+
+    first.on_day = on_day
+    before = await _events(first)
+    resumed: World = pickle.loads(snapshot[0])
+    assert resumed.by_did == {u.did: u for u in resumed.users}
+    assert all(u.fits == first.by_did[u.did].fits for u in resumed.users)
+    after = await _events(resumed)
+    cut = len(whole) - len(after)
+    assert before == whole and after == whole[cut:]
+    assert resumed.counts == first.counts
+
+
+async def test_oracle_is_the_best_online_user() -> None:
+    """The oracle's bound is the highest upper bound among users online, the author excepted."""
+    world = World(WorldConfig(users=30, days=1, seed=3, settle=False))
+    events = await _events(world)
+    roots = [e for e in events if e.is_post_create and not PostRef.of(e.record).is_reply]
+    for parent in roots[-5:]:
+        target = next(u for u in world.users if u.did != parent.did)
+        before = world.truth.get("bot")
+        oracle_before = before.oracle if before else 0.0
+        expected_before = before.expected if before else 0.0
+        since = world.clock_us + 1_000 - int(world.config.presence_window_s * 1e6)
+        await world.reply(_reply(world, parent, target.did, target.handle))
+        topics = world.posts[parent.uri].topics
+        online = [
+            world.upper_bound(u, topics)
+            for u in world.users
+            if u.active and u.last_active_us >= since and u.did != parent.did
+        ]
+        truth = world.truth["bot"]
+        picked = truth.expected - expected_before
+        assert picked == pytest.approx(world.upper_bound(target, topics), abs=1e-12)
+        assert truth.oracle - oracle_before == pytest.approx(max([*online, picked]), abs=1e-12)
+
+
+async def test_commit_keys_and_timestamps_follow_the_record_time() -> None:
+    """rev is the TID of the event time with clock id 1; createdAt is that time in UTC."""
+    events = await _events(World(WorldConfig(users=8, days=1, seed=2)))
+    commits = [e for e in events if e.kind == "commit"]
+    assert commits
+    for e in commits:
+        assert e.rkey == tid(e.time_us) and e.rev == tid(e.time_us, 1)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e.time_us / 1e6)) + ".000Z"
+        assert (e.record or {})["createdAt"] == stamp
+
+
+def test_numeric_maps_keep_their_largest_entries_in_order() -> None:
+    """A map of numbers keeps its max_keys largest by magnitude (ties in their order), rounded;
+    non-string keys become strings; a mixed map keeps its order and drops what is too deep."""
+    lim = StateLimits(max_keys=3, max_str=4, max_depth=2)
+    state = {"m": {"a": 0.1, "b": -0.9, "c": 0.5, "d": 0.5, 7: 0.123456}, "x": {"k": {"z": 1}}}
+    assert bound_state(state, lim) == {"m": {"b": -0.9, "c": 0.5, "d": 0.5}, "x": {}}
+    assert bound_state({"m": {12345678: 1}}, lim) == {"m": {"1234": 1.0}}
+    merged = merge_state({"m": {"a": 1.0}, "s": "keep", "n": 2.0}, {"m": {"b": 1}}, lim)
+    assert merged == {"m": {"b": 1, "a": 0.8}, "s": "keep", "n": 1.6}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
@@ -25,12 +26,12 @@ import structlog
 from botsky.errors import BotskyError
 from botsky.llm.base import Model
 from botsky.sim.state import DEFAULT_LIMITS, StateLimits, merge_state
-from botsky.sim.topics import FILLER, TOPIC_NAMES, TOPICS, TOXIC, fit
+from botsky.sim.topics import FILLER, TOPIC_NAMES, TOPICS, TOXIC
 
 if TYPE_CHECKING:
     from botsky.sim.world import SimPost, SimUser
 
-__all__ = ["Engine", "Item", "LLMEngine", "StochasticEngine", "main_topic"]
+__all__ = ["Engine", "Item", "LLMEngine", "StochasticEngine", "main_topic", "post_topic"]
 
 log = structlog.get_logger("botsky.sim")
 
@@ -38,7 +39,7 @@ _CIVIL_OPENERS = ("Love this", "So true", "Interesting", "Great point", "Agreed"
 _TOXIC_OPENERS = ("What nonsense", "Typical", "Wrong again", "Nobody asked", "Pathetic take")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is several times slower to build
 class Item:
     """Something a user reads at logon: ``kind`` is reply, feed or recent."""
 
@@ -69,13 +70,23 @@ def main_topic(topics: tuple[float, ...]) -> int:
 # Word frequencies within a topic follow Zipf's law (the i-th word has weight 1/(i+1)), as in
 # real text: the head words ("sourdough", "marathon") recur, so two people who care about a
 # topic share words, and lexical similarity finds them.
-_ZIPF: Final = {name: [1.0 / (i + 1) for i in range(len(v))] for name, v in TOPICS.items()}
+# Cumulative, as ``choices`` would otherwise accumulate them on every call (same floats, so the
+# same draws).
+_ZIPF: Final = tuple(
+    (TOPICS[name], tuple(accumulate(1.0 / (i + 1) for i in range(len(TOPICS[name])))))
+    for name in TOPIC_NAMES
+)
 
 
 def _words(topic: int, n: int, rng: random.Random) -> list[str]:
-    name = TOPIC_NAMES[topic]
-    drawn = rng.choices(TOPICS[name], weights=_ZIPF[name], k=2 * n)
+    words, cum_weights = _ZIPF[topic]
+    drawn = rng.choices(words, cum_weights=cum_weights, k=2 * n)
     return list(dict.fromkeys(drawn))[:n]
+
+
+def post_topic(post: SimPost) -> int:
+    """``main_topic(post.topics)``; the world precomputes it for single-topic posts."""
+    return post.topic if post.topic >= 0 else main_topic(post.topics)
 
 
 class StochasticEngine:
@@ -108,24 +119,28 @@ class StochasticEngine:
         self, user: SimUser, items: list[Item], rng: random.Random
     ) -> tuple[list[float], dict[str, Any]]:
         t = user.traits
+        activity, openness = t["activity"], t["openness"]
+        civil, troll = t["toxicity"] < 0.5, t["toxicity"] > 0.5
+        floor = 0.5 * activity
         probs: list[float] = []
         moods: list[float] = []
         seen: dict[str, float] = {}
         for item in items:
-            m = fit(user.interests, item.post.topics)
-            m += t["openness"] * (1.0 - m) * 0.3  # open minds find off-topic posts interesting
-            p = t["activity"] * m
-            if item.author_toxicity > 0.5 and t["toxicity"] < 0.5:
+            post = item.post
+            m = user.fit(post)
+            m += openness * (1.0 - m) * 0.3  # open minds find off-topic posts interesting
+            p = activity * m
+            if civil and item.author_toxicity > 0.5:
                 p *= 0.4
                 moods.append(0.2)
-            if t["toxicity"] > 0.5:
-                p = max(p, 0.5 * t["activity"])  # trolls bite on anything
+            if troll:
+                p = max(p, floor)  # trolls bite on anything
             if item.follows_author:
                 p *= 1.3
             if item.kind == "reply":
-                p = max(p, 0.5 * t["activity"])  # people answer replies to their own posts
+                p = max(p, floor)  # people answer replies to their own posts
             probs.append(min(1.0, p))
-            name = TOPIC_NAMES[main_topic(item.post.topics)]
+            name = TOPIC_NAMES[post_topic(post)]
             seen[name] = seen.get(name, 0.0) + 1.0
             moods.append(0.5 + 0.5 * m)
         update: dict[str, Any] = {"recent_topics": seen}
@@ -138,8 +153,7 @@ class StochasticEngine:
         opener = rng.choice(_TOXIC_OPENERS if toxic else _CIVIL_OPENERS)
         # One word of the thread's topic and one of the replier's own: a reply says little
         # about what its author cares about, so it barely moves their interest profile.
-        own = main_topic(user.interests)
-        words = _words(main_topic(post.topics), 1, rng) + _words(own, 1, rng)
+        words = _words(post_topic(post), 1, rng) + _words(user.favourite, 1, rng)
         words += rng.sample(FILLER, 1)
         if toxic:
             words.append(rng.choice(TOXIC))

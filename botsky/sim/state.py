@@ -13,8 +13,9 @@ until prompts overflowed. Here every update is merged and then bounded:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -34,10 +35,32 @@ class StateLimits:
 DEFAULT_LIMITS = StateLimits()
 
 
+_NUMBER_TYPES: Final = frozenset({int, float})
+
+
+def _is_number(value: Any) -> bool:
+    """int or float, not bool (exact types first: the hidden state is JSON, so they are)."""
+    t = type(value)
+    if t is float or t is int:
+        return True
+    return t is not bool and isinstance(value, int | float)
+
+
+def _all_numbers(values: Iterable[Any]) -> bool:
+    # The set of exact types is built in C; subclasses (never in JSON) take the slow check.
+    values = list(values)
+    return _NUMBER_TYPES.issuperset(map(type, values)) or all(map(_is_number, values))
+
+
 def _bound(value: Any, lim: StateLimits, depth: int) -> Any:
-    if isinstance(value, bool) or value is None:
+    t = type(value)
+    if t is float:
+        return round(value, 4)
+    if t is str:
+        return value[: lim.max_str]
+    if value is None or t is bool:
         return value
-    if isinstance(value, int | float):
+    if _is_number(value):
         return round(float(value), 4)
     if isinstance(value, str):
         return value[: lim.max_str]
@@ -47,16 +70,34 @@ def _bound(value: Any, lim: StateLimits, depth: int) -> Any:
         out = [_bound(v, lim, depth + 1) for v in value[-lim.max_list :]]
         return [v for v in out if v is not None]
     if isinstance(value, dict):
-        items = list(value.items())
-        if items and all(isinstance(v, int | float) and not isinstance(v, bool) for _, v in items):
-            items.sort(key=lambda kv: -abs(float(kv[1])))  # numeric maps keep their largest
-        out_d = {}
-        for k, v in items[: lim.max_keys]:
-            bv = _bound(v, lim, depth + 1)
-            if bv is not None:
-                out_d[str(k)[: lim.max_str]] = bv
-        return out_d
+        return _bound_map(value, lim, depth)
     return str(value)[: lim.max_str]
+
+
+def _key(k: Any, max_str: int) -> str:
+    # str(k)[:max_str], without copying the common case
+    return k if type(k) is str and len(k) <= max_str else str(k)[:max_str]
+
+
+def _bound_map(value: dict[Any, Any], lim: StateLimits, depth: int) -> dict[str, Any]:
+    if value and _all_numbers(value.values()):
+        return _bound_numbers(value, lim)
+    out: dict[str, Any] = {}
+    for k, v in list(value.items())[: lim.max_keys]:
+        bv = _bound(v, lim, depth + 1)
+        if bv is not None:
+            out[_key(k, lim.max_str)] = bv
+    return out
+
+
+def _bound_numbers(value: dict[Any, Any], lim: StateLimits) -> dict[str, float]:
+    """A numeric map (interests, feelings) keeps its ``max_keys`` largest entries, rounded."""
+    items = sorted(value.items(), key=_magnitude)[: lim.max_keys]
+    return {_key(k, lim.max_str): round(float(v), 4) for k, v in items}
+
+
+def _magnitude(kv: tuple[Any, Any]) -> float:
+    return -abs(float(kv[1]))
 
 
 def bound_state(state: dict[str, Any], lim: StateLimits = DEFAULT_LIMITS) -> dict[str, Any]:
@@ -80,9 +121,9 @@ def bound_state(state: dict[str, Any], lim: StateLimits = DEFAULT_LIMITS) -> dic
 
 
 def _merge(old: Any, new: Any, lim: StateLimits) -> Any:
-    if isinstance(new, bool) or new is None:
+    if new is None or type(new) is bool:
         return new
-    if isinstance(new, int | float) and isinstance(old, int | float) and not isinstance(old, bool):
+    if _is_number(new) and _is_number(old):
         return old * lim.decay + float(new) * (1 - lim.decay)
     if isinstance(new, list) and isinstance(old, list):
         merged: list[Any] = []
@@ -92,10 +133,12 @@ def _merge(old: Any, new: Any, lim: StateLimits) -> Any:
             merged.append(item)
         return merged[-lim.max_list :]
     if isinstance(new, dict) and isinstance(old, dict):
-        out = dict(old)
-        for k, v in old.items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out[k] = v * lim.decay  # what is not refreshed fades
+        decay = lim.decay
+        # What is not refreshed fades (a map of numbers is the common case: at C speed).
+        if _all_numbers(old.values()):
+            out = {k: v * decay for k, v in old.items()}
+        else:
+            out = {k: v * decay if _is_number(v) else v for k, v in old.items()}
         for k, v in new.items():
             out[k] = _merge(old[k], v, lim) if k in old else v
         return out

@@ -34,16 +34,20 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from bisect import insort
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import accumulate
+from operator import mul
 from pathlib import Path
 from typing import Any, Final
 
 from botsky.events import FOLLOW, LIKE, POST, Event, PostRef, at_uri
 from botsky.posting import Posted, ReplyPost
 from botsky.sim.archetypes import Archetype, load_archetypes, mix
-from botsky.sim.engines import Engine, Item, StochasticEngine
+from botsky.sim.engines import Engine, Item, StochasticEngine, main_topic
 from botsky.sim.state import DEFAULT_LIMITS, StateLimits, merge_state
 from botsky.sim.topics import TOPIC_NAMES, fit
 from botsky.sources.base import SourceStats
@@ -62,6 +66,13 @@ _B32: Final = "234567abcdefghijklmnopqrstuvwxyz"
 # user and day, in the range of an active small network.
 _REPLY_SCALE: Final = 0.35
 _LIKE_SCALE: Final = 0.5
+# A post is about one topic (a reply, about its thread's): these vectors are shared by all posts,
+# which also makes a checkpoint store each once.
+_ONE_HOT: Final = tuple(
+    tuple(1.0 if k == j else 0.0 for k in range(len(TOPIC_NAMES))) for j in range(len(TOPIC_NAMES))
+)
+_TOPIC_OF: Final = {v: j for j, v in enumerate(_ONE_HOT)}
+_TOPICS: Final = range(len(TOPIC_NAMES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +104,15 @@ class SimPost:
     root_uri: str
     root_cid: str
     by_bot: bool = False
+    topic: int = -1  # the one topic of ``topics`` if it has one (all posts but a bot's orphans)
+
+    # A checkpoint holds thousands of posts: as argument tuples they pickle about 3x faster
+    # than as the slot dicts of the default protocol.
+    def __reduce__(self) -> tuple[type[SimPost], tuple[Any, ...]]:
+        return SimPost, (
+            self.uri, self.cid, self.did, self.time_us, self.text, self.topics, self.root_uri,
+            self.root_cid, self.by_bot, self.topic,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -112,6 +132,28 @@ class SimUser:
     mentions: list[int] = field(default_factory=list)  # times of bot mentions received
     last_active_us: int = 0
     last_logon_us: int = 0
+    # Derived from ``interests``, which never change: how well a post on each single topic fits,
+    # the favourite topic and the cumulative weights to draw a post's topic with.
+    fits: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    favourite: int = field(init=False, repr=False, compare=False)
+    cum_interests: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.fits = tuple(fit(self.interests, one) for one in _ONE_HOT)
+        self.favourite = main_topic(self.interests)
+        self.cum_interests = tuple(accumulate(self.interests))
+
+    # Pickled as the constructor's arguments: what is derived is recomputed, not stored.
+    def __reduce__(self) -> tuple[type[SimUser], tuple[Any, ...]]:
+        return SimUser, (
+            self.index, self.did, self.handle, self.archetype, self.traits, self.interests,
+            self.joined_day, self.state, self.active, self.follows, self.posts,
+            self.notifications, self.mentions, self.last_active_us, self.last_logon_us,
+        )  # fmt: skip
+
+    def fit(self, post: SimPost) -> float:
+        """``fit(interests, post.topics)``, looked up for a single-topic post."""
+        return self.fits[post.topic] if post.topic >= 0 else fit(self.interests, post.topics)
 
 
 @dataclass
@@ -136,9 +178,10 @@ class World:
         self.users: list[SimUser] = []
         self.by_did: dict[str, SimUser] = {}
         self.posts: dict[str, SimPost] = {}
-        self.recent: deque[str] = deque()  # non-bot post URIs of the last day, oldest first
+        self.recent: list[str] = []  # non-bot post URIs of the last day, oldest first
         self.bot_dids: set[str] = set()
-        self.bot_posts: dict[tuple[str, str], tuple[Posted, str]] = {}  # (did, rkey) → reply
+        # (did, rkey) → (uri, cid, parent uri) of a bot's reply; plain strings pickle fastest
+        self.bot_posts: dict[tuple[str, str], tuple[str, str, str]] = {}
         self.day = 0
         self.clock_us = _START_US
         self.counts: dict[str, int] = dict.fromkeys(
@@ -149,25 +192,29 @@ class World:
         self.pending: deque[Event] = deque()
         self.on_day: Callable[[int], Awaitable[None]] | None = None
         self.finished = False
-        self._bounds: dict[tuple[float, ...], list[float]] = {}  # see _best_online
+        self._ranked: dict[tuple[float, ...], list[tuple[float, int]]] = {}  # see _best_online
 
-    # pickling (checkpoints): the engine may hold a network client; the caller re-attaches it
+    # pickling (checkpoints): the engine may hold a network client; the caller re-attaches it.
+    # Caches and the DID index are rebuilt rather than stored.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["engine"] = None
-        state["on_day"] = None
-        state["_bounds"] = {}  # a cache: rebuilt on demand
+        for name in ("engine", "on_day", "by_did", "_ranked"):
+            del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state.setdefault("_bounds", {})
         self.__dict__.update(state)
         self.engine = StochasticEngine()
+        self.on_day = None
+        self.by_did = {u.did: u for u in self.users}
+        self._ranked = {}
 
     # ground truth --------------------------------------------------------------------------
     def upper_bound(self, user: SimUser, topics: tuple[float, ...]) -> float:
         """The answer probability without fatigue or mood (what the oracle maximizes)."""
-        return user.traits["responsiveness"] * (FLOOR + (1 - FLOOR) * fit(user.interests, topics))
+        k = _TOPIC_OF.get(topics, -1)
+        match = user.fits[k] if k >= 0 else fit(user.interests, topics)
+        return user.traits["responsiveness"] * (FLOOR + (1 - FLOOR) * match)
 
     def mention_probability(self, user: SimUser, topics: tuple[float, ...], now_us: int) -> float:
         """The probability that ``user`` answers a mention in a thread on ``topics`` now."""
@@ -180,20 +227,21 @@ class World:
     def _best_online(self, topics: tuple[float, ...], since_us: int, author: str) -> float:
         """The oracle: the highest ``upper_bound`` among users active since ``since_us``.
 
-        Interests and traits never change after a user joins, so each user's bound per
-        thread topic vector is computed once (same function, same floats) and kept.
+        Interests and traits never change after a user joins, so the users are ranked by their
+        bound once per thread topic vector (new users are inserted as they join); the first
+        eligible one in that order has the highest bound, usually within a few places.
         """
-        bounds = self._bounds.get(topics)
-        if bounds is None:
-            bounds = self._bounds[topics] = []
+        ranked = self._ranked.get(topics)
+        if ranked is None:
+            ranked = self._ranked[topics] = []
         users = self.users
-        for u in users[len(bounds) :]:
-            bounds.append(self.upper_bound(u, topics))
-        best = 0.0
-        for u, bound in zip(users, bounds, strict=True):
-            if bound > best and u.active and u.last_active_us >= since_us and u.did != author:
-                best = bound
-        return best
+        for u in users[len(ranked) :]:
+            insort(ranked, (-self.upper_bound(u, topics), u.index))
+        for neg_bound, i in ranked:
+            u = users[i]
+            if u.active and u.last_active_us >= since_us and u.did != author:
+                return -neg_bound
+        return 0.0
 
     def oracle_rate(self) -> float | None:
         n = sum(t.mentions for t in self.truth.values())
@@ -208,6 +256,8 @@ class World:
 
     async def _run(self) -> AsyncIterator[Event]:
         while self.day <= self.config.days and not self.finished:
+            # Before the day boundary's checkpoint, which then holds only what is still needed.
+            self._forget_old(_START_US + self.day * DAY_US)
             if self.on_day is not None:
                 await self.on_day(self.day)
             settle = self.day == self.config.days
@@ -233,7 +283,6 @@ class World:
         cfg, rng = self.config, self.rng
         start = _START_US + self.day * DAY_US
         self._tick(start)
-        self._forget_old(start)
         if not settle:
             joining = cfg.users if self.day == 0 else cfg.new_per_day
             for _ in range(joining):
@@ -279,22 +328,23 @@ class World:
         # Follow a few earlier users, preferring those who share interests.
         if len(self.users) > 1:
             others = self.users[:-1]
-            weights = [0.05 + fit(interests, o.interests) for o in others]
+            # 0.05 + fit(interests, o.interests), inlined: one new user is weighed against
+            # every earlier one (the same floats, in a fraction of the time).
+            top = max(interests)
+            weights = [0.05 + min(1.0, sum(map(mul, interests, o.interests)) / top) for o in others]
             for other in rng.choices(others, weights=weights, k=min(len(others), 5)):
                 if other.did not in user.follows and other.active:
                     yield self._follow(user, other.did, self._tick(self.clock_us))
 
     async def _session(self, u: SimUser, logon_us: int, settle: bool) -> AsyncIterator[Event]:
-        rng, engine, reads = self.rng, self.engine, self.config.reads
+        rng, engine, reads, posts = self.rng, self.engine, self.config.reads, self.posts
         now = self._tick(logon_us)
         self.user_days += 0 if settle else 1
         u.last_active_us = now
         notes, u.notifications = u.notifications[:reads], u.notifications[reads:]
-        mentions = [
-            self.posts[uri] for kind, uri in notes if kind == "mention" and uri in self.posts
-        ]
-        items = [self._item(u, "reply", self.posts[uri]) for kind, uri in notes
-                 if kind == "reply" and uri in self.posts]  # fmt: skip
+        mentions = [posts[uri] for kind, uri in notes if kind == "mention" and uri in posts]
+        items = [self._item(u, "reply", posts[uri]) for kind, uri in notes
+                 if kind == "reply" and uri in posts]  # fmt: skip
         if not settle:
             items += [self._item(u, "feed", p) for p in self._feed(u)]
             items += [
@@ -303,29 +353,30 @@ class World:
         probs, update = await engine.rate(u, items, rng)
         u.state = merge_state(u.state, update, self.config.limits)
         for post in mentions:
-            root = self.posts.get(post.root_uri, post)
+            root = posts.get(post.root_uri, post)
             if rng.random() < self.mention_probability(u, root.topics, now):
                 self.counts["mention_replies"] += 1
                 yield await self._reply(u, post)
+        random, follows = rng.random, u.follows
+        reply, like, follow = u.traits["reply"], u.traits["like"], u.traits["follow"]
         for item, p in zip(items, probs, strict=True):
-            post, t = item.post, u.traits
-            if rng.random() < p * t["reply"] * _REPLY_SCALE:
+            post = item.post
+            if random() < p * reply * _REPLY_SCALE:
                 yield await self._reply(u, post)
-            if rng.random() < p * t["like"] * _LIKE_SCALE:
+            if random() < p * like * _LIKE_SCALE:
                 self.counts["likes"] += 1
                 yield self._commit(u, LIKE, {"subject": {"uri": post.uri, "cid": post.cid}})
             if (
-                post.did not in u.follows
+                post.did not in follows
                 and post.did != u.did
                 and not post.by_bot
-                and rng.random() < p * t["follow"]
+                and random() < p * follow
             ):
                 yield self._follow(u, post.did, self._tick(self.clock_us))
         if not settle:
-            topic = rng.choices(range(len(u.interests)), weights=u.interests)[0]
+            topic = rng.choices(_TOPICS, cum_weights=u.cum_interests)[0]
             text = await engine.write_post(u, topic, rng)
-            topics = tuple(1.0 if k == topic else 0.0 for k in range(len(u.interests)))
-            yield self._post(u, text, topics, None)
+            yield self._post(u, text, _ONE_HOT[topic], topic, None)
         u.last_logon_us = now
 
     # reading --------------------------------------------------------------------------------
@@ -334,20 +385,22 @@ class World:
         return Item(kind, post, author.traits["toxicity"] if author else 0.0, post.did in u.follows)
 
     def _feed(self, u: SimUser) -> list[SimPost]:
-        found = [
-            self.posts[uri]
-            for did in u.follows
-            for uri in self.by_did[did].posts[-3:]
-            if uri in self.posts and self.posts[uri].time_us > u.last_logon_us
-        ]
+        posts, by_did, since = self.posts, self.by_did, u.last_logon_us
+        found: list[SimPost] = []
+        for did in u.follows:
+            for uri in by_did[did].posts[-3:]:
+                post = posts.get(uri)
+                if post is not None and post.time_us > since:
+                    found.append(post)
         found.sort(key=lambda p: (-p.time_us, p.uri))
         return found[: self.config.reads]
 
     def _recent(self, u: SimUser, seen: set[str]) -> list[SimPost]:
-        pool = self.recent
+        pool, posts, randrange = self.recent, self.posts, self.rng.randrange
+        n = len(pool)
         out: list[SimPost] = []
-        for _ in range(min(len(pool), 2 * self.config.reads)):
-            post = self.posts.get(pool[self.rng.randrange(len(pool))])
+        for _ in range(min(n, 2 * self.config.reads)):
+            post = posts.get(pool[randrange(n)])
             if post is not None and post.did != u.did and post.uri not in seen:
                 seen.add(post.uri)
                 out.append(post)
@@ -360,10 +413,15 @@ class World:
         self.counts["replies"] += 1
         text = await self.engine.write_reply(u, parent, self.rng)
         root = self.posts.get(parent.root_uri, parent)
-        return self._post(u, text, root.topics, parent)
+        return self._post(u, text, root.topics, root.topic, parent)
 
     def _post(
-        self, u: SimUser, text: str, topics: tuple[float, ...], parent: SimPost | None
+        self,
+        u: SimUser,
+        text: str,
+        topics: tuple[float, ...],
+        topic: int,
+        parent: SimPost | None,
     ) -> Event:
         record: dict[str, Any] = {"$type": POST, "text": text, "langs": ["en"]}
         if parent is not None:
@@ -372,9 +430,10 @@ class World:
                 "parent": {"uri": parent.uri, "cid": parent.cid},
             }
         event = self._commit(u, POST, record)
-        post = SimPost(event.uri, event.cid or "", u.did, event.time_us, text, topics, "", "")
-        post.root_uri, post.root_cid = (
-            (parent.root_uri, parent.root_cid) if parent else (post.uri, post.cid)
+        uri, cid = event.uri, event.cid or ""
+        root_uri, root_cid = (parent.root_uri, parent.root_cid) if parent else (uri, cid)
+        post = SimPost(
+            uri, cid, u.did, event.time_us, text, topics, root_uri, root_cid, False, topic
         )
         self._remember(post)
         u.posts = [*u.posts[-19:], post.uri]
@@ -397,6 +456,7 @@ class World:
         u.last_active_us = t
         record = {"$type": collection, **body, "createdAt": _created_at(t)}
         rkey = tid(t)
+        uri = f"at://{u.did}/{collection}/{rkey}"
         return Event(
             did=u.did,
             time_us=t,
@@ -405,9 +465,9 @@ class World:
             operation="create",
             collection=collection,
             rkey=rkey,
-            cid=fake_cid(at_uri(u.did, collection, rkey)),
+            cid=fake_cid(uri),
             record=record,
-            rev=tid(t, 1),
+            rev=_rev(rkey),
         )
 
     def _remember(self, post: SimPost) -> None:
@@ -420,11 +480,11 @@ class World:
         cutoff = now_us - _KEEP_DAYS * DAY_US
         self.posts = {uri: p for uri, p in self.posts.items() if p.time_us >= cutoff}
         recent_cutoff = now_us - DAY_US
-        self.recent = deque(
+        self.recent = [
             uri
             for uri in self.recent
             if uri in self.posts and self.posts[uri].time_us >= recent_cutoff
-        )
+        ]
 
     def _tick(self, target_us: int) -> int:
         self.clock_us = max(self.clock_us + _STEP_US, target_us)
@@ -437,16 +497,18 @@ class World:
         rkey = rp.rkey or tid(self.clock_us + _STEP_US)
         known = self.bot_posts.get((rp.bot_did, rkey))
         if known is not None:
-            return known[0]  # idempotent, like createRecord with an existing rkey
+            return Posted(uri=known[0], cid=known[1])  # idempotent, like createRecord
         t = self._tick(self.clock_us)
         uri = at_uri(rp.bot_did, POST, rkey)
         cid = fake_cid(uri)
-        self.bot_posts[(rp.bot_did, rkey)] = (Posted(uri=uri, cid=cid), rp.parent.uri)
+        self.bot_posts[(rp.bot_did, rkey)] = (uri, cid, rp.parent.uri)
         record = rp.record()
         parent = self.posts.get(rp.parent.uri)
         root = self.posts.get(rp.root.uri) or parent
-        topics = root.topics if root else ()
-        post = SimPost(uri, cid, rp.bot_did, t, rp.text, topics, rp.root.uri, rp.root.cid, True)
+        topics, topic = (root.topics, root.topic) if root else ((), -1)
+        post = SimPost(
+            uri, cid, rp.bot_did, t, rp.text, topics, rp.root.uri, rp.root.cid, True, topic
+        )
         self._remember(post)
         if parent is not None and parent.did in self.by_did:
             self.by_did[parent.did].notifications.append(("reply", uri))
@@ -485,8 +547,22 @@ class World:
     async def lookup(self, bot_did: str, rkey: str, parent_uri: str) -> Posted | None:
         """The bot reply stored under ``rkey`` if it answers ``parent_uri`` (crash recovery)."""
         known = self.bot_posts.get((bot_did, rkey))
-        return known[0] if known is not None and known[1] == parent_uri else None
+        if known is None or known[2] != parent_uri:
+            return None
+        return Posted(uri=known[0], cid=known[1])
+
+
+def _rev(rkey: str) -> str:
+    """``tid(t, 1)`` for ``rkey == tid(t)``: the clock id is the low bits, the last character."""
+    return rkey[:-1] + _B32[1]
 
 
 def _created_at(time_us: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time_us / 1e6)) + ".000Z"
+    s = time_us // 1_000_000
+    return f"{_hour_prefix(s // 3600)}{s // 60 % 60:02d}:{s % 60:02d}.000Z"
+
+
+@lru_cache(maxsize=32)
+def _hour_prefix(hour: int) -> str:
+    # Formatting a date is most of the cost of a timestamp, and events come hours at a time.
+    return time.strftime("%Y-%m-%dT%H:", time.gmtime(hour * 3600))
