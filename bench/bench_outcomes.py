@@ -2,15 +2,17 @@
 
 In a fresh subprocess, ``OutcomeWatcher.track`` is given 10^6 mentions shaped as the
 dispatcher records them (fresh strings for URIs and DIDs, a 200-character persona, a reply of
-about 150 characters, 8 candidate DIDs). Memory is what is still allocated after
-``gc.collect()`` (the mentions included: the watcher is what keeps them alive): the growth of
-the child's resident set (RSS, ``/proc/self/statm``) while tracking them. (``tracemalloc``
-counts about 10% less at 10^5 but takes minutes at 10^6.)
+about 150 characters, 8 candidate DIDs), each dropped by the caller once tracked, as the
+dispatcher does. Memory is what is still allocated after ``gc.collect()``: the growth of the
+child's resident set (RSS, ``/proc/self/statm``) while tracking them, so whatever the watcher
+keeps (it once kept the ``Mention`` objects themselves; now only its columns and tables).
+(``tracemalloc`` counts about 10% less at 10^5 but takes minutes at 10^6.)
 
-Match cost: ``OutcomeWatcher.observe`` over 100,000 events (likes and reposts of bot replies,
-replies in watched threads by the mentioned users, and unrelated likes/posts, 1:1:2), with a
-null ledger so only the index is timed; measured at 10^4 and at 10^6 open mentions: O(1) per
-event means the two costs are about equal.
+Match cost: ``OutcomeWatcher.observe`` over 100,000 events (likes of bot replies, replies in
+watched threads by the mentioned users, unrelated likes and unrelated top-level posts, 1:1:1:1),
+with a null ledger so only the index is timed (half the events are hits, each paying for an
+``Outcome`` and a log call: on the real firehose nearly every event is a miss); measured at 10^4
+and at 10^6 open mentions: O(1) per event means the two costs are about equal.
 
 Target: <= 300 MB at 10^6, O(1) per event.
 """

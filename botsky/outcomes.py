@@ -1,7 +1,6 @@
 """OutcomeWatcher: what happened to each mention, read off the firehose.
 
-Open mentions are indexed by thread root, by the bot's reply URI and by the DIDs involved, so
-each event costs O(1) dictionary look-ups whatever the number of open mentions:
+What counts, for each open mention:
 
 - a post by the mentioned user whose thread root is the mention's root → **success**
   (the mention closes as ``succeeded``);
@@ -12,12 +11,51 @@ each event costs O(1) dictionary look-ups whatever the number of open mentions:
 A mention stays indexed until its window closes, even after success, so engagement that comes
 later is still counted; at window end an open mention is closed as ``expired``. Every outcome is
 written to the ledger once (the ledger's unique key makes replays idempotent).
+
+**Memory.** 10^6 mentions can be open at once (a day's window), so the watcher keeps only what
+matching needs, in columns (``array``) addressed by a row number, and no Python object per
+mention: the ledger id, the creation time, open/succeeded, the bot (an index into the few bot
+DIDs) and 64-bit digests of the reply URI, the thread root, the author and the mentioned user.
+Three indexes find rows by digest: reply URI (likes, reposts, quotes, author replies), author
+and mentioned user (success, blocks); each is a table of bucket heads plus one link per row
+(``_Chains``). Rows are numbered in tracking order and expire in that order, and every chain runs
+newest first, so a walk stops at the first expired row: nothing is ever unlinked, expiry only
+moves a boundary, and the expired front of the columns is cut off in bulk. The tables grow one
+bucket at a time (linear hashing): rehashing 10^6 rows at once in Python would stall the event
+loop ~0.4 s per index. Dicts would not do: at 10^6 entries a dict costs ~42 B per entry plus a
+32-36 B int key, ~320 B per mention for three indexes; nor would preshed (its map never reuses
+deleted cells, it doubles instead, and it does not pickle). ``bench/bench_outcomes.py`` (RSS
+growth while tracking 10^6 mentions): 2,908 MB with ``Mention`` objects and string-keyed dicts,
+97 MB now (97 B per mention: 37 B of row columns, 48 B of chain keys and links, ~12 B of bucket
+heads). Per event at 10^6 open mentions (best of 3, same sitting, busy 2-core machine): an
+unrelated like 1.2 µs as before (a like's subject outside the bots' repositories is rejected
+before any digest), a top-level post 0.4 µs (3.0: it is no longer parsed), an unrelated reply
+5.1 µs (4.1: one digest of the poster); hits, rare on the firehose and dominated by the
+``Outcome`` and its log line: a like of a bot reply 8.3 µs (6.2), a success 13.8 µs (12.4).
+The cost does not grow with the number of open mentions.
+
+**Exactness.** Digests are blake2b, stable across processes (a simulation checkpoint pickles the
+index; ``hash()`` is salted per process). Only URIs in a bot's repository reach the reply
+index, but count as if every like, repost, quote and reply on the network did (~4·10^9 a day at
+50k events/s): reply URIs get 128 bits, the chain key and a second 64-bit check, and a wrong hit
+needs both to collide: ~10^6 · 2^-128 ≈ 3·10^-33 per look-up. Every other comparison is one
+64-bit digest on a path that is already narrow. A success needs the poster's digest to equal the
+mentioned user's *and* the root's to equal the mention's root: for a post by that very user in
+another thread 2^-64, and mentioned users post a few million replies a day, ~10^-13 a day. An
+author reply is an exact (128-bit) reply to the bot's reply whose poster's digest equals the
+author's: 2^-64 per reply to a bot's reply. A block names one of the bots exactly (a dict of
+bot DIDs), then the blocker's digest must equal an author's or a mentioned user's: ≤ 2·10^6 ·
+2^-64 ≈ 10^-13 per block of a bot. A wrong outcome is thus far less likely than a hardware
+fault. Distinct strings with one 64-bit chain key simply share a chain: the index itself is
+never wrong.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
+import struct
+from array import array
+from hashlib import blake2b
+from typing import Final
 
 import structlog
 
@@ -28,96 +66,276 @@ __all__ = ["OutcomeWatcher"]
 
 log = structlog.get_logger("botsky.outcomes")
 
+_TWO_WORDS: Final = struct.Struct(">QQ").unpack
+_MIN_BUCKETS: Final = 8  # a power of two
+_SLACK: Final = 1024  # expired rows kept before cutting the columns' front, beyond live // 4
+_NONE: Final[tuple[int, ...]] = ()
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest())
+
+
+def _digest2(text: str) -> tuple[int, int]:
+    """128 bits as (chain key, check)."""
+    key, check = _TWO_WORDS(blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
+    return key, check
+
+
+class _Chains:
+    """Row numbers by a 64-bit key: bucket heads plus one link per row (a linear-hashing table).
+
+    A row number below the caller's ``first`` is dead and ends a walk: rows die oldest first and
+    each chain runs newest first, so dead rows only ever sit at chain tails. The table grows by
+    one bucket per row added past two rows per bucket (linear hashing: bucket ``split`` is split
+    in two), so an insertion never rehashes everything and never stalls the event loop.
+    ``keys``/``links`` are columns like the watcher's: physical index = row - ``base``.
+    """
+
+    __slots__ = ("heads", "keys", "links", "mask", "split")
+
+    def __init__(self) -> None:
+        self.keys = array("Q")
+        self.links = array("q")
+        self._reset(_MIN_BUCKETS)
+
+    def _reset(self, buckets: int) -> None:
+        self.heads = array("q", [-1]) * buckets
+        self.mask = buckets - 1
+        self.split = 0
+
+    def _bucket(self, key: int) -> int:
+        b = key & self.mask
+        return key & (self.mask << 1 | 1) if b < self.split else b
+
+    def add(self, row: int, key: int, live: int, first: int, base: int) -> None:
+        b = self._bucket(key)
+        self.keys.append(key)
+        self.links.append(self.heads[b])
+        self.heads[b] = row
+        if live > 2 * len(self.heads):
+            self._split_one(first, base)
+
+    def rows(self, key: int, first: int, base: int) -> tuple[int, ...] | list[int]:
+        """Live rows with this key, newest first."""
+        r = self.heads[self._bucket(key)]
+        if r < first:
+            return _NONE  # the common case: an event about no open mention
+        out: list[int] = []
+        keys, links = self.keys, self.links
+        while r >= first:
+            i = r - base
+            if keys[i] == key:
+                out.append(r)
+            r = links[i]
+        return out
+
+    def cut(self, n: int) -> None:
+        """Forget the first ``n`` stored rows (all dead)."""
+        del self.keys[:n]
+        del self.links[:n]
+
+    def shrink(self, live: int, first: int, base: int) -> None:
+        """After many rows expired: rebuild with fewer buckets (O(live), live being small)."""
+        if len(self.heads) <= _MIN_BUCKETS or 8 * live >= len(self.heads):
+            return
+        buckets = _MIN_BUCKETS
+        while buckets < live:
+            buckets *= 2
+        self._reset(buckets)
+        heads, keys, links, mask = self.heads, self.keys, self.links, self.mask
+        for i in range(first - base, len(keys)):  # oldest first, so chains end newest first
+            b = keys[i] & mask
+            links[i] = heads[b]
+            heads[b] = i + base
+
+    def _split_one(self, first: int, base: int) -> None:
+        s, high = self.split, self.mask + 1  # bucket s splits into s and s + high
+        keys, links = self.keys, self.links
+        heads: list[int] = [-1, -1]  # new chains (stay, move), built in the same newest-first order
+        tails: list[int] = [-1, -1]
+        r = self.heads[s]
+        while r >= first:
+            i = r - base
+            side = 1 if keys[i] & high else 0
+            if tails[side] < 0:
+                heads[side] = r
+            else:
+                links[tails[side] - base] = r
+            tails[side] = r
+            r = links[i]
+        for tail in tails:
+            if tail >= 0:
+                links[tail - base] = -1  # ends the chain here, before the other side's rows
+        self.heads[s] = heads[0]
+        self.heads.append(heads[1])
+        self.split = s + 1
+        if self.split == high:
+            self.mask, self.split = (high << 1) - 1, 0
+
 
 class OutcomeWatcher:
     def __init__(self, ledger: Ledger, *, window_s: float = 86_400.0) -> None:
         self.ledger = ledger
         self.window_us = int(window_s * 1e6)
         self.counts: dict[str, int] = {}
-        self._by_id: dict[int, Mention] = {}
-        self._by_root: dict[str, list[int]] = {}
-        self._by_reply: dict[str, int] = {}
-        self._by_did: dict[str, list[int]] = {}  # author and mentioned user → mention ids
-        self._order: deque[int] = deque()  # ids by creation time, for expiry
+        # Rows [_first, _base + stored) are live; [_base, _first) expired, awaiting a bulk cut.
+        self._base = 0
+        self._first = 0
+        self._ids = array("q")  # ledger mention id
+        self._created = array("q")  # created_us
+        self._open = bytearray()  # 1 while the mention is open, 0 once it succeeded
+        self._bot = array("I")  # index into _bots
+        self._root = array("Q")  # digest of the thread root URI
+        self._check = array("Q")  # second 64 bits of the reply URI's digest
+        self._by_reply = _Chains()
+        self._by_author = _Chains()
+        self._by_mentioned = _Chains()
+        self._bots: list[str] = []  # bot DIDs (a handful)
+        self._bot_index: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        return self._base + len(self._ids) - self._first
 
     async def load(self) -> int:
         """Index every open mention still in its window (after a restart)."""
         for m in await self.ledger.open_mentions():
             self.track(m)
-        return len(self._by_id)
+        return len(self)
 
     def track(self, m: Mention) -> None:
         """Start watching a recorded mention."""
-        if m.id in self._by_id:
-            return
-        self._by_id[m.id] = m
-        self._by_root.setdefault(m.root_uri, []).append(m.id)
-        self._by_reply[m.reply_uri] = m.id
-        for did in {m.post_author, m.mentioned_did}:
-            self._by_did.setdefault(did, []).append(m.id)
-        self._order.append(m.id)
+        key, check = _digest2(m.reply_uri)
+        first, base = self._first, self._base
+        for r in self._by_reply.rows(key, first, base):
+            if self._ids[r - base] == m.id:
+                return  # already watched (a takeover re-reads every open mention)
+        bot_did = _bot_did(m.reply_uri)
+        bot = self._bot_index.get(bot_did)
+        if bot is None:
+            bot = self._bot_index[bot_did] = len(self._bots)
+            self._bots.append(bot_did)
+        row = base + len(self._ids)
+        self._ids.append(m.id)
+        self._created.append(m.created_us)
+        self._open.append(1 if m.status == "open" else 0)
+        self._bot.append(bot)
+        self._root.append(_digest(m.root_uri))
+        self._check.append(check)
+        live = row + 1 - first
+        self._by_reply.add(row, key, live, first, base)
+        self._by_author.add(row, _digest(m.post_author), live, first, base)
+        self._by_mentioned.add(row, _digest(m.mentioned_did), live, first, base)
 
     async def observe(self, event: Event) -> None:
         """Record whatever this event means for the mentions being watched."""
-        if event.kind != "commit" or event.operation != "create" or not self._by_id:
+        # (not self._ids: nothing stored at all, the cheap test; expired rows are skipped later)
+        if event.kind != "commit" or event.operation != "create" or not self._ids:
             return
         col = event.collection
         if col == POST:
-            await self._on_post(event)
+            record = event.record
+            # A top-level post without an embed can mean nothing here: skip parsing it.
+            if isinstance(record, dict) and ("reply" in record or "embed" in record):
+                await self._on_post(event, PostRef.of(record))
         elif col in (LIKE, REPOST):
-            mid = self._by_reply.get(event.subject_uri() or "")
-            if mid is not None:
+            r = self._reply_row(event.subject_uri())
+            if r >= 0:
+                mid = self._ids[r - self._base]
                 await self._record(mid, "like" if col == LIKE else "repost", event)
         elif col == BLOCK:
             target = event.subject_did()
-            for mid in self._by_did.get(event.did, ()):
-                m = self._by_id[mid]
-                if target == _bot_did(m):
-                    await self._record(mid, "block", event)
+            bot = self._bot_index.get(target) if target is not None else None
+            if bot is not None:  # blocks of anyone but a bot cost this dict look-up only
+                await self._on_block(event, bot)
 
-    async def expire(self, now_us: int) -> list[Mention]:
-        """Stop watching mentions whose window closed; close the open ones as ``expired``."""
-        expired: list[Mention] = []
+    async def expire(self, now_us: int) -> list[int]:
+        """Stop watching mentions whose window closed; close the open ones as ``expired``.
+
+        Returns the ids of the mentions this call closed as expired.
+        """
+        expired: list[int] = []
         cutoff = now_us - self.window_us
-        while self._order:
-            m = self._by_id.get(self._order[0])
-            if m is not None and m.created_us > cutoff:
+        while self._first < self._base + len(self._ids):
+            i = self._first - self._base
+            if self._created[i] > cutoff:
                 break
-            self._order.popleft()
-            if m is None:
-                continue
-            if m.status == "open" and await self.ledger.close_mention(m.id, "expired", now_us):
-                m.status, m.outcome_us = "expired", now_us
-                expired.append(m)
-                log.info("mention_closed", mention_id=m.id, status="expired", time_us=now_us)
-            self._untrack(m)
+            self._first += 1  # dead from now on, before the await: no one else handles it
+            mid = self._ids[i]
+            if self._open[i] and await self.ledger.close_mention(mid, "expired", now_us):
+                expired.append(mid)
+                log.info("mention_closed", mention_id=mid, status="expired", time_us=now_us)
+        self._cut()
         return expired
 
     # internals --------------------------------------------------------------------------
-    async def _on_post(self, event: Event) -> None:
-        post = PostRef.of(event.record)
-        if post.root_uri is not None:
-            for mid in tuple(self._by_root.get(post.root_uri, ())):
-                m = self._by_id[mid]
-                if event.did == m.mentioned_did:
-                    await self._succeed(m, event)
-        parent = self._by_reply.get(post.parent_uri or "")
-        if parent is not None and event.did == self._by_id[parent].post_author:
-            await self._record(parent, "author_reply", event)
-        quoted = self._by_reply.get(post.quote_uri or "")
-        if quoted is not None:
-            await self._record(quoted, "quote", event)
+    # Awaits (ledger calls) may let expire() or track() run; both keep row numbers valid, but a
+    # row may die and the columns' front may be cut, so column reads after an await go through
+    # _slot (physical index, or -1 for a dead row).
+    def _slot(self, row: int) -> int:
+        return row - self._base if row >= self._first else -1
 
-    async def _succeed(self, m: Mention, event: Event) -> None:
-        if event.time_us - m.created_us > self.window_us:
+    def _reply_row(self, uri: str | None) -> int:
+        """The live row whose bot reply is ``uri``, or -1."""
+        # Bot replies live in the bots' repositories: any other URI (nearly every like on the
+        # network) is a miss without computing a digest.
+        if not uri:
+            return -1
+        end = uri.find("/", 5)  # _bot_did(uri), inlined: this is every like's path
+        if (uri[5:end] if end >= 0 else uri[5:]) not in self._bot_index:
+            return -1
+        key, check = _digest2(uri)
+        base = self._base
+        for r in self._by_reply.rows(key, self._first, base):
+            if self._check[r - base] == check:
+                return r  # newest first, as a dict keyed by reply URI would have kept
+        return -1
+
+    async def _on_post(self, event: Event, post: PostRef) -> None:
+        did = -1  # the poster's digest, computed at most once, when needed
+        if post.root_uri is not None:
+            did = _digest(event.did)
+            rows = self._by_mentioned.rows(did, self._first, self._base)
+            if rows:
+                root = _digest(post.root_uri)
+                for r in reversed(rows):  # oldest first, the order mentions were tracked in
+                    i = self._slot(r)
+                    if i >= 0 and self._root[i] == root:
+                        await self._succeed(r, event)
+        parent = self._reply_row(post.parent_uri)
+        if parent >= 0:
+            i = parent - self._base
+            if did < 0:
+                did = _digest(event.did)
+            if self._by_author.keys[i] == did:
+                await self._record(self._ids[i], "author_reply", event)
+        quoted = self._reply_row(post.quote_uri)
+        if quoted >= 0:
+            await self._record(self._ids[quoted - self._base], "quote", event)
+
+    async def _on_block(self, event: Event, bot: int) -> None:
+        did = _digest(event.did)
+        first, base = self._first, self._base
+        rows = {*self._by_author.rows(did, first, base), *self._by_mentioned.rows(did, first, base)}
+        mids = [self._ids[r - base] for r in sorted(rows) if self._bot[r - base] == bot]
+        for mid in mids:
+            await self._record(mid, "block", event)
+
+    async def _succeed(self, row: int, event: Event) -> None:
+        i = self._slot(row)
+        if i < 0 or event.time_us - self._created[i] > self.window_us:
             return
-        await self._record(m.id, "success", event)
-        if m.status == "open" and await self.ledger.close_mention(m.id, "succeeded", event.time_us):
-            m.status, m.outcome_us = "succeeded", event.time_us
-            log.info("mention_closed", mention_id=m.id, status="succeeded", time_us=event.time_us)
+        mid = self._ids[i]
+        await self._record(mid, "success", event)
+        # If the row expired meanwhile, the ledger decides (close_mention is atomic).
+        i = self._slot(row)
+        if (i < 0 or self._open[i]) and await self.ledger.close_mention(
+            mid, "succeeded", event.time_us
+        ):
+            i = self._slot(row)
+            if i >= 0:
+                self._open[i] = 0
+            log.info("mention_closed", mention_id=mid, status="succeeded", time_us=event.time_us)
 
     async def _record(self, mid: int, kind: str, event: Event) -> None:
         outcome = Outcome(mid, kind, event.did, event.uri, event.time_us)
@@ -132,24 +350,23 @@ class OutcomeWatcher:
                 time_us=event.time_us,
             )
 
-    def _untrack(self, m: Mention) -> None:
-        del self._by_id[m.id]
-        _remove(self._by_root, m.root_uri, m.id)
-        self._by_reply.pop(m.reply_uri, None)
-        for did in {m.post_author, m.mentioned_did}:
-            _remove(self._by_did, did, m.id)
+    def _cut(self) -> None:
+        """Drop the expired front of the columns once it outweighs a quarter of the live rows
+        (a memmove of the live part, so amortized O(1) per expired row)."""
+        dead = self._first - self._base
+        live = len(self)
+        if dead < _SLACK + live // 4:
+            return
+        for column in (self._ids, self._created, self._bot, self._root, self._check):
+            del column[:dead]
+        del self._open[:dead]
+        self._base = self._first
+        for chains in (self._by_reply, self._by_author, self._by_mentioned):
+            chains.cut(dead)
+            chains.shrink(live, self._first, self._base)
 
 
-def _bot_did(m: Mention) -> str:
+def _bot_did(reply_uri: str) -> str:
     # The bot's DID is the authority of its reply's AT-URI: at://<did>/app.bsky.feed.post/<rkey>.
-    return m.reply_uri[5:].split("/", 1)[0]
-
-
-def _remove(index: dict[str, list[int]], key: str, mid: int) -> None:
-    ids: Iterable[int] | None = index.get(key)
-    if ids is not None:
-        rest = [i for i in ids if i != mid]
-        if rest:
-            index[key] = rest
-        else:
-            del index[key]
+    end = reply_uri.find("/", 5)
+    return reply_uri[5:end] if end >= 0 else reply_uri[5:]
