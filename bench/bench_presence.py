@@ -11,7 +11,9 @@ first event to after ``gc.collect()`` once the structure is built (imports and t
 come before). ``--quick`` uses ``tracemalloc`` instead (exact Python allocations, but 4× slower
 to build, too slow at 10^6); at 10^5 the RSS growth is about 20% above the tracemalloc figure.
 
-- figure: ``botsky.presence.Presence`` (default settings: 48 terms, 3 texts per user);
+- figure: ``botsky.presence.Presence`` (default settings: 48 terms, 3 texts per user). The DIDs
+  are did:plc-shaped (24 characters after the prefix), as nearly all on the network are:
+  Presence keeps those as their 24 identifier bytes;
 - baseline: a plain ``dict`` of DID -> last-seen time_us over the same events.
 
 Target: <= 300 MB.

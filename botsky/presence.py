@@ -3,34 +3,54 @@
 Any commit counts as activity. Users are kept in last-activity order, so expiring the ones
 that left the window is O(expired) and the ``max_users`` cap evicts the least recently active.
 Each user who posts gets a small interest profile: the top ``terms_per_user`` TF-IDF terms of
-their recent posts with exponential decay (new posts matter more), plus their languages. An
-inverted index (term → users) lets the recommender score only users sharing a term with a post
-instead of every online user.
+their recent posts with exponential decay (new posts matter more), plus their languages and a
+few recent texts. An inverted index (term → users) lets the recommender score only users
+sharing a term with a post instead of every online user.
 
 **Memory.** Presence must hold the whole network's active users (10^6 DIDs in a window), so
-users are stored in columns, not objects: a position per DID, and per position the DID, the
-last activity (``array('q')``) and, for users who posted, one small ``_Interest`` (terms as a
-tuple of interned strings with an ``array('d')`` of weights, languages, texts as a tuple).
-Recency order is an append-only log of (DID, sequence number) with lazy deletion; the index
-keeps lists of DIDs, also with lazy deletion, swept when stale entries outnumber live ones.
-``Profile`` objects are built on demand (a snapshot). BENCHMARKS.md has the numbers.
+nothing is a Python object per user or per entry where bytes in a shared buffer do. Measured
+with ``bench/bench_presence.py`` (10^6 DIDs, 3 in 10 post 1-3 texts; B/DID by ``getsizeof``):
+608 MB RSS before, when a DID's string (81 B), dict entry (38 B) and position int (28 B) took
+147 B/DID, the posters' term tuples, float64 weight arrays, text strings and ``_Interest``
+objects 296 B/DID and the index's lists of DIDs 98 B/DID. Now 285 MB RSS (261 B/DID counted):
+
+- A user is a *slot*, a number into columns (``array``), reused once freed. A did:plc DID (all
+  but a handful on the network) is kept as its 24 identifier bytes in one ``bytearray``
+  (26 B/DID); DID → slot is a fixed number of hash buckets, each a ``bytes`` run of 8-byte
+  entries (CRC-32 of the identifier as a fingerprint, slot) searched with ``bytes.find``
+  (11 B/DID). Other DIDs go to a plain dict. Last activity, log position, post count,
+  language-list id, dense position and back: 25 B/DID; the record column 8 B/DID.
+- A poster's profile is one ``bytes`` record (``_record``): term ids (int32, into a
+  vocabulary shared by all users), weights (float32) and the recent texts (UTF-8): 470 B for
+  22 terms and 2 texts, instead of about 990 (142 B/DID at 3 posters in 10).
+- The recency log is an ``array`` of slots (7 B/DID) and the index maps term ids to
+  arrays of slots (36 B/DID: 6.8 entries a DID at 4 B, plus headers).
+
+Float32 weights round at the 7th digit, so users whose similarities tied or nearly tied (within
+~1e-7) may swap places against float64; everything else ranks the same. A DID lookup is a few
+C calls instead of one dict probe (~0.8 µs more an event). ``Profile`` objects are built on
+demand (a snapshot). BENCHMARKS.md has the numbers.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import struct
 import sys
+import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice, repeat
+from operator import itemgetter, mul, truediv
 from typing import Final
 
 import regex
 
 from botsky.events import POST, Event, PostRef
 
-__all__ = ["Presence", "Profile", "TermStats", "tokenize"]
+__all__ = ["Keep", "Match", "Presence", "Profile", "TermStats", "counted", "tokenize", "weigh"]
 
 # Words that say nothing about interests. Kept short on purpose: IDF does most of the work.
 _STOPWORDS = frozenset(
@@ -46,18 +66,26 @@ _TOKEN = regex.compile(r"(?:https?://\S+|www\.\S+|@\S+)|(\p{L}[\p{L}\p{M}\p{N}_'
 _DECAY = 0.7  # weight kept by old terms when a user posts again
 _TEXT_CHARS = 240  # recent texts are for the prompt; a few hundred chars are plenty
 _SLACK: Final = 1024  # stale log and index entries tolerated before a sweep, beyond 1× live
+_PLC: Final = "did:plc:"
+_KEY: Final = 24  # bytes of a did:plc identifier
+_ORDER: Final = sys.byteorder  # records use the native order, like ``array``
+
+Match = tuple[float, int, str]
+"""A scored candidate: (similarity, last activity ``time_us``, DID)."""
+Keep = Callable[[str, int, tuple[str, ...]], bool]
+"""A candidate filter on (DID, last activity ``time_us``, languages)."""
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-case word tokens of 3+ letters, without URLs, @mentions and stopwords."""
-    out: list[str] = []
-    for match in _TOKEN.finditer(text.lower()):
-        word = match.group(1)
-        if word is not None:
-            word = word.strip("'-")
-            if len(word) >= 3 and word not in _STOPWORDS:
-                out.append(word)
-    return out
+    # ``findall`` gives '' for the URL/mention alternative. A token starts with a letter, so
+    # only its end can carry the ' and - that are stripped.
+    return [
+        word
+        for found in _TOKEN.findall(text.lower())
+        if found
+        if len(word := found.rstrip("'-")) >= 3 and word not in _STOPWORDS
+    ]
 
 
 class TermStats:
@@ -83,18 +111,28 @@ class TermStats:
     def idf(self, term: str) -> float:
         return math.log((self.docs + 1) / (self._df.get(term, 0) + 1)) + 1.0
 
+    def tf_idf(self, counts: dict[str, int]) -> dict[str, float]:
+        """Count × ``idf`` per term (``idf`` inlined: this runs for every post)."""
+        docs, df, log = self.docs + 1, self._df, math.log
+        return {t: c * (log(docs / (df.get(t, 0) + 1)) + 1.0) for t, c in counts.items()}
+
     def _prune(self) -> None:
         keep = sorted(self._df.items(), key=lambda kv: kv[1], reverse=True)[: self.max_terms // 2]
         self._df = {t: max(1, c // 2) for t, c in keep}
         self.docs = max(1, self.docs // 2)
 
 
-def weigh(terms: list[str], stats: TermStats) -> dict[str, float]:
-    """L2-normalized TF-IDF vector of one text's terms."""
-    tf: dict[str, float] = {}
-    for term in terms:
-        tf[term] = tf.get(term, 0.0) + 1.0
-    vec = {t: c * stats.idf(t) for t, c in tf.items()}
+def counted(terms: list[str]) -> dict[str, int]:
+    """How often each term occurs, in first-occurrence order."""
+    tf: dict[str, int] = {}
+    for t in terms:  # a plain loop: ``Counter``'s setup costs more on a dozen terms
+        tf[t] = tf.get(t, 0) + 1
+    return tf
+
+
+def weigh(terms: list[str] | dict[str, int], stats: TermStats) -> dict[str, float]:
+    """L2-normalized TF-IDF vector of one text's terms (a list, or ``counted`` terms)."""
+    vec = stats.tf_idf(terms if isinstance(terms, dict) else counted(terms))
     norm = math.sqrt(sum(w * w for w in vec.values())) or 1.0
     return {t: w / norm for t, w in vec.items()}
 
@@ -114,17 +152,51 @@ class Profile:
         return [t for t, _ in sorted(self.terms.items(), key=lambda kv: -kv[1])[:n]]
 
 
-class _Interest:
-    """The profile of a user who posted: what ``Profile`` shows, stored compactly."""
+# A poster's record: n (2 bytes), n term ids (int32), n weights (float32), then the recent
+# texts, oldest first, each as a 2-byte length and UTF-8 (surrogatepass: a post's text can hold
+# lone surrogates). The functions below are its only readers and writers.
 
-    __slots__ = ("langs", "posts", "terms", "texts", "weights")
 
-    def __init__(self) -> None:
-        self.terms: tuple[str, ...] = ()  # interned, in the order of their weights' ranking
-        self.weights: array[float] = array("d")
-        self.langs: tuple[str, ...] = ()
-        self.texts: tuple[str, ...] = ()
-        self.posts = 0
+def _count(rec: bytes) -> int:
+    return rec[0] | rec[1] << 8
+
+
+def _record(ids: array[int], weights: array[float], texts: bytes) -> bytes:
+    n = len(ids)
+    return bytes((n & 255, n >> 8)) + ids.tobytes() + weights.tobytes() + texts
+
+
+def _terms(rec: bytes | None) -> tuple[array[int], array[float]]:
+    ids, weights = array("i"), array("f")
+    if rec is not None:
+        n = _count(rec)
+        ids.frombytes(rec[2 : 2 + 4 * n])
+        weights.frombytes(rec[2 + 4 * n : 2 + 8 * n])
+    return ids, weights
+
+
+def _at(rec: bytes, term: bytes, n: int) -> int:
+    """Where the term id (as 4 bytes) is among the record's ``n`` ids, or -1."""
+    end = 2 + 4 * n
+    k = rec.find(term, 2, end)
+    while k >= 0 and (k - 2) & 3:  # a match across two ids: look further
+        k = rec.find(term, k + 1, end)
+    return k if k < 0 else (k - 2) >> 2
+
+
+def _texts(rec: bytes | None) -> list[bytes]:
+    out: list[bytes] = []
+    if rec is not None:
+        k = 2 + 8 * _count(rec)
+        while k < len(rec):
+            size = rec[k] | rec[k + 1] << 8
+            out.append(rec[k + 2 : k + 2 + size])
+            k += 2 + size
+    return out
+
+
+def _pack_texts(texts: list[bytes]) -> bytes:
+    return b"".join(len(t).to_bytes(2, "little") + t for t in texts)
 
 
 class Presence:
@@ -139,34 +211,57 @@ class Presence:
         texts_per_user: int = 3,
         stats: TermStats | None = None,
     ) -> None:
+        if not 0 < terms_per_user < 1 << 16:
+            raise ValueError("terms_per_user must be in 1..65535")
         self.window_us = int(window_s * 1e6)
         self.max_users = max_users
         self.terms_per_user = terms_per_user
         self.texts_per_user = texts_per_user
         self.stats = stats or TermStats()
         self.now_us = 0  # the stream clock: the latest event time seen
-        # Columns by position. Positions are dense (a leaving user's place is taken by the
-        # last one), which makes uniform sampling one randrange.
-        self._pos: dict[str, int] = {}
-        self._dids: list[str] = []
+        # DID -> slot. About 16 users a bucket at max_users; a bucket is a run of 8-byte
+        # entries (CRC-32 of the identifier, slot), both little-endian.
+        buckets = 1 << max(8, (max_users // 16).bit_length())
+        self._buckets: list[bytes] = [b""] * buckets
+        self._mask = buckets - 1
+        self._keys = bytearray()  # per slot: the did:plc identifier's 24 bytes
+        self._other: dict[str, int] = {}  # DIDs of any other shape -> slot
+        self._other_did: dict[int, str] = {}
+        # Columns by slot. A freed slot (seq -1, no record) is reused by the next new user.
         self._last = array("q")
-        self._seq = array("Q")  # the sequence number of the user's live entry in the log
-        self._interest: list[_Interest | None] = []
-        # Recency log: (DID, sequence number) per activity that moved a user to the front;
-        # an entry is live if its number is still the user's. Consumed from ``_head``.
-        self._log: list[str] = []
-        self._log_seq = array("Q")
+        self._seq = array("i")  # log position (from the last renumbering) of the live entry
+        self._posts = array("H")  # saturates at 65535
+        self._rec: list[bytes | None] = []  # posters' records (see ``_record``)
+        self._lang: array[int] = array("H")  # into ``_lang_sets``
+        # Distinct language lists (a few dozen in practice); 0 is none. Past 65536 a new one
+        # counts as none (so, not a reason to filter a user out).
+        self._lang_sets: list[tuple[str, ...]] = [()]
+        self._lang_ids: dict[tuple[str, ...], int] = {(): 0}
+        self._free = array("i")
+        # Dense positions (a leaver's is taken by the last user), for uniform sampling with
+        # one randrange: slot by position and position by slot.
+        self._dense = array("i")
+        self._where = array("i")
+        # Recency log: a slot per activity that moved a user to the front; the entry at
+        # absolute position ``_base + k`` is live if the slot's seq is that position.
+        # Consumed from ``_head``.
+        self._log = array("i")
         self._head = 0
-        self._next_seq = 0
-        self._index: dict[str, list[str]] = {}  # term -> DIDs that held it (some no longer)
+        self._base = 0
+        # Vocabulary (ids of terms some profile holds) and index term id -> slots that held
+        # it (some no longer); ids of terms nobody holds are reused after a sweep.
+        self._term_ids: dict[str, int] = {}
+        self._words: list[str] = []
+        self._free_ids = array("i")
+        self._index: dict[int, array[int]] = {}
         self._indexed = 0  # entries in the index, live or stale
         self._live_terms = 0  # terms held by profiles: live index entries
 
     def __len__(self) -> int:
-        return len(self._dids)
+        return len(self._dense)
 
     def __contains__(self, did: object) -> bool:
-        return did in self._pos
+        return isinstance(did, str) and self._find(did) >= 0
 
     def observe(self, event: Event) -> None:
         """Note activity; on a new post, fold its text into the author's profile."""
@@ -181,20 +276,20 @@ class Presence:
         self.expire()
 
     def profile(self, did: str) -> Profile | None:
-        i = self._pos.get(did)
-        return None if i is None else self._profile(i)
+        i = self._find(did)
+        return None if i < 0 else self._profile(i)
 
     def is_online(self, did: str) -> bool:
-        i = self._pos.get(did)
-        return i is not None and self._last[i] >= self.now_us - self.window_us
+        i = self._find(did)
+        return i >= 0 and self._last[i] >= self.now_us - self.window_us
 
     def online(self) -> Iterator[Profile]:
         """Online users, most recently active first."""
         cutoff = self.now_us - self.window_us
-        log, log_seq, pos, seq, last = self._log, self._log_seq, self._pos, self._seq, self._last
+        log, seq, last = self._log, self._seq, self._last
         for k in range(len(log) - 1, self._head - 1, -1):
-            i = pos.get(log[k])
-            if i is None or seq[i] != log_seq[k]:
+            i = log[k]
+            if seq[i] != self._base + k:
                 continue
             if last[i] < cutoff:
                 break
@@ -202,16 +297,18 @@ class Presence:
 
     def users_sharing(self, terms: Iterable[str]) -> set[str]:
         """DIDs of users whose profile holds at least one of ``terms``."""
-        found: set[str] = set()
-        pos, interest = self._pos, self._interest
+        found: set[int] = set()
+        rec = self._rec
         for term in terms:
-            for did in self._index.get(term, ()):
-                i = pos.get(did)
-                if i is not None:
-                    held = interest[i]
-                    if held is not None and term in held.terms:
-                        found.add(did)
-        return found
+            tid = self._term_ids.get(term)
+            if tid is None:
+                continue
+            tb = tid.to_bytes(4, _ORDER)
+            for i in self._index.get(tid, ()):
+                r = rec[i]
+                if r is not None and _at(r, tb, _count(r)) >= 0:
+                    found.add(i)
+        return {self._did(i) for i in found}
 
     def candidates(self, terms: Iterable[str], limit: int) -> set[str]:
         """Up to ``limit`` users sharing a term, found rarest term first, newest holder first.
@@ -220,58 +317,63 @@ class Presence:
         recommendation cheap on the whole network, where a common word is held by 10^5 users:
         rare terms say the most about a match and are looked at first.
         """
-        index = self._index
-        found: set[str] = set()
-        pos, interest = self._pos, self._interest
-        # Fewest holders first (stable: ties keep the post's order).
-        for term in sorted(terms, key=lambda t: len(index.get(t, ()))):
-            for did in reversed(index.get(term, ())):
-                if did in found:
-                    continue
-                i = pos.get(did)
-                if i is not None:
-                    held = interest[i]
-                    if held is not None and term in held.terms:
-                        if len(found) >= limit:
-                            return found
-                        found.add(did)
-        return found
+        return {self._did(i) for i in self._candidates(list(terms), limit)}
+
+    def matches(self, vec: dict[str, float], limit: int, keep: Keep) -> list[Match]:
+        """(similarity, last activity, DID) of the ``candidates(vec, limit)`` ``keep`` accepts.
+
+        ``keep(did, last_us, langs)`` is the recommender's filter: asked on the columns in one
+        pass (no DID lookup per question), and similarity is computed only for users kept.
+        """
+        query = self._query(vec)
+        rec, last, lang, sets = self._rec, self._last, self._lang, self._lang_sets
+        keys, other = self._keys, self._other_did
+        out: list[Match] = []
+        for i in self._candidates(list(vec), limit):
+            # ``_did(i)``, inlined.
+            did = (
+                other[i]
+                if other and i in other
+                else _PLC + keys[_KEY * i : _KEY * i + _KEY].decode()
+            )
+            last_us = last[i]
+            if keep(did, last_us, sets[lang[i]]):
+                out.append((_similarity(rec[i], query), last_us, did))
+        return out
 
     def similarity(self, did: str, vec: dict[str, float]) -> float:
         """``sum(w * profile.terms.get(t, 0.0) for t, w in vec.items())``, without the Profile.
 
-        The same products added in the same order (absent terms add 0.0), so the same float.
+        Only the shared terms' products are added, in ``vec``'s order: adding the absent terms'
+        0.0 would not change the float.
         """
-        i = self._pos.get(did)
-        held = None if i is None else self._interest[i]
-        if held is None:
-            return sum(w * 0.0 for w in vec.values())
-        get = {t: w for t, w in zip(held.terms, held.weights, strict=True) if t in vec}.get
-        return sum(w * get(t, 0.0) for t, w in vec.items())
+        i = self._find(did)
+        if i < 0:
+            return 0.0
+        return _similarity(self._rec[i], self._query(vec))
 
     def langs_of(self, did: str) -> tuple[str, ...]:
-        i = self._pos.get(did)
-        held = None if i is None else self._interest[i]
-        return () if held is None else held.langs
+        i = self._find(did)
+        return () if i < 0 else self._lang_sets[self._lang[i]]
 
     def last_seen(self, did: str) -> int:
         """The user's last activity (``time_us``); 0 for an unknown user."""
-        i = self._pos.get(did)
-        return 0 if i is None else self._last[i]
+        i = self._find(did)
+        return 0 if i < 0 else self._last[i]
 
     def terms_of(self, did: str) -> dict[str, float]:
         """The term weights of ``did``'s profile (empty for unknown users and non-posters)."""
-        i = self._pos.get(did)
-        held = None if i is None else self._interest[i]
-        return {} if held is None else dict(zip(held.terms, held.weights, strict=True))
+        i = self._find(did)
+        return {} if i < 0 else self._term_weights(i)
 
     def sample(self, rng: random.Random, tries: int = 64) -> Profile | None:
         """A uniformly random online user (rejection sampling over the dense positions)."""
-        if not self._dids:
+        dense, last = self._dense, self._last
+        if not dense:
             return None
         for _ in range(tries):
-            i = rng.randrange(len(self._dids))
-            if self._last[i] >= self.now_us - self.window_us:
+            i = dense[rng.randrange(len(dense))]
+            if last[i] >= self.now_us - self.window_us:
                 return self._profile(i)
         return None
 
@@ -279,152 +381,307 @@ class Presence:
         """Forget users who left the window, and the least active past ``max_users``."""
         cutoff = self.now_us - self.window_us
         removed = 0
-        log, log_seq, pos, seq, last = self._log, self._log_seq, self._pos, self._seq, self._last
+        log, seq, last = self._log, self._seq, self._last
         head = self._head
         while head < len(log):
-            did = log[head]
-            i = pos.get(did)
-            if i is None or seq[i] != log_seq[head]:
+            i = log[head]
+            if seq[i] != self._base + head:
                 head += 1  # stale: the user moved on or left
                 continue
-            if last[i] >= cutoff and len(pos) <= self.max_users:
+            if last[i] >= cutoff and len(self._dense) <= self.max_users:
                 break
-            self._forget(did, i)
+            self._forget(i)
             head += 1
             removed += 1
         self._head = head
         if head > _SLACK and head * 2 > len(log):
             del log[:head]
-            del log_seq[:head]
+            self._base += head
             self._head = 0
+            if self._base > 1 << 30:  # positions must fit ``_seq``'s int32
+                self._compact_log()
         return removed
+
+    # DID <-> slot -------------------------------------------------------------------------
+    def _find(self, did: str) -> int:
+        """The DID's slot, or -1."""
+        if len(did) != 32 or not did.startswith(_PLC):
+            return self._other.get(did, -1)
+        key = did[8:].encode()
+        if len(key) != _KEY:
+            return self._other.get(did, -1)
+        h = zlib.crc32(key)
+        bucket = self._buckets[h & self._mask]
+        fp = h.to_bytes(4, "little")
+        k = bucket.find(fp)
+        keys = self._keys
+        while k >= 0:
+            if not k & 7:  # an entry's fingerprint, not bytes across two entries
+                i = int.from_bytes(bucket[k + 4 : k + 8], "little")
+                if keys.startswith(key, _KEY * i):  # the whole key: the slot holds 24 bytes
+                    return i
+            k = bucket.find(fp, k + 1)
+        return -1
+
+    def _bind(self, did: str, i: int) -> None:
+        key = did[8:].encode() if len(did) == 32 and did.startswith(_PLC) else b""
+        if len(key) != _KEY:
+            self._other[did] = i
+            self._other_did[i] = did
+            return
+        self._keys[_KEY * i : _KEY * i + _KEY] = key
+        h = zlib.crc32(key)
+        self._buckets[h & self._mask] += h.to_bytes(4, "little") + i.to_bytes(4, "little")
+
+    def _unbind(self, i: int) -> None:
+        did = self._other_did.pop(i, None)
+        if did is not None:
+            del self._other[did]
+            return
+        key = bytes(self._keys[_KEY * i : _KEY * i + _KEY])
+        h = zlib.crc32(key)
+        b = h & self._mask
+        bucket = self._buckets[b]
+        entry = h.to_bytes(4, "little") + i.to_bytes(4, "little")
+        k = bucket.find(entry)
+        while k >= 0 and k & 7:
+            k = bucket.find(entry, k + 1)
+        if k >= 0:
+            self._buckets[b] = bucket[:k] + bucket[k + 8 :]
+
+    def _did(self, i: int) -> str:
+        if self._other_did and i in self._other_did:
+            return self._other_did[i]
+        return _PLC + self._keys[_KEY * i : _KEY * i + _KEY].decode()
 
     # internals --------------------------------------------------------------------------
     def _profile(self, i: int) -> Profile:
-        held = self._interest[i]
-        if held is None:
-            return Profile(did=self._dids[i], last_us=self._last[i])
         return Profile(
-            did=self._dids[i],
+            did=self._did(i),
             last_us=self._last[i],
-            terms=dict(zip(held.terms, held.weights, strict=True)),
-            langs=held.langs,
-            texts=held.texts,
-            posts=held.posts,
+            terms=self._term_weights(i),
+            langs=self._lang_sets[self._lang[i]],
+            texts=tuple(t.decode(errors="surrogatepass") for t in _texts(self._rec[i])),
+            posts=self._posts[i],
         )
 
+    def _query(self, vec: dict[str, float]) -> list[tuple[int, float]]:
+        """``vec`` as (term id, weight), without the terms no profile holds (they add 0.0)."""
+        ids = self._term_ids
+        return [(tid, w) for t, w in vec.items() if (tid := ids.get(t)) is not None]
+
+    def _term_weights(self, i: int) -> dict[str, float]:
+        ids, weights = _terms(self._rec[i])
+        words = self._words
+        return {words[t]: w for t, w in zip(ids, weights, strict=True)}
+
     def _touch(self, did: str, time_us: int) -> int:
-        i = self._pos.get(did)
-        if i is None:
-            # Not interned: the interning table would cost as much as the position map.
-            i = len(self._dids)
-            self._pos[did] = i
-            self._dids.append(did)
-            self._last.append(time_us)
-            self._seq.append(0)
-            self._interest.append(None)
+        i = self._find(did)
+        if i < 0:
+            i = self._new_slot()
+            self._bind(did, i)
+            self._where[i] = len(self._dense)
+            self._dense.append(i)
+            self._last[i] = time_us
         elif time_us >= self._last[i]:
             self._last[i] = time_us
-            did = self._dids[i]
         else:
             return i
         # The user moves to the front of the recency order: a new live log entry.
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        self._seq[i] = seq
-        self._log.append(did)
-        self._log_seq.append(seq)
-        if len(self._log) - self._head > 2 * len(self._dids) + _SLACK:
+        self._seq[i] = self._base + len(self._log)
+        self._log.append(i)
+        if len(self._log) - self._head > 2 * len(self._dense) + _SLACK:
             self._compact_log()
         return i
 
+    def _new_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        self._last.append(0)
+        self._seq.append(-1)
+        self._posts.append(0)
+        self._rec.append(None)
+        self._lang.append(0)
+        self._where.append(-1)
+        self._keys += bytes(_KEY)
+        return len(self._last) - 1
+
     def _compact_log(self) -> None:
-        pos, seq = self._pos, self._seq
-        keep = [
-            (did, s)
-            for did, s in zip(self._log[self._head :], self._log_seq[self._head :], strict=True)
-            if (i := pos.get(did)) is not None and seq[i] == s
+        log, seq, base = self._log, self._seq, self._base
+        live = array("i", [i for k in range(self._head, len(log)) if seq[i := log[k]] == base + k])
+        for k, i in enumerate(live):
+            seq[i] = k
+        self._log, self._head, self._base = live, 0, 0
+
+    def _candidates(self, terms: list[str], limit: int) -> list[int]:
+        """``candidates`` as slots, in the order found."""
+        index, ids, rec = self._index, self._term_ids, self._rec
+        holders = [
+            (index.get(tid, ()) if (tid := ids.get(t)) is not None else (), tid) for t in terms
         ]
-        self._log = [did for did, _ in keep]
-        self._log_seq = array("Q", [s for _, s in keep])
-        self._head = 0
+        found: dict[int, None] = {}
+        # Fewest holders first (stable: ties keep the post's order).
+        for slots, tid in sorted(holders, key=lambda st: len(st[0])):
+            if not slots:
+                continue
+            tb = tid.to_bytes(4, _ORDER)  # type: ignore[union-attr]
+            for i in reversed(slots):
+                if i in found or (r := rec[i]) is None:
+                    continue
+                # ``_at(r, tb, n) >= 0``, inlined: this runs for every index entry visited.
+                end = 2 + 4 * (r[0] | r[1] << 8)
+                k = r.find(tb, 2, end)
+                while k >= 0 and (k - 2) & 3:
+                    k = r.find(tb, k + 1, end)
+                if k >= 0:
+                    if len(found) >= limit:
+                        return list(found)
+                    found[i] = None
+        return list(found)
 
     def _learn(self, i: int, text: str, langs: tuple[str, ...]) -> None:
-        terms = tokenize(text)
-        self.stats.add(set(terms))
-        held = self._interest[i]
-        if held is None:
-            held = self._interest[i] = _Interest()
-        held.posts += 1
+        # Counted once: the distinct terms are what the statistics count, the counts what
+        # ``weigh`` needs.
+        terms = counted(tokenize(text))
+        self.stats.add(terms)
+        if self._posts[i] < 65535:
+            self._posts[i] += 1
         if langs:
-            held.langs = _shared(tuple(dict.fromkeys(langs + held.langs))[:3])
-        if text:
-            texts = (*held.texts, text[:_TEXT_CHARS])
-            held.texts = texts[max(0, len(texts) - self.texts_per_user) :]
-        if not terms:
+            self._lang[i] = self._lang_id(
+                tuple(dict.fromkeys(langs + self._lang_sets[self._lang[i]]))[:3]
+            )
+        rec = self._rec[i]
+        if not text and not terms:
             return
-        merged = {t: w * _DECAY for t, w in zip(held.terms, held.weights, strict=True)}
-        for t, w in weigh(terms, self.stats).items():
-            merged[t] = merged.get(t, 0.0) + w
-        top = sorted(merged.items(), key=lambda kv: -kv[1])[: self.terms_per_user]
-        norm = math.sqrt(sum(w * w for _, w in top)) or 1.0
-        old = held.terms
-        new = tuple(sys.intern(t) for t, _ in top)
-        held.terms = new
-        held.weights = array("d", [w / norm for _, w in top])
-        did = self._dids[i]
-        added = set(new).difference(old)
+        n = 0 if rec is None else _count(rec)
+        texts = b"" if rec is None else rec[2 + 8 * n :]
+        if text:
+            kept = _texts(rec)
+            kept.append(text[:_TEXT_CHARS].encode(errors="surrogatepass"))
+            texts = _pack_texts(kept[max(0, len(kept) - self.texts_per_user) :])
+        old_ids, old_weights = _terms(rec)
+        if not terms:
+            self._rec[i] = _record(old_ids, old_weights, texts)
+            return
+        # Old terms by id, new ones by word until they make the top (only those get an id).
+        # ``map`` and ``zip`` keep the per-term work in C; the products and sums are the same.
+        merged: dict[int | str, float] = dict(
+            zip(old_ids, map(_DECAY.__mul__, old_weights), strict=True)
+        )
+        term_ids = self._term_ids
+        for word, w in weigh(terms, self.stats).items():
+            key = term_ids.get(word, word)
+            merged[key] = merged.get(key, 0.0) + w
+        # Heaviest first; ties keep their order (a reverse sort is stable too).
+        top = sorted(merged.items(), key=itemgetter(1), reverse=True)[: self.terms_per_user]
+        keys, weights = zip(*top, strict=True)
+        norm = math.sqrt(sum(map(mul, weights, weights))) or 1.0
+        new = [k if type(k) is int else self._term_id(k) for k in keys]
+        normed = array("f", map(truediv, weights, repeat(norm)))
+        self._rec[i] = _record(array("i", new), normed, texts)
+        # ``merged`` starts with the old ids: no int objects made again from the array.
+        added = set(new).difference(islice(merged, n))
+        index = self._index
         for t in added:
-            self._index.setdefault(t, []).append(did)
+            held = index.get(t)
+            if held is None:
+                index[t] = array("i", (i,))
+            else:
+                held.append(i)
         # Terms that left the profile stay in the index as stale entries until the sweep.
         self._indexed += len(added)
-        self._live_terms += len(new) - len(old)
+        self._live_terms += len(new) - n
         if self._indexed > 2 * self._live_terms + _SLACK:
             self._sweep_index()
 
+    def _lang_id(self, langs: tuple[str, ...]) -> int:
+        lid = self._lang_ids.get(langs)
+        if lid is None:
+            if len(self._lang_sets) > 65535:
+                return 0
+            lid = self._lang_ids[langs] = len(self._lang_sets)
+            self._lang_sets.append(langs)
+        return lid
+
+    def _term_id(self, word: str) -> int:
+        if self._free_ids:
+            tid = self._free_ids.pop()
+            self._words[tid] = word
+        else:
+            tid = len(self._words)
+            self._words.append(word)
+        self._term_ids[word] = tid
+        return tid
+
     def _sweep_index(self) -> None:
-        """Drop stale index entries (users gone, terms left their profile) and duplicates."""
-        pos, interest = self._pos, self._interest
-        index: dict[str, list[str]] = {}
+        """Drop stale index entries (users gone, terms left their profile) and duplicates.
+
+        A term left with no holder is held by no profile: its id is freed for a new term.
+        """
+        rec = self._rec
+        index: dict[int, array[int]] = {}
         total = 0
-        for term, holders in self._index.items():
-            live = []
-            for did in dict.fromkeys(holders):
-                i = pos.get(did)
-                held = None if i is None else interest[i]
-                if held is not None and term in held.terms:
-                    live.append(did)
+        for tid, holders in self._index.items():
+            tb = tid.to_bytes(4, _ORDER)
+            live = array(
+                "i",
+                [
+                    i
+                    for i in dict.fromkeys(holders)
+                    if (r := rec[i]) is not None and _at(r, tb, _count(r)) >= 0
+                ],
+            )
             if live:
-                index[term] = live
+                index[tid] = live
                 total += len(live)
+            else:
+                del self._term_ids[self._words[tid]]
+                self._words[tid] = ""
+                self._free_ids.append(tid)
         self._index = index
         self._indexed = total
 
-    def _forget(self, did: str, i: int) -> None:
-        held = self._interest[i]
-        if held is not None:
-            self._live_terms -= len(held.terms)
-        # The last user takes the leaver's position (swap-remove keeps positions dense).
-        j = len(self._dids) - 1
-        if i != j:
-            moved = self._dids[j]
-            self._dids[i] = moved
-            self._last[i] = self._last[j]
-            self._seq[i] = self._seq[j]
-            self._interest[i] = self._interest[j]
-            self._pos[moved] = i
-        self._dids.pop()
-        self._last.pop()
-        self._seq.pop()
-        self._interest.pop()
-        del self._pos[did]
+    def _forget(self, i: int) -> None:
+        rec = self._rec[i]
+        if rec is not None:
+            self._live_terms -= _count(rec)
+        self._unbind(i)
+        self._rec[i] = None
+        self._lang[i] = 0
+        self._posts[i] = 0
+        self._seq[i] = -1
+        self._free.append(i)
+        dense, where = self._dense, self._where
+        moved = dense[-1]
+        dense[where[i]] = moved
+        where[moved] = where[i]
+        dense.pop()
 
 
-_LANGS: dict[tuple[str, ...], tuple[str, ...]] = {}
+def _similarity(rec: bytes | None, query: list[tuple[int, float]]) -> float:
+    """Dot product of a record's weights with ``query`` (term id, weight), in its order.
+
+    The record's terms become a dict with one C-level unpack (a Python loop that searches
+    the record's bytes per query term costs ~3× more).
+    """
+    total = 0.0
+    if rec is not None:
+        n = rec[0] | rec[1] << 8
+        both = (_LAYOUTS.get(n) or _layout(n)).unpack_from(rec, 2)
+        get = dict(zip(both[:n], both[n:], strict=True)).get
+        for tid, w in query:
+            x = get(tid)
+            if x is not None:
+                total += w * x
+    return total
 
 
-def _shared(langs: tuple[str, ...]) -> tuple[str, ...]:
-    """One tuple object per distinct language list (a few dozen), not one per user."""
-    if len(_LANGS) > 10_000:
-        _LANGS.clear()
-    return _LANGS.setdefault(langs, langs)
+_LAYOUTS: dict[int, struct.Struct] = {}
+
+
+def _layout(n: int) -> struct.Struct:
+    """The struct of a record's ``n`` ids and ``n`` weights (one per ``n`` seen, ≤ 65535)."""
+    layout = _LAYOUTS.get(n)
+    if layout is None:
+        layout = _LAYOUTS[n] = struct.Struct(f"={n}i{n}f")
+    return layout

@@ -91,26 +91,24 @@ class Recommender:
         """``ranked`` as (similarity, DID): no Profile is built for users nobody is offered."""
         presence = self.presence
         vec = weigh(tokenize(text), presence.stats)
-        scored: list[tuple[float, int, str]] = []
+        online = presence.now_us - presence.window_us
         cutoff = presence.now_us - self.cooldown_us
         last_mentioned = self._last_mentioned
         wanted = set(langs) if self.require_shared_language and langs else None
-        for did in presence.candidates(vec, self.max_candidates):
-            # ``eligible``, on the presence's columns instead of a Profile.
-            if did == author or not presence.is_online(did) or self.is_bot(did):
-                continue
+        is_bot, may_mention, handle = self.is_bot, self.may_mention, self.identity.handle
+
+        def keep(did: str, last_us: int, theirs: tuple[str, ...]) -> bool:
+            """``eligible``, on what the presence's columns hold instead of a Profile."""
+            if did == author or last_us < online or is_bot(did):
+                return False
             last = last_mentioned.get(did)
             if last is not None and last >= cutoff:
-                continue
-            if wanted is not None:
-                theirs = presence.langs_of(did)
-                if theirs and not wanted.intersection(theirs):
-                    continue
-            if not self.may_mention(did) or self.identity.handle(did) is None:
-                continue
-            sim = presence.similarity(did, vec)
-            if sim > 0:
-                scored.append((sim, presence.last_seen(did), did))
+                return False
+            if wanted is not None and theirs and not wanted.intersection(theirs):
+                return False
+            return may_mention(did) and handle(did) is not None
+
+        scored = [m for m in presence.matches(vec, self.max_candidates, keep) if m[0] > 0]
         # Ties broken by recency, then DID, so the order is deterministic for a seed.
         scored.sort(key=lambda sld: (-sld[0], -sld[1], sld[2]))
         return [(sim, did) for sim, _, did in scored]

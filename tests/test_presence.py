@@ -74,3 +74,94 @@ def test_sample_draws_only_online_users_roughly_uniformly() -> None:
     draws = Counter(p.sample(rng).did for _ in range(4000))  # type: ignore[union-attr]
     assert set(draws) == {f"did:plc:u{i}" for i in range(4)}
     assert min(draws.values()) > 850
+
+
+def test_non_plc_dids_and_freed_slots_are_kept_apart() -> None:
+    """did:web and odd-shaped DIDs work like did:plc ones; a slot freed by a leaver is reused
+    without the newcomer inheriting the leaver's identity, texts or index entries."""
+    p = Presence(window_s=60)
+    odd = ["did:web:example.com", "did:plc:short", "did:plc:" + "é" * 24]
+    for i, did in enumerate(odd):
+        p.observe(post(did, T0 + i, f"astronomy telescope nebula {i}", langs=("en",)))
+    assert all(did in p for did in odd) and len(p) == 3
+    assert p.users_sharing(["telescope"]) == set(odd)
+    p.observe(post("did:plc:" + "a" * 24, T0 + 2 * MIN, "knitting wool patterns"))
+    assert len(p) == 1 and not any(did in p for did in odd)  # all three expired
+    for i in range(3):  # newcomers take the freed slots
+        p.observe(
+            like(f"did:plc:{i:024d}", T0 + 2 * MIN + i, "at://did:plc:x/app.bsky.feed.post/1")
+        )
+    assert p.users_sharing(["telescope"]) == set()
+    for i in range(3):
+        prof = p.profile(f"did:plc:{i:024d}")
+        assert prof is not None and prof.texts == () and prof.terms == {} and prof.posts == 0
+    assert p.profile("did:plc:" + "a" * 24).texts == ("knitting wool patterns",)  # type: ignore[union-attr]
+
+
+def test_texts_keep_any_unicode_and_are_cut_to_the_prompt_length() -> None:
+    """Texts round-trip exactly (emoji, lone surrogates from JSON) and are cut at 240 chars."""
+    p = Presence(texts_per_user=2)
+    texts = ["café ☕ naïve résumé", "lone \ud83d surrogate", "x" * 500]
+    for i, text in enumerate(texts):
+        p.observe(post("did:plc:" + "b" * 24, T0 + i, text))
+    prof = p.profile("did:plc:" + "b" * 24)
+    assert prof is not None and prof.posts == 3
+    assert prof.texts == ("lone \ud83d surrogate", "x" * 240)
+
+
+def test_survives_pickling_and_the_checkpoint_restore() -> None:
+    """The checkpoint pickles Presence and restores it with ``vars(...).update``."""
+    import pickle
+
+    p = Presence(window_s=600)
+    for i in range(50):
+        did = f"did:plc:{i:024d}" if i % 7 else f"did:web:u{i}.test"
+        p.observe(post(did, T0 + i, f"topic{i % 5} shared words here", langs=("en",)))
+    fresh = Presence(window_s=600)
+    vars(fresh).update(vars(pickle.loads(pickle.dumps(p))))
+    assert [u.did for u in fresh.online()] == [u.did for u in p.online()]
+    assert fresh.users_sharing(["topic3"]) == p.users_sharing(["topic3"])
+    assert fresh.profile("did:web:u7.test") == p.profile("did:web:u7.test")
+    fresh.observe(like(f"did:plc:{3:024d}", T0 + 100, "at://did:plc:x/app.bsky.feed.post/1"))
+    assert next(fresh.online()).did == f"did:plc:{3:024d}"
+
+
+def test_index_sweep_frees_term_ids_for_new_terms() -> None:
+    """Terms nobody holds any more leave the vocabulary; the index stays exact."""
+    p = Presence(terms_per_user=2)
+    for i in range(3000):  # one user's topics churn: stale entries force sweeps
+        p.observe(post("did:plc:" + "c" * 24, T0 + i, f"word{i}a word{i}b"))
+    assert len(p._term_ids) <= 2 + 1024 + 4
+    assert p.users_sharing([f"word{2999}a"]) == {"did:plc:" + "c" * 24}
+    assert p.users_sharing(["word5a"]) == set()
+    assert set(p.terms_of("did:plc:" + "c" * 24)) == {"word2999a", "word2999b"}
+
+
+def test_sample_stays_uniform_when_few_users_remain_after_many() -> None:
+    """After most users left, sampling still reaches every remaining user (no dead tries)."""
+    p = Presence(window_s=60)
+    for i in range(3000):
+        p.observe(like(f"did:plc:{i:024d}", T0 + i, "at://did:plc:x/app.bsky.feed.post/1"))
+    for i in range(3):
+        p.observe(like(f"did:plc:k{i:023d}", T0 + 10 * MIN, "at://did:plc:x/app.bsky.feed.post/1"))
+    assert len(p) == 3
+    rng = random.Random(2)
+    draws = Counter(p.sample(rng).did for _ in range(600))  # type: ignore[union-attr]
+    assert set(draws) == {f"did:plc:k{i:023d}" for i in range(3)}
+    assert min(draws.values()) > 150
+
+
+def test_log_positions_are_renumbered_before_they_overflow() -> None:
+    """The recency log's positions restart once they pass 2^30; the order is unchanged."""
+    p = Presence(window_s=60)
+    p._base = (1 << 30) - 10  # as after ~10^9 activities
+    for i in range(4000):
+        p.observe(
+            like(
+                f"did:plc:{i % 1500:024d}", T0 + i * 100_000, "at://did:plc:x/app.bsky.feed.post/1"
+            )
+        )
+    assert p._base < 10_000  # renumbered from 0
+    order = [u.did for u in p.online()]
+    assert order[:2] == [f"did:plc:{3999 % 1500:024d}", f"did:plc:{3998 % 1500:024d}"]
+    assert len(order) == len(p) == 601  # the window includes its start

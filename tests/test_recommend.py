@@ -120,3 +120,48 @@ def test_no_one_online_gives_an_empty_offer() -> None:
     rec = Recommender(Presence(), MemoryIdentity())
     for picker in ("llm", "similar", "random"):
         assert rec.offer(picker, POST_TEXT, AUTHOR, ("en",), random.Random(1)).candidates == ()
+
+
+def test_ranking_matches_a_brute_force_over_online_profiles() -> None:
+    """``ranked`` is ``eligible`` + similarity to the profile's terms over everyone online,
+    on a crowd where profiles overlap, differ in language and some were mentioned."""
+    from botsky.presence import tokenize, weigh
+
+    rng = random.Random(3)
+    words = [
+        "bread",
+        "sourdough",
+        "running",
+        "trail",
+        "chess",
+        "garden",
+        "tomato",
+        "jazz",
+        "piano",
+        "coffee",
+    ]
+    presence = Presence(window_s=1800)
+    handles = {}
+    for i in range(120):
+        did = f"did:plc:{i:024d}"
+        handles[did] = f"u{i}.test"
+        langs = ("en",) if i % 4 else ("fr",)
+        for k in range(rng.randint(1, 3)):
+            text = " ".join(rng.choices(words, k=rng.randint(2, 6)))
+            presence.observe(post(did, T0 + i * 1000 + k, text, langs=langs))
+    rec = Recommender(presence, MemoryIdentity(handles), cooldown_s=3600)
+    for i in range(0, 120, 9):
+        rec.note_mentioned(f"did:plc:{i:024d}", T0)
+    author, text = "did:plc:" + "0" * 23 + "7", "sourdough bread and a garden tomato"
+    vec = weigh(tokenize(text), presence.stats)
+    expected = sorted(
+        (
+            (-sum(w * p.terms.get(t, 0.0) for t, w in vec.items()), -p.last_us, p.did)
+            for p in presence.online()
+            if rec.eligible(p, author, ("en",))
+        ),
+    )
+    expected = [(-s, d) for s, _, d in expected if s < 0]
+    got = [(s, p.did) for s, p in rec.ranked(text, author, ("en",))]
+    assert [d for _, d in got] == [d for _, d in expected]
+    assert [s for s, _ in got] == pytest.approx([s for s, _ in expected])
