@@ -61,7 +61,7 @@ def check_config_cmd(config_path: Path | None) -> None:
 @_config_option
 def run_cmd(config_path: Path | None) -> None:
     """Run the service: read the source, answer eligible posts, record and score mentions."""
-    from botsky.app import build_app
+    from botsky.app import build_app, freeze_startup_heap
     from botsky.configload import load_config, resolve_secrets
     from botsky.logs import configure_logging, register_secret
 
@@ -83,6 +83,7 @@ def run_cmd(config_path: Path | None) -> None:
 
     async def _main() -> None:
         app = await build_app(loaded, secrets)
+        freeze_startup_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -246,3 +246,47 @@ async def test_sqlite_runs_inline_only_for_lockstep_finite_sources(
         assert inner.inline is inline
     finally:
         await app.aclose()
+
+
+def test_run_freezes_the_startup_heap(tmp_path: Path) -> None:
+    """`botsky run` takes what start-up built (SDK modules, the app) out of the collector's
+    full passes: nearly every container alive after ``build_app`` is frozen, so a full
+    collection later walks only what the run itself keeps."""
+    events = [identity("did:plc:b", T0, "bob.test"), post("did:plc:b", T0 + 1, "bread")]
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(map(event_to_jetstream, events)))
+    (tmp_path / "botsky.yaml").write_text(
+        "data_dir: data\nsource: {kind: replay, path: events.jsonl}\n"
+        "audience: {mode: open, acknowledge_open_audience: true}\nlogging: {format: json}\n"
+    )
+    (tmp_path / "bots.yaml").write_text(
+        "bots:\n  - name: ada\n    persona: hi\n    provider: template\n    model: t\n"
+        "    picker: similar\n    account: {handle: ada.test}\n"
+    )
+    spy = (
+        "import gc, sys\n"
+        "import botsky.app as app\n"
+        "real = app.freeze_startup_heap\n"
+        "def spy():\n"
+        "    before = len(gc.get_objects())\n"
+        "    real()\n"
+        "    print('FROZEN', before, gc.get_freeze_count(), len(gc.get_objects()), flush=True)\n"
+        "app.freeze_startup_heap = spy\n"
+        "from botsky.cli import main\n"
+        "sys.argv = ['botsky', 'run', '-c', 'botsky.yaml']\n"
+        "main()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", spy],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("FROZEN"))
+    before, frozen, left = map(int, line.split()[1:])
+    assert before > 50_000  # the imported SDKs alone
+    assert frozen >= before * 0.9
+    assert left < 1_000

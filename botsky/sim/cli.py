@@ -90,6 +90,7 @@ def simulate_cmd(
     port: int | None,
 ) -> None:
     """Simulate a social network and score the bot army against its ground truth."""
+    from botsky.app import freeze_startup_heap
     from botsky.configload import load_config, resolve_secrets
     from botsky.logs import configure_logging, register_secret
     from botsky.sim.run import simulate
@@ -157,6 +158,9 @@ def simulate_cmd(
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
 
+        # The imported SDKs are most of the heap: out of the collector's full passes (see
+        # freeze_startup_heap; the app is built inside simulate, after this).
+        freeze_startup_heap()
         try:
             with progress:
                 result = asyncio.run(
