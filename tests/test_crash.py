@@ -99,6 +99,14 @@ def _start(cfg: Path, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[byte
     )
 
 
+def _replies(repo: Path) -> int:
+    """Replies in the dry-run repository so far (a line each)."""
+    try:
+        return repo.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 async def _ledger_state(path: Path):  # type: ignore[no-untyped-def]
     led = SqliteLedger(path)
     await led.open()
@@ -117,10 +125,19 @@ def test_sigkill_at_random_points_never_double_replies_or_loses_a_mention(tmp_pa
     repo = tmp_path / "data" / "dry_run_posts.jsonl"
     rng = random.Random(20261121)
     kills_mid_run = 0
-    for _ in range(KILLS):
+    for k in range(KILLS):
         proc = _start(cfg)
-        # Let it get going (interpreter start-up is ~0.5 s), then kill it somewhere in the run.
-        time.sleep(rng.uniform(0.6, 2.5))
+        if k % 4 == 3:
+            # During start-up and the recovery of the previous kill's claims.
+            time.sleep(rng.uniform(0.3, 0.9))
+        else:
+            # A few replies into the run, at a random point of a reply's steps: by progress,
+            # not by the clock, so the kills land mid-run however fast the machine or the code.
+            target = _replies(repo) + rng.randint(1, 8)
+            deadline = time.monotonic() + 60
+            while _replies(repo) < target and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.01))
         if proc.poll() is None:
             kills_mid_run += 1
         proc.send_signal(signal.SIGKILL)
