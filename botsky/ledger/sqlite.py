@@ -263,7 +263,7 @@ class SqliteLedger:
         # timeout is SQLite's busy timeout: how long a statement waits for a lock.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            mode = _switch_to_wal(conn, self.busy_timeout)
             if mode != "wal":
                 raise LedgerError(f"{self.path} cannot use WAL mode (journal_mode is {mode})")
             # NORMAL is durable in WAL mode except for the last transactions on power loss;
@@ -307,6 +307,27 @@ def _why_not_writable(path: Path) -> str:
         if target.exists() and not os.access(target, os.W_OK):
             return f" (no write permission on {target})"
     return ""
+
+
+def _switch_to_wal(conn: sqlite3.Connection, patience_s: float) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds the file.
+
+    Switching a new file needs an exclusive lock, and SQLite answers SQLITE_BUSY at once
+    (without its busy handler) when connections opening the same new file collide; the
+    collision ends as soon as one of them has switched it, so a short wait settles it.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return str(mode)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _now_us() -> int:
