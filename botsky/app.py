@@ -223,7 +223,7 @@ class App:
             self.presence.observe(event)
             await self.outcomes.observe(event)
             if self.selector is not None and self.dispatcher is not None and event.is_post_create:
-                post = PostRef.of(event.record)
+                post = event.post
                 reason = self.selector.reason(event, post)
                 if reason is None and not self.partitions.owns(event.uri):
                     reason = "other_replica"

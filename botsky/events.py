@@ -7,7 +7,7 @@ everything downstream (presence, outcomes, the selector) handles exactly one typ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -64,11 +64,23 @@ class Event:
     handle: str | None = None
     active: bool | None = None
     status: str | None = None
+    # ``post``'s answer, kept: four sinks read each new post in a row (consent, presence,
+    # outcomes, selector). Not a field of the event's value.
+    _post: PostRef | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def uri(self) -> str:
         """The AT-URI of the record this commit touches."""
         return f"at://{self.did}/{self.collection}/{self.rkey}"
+
+    @property
+    def post(self) -> PostRef:
+        """The record read as a post (``PostRef.of``), parsed once per event."""
+        post = self._post
+        if post is None:
+            post = PostRef.of(self.record)
+            _SET_POST(self, post)
+        return post
 
     @property
     def is_post_create(self) -> bool:
@@ -107,18 +119,6 @@ class PostRef:
 
         Anything that is not a dict (``None`` included) reads as an empty post.
         """
-        # Four sinks read each new post in a row (consent, presence, outcomes, selector): the
-        # last answer is kept with its record (held, so its identity cannot be reused).
-        # Records are never mutated once parsed.
-        last = _last_post
-        if last[0] is record and record is not None:
-            return last[1]
-        post = cls._read(record)
-        _last_post[:] = (record, post)
-        return post
-
-    @classmethod
-    def _read(cls, record: object) -> PostRef:
         if not isinstance(record, dict):
             record = {}
         text = record.get("text")
@@ -140,9 +140,6 @@ class PostRef:
     @property
     def is_reply(self) -> bool:
         return self.parent_uri is not None
-
-
-_last_post: list[Any] = [None, None]  # (record, PostRef) of the last PostRef.of call
 
 
 def _str_field(obj: object, key: str) -> str | None:
@@ -209,6 +206,7 @@ _SET_REV = Event.__dict__["rev"].__set__
 _SET_HANDLE = Event.__dict__["handle"].__set__
 _SET_ACTIVE = Event.__dict__["active"].__set__
 _SET_STATUS = Event.__dict__["status"].__set__
+_SET_POST = Event.__dict__["_post"].__set__
 
 
 def commit_event(
@@ -237,6 +235,7 @@ def commit_event(
     _SET_HANDLE(e, None)
     _SET_ACTIVE(e, None)
     _SET_STATUS(e, None)
+    _SET_POST(e, None)
     return e
 
 

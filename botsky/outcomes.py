@@ -237,7 +237,7 @@ class OutcomeWatcher:
             record = event.record
             # A top-level post without an embed can mean nothing here: skip parsing it.
             if isinstance(record, dict) and ("reply" in record or "embed" in record):
-                await self._on_post(event, PostRef.of(record))
+                await self._on_post(event, event.post)
         elif col in (LIKE, REPOST):
             r = self._reply_row(event.subject_uri())
             if r >= 0:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event, PostRef
+from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event
 
 __all__ = ["DAY_US", "OPT_OUT_REASONS", "AudiencePolicy", "KillSwitch"]
 
@@ -205,7 +205,7 @@ class AudiencePolicy:
             if event.subject_did() in self.bot_dids:
                 self.opted_in.add(event.did)
         elif event.collection == POST:
-            post = PostRef.of(event.record)
+            post = event.post
             to_bot = _authority(post.parent_uri) in self.bot_dids
             if to_bot and self._stop is not None and self._stop.search(post.text):
                 reason = ASKED_TO_STOP

@@ -48,7 +48,7 @@ from typing import Final
 
 import regex
 
-from botsky.events import POST, Event, PostRef
+from botsky.events import POST, Event
 
 __all__ = ["Keep", "Match", "Presence", "Profile", "TermStats", "counted", "tokenize", "weigh"]
 
@@ -271,7 +271,7 @@ class Presence:
             return
         i = self._touch(event.did, event.time_us)
         if event.collection == POST and event.operation == "create":
-            post = PostRef.of(event.record)
+            post = event.post
             self._learn(i, post.text, post.langs)
         self.expire()
 
@@ -351,15 +351,6 @@ class Presence:
         if i < 0:
             return 0.0
         return _similarity(self._rec[i], self._query(vec))
-
-    def langs_of(self, did: str) -> tuple[str, ...]:
-        i = self._find(did)
-        return () if i < 0 else self._lang_sets[self._lang[i]]
-
-    def last_seen(self, did: str) -> int:
-        """The user's last activity (``time_us``); 0 for an unknown user."""
-        i = self._find(did)
-        return 0 if i < 0 else self._last[i]
 
     def terms_of(self, did: str) -> dict[str, float]:
         """The term weights of ``did``'s profile (empty for unknown users and non-posters)."""

@@ -67,15 +67,8 @@ class RetryingLedger:
             try:
                 return await attr(*args, **kwargs)
             except LedgerUnavailable as exc:
-                self.retries += 1
                 wait = self.initial_s * (1 + random.random())
-                log.warning(
-                    "ledger_unavailable",
-                    method=name,
-                    attempt=1,
-                    retry_in_s=round(wait, 2),
-                    error=str(exc),
-                )
+                self._note_wait(name, 1, wait, exc)
                 started = time.monotonic()
                 await self.sleep(wait)
             async for attempt in AsyncRetrying(
@@ -97,13 +90,16 @@ class RetryingLedger:
         return call
 
     def _waiting(self, method: str, state: RetryCallState) -> None:
-        self.retries += 1
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
+        self._note_wait(method, state.attempt_number + 1, wait, exc)  # +1: the bare attempt
+
+    def _note_wait(self, method: str, attempt: int, wait: float, exc: BaseException | None) -> None:
+        self.retries += 1
         log.warning(
             "ledger_unavailable",
             method=method,
-            attempt=state.attempt_number + 1,  # the bare first attempt came before
+            attempt=attempt,
             retry_in_s=round(wait, 2),
             error=str(exc),
         )

@@ -284,12 +284,9 @@ class SqliteLedger:
 
     def _translate(self, exc: sqlite3.Error) -> BotskyError:
         """A busy or locked database is transient; every other sqlite3 error is fatal."""
-        code = getattr(exc, "sqlite_errorcode", None)
-        # The low byte is the primary result code; extended codes such as SQLITE_BUSY_SNAPSHOT
-        # share it.
-        if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        if _is_busy(exc):
             return LedgerUnavailable(f"{self.path} is locked: {exc}")
-        if code is not None and code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+        if _primary_code(exc) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
             # SQLite's "unable to open database file" does not say why; the usual reason does.
             return LedgerError(f"{self.path}: {exc}{_why_not_writable(self.path)}")
         return LedgerError(f"{self.path}: {exc}")
@@ -309,6 +306,18 @@ def _why_not_writable(path: Path) -> str:
     return ""
 
 
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    # The low byte is the primary result code; extended codes such as SQLITE_BUSY_SNAPSHOT
+    # share it.
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """A busy or locked database: transient."""
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _switch_to_wal(conn: sqlite3.Connection, patience_s: float) -> str:
     """``PRAGMA journal_mode = WAL``, retried while another connection holds the file.
 
@@ -322,10 +331,7 @@ def _switch_to_wal(conn: sqlite3.Connection, patience_s: float) -> str:
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             return str(mode)
         except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise
-            if time.monotonic() >= deadline:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
 
