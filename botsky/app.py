@@ -21,7 +21,7 @@ from typing import Any, cast
 import structlog
 
 from botsky.army import Army, Bot
-from botsky.config import WebConfig
+from botsky.config import Settings, WebConfig
 from botsky.configload import LoadedConfig, Secrets
 from botsky.dispatch import ComposeRules, Dispatcher, Selector
 from botsky.errors import ConfigError
@@ -39,12 +39,12 @@ from botsky.posting import DryRunPoster, Poster
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.resolve import ResolvingIdentity
-from botsky.scoring import score, score_log_fields
+from botsky.scoring import ScoringOptions, log_reading
 from botsky.sources import open_source
 from botsky.sources.base import Source
 from botsky.web import WebServer, serve
 
-__all__ = ["App", "RunSummary", "build_app", "build_bots"]
+__all__ = ["App", "RunSummary", "build_app", "build_bots", "scoring_options"]
 
 log = structlog.get_logger("botsky.app")
 
@@ -108,8 +108,10 @@ class App:
         web: WebConfig | None = None,
         partitions: PgPartitions | SinglePartition | None = None,
         handover_buffer: int = 10_000,
+        scoring: ScoringOptions | None = None,
     ) -> None:
         self.source = source
+        self.scoring = scoring or ScoringOptions()
         self.ledger = ledger
         self.presence = presence
         self.identity = identity
@@ -323,17 +325,25 @@ class App:
         await self.source.aclose()
 
     async def _score_loop(self) -> None:
+        # On the stream clock: every score_interval_s of stream time (expiry happens in
+        # OutcomeWatcher.observe as the stream passes each window).
         while True:
-            await asyncio.sleep(self.score_interval_s)
-            await self.outcomes.expire(self.presence.now_us)
+            await self.outcomes.clock.sleep(self.score_interval_s)
             await self.log_scores()
 
     async def log_scores(self) -> None:
-        """One ``recommender_score`` line per model."""
-        rows = score(await self.ledger.mentions(), await self.ledger.outcomes(), by="model")
-        for s in rows:
-            fields = score_log_fields(s)
-            log.info(fields.pop("event"), **fields)
+        """Log the reading as of the stream clock and save that clock in the ledger."""
+        await log_reading(self.ledger, self.outcomes.clock.now_us, self.scoring)
+
+
+def scoring_options(st: Settings) -> ScoringOptions:
+    """How readings are made, from the ``outcomes`` and ``scoring`` settings."""
+    return ScoringOptions(
+        window_s=st.outcomes.window_s,
+        horizon_s=st.scoring.engagement_horizon_s,
+        alpha=st.scoring.alpha,
+        controls=tuple(st.scoring.control_pickers),
+    )
 
 
 def build_bots(
@@ -577,4 +587,5 @@ async def build_app(
         web=st.web,
         partitions=partitions,
         handover_buffer=st.scale.handover_buffer,
+        scoring=scoring_options(st),
     )

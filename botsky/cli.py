@@ -1,4 +1,5 @@
-"""The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``check-config``, ``accounts``.
+"""The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``plan``, ``check-config``,
+``accounts``.
 
 With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory. Logs go to
 stdout (JSON lines unless stdout is a terminal); human summaries and tables go to stderr or, for
@@ -12,16 +13,19 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import orjson
 from rich.console import Console
 from rich.table import Table
 
 from botsky import __version__
 from botsky.errors import BotskyError, ConfigError
-from botsky.ledger.base import Mention, Outcome
+from botsky.stats_cli import scores_options
+
+if TYPE_CHECKING:
+    from botsky.config import Settings
+    from botsky.stats_cli import Rows
 
 __all__ = ["main"]
 
@@ -103,68 +107,71 @@ def run_cmd(config_path: Path | None) -> None:
 
 @cli.command("scores")
 @_config_option
-@click.option(
-    "--by",
-    type=click.Choice(["model", "persona", "bot", "picker", "provider"]),
-    default="model",
-    show_default=True,
-    help="Group mentions by this field.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--logs",
-    "log_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Rebuild the scores from a botsky JSON log file instead of the ledger.",
-)
-@click.option(
-    "--plot",
-    "plot_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write success rates with Wilson 95% intervals per model and picker as a PNG.",
-)
+@scores_options
 def scores_cmd(
-    config_path: Path | None, by: str, as_json: bool, log_file: Path | None, plot_file: Path | None
+    config_path: Path | None,
+    by: str,
+    as_json: bool,
+    log_file: Path | None,
+    plot_file: Path | None,
+    as_of: str | None,
+    wide: bool,
 ) -> None:
-    """Print the leaderboard: success rate with its 95% interval, engagement and cost."""
-    from botsky.scoring import rebuild_from_log, render_table, score, scores_json
+    """Print the leaderboard: rates over decided mentions with anytime-valid intervals,
+    comparisons between arms, engagement and cost (methods: docs/statistics.md)."""
+    from botsky.app import scoring_options
+    from botsky.scoring import ScoringOptions, log_clock_us, rebuild_from_log
+    from botsky.stats_cli import Rows, show_scores
 
     if log_file is not None:
+        # The same reading options as the ledger path when a config is there; defaults if not.
+        options = ScoringOptions()
+        if config_path is not None or _default_config_exists():
+            from botsky.configload import load_config
+
+            options = scoring_options(_load_or_exit(load_config, config_path).settings)
         with log_file.open("rb") as fh:
-            mentions, outcomes = rebuild_from_log(fh)
+            lines = fh.readlines()
+        mentions, outcomes = rebuild_from_log(lines)
+        rows = Rows(mentions, outcomes, log_clock_us(lines))
     else:
         from botsky.configload import load_config
-        from botsky.ledger import open_ledger
 
         loaded = _load_or_exit(load_config, config_path)
-        st = loaded.settings
+        options = scoring_options(loaded.settings)
+        rows = read_ledger_rows(loaded.settings)
+    show_scores(rows, options, by=by, as_json=as_json, plot_file=plot_file, as_of=as_of, wide=wide)
 
-        async def _rows() -> tuple[list[Mention], list[Outcome]]:
-            ledger = open_ledger(st.ledger.url, st.data_dir)
-            await ledger.open()
-            try:
-                return await ledger.mentions(), await ledger.outcomes()
-            finally:
-                await ledger.close()
 
+def read_ledger_rows(st: Settings) -> Rows:
+    """The ledger's mentions, outcomes and saved stream clock; exit 1 if it cannot be read."""
+    from botsky.ledger import open_ledger
+    from botsky.scoring import CLOCK_CURSOR
+    from botsky.stats_cli import Rows
+
+    async def _rows() -> Rows:
+        ledger = open_ledger(st.ledger.url, st.data_dir)
+        await ledger.open()
         try:
-            mentions, outcomes = asyncio.run(_rows())
-        except BotskyError as exc:
-            click.echo(f"botsky: {exc}", err=True)
-            sys.exit(1)
-    rows = score(mentions, outcomes, by=by)
-    if plot_file is not None:
-        from botsky.plot import plot_scores
+            return Rows(
+                await ledger.mentions(),
+                await ledger.outcomes(),
+                await ledger.load_cursor(CLOCK_CURSOR),
+            )
+        finally:
+            await ledger.close()
 
-        by_model = score(mentions, outcomes, by="model")
-        plot_scores(by_model, score(mentions, outcomes, by="picker"), plot_file)
-        click.echo(f"plot written to {plot_file}", err=True)
-    if as_json:
-        click.echo(orjson.dumps(scores_json(rows), option=orjson.OPT_INDENT_2).decode())
-    else:
-        Console().print(render_table(rows))
+    try:
+        return asyncio.run(_rows())
+    except BotskyError as exc:
+        click.echo(f"botsky: {exc}", err=True)
+        sys.exit(1)
+
+
+def _default_config_exists() -> bool:
+    from botsky.configload import DEFAULT_CONFIG_PATH
+
+    return Path(DEFAULT_CONFIG_PATH).is_file()
 
 
 def _load_or_exit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -196,9 +203,11 @@ def _register() -> None:
     # Imported here, not at the top: each module imports only click until its command runs.
     from botsky.accounts import accounts
     from botsky.sim.cli import simulate_cmd
+    from botsky.stats_cli import plan_cmd
 
     cli.add_command(accounts)
     cli.add_command(simulate_cmd)
+    cli.add_command(plan_cmd)
 
 
 _register()

@@ -177,7 +177,15 @@ class OutcomesConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
+    # Log a reading every interval_s of stream time (the wall clock for live sources).
     interval_s: float = Field(default=60.0, gt=0)
+    # Engagement (likes, reposts, quotes, author replies) is counted within this time after the
+    # reply, over replies older than it (docs/statistics.md).
+    engagement_horizon_s: float = Field(default=86_400.0, gt=0)
+    # 1 - coverage of every interval; the family-wise error rate of the comparisons.
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    # Arms whose every mention used one of these pickers are control arms.
+    control_pickers: list[str] = Field(default_factory=lambda: ["similar", "random"])
 
 
 class ComposeConfig(_Strict):

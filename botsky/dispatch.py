@@ -316,7 +316,12 @@ class Dispatcher:
             completion_tokens=draft.usage.completion_tokens,
             cost_usd=draft.usage.cost_usd,
             latency_ms=round((time.perf_counter() - started) * 1000, 1),
-            extra={"repaired": list(composed.repaired)} if composed.repaired else {},
+            extra={
+                # The outcome window it is watched under: scoring reads it with this window
+                # even if outcomes.window_s changes later (docs/statistics.md).
+                "window_s": self.outcomes.window_us / 1e6,
+                **({"repaired": list(composed.repaired)} if composed.repaired else {}),
+            },
         )
         # The intent goes in with the claim, so a crash before record_mention loses nothing.
         # The ledgers encode it with orjson, which writes dataclasses as objects natively
@@ -397,6 +402,7 @@ def _log_posted(m: Mention) -> None:
         cost_usd=m.cost_usd,
         latency_ms=m.latency_ms,
         repaired=m.extra.get("repaired", []),
+        window_s=m.extra.get("window_s"),
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -38,7 +38,7 @@ from botsky.errors import ModelUnavailable, PostRateLimited
 from botsky.ledger.base import Ledger, Mention, Outcome
 from botsky.llm.base import Completion, Model
 from botsky.posting import Posted, Poster, ReplyPost
-from botsky.scoring import Score, score
+from botsky.scoring import CLOCK_CURSOR, Leaderboard, Score, ScoringOptions, leaderboard
 from botsky.sources.base import SourceStats
 
 __all__ = [
@@ -83,11 +83,16 @@ METRIC_NAMES: Final = (
     "botsky_opt_outs_total",
     # read from the ledger (cached), per model
     "botsky_mentions",
-    "botsky_mentions_matured",
+    "botsky_mentions_decided",
+    "botsky_mentions_pending",
     "botsky_successes",
     "botsky_success_rate",
     "botsky_success_rate_ci_low",
     "botsky_success_rate_ci_high",
+    "botsky_success_rate_cs_low",
+    "botsky_success_rate_cs_high",
+    "botsky_success_rate_km",
+    "botsky_design_effect",
     "botsky_engagement_per_reply",
     "botsky_scores_age_seconds",
 )
@@ -164,6 +169,8 @@ class AppView(Protocol):
     def summary(self) -> _SummaryView: ...
     @property
     def cursor_name(self) -> str: ...
+    @property
+    def scoring(self) -> ScoringOptions: ...
 
 
 # --- ledger-derived scores, cached --------------------------------------------------------
@@ -174,16 +181,21 @@ class ScoreCache:
     """The ledger's mentions and outcomes, reloaded at most every ``max_age_s`` seconds.
 
     ``refresh`` is the only method that touches the ledger; concurrent callers share one
-    reload. ``scores(by)`` is pure over the cached rows.
+    reload. ``board(by)`` is pure over the cached rows, read as of ``as_of_us``: the stream
+    time ``clock()`` gave at the reload (the App's), or, before any event, the clock the ledger
+    saved at its last reading (else the rows' latest time).
     """
 
     ledger: Ledger
     max_age_s: float = 5.0
+    clock: Callable[[], int] = lambda: 0
+    options: ScoringOptions = field(default_factory=ScoringOptions)
     mentions: list[Mention] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    as_of_us: int | None = None
     loaded_at: float | None = None  # time.monotonic() of the last reload
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
-    _scores: dict[str, list[Score]] = field(default_factory=dict, repr=False)
+    _boards: dict[str, Leaderboard] = field(default_factory=dict, repr=False)
 
     async def refresh(self, *, force: bool = False) -> None:
         """Reload from the ledger if the cache is older than ``max_age_s`` (or ``force``)."""
@@ -193,17 +205,25 @@ class ScoreCache:
             )
             if fresh and not force:
                 return
+            # The clock first: rows recorded after it are left out by the as-of reading.
+            as_of = self.clock() or await self.ledger.load_cursor(CLOCK_CURSOR)
             mentions = await self.ledger.mentions()
             outcomes = await self.ledger.outcomes()
-            self.mentions, self.outcomes = mentions, outcomes
-            self._scores.clear()
+            self.mentions, self.outcomes, self.as_of_us = mentions, outcomes, as_of or None
+            self._boards.clear()
             self.loaded_at = time.monotonic()
 
+    def board(self, by: str = "model") -> Leaderboard:
+        """``scoring.leaderboard`` over the cached rows (once per reload and grouping)."""
+        if by not in self._boards:
+            self._boards[by] = leaderboard(
+                self.mentions, self.outcomes, by=by, as_of_us=self.as_of_us, options=self.options
+            )
+        return self._boards[by]
+
     def scores(self, by: str = "model") -> list[Score]:
-        """``scoring.score`` over the cached rows (computed once per reload and grouping)."""
-        if by not in self._scores:
-            self._scores[by] = score(self.mentions, self.outcomes, by=by)
-        return self._scores[by]
+        """The per-group lines of ``board(by)``."""
+        return self.board(by).scores
 
     def age_s(self) -> float | None:
         return None if self.loaded_at is None else time.monotonic() - self.loaded_at
@@ -294,26 +314,52 @@ class AppCollector(Collector):
         rows = self.cache.scores("model") if self.cache.loaded_at is not None else []
         families = {
             "botsky_mentions": ("Mentions in the ledger, by model.", lambda r: r.mentions),
-            "botsky_mentions_matured": (
-                "Mentions that succeeded or expired, by model.",
-                lambda r: r.matured,
+            "botsky_mentions_decided": (
+                "Mentions whose outcome window has closed (stream time), by model.",
+                lambda r: r.decided,
             ),
-            "botsky_successes": ("Mentions that succeeded, by model.", lambda r: r.successes),
+            "botsky_mentions_pending": (
+                "Mentions whose outcome window is still open, by model.",
+                lambda r: r.pending,
+            ),
+            "botsky_successes": (
+                "Decided mentions answered within their window, by model.",
+                lambda r: r.successes,
+            ),
             "botsky_success_rate": (
-                "Successes / matured mentions, by model (NaN before any matured).",
-                lambda r: float("nan") if r.success_rate is None else r.success_rate,
+                "Successes / decided mentions, by model (NaN before any is decided).",
+                lambda r: _nan(r.success_rate),
             ),
             "botsky_success_rate_ci_low": (
-                "Wilson 95% interval, lower bound, by model.",
+                "Fixed-n (one look) Wilson 95% interval, lower bound, by model.",
                 lambda r: r.ci_low,
             ),
             "botsky_success_rate_ci_high": (
-                "Wilson 95% interval, upper bound, by model.",
+                "Fixed-n (one look) Wilson 95% interval, upper bound, by model.",
                 lambda r: r.ci_high,
             ),
+            "botsky_success_rate_cs_low": (
+                "Anytime-valid 95% confidence sequence, lower bound, by model.",
+                lambda r: r.cs_low,
+            ),
+            "botsky_success_rate_cs_high": (
+                "Anytime-valid 95% confidence sequence, upper bound, by model.",
+                lambda r: r.cs_high,
+            ),
+            "botsky_success_rate_km": (
+                "Kaplan-Meier probability of an answer within the window (open mentions "
+                "censored), by model.",
+                lambda r: _nan(r.km_rate),
+            ),
+            "botsky_design_effect": (
+                "Cluster-robust over binomial variance of the rate (clusters: mentioned users), "
+                "by model (NaN when undefined).",
+                lambda r: _nan(r.design_effect),
+            ),
             "botsky_engagement_per_reply": (
-                "Likes, reposts, quotes and author replies per bot reply, by model.",
-                lambda r: r.engagement_per_reply,
+                "Likes, reposts, quotes and author replies within the engagement horizon per "
+                "reply older than it, by model (NaN before any).",
+                lambda r: _nan(r.engagement_per_reply),
             ),
         }
         for name, (doc, value) in families.items():
@@ -327,6 +373,10 @@ class AppCollector(Collector):
         cache_age = self.cache.age_s()
         age.add_metric([], float("nan") if cache_age is None else cache_age)
         yield age
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> Metric:
@@ -409,7 +459,12 @@ class Metrics:
         """Read ``app``'s counters at every scrape; returns the score cache it reads from."""
         if self._collector is not None:
             self.registry.unregister(self._collector)
-        self.cache = ScoreCache(app.ledger, max_age_s=max_age_s)
+        self.cache = ScoreCache(
+            app.ledger,
+            max_age_s=max_age_s,
+            clock=lambda: app.presence.now_us,
+            options=app.scoring,
+        )
         self._collector = AppCollector(app, self.cache)
         self.registry.register(self._collector)
         return self.cache

@@ -9,7 +9,8 @@ What counts, for each open mention:
 - a block of the bot by the author or the mentioned user → ``block`` (a negative).
 
 A mention stays indexed until its window closes, even after success, so engagement that comes
-later is still counted; at window end an open mention is closed as ``expired``. Every outcome is
+later is still counted; when the *stream* time passes its window end (``StreamClock``, moved by
+every event in ``observe``) an open mention is closed as ``expired``. Every outcome is
 written to the ledger once (the ledger's unique key makes replays idempotent).
 
 **Memory.** 10^6 mentions can be open at once (a day's window), so the watcher keeps only what
@@ -52,6 +53,7 @@ never wrong.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from array import array
 from hashlib import blake2b
@@ -62,7 +64,7 @@ import structlog
 from botsky.events import BLOCK, LIKE, POST, REPOST, Event, PostRef
 from botsky.ledger.base import Ledger, Mention, Outcome
 
-__all__ = ["OutcomeWatcher"]
+__all__ = ["OutcomeWatcher", "StreamClock"]
 
 log = structlog.get_logger("botsky.outcomes")
 
@@ -174,10 +176,66 @@ class _Chains:
             self.mask, self.split = (high << 1) - 1, 0
 
 
+class StreamClock:
+    """The stream's time: the latest event time seen, in microseconds (0 before any event).
+
+    Expiry and scoring run on it, not on the wall clock, so a replay or a simulation (whose
+    stream time runs far ahead of the wall clock) closes windows and reads scores exactly as a
+    live run would. ``sleep`` waits for stream time, not wall time.
+    """
+
+    def __init__(self) -> None:
+        self.now_us = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def __getstate__(self) -> dict[str, int]:
+        # Checkpoints keep the time; sleepers belong to the running loop, not to the state.
+        return {"now_us": self.now_us}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.now_us = state["now_us"]
+        self._waiters = []
+
+    def advance(self, time_us: int) -> None:
+        """Move the clock to ``time_us`` if it is later; wake the sleepers it passes."""
+        if time_us <= self.now_us:
+            return  # Jetstream times are not monotonic: the clock never goes back
+        self.now_us = time_us
+        if self._waiters:
+            keep = []
+            for target, fut in self._waiters:
+                if target <= time_us:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((target, fut))
+            self._waiters = keep
+
+    async def sleep(self, seconds: float) -> int:
+        """Wait until stream time is ``seconds`` past now (past the first event, if none has
+        come yet); returns the stream time then."""
+        if self.now_us == 0:
+            await self._until(1)
+        target = self.now_us + max(1, int(seconds * 1e6))
+        await self._until(target)
+        return self.now_us
+
+    async def _until(self, target: int) -> None:
+        if self.now_us >= target:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, fut))
+        try:
+            await fut
+        finally:
+            self._waiters = [(t, f) for t, f in self._waiters if f is not fut]
+
+
 class OutcomeWatcher:
     def __init__(self, ledger: Ledger, *, window_s: float = 86_400.0) -> None:
         self.ledger = ledger
         self.window_us = int(window_s * 1e6)
+        self.clock = StreamClock()
         self.counts: dict[str, int] = {}
         # Rows [_first, _base + stored) are live; [_base, _first) expired, awaiting a bulk cut.
         self._base = 0
@@ -228,7 +286,17 @@ class OutcomeWatcher:
         self._by_mentioned.add(row, _digest(m.mentioned_did), live, first, base)
 
     async def observe(self, event: Event) -> None:
-        """Record whatever this event means for the mentions being watched."""
+        """Record whatever this event means for the mentions being watched.
+
+        Every event moves the stream clock; mentions whose window closed before this event's
+        time are closed first (an answer at the very end of a window still counts).
+        """
+        t = event.time_us
+        if t > self.clock.now_us:
+            self.clock.advance(t)
+            first = self._first - self._base
+            if first < len(self._ids) and self._created[first] + self.window_us < t:
+                await self.expire(t - 1)
         # (not self._ids: nothing stored at all, the cheap test; expired rows are skipped later)
         if event.kind != "commit" or event.operation != "create" or not self._ids:
             return

@@ -1,9 +1,11 @@
-"""``botsky scores --plot FILE.png``: success rates with Wilson 95% intervals, as a PNG.
+"""``botsky scores --plot FILE.png``: success rates with their 95% intervals, as a PNG.
 
 One panel per grouping (models, then pickers, the control arms), one row per group, best at the
-top, in ``scoring.score`` order: the point is the success rate, the bar its interval, and the
-label carries the tie-aware rank and n (matured/mentions). Groups with nothing matured get the
-full 0-100% bar and no point, which is exactly what is known about them.
+top, in ``scoring.leaderboard`` order: the point is the success rate over decided mentions, the
+thick pale bar the anytime-valid interval (confidence sequence), the thin dark bar inside it the
+fixed-n Wilson interval; the label carries the rank (from the anytime-valid comparisons), the
+decided and pending counts and the design effect. Groups with nothing decided get the full
+0-100% bar and no point, which is exactly what is known about them.
 
 Output is deterministic for the same scores: matplotlib's Agg backend (no display), its bundled
 DejaVu font (nothing fetched or looked up on the system), and no timestamp or version in the
@@ -24,7 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["plot_scores"]
 
 _POINT: Final = "#1d3f73"
-_BAR: Final = "#7aa7e0"
+_BAR: Final = "#b9d0ee"
+_FIXED: Final = "#2f6db5"
 _EMPTY: Final = "#c8ccd2"
 
 
@@ -33,7 +36,9 @@ def plot_scores(
     by_picker: Sequence[Score],
     path: str | Path,
     *,
-    title: str = "botsky: success rate by model and picker (Wilson 95% intervals)",
+    title: str = (
+        "botsky: success rate by model and picker (95%: anytime-valid thick, fixed-n thin)"
+    ),
 ) -> Path:
     """Write the plot to ``path`` (PNG) and return the path."""
     # Imported here so that the CLI and the service do not pay matplotlib's import time unless
@@ -88,13 +93,16 @@ def _panel(ax: Axes, by: str, rows: list[Score]) -> None:
         f = score_log_fields(s)
         rank = f"{'=' if s.tied else ''}{s.rank}"
         name = s.group if len(s.group) <= 32 else s.group[:31] + "…"
-        labels.append(f"{rank}  {name}  (n={s.matured}/{s.mentions})")
-        low, high = f["ci_low"], f["ci_high"]
+        deff = f["design_effect"]
+        extra = f", deff {deff:.2f}" if deff is not None else ""
+        labels.append(f"{rank}  {name}  ({s.decided} decided, {s.pending} pending{extra})")
+        low, high = f["cs_low"], f["cs_high"]
         if s.success_rate is None:
             ax.plot([low, high], [y, y], color=_EMPTY, linewidth=6, solid_capstyle="butt")
-            ax.text(0.5, y + 0.28, "nothing matured", ha="center", fontsize=8, color="#888")
+            ax.text(0.5, y + 0.28, "nothing decided yet", ha="center", fontsize=8, color="#888")
             continue
-        ax.plot([low, high], [y, y], color=_BAR, linewidth=6, solid_capstyle="butt")
+        ax.plot([low, high], [y, y], color=_BAR, linewidth=7, solid_capstyle="butt")
+        ax.plot([f["ci_low"], f["ci_high"]], [y, y], color=_FIXED, linewidth=2.5)
         ax.plot([f["success_rate"]], [y], marker="o", color=_POINT, markersize=7)
         ax.text(
             min(high + 0.01, 0.9),

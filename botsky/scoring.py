@@ -1,32 +1,65 @@
-"""The scoreboard: pure functions from ledger rows to per-group scores.
+"""The scoreboard: one pure function from ledger rows, read *as of* a time, to every figure.
 
-A mention *matures* when it succeeds (the mentioned user posted in the thread) or expires (the
-window closed first); open mentions count towards ``mentions`` and cost but not towards the
-success rate, because their outcome is still unknown. Rates carry a Wilson 95% interval, and
-groups whose intervals cannot be told apart share a rank (see ``score``).
+``leaderboard(mentions, outcomes, as_of_us=..., by=..., options=...)`` is the only place figures
+are computed; the ``recommender_score`` log lines, ``botsky scores`` (table, ``--json``,
+``--as-of``, ``--plot``), the web page, ``/metrics`` and the validation study all call it.
+Methods, assumptions and references: ``docs/statistics.md``.
+
+**Decided, pending.** A mention is *decided* at ``as_of`` once its outcome window has closed
+(``created_us + window <= as_of``); it *succeeded* when the mentioned user answered within the
+window. Everything else is *pending* and never enters a rate, so an early success and an early
+failure count at the same moment and a reading taken mid-run is not biased upwards. Each mention
+is read with the window it was watched under (stored with it as ``extra["window_s"]``; rows from
+before that use ``ScoringOptions.window_s``). The reading depends only on row times, never on
+when expiry ran, so it can be recomputed exactly for any past time (``--as-of``).
 
 The same numbers come from two places: the ledger (``botsky scores`` on a database) and the
 JSON log (``rebuild_from_log``), so a run can be scored after the fact from its log alone. Both
-paths go through ``score`` and round in exactly one place (``score_log_fields``).
+paths go through ``leaderboard`` and round in exactly one place (``score_log_fields``).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from itertools import combinations
 from typing import Any, Final
 
 import orjson
+import structlog
 from rich.table import Table
+from scipy.optimize import brentq
+from scipy.stats import norm
 
-from botsky.ledger.base import Mention, Outcome
+from botsky.ledger.base import Ledger, Mention, Outcome
+from botsky.stats import (
+    beta_binomial_cs,
+    cluster_variance,
+    km_probability,
+    mixture_halfwidth,
+    wilson_interval,
+)
 
 __all__ = [
+    "CLOCK_CURSOR",
     "GROUP_BY",
+    "Comparison",
+    "Leaderboard",
     "Score",
+    "ScoringOptions",
+    "comparison_fields",
+    "decided_outcomes",
+    "latest_time_us",
+    "leaderboard",
+    "leaderboard_json",
+    "log_clock_us",
+    "log_lines",
+    "log_reading",
     "rebuild_from_log",
+    "render_comparisons",
     "render_table",
     "score",
     "score_log_fields",
@@ -34,59 +67,77 @@ __all__ = [
     "wilson_interval",
 ]
 
-GROUP_BY: Final = ("model", "persona", "bot", "picker", "provider")
+log = structlog.get_logger("botsky.scoring")
 
-# z for a two-sided 95% interval: the 0.975 quantile of the standard normal.
-_Z95: Final = 1.959963984540054
+GROUP_BY: Final = ("model", "persona", "bot", "picker", "provider")
+# The ledger cursor under which the runtime saves the stream time it has watched up to at every
+# reading: `botsky scores` reads the ledger as of that time (a mention is decided only when the
+# stream was watched past its window).
+CLOCK_CURSOR: Final = "stream_clock_us"
+
 # Ratios, rates and minutes are printed to 4 decimals; dollar amounts to 6, because a cheap
 # model's cost per reply is a fraction of a cent and 4 decimals would round it to zero.
 _RATIO_DIGITS: Final = 4
 _USD_DIGITS: Final = 6
 _ENGAGEMENT: Final = frozenset({"like", "repost", "quote", "author_reply"})
 _CLOSED: Final = ("succeeded", "expired")
+_HOUR_US: Final = 3_600_000_000
+_DAY_US: Final = 86_400_000_000
+_RATE_DAYS: Final = 7  # mentions per day are measured over the last week of stream time
+_MAX_DAYS: Final = 3650.0  # "days to separate" beyond ten years is reported as unknown (None)
 
 
-def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
-    """Wilson score interval for ``successes`` out of ``n``; ``(0.0, 1.0)`` when ``n == 0``.
+@dataclass(frozen=True, slots=True)
+class ScoringOptions:
+    """How a reading is made (from ``outcomes`` and ``scoring`` settings).
 
-    Wilson rather than the normal approximation because early on a bot has a handful of
-    matured mentions, often 0 or all successes, where the normal interval collapses to a point.
+    ``window_s``: the outcome window for mentions stored without one. ``horizon_s``: engagement
+    is counted within this time after the reply, over replies older than it. ``alpha``: 1 minus
+    the coverage of every interval (per arm), and the family-wise error rate of the comparisons
+    shown together. ``controls``: pickers whose arms are control arms.
     """
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denom
-    # At p == 0 (p == 1) the lower (upper) bound is exactly 0 (1), but float rounding leaves
-    # it a hair off, which would print as a nonzero bound or fail a "low <= p" check.
-    low = 0.0 if successes <= 0 else max(0.0, centre - half)
-    high = 1.0 if successes >= n else min(1.0, centre + half)
-    return (low, high)
+
+    window_s: float = 86_400.0
+    horizon_s: float = 86_400.0
+    alpha: float = 0.05
+    controls: tuple[str, ...] = ("similar", "random")
 
 
 @dataclass(frozen=True, slots=True)
 class Score:
-    """One group's line on the scoreboard (exact values; rounding happens on output).
+    """One group's line on the scoreboard as of ``as_of_us`` (exact values; rounded on output).
 
-    ``group`` is the key value (a model name, persona, ...) and ``by`` the attribute grouped
-    on. Per-reply ratios divide by all ``mentions``; ``success_rate`` and its interval use only
-    ``matured`` ones (succeeded + expired). ``rank`` and ``tied`` are explained in ``score``.
+    Rates are over ``decided`` mentions; ``pending`` ones are counted apart. ``ci_*`` is the
+    fixed-n Wilson interval and ``cs_*`` the anytime-valid confidence sequence, both on the
+    effective sample size ``decided / max(1, design_effect)``. ``km_rate`` uses every mention
+    (open ones censored). Engagement ratios are over ``engagement_replies`` (replies older than
+    the horizon). ``rank``/``tied`` come from the comparisons (see ``leaderboard``).
     """
 
     group: str
     by: str
+    control: bool
     mentions: int
-    matured: int
+    decided: int
+    pending: int
     successes: int
     success_rate: float | None
     ci_low: float
     ci_high: float
-    likes_per_reply: float
-    engagement_per_reply: float
+    cs_low: float
+    cs_high: float
+    design_effect: float | None
+    effective_n: float
+    km_rate: float | None
+    km_se: float | None
+    answered_1h: float | None
+    answered_6h: float | None
+    median_minutes_to_answer: float | None
+    mentions_per_day: float
+    engagement_replies: int
+    likes_per_reply: float | None
+    engagement_per_reply: float | None
     negatives: int
-    median_minutes_to_reply: float | None
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
@@ -95,88 +146,385 @@ class Score:
     tied: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Arm ``a`` minus arm ``b`` (success rates), with an anytime-valid interval.
+
+    ``low``/``high`` is the normal-mixture confidence sequence at level ``alpha_each`` (alpha
+    split over the comparisons shown, Bonferroni), with cluster-robust variance; ``verdict``
+    is ``better`` (a is better than b: low > 0), ``worse`` (high < 0) or ``not yet separable``.
+    ``fixed_low``/``fixed_high`` is the one-look 95% z-interval, for reference only.
+    ``days_to_separate``: at the current rates and mention flow, the expected days until the
+    interval excludes 0 (None when separated, or not estimable within ten years).
+    """
+
+    a: str
+    b: str
+    kind: str  # "vs control", "between arms" or "between controls"
+    diff: float
+    low: float
+    high: float
+    fixed_low: float
+    fixed_high: float
+    alpha_each: float
+    verdict: str
+    days_to_separate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Leaderboard:
+    """Every figure of one reading: per-group scores (best first) and the comparisons."""
+
+    by: str
+    as_of_us: int
+    options: ScoringOptions
+    scores: list[Score]
+    comparisons: list[Comparison]
+
+
+def latest_time_us(mentions: Iterable[Mention], outcomes: Iterable[Outcome]) -> int:
+    """The latest stream time the rows themselves show (creation, outcome or close), or 0."""
+    t = 0
+    for m in mentions:
+        t = max(t, m.created_us, m.outcome_us or 0)
+    for o in outcomes:
+        t = max(t, o.time_us)
+    return t
+
+
 def score(
-    mentions: Iterable[Mention], outcomes: Iterable[Outcome], by: str = "model"
+    mentions: Iterable[Mention],
+    outcomes: Iterable[Outcome],
+    by: str = "model",
+    *,
+    as_of_us: int | None = None,
+    options: ScoringOptions | None = None,
 ) -> list[Score]:
-    """Score mentions grouped by ``by`` (one of ``GROUP_BY``), best first.
+    """``leaderboard(...).scores``: the per-group lines only."""
+    return leaderboard(mentions, outcomes, by=by, as_of_us=as_of_us, options=options).scores
 
-    Order: success rate descending (groups with nothing matured last), then more mentions
-    first, then group name, so the output is deterministic.
 
-    Engagement counts each ``(mention, kind, uri)`` once, so a replayed like is one like; the
-    ``success`` outcome is not engagement (it is ``successes``, taken from mention status) and
-    ``block`` outcomes are ``negatives``. Outcomes of mentions not in ``mentions`` are ignored.
+def leaderboard(
+    mentions: Iterable[Mention],
+    outcomes: Iterable[Outcome],
+    *,
+    by: str = "model",
+    as_of_us: int | None = None,
+    options: ScoringOptions | None = None,
+) -> Leaderboard:
+    """Every figure, as it reads at ``as_of_us`` (default: the latest time in the rows).
 
-    Rank rule: ``rank = 1 + the number of groups whose ci_low > this group's ci_high``, i.e.
-    only groups that are better with non-overlapping intervals push a group down; ``tied`` is
-    True when another group has the same rank. A group with nothing matured has the interval
-    (0, 1), so nothing is separated from it: it ranks 1 and pushes nobody down (we cannot yet
-    tell it apart from anyone). Because ranks come from intervals and the order from point
-    estimates, a group can rarely show a larger rank than one listed below it.
+    Only mentions created and outcomes recorded at or before ``as_of_us`` are used. Groups are
+    ordered by success rate (none decided last), then decided mentions, then name.
+
+    Comparisons: every pair of groups with decided mentions, each at level ``alpha / K`` for K
+    pairs (Bonferroni), so all verdicts shown hold together with probability ``1 - alpha`` at
+    every reading. ``rank = 1 + the number of groups declared better than this one``; ``tied``
+    when another group has the same rank. A model arm is listed as ``a`` against a control.
     """
     if by not in GROUP_BY:
         raise ValueError(f"cannot group by {by!r}; expected one of {', '.join(GROUP_BY)}")
+    opts = options or ScoringOptions()
+    rows = list(mentions)
+    outs = list(outcomes)
+    as_of = latest_time_us(rows, outs) if as_of_us is None else as_of_us
+    rows = [m for m in rows if m.created_us <= as_of]
+    ids = {m.id for m in rows}
+    outs = [o for o in outs if o.time_us <= as_of and o.mention_id in ids]
+    answered = _answer_times(rows, outs, as_of)
+    # kind -> mention id -> {uri: time}; distinct uris are what make replays count once.
+    seen: dict[str, dict[int, dict[str, int]]] = {}
+    for o in outs:
+        by_uri = seen.setdefault(o.kind, {}).setdefault(o.mention_id, {})
+        by_uri[o.uri] = min(by_uri.get(o.uri, o.time_us), o.time_us)
+
     groups: dict[str, list[Mention]] = {}
-    for m in mentions:
+    for m in rows:
         groups.setdefault(getattr(m, by), []).append(m)
-
-    # kind -> mention id -> distinct uris; a set per mention is what makes replays count once.
-    seen: dict[str, dict[int, set[str]]] = {}
-    for o in outcomes:
-        seen.setdefault(o.kind, {}).setdefault(o.mention_id, set()).add(o.uri)
-
-    unranked = [_score_group(name, by, rows, seen) for name, rows in groups.items()]
-    unranked.sort(
-        key=lambda s: (
-            s.success_rate is None,
-            -(s.success_rate or 0.0),
-            -s.mentions,
-            s.group,
-        )
+    arms = {name: _arm(name, by, ms, answered, seen, as_of, opts) for name, ms in groups.items()}
+    unranked = sorted(
+        (a.score for a in arms.values()),
+        key=lambda s: (s.success_rate is None, -(s.success_rate or 0.0), -s.decided, s.group),
     )
-    ranks = [1 + sum(o.ci_low > s.ci_high for o in unranked) for s in unranked]
-    return [
+    comparisons = _compare([arms[s.group] for s in unranked], as_of, opts)
+    better_than: dict[str, int] = {s.group: 0 for s in unranked}
+    for c in comparisons:
+        if c.verdict == "better":
+            better_than[c.b] += 1
+        elif c.verdict == "worse":
+            better_than[c.a] += 1
+    ranks = [1 + better_than[s.group] for s in unranked]
+    scores = [
         replace(s, rank=r, tied=ranks.count(r) > 1) for s, r in zip(unranked, ranks, strict=True)
     ]
+    return Leaderboard(by, as_of, opts, scores, comparisons)
 
 
-def _score_group(
-    name: str, by: str, rows: list[Mention], seen: dict[str, dict[int, set[str]]]
-) -> Score:
-    """One group's exact numbers; ``seen`` maps kind -> mention id -> distinct outcome uris."""
+def decided_outcomes(
+    mentions: Iterable[Mention],
+    outcomes: Iterable[Outcome],
+    as_of_us: int,
+    options: ScoringOptions | None = None,
+) -> list[tuple[Mention, bool]]:
+    """Every mention decided at ``as_of_us``, with whether it succeeded: the rule of
+    ``leaderboard`` (window closed; success = an answer within the window)."""
+    opts = options or ScoringOptions()
+    rows = [m for m in mentions if m.created_us <= as_of_us]
+    ids = {m.id for m in rows}
+    outs = [o for o in outcomes if o.time_us <= as_of_us and o.mention_id in ids]
+    answered = _answer_times(rows, outs, as_of_us)
+    out = []
+    for m in rows:
+        w = _window_us(m, opts.window_s)
+        if m.created_us + w <= as_of_us:
+            t = answered.get(m.id)
+            out.append((m, t is not None and t - m.created_us <= w))
+    return out
 
-    def count(kind: str) -> int:
-        by_mention = seen.get(kind, {})
-        return sum(len(by_mention.get(m.id, ())) for m in rows)
 
-    n = len(rows)
-    succeeded = [m for m in rows if m.status == "succeeded"]
-    matured = len(succeeded) + sum(m.status == "expired" for m in rows)
-    successes = len(succeeded)
-    low, high = wilson_interval(successes, matured)
-    engagement = sum(count(kind) for kind in _ENGAGEMENT)
-    minutes = [(m.outcome_us - m.created_us) / 60e6 for m in succeeded if m.outcome_us is not None]
+# --- one arm ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Arm:
+    score: Score
+    y: list[float]  # outcome of each decided mention (1 succeeded, 0 not)
+    users: list[str]  # the mentioned user of each decided mention
+    rate: float  # a smoothed rate for variances: (successes + 1) / (decided + 2)
+
+
+def _window_us(m: Mention, default_s: float) -> int:
+    w = m.extra.get("window_s") if m.extra else None
+    if isinstance(w, int | float) and not isinstance(w, bool) and w > 0:
+        return int(w * 1e6)
+    return int(default_s * 1e6)
+
+
+def _answer_times(rows: list[Mention], outs: list[Outcome], as_of: int) -> dict[int, int]:
+    """Mention id -> time of its first answer known at ``as_of`` (a ``success`` outcome, or the
+    ledger's close time for a mention closed ``succeeded`` without one)."""
+    first: dict[int, int] = {}
+    for o in outs:
+        if o.kind == "success":
+            first[o.mention_id] = min(first.get(o.mention_id, o.time_us), o.time_us)
+    for m in rows:
+        if m.status == "succeeded" and m.outcome_us is not None and m.outcome_us <= as_of:
+            first[m.id] = min(first.get(m.id, m.outcome_us), m.outcome_us)
+    return first
+
+
+def _arm(
+    name: str,
+    by: str,
+    rows: list[Mention],
+    answered: dict[int, int],
+    seen: dict[str, dict[int, dict[str, int]]],
+    as_of: int,
+    opts: ScoringOptions,
+) -> _Arm:
+    y: list[float] = []
+    users: list[str] = []
+    minutes: list[float] = []
+    durations: list[float] = []
+    events: list[bool] = []
+    within = {_HOUR_US: [0, 0], 6 * _HOUR_US: [0, 0]}  # horizon -> [answered, eligible]
+    km_horizon = int(opts.window_s * 1e6)
+    for m in rows:
+        w = _window_us(m, opts.window_s)
+        t = answered.get(m.id)
+        delay = None if t is None else max(0, t - m.created_us)
+        in_window = delay is not None and delay <= w
+        if m.created_us + w <= as_of:
+            y.append(1.0 if in_window else 0.0)
+            users.append(m.mentioned_did)
+            if in_window and delay is not None:
+                minutes.append(delay / 60e6)
+        # Kaplan-Meier: an answer within the window is an event; otherwise the mention is
+        # followed up to the reading time or its own window, whichever comes first.
+        if in_window and delay is not None:
+            durations.append(float(delay))
+            events.append(True)
+        else:
+            durations.append(float(min(as_of - m.created_us, w)))
+            events.append(False)
+        for h, counts in within.items():
+            if h <= w and m.created_us + h <= as_of:
+                counts[1] += 1
+                counts[0] += delay is not None and delay <= h
+    decided = len(y)
+    successes = int(sum(y))
+    rate = successes / decided if decided else None
+    deff = _design_effect(y, users)
+    n_eff = decided / max(1.0, deff or 1.0)
+    s_eff = successes * (n_eff / decided) if decided else 0.0
+    km = km_probability(durations, events, km_horizon)
+    horizon = int(opts.horizon_s * 1e6)
+    old = [m for m in rows if m.created_us + horizon <= as_of]
+
+    def count(kinds: Iterable[str], pool: Sequence[Mention], limit_us: int | None) -> int:
+        total = 0
+        for kind in kinds:
+            by_mention = seen.get(kind, {})
+            for m in pool:
+                times = by_mention.get(m.id)
+                if times:
+                    end = None if limit_us is None else m.created_us + limit_us
+                    total += sum(1 for t in times.values() if end is None or t <= end)
+        return total
+
+    likes = count(("like",), old, horizon)
+    engagement = count(sorted(_ENGAGEMENT), old, horizon)
     # fsum is exactly rounded, hence independent of row order: the ledger and the log list
     # mentions in different orders and must still print the same cost.
     cost = math.fsum(m.cost_usd for m in rows)
-    return Score(
+    decided_cost = math.fsum(
+        m.cost_usd for m in rows if m.created_us + _window_us(m, opts.window_s) <= as_of
+    )
+    first = min(m.created_us for m in rows)
+    span_days = min(_RATE_DAYS, max((as_of - first) / _DAY_US, 1.0))
+    recent = sum(m.created_us > as_of - span_days * _DAY_US for m in rows)
+    s = Score(
         group=name,
         by=by,
-        mentions=n,
-        matured=matured,
+        control=all(m.picker in opts.controls for m in rows),
+        mentions=len(rows),
+        decided=decided,
+        pending=len(rows) - decided,
         successes=successes,
-        success_rate=successes / matured if matured else None,
-        ci_low=low,
-        ci_high=high,
-        likes_per_reply=count("like") / n,
-        engagement_per_reply=engagement / n,
-        negatives=count("block"),
-        median_minutes_to_reply=statistics.median(minutes) if minutes else None,
+        success_rate=rate,
+        ci_low=(ci := wilson_interval(s_eff, n_eff, opts.alpha))[0],
+        ci_high=ci[1],
+        cs_low=(cs := beta_binomial_cs(s_eff, n_eff, opts.alpha))[0],
+        cs_high=cs[1],
+        design_effect=deff,
+        effective_n=n_eff,
+        km_rate=None if km is None else km[0],
+        km_se=None if km is None else km[1],
+        answered_1h=_share(within[_HOUR_US]),
+        answered_6h=_share(within[6 * _HOUR_US]),
+        median_minutes_to_answer=statistics.median(minutes) if minutes else None,
+        mentions_per_day=recent / span_days,
+        engagement_replies=len(old),
+        likes_per_reply=likes / len(old) if old else None,
+        engagement_per_reply=engagement / len(old) if old else None,
+        negatives=count(("block",), rows, None),
         prompt_tokens=sum(m.prompt_tokens for m in rows),
         completion_tokens=sum(m.completion_tokens for m in rows),
         cost_usd=cost,
-        cost_per_success=cost / successes if successes else None,
+        cost_per_success=decided_cost / successes if successes else None,
     )
+    return _Arm(s, y, users, (successes + 1) / (decided + 2))
+
+
+def _share(counts: list[int]) -> float | None:
+    return counts[0] / counts[1] if counts[1] else None
+
+
+def _design_effect(y: list[float], users: list[str]) -> float | None:
+    """Cluster-robust variance of the rate over its binomial variance; None if undefined."""
+    n = len(y)
+    if n < 2:
+        return None
+    p = sum(y) / n
+    binomial = p * (1 - p) / n
+    if binomial <= 0:
+        return None
+    robust = cluster_variance(y, users)
+    return None if math.isnan(robust) else robust / binomial
+
+
+# --- comparisons -----------------------------------------------------------------------------
+
+
+def _compare(arms: list[_Arm], as_of: int, opts: ScoringOptions) -> list[Comparison]:
+    live = [a for a in arms if a.score.decided > 0]
+    pairs = list(combinations(live, 2))
+    if not pairs:
+        return []
+    alpha_each = opts.alpha / len(pairs)
+    z = float(norm.ppf(0.975))
+    out = []
+    for first, second in pairs:
+        a, b = first, second
+        if a.score.control and not b.score.control:
+            a, b = b, a
+        kind = (
+            "between controls"
+            if a.score.control and b.score.control
+            else "vs control"
+            if b.score.control
+            else "between arms"
+        )
+        sa, sb = a.score, b.score
+        assert sa.success_rate is not None and sb.success_rate is not None
+        diff = sa.success_rate - sb.success_rate
+        v = _diff_variance(a, b)
+        h = mixture_halfwidth(v, alpha_each)
+        low, high = max(-1.0, diff - h), min(1.0, diff + h)
+        verdict = "better" if low > 0 else "worse" if high < 0 else "not yet separable"
+        days = None if verdict != "not yet separable" else _days_to_separate(a, b, alpha_each)
+        fixed = z * math.sqrt(v)
+        out.append(
+            Comparison(
+                a=sa.group,
+                b=sb.group,
+                kind=kind,
+                diff=diff,
+                low=low,
+                high=high,
+                fixed_low=max(-1.0, diff - fixed),
+                fixed_high=min(1.0, diff + fixed),
+                alpha_each=alpha_each,
+                verdict=verdict,
+                days_to_separate=days,
+            )
+        )
+    return out
+
+
+def _binomial_variance(arm: _Arm) -> float:
+    return arm.rate * (1 - arm.rate) / arm.score.decided
+
+
+def _diff_variance(a: _Arm, b: _Arm) -> float:
+    """Variance of the difference of rates: cluster-robust (people mentioned in both arms add
+    their covariance), never below the binomial variance at smoothed rates (a design effect
+    below 1 is noise, and 0/n must not look certain)."""
+    floor = _binomial_variance(a) + _binomial_variance(b)
+    robust = cluster_variance(
+        [*a.y, *b.y], [*a.users, *b.users], [False] * len(a.y) + [True] * len(b.y)
+    )
+    return floor if math.isnan(robust) else max(robust, floor)
+
+
+def _days_to_separate(a: _Arm, b: _Arm, alpha_each: float) -> float | None:
+    """Days until the interval for the current difference would exclude 0 if the rates, design
+    effects and mention flow stay as they are; None when there is no difference or no flow.
+
+    Mentions made from now on are decided one window later, which is included."""
+    sa, sb = a.score, b.score
+    assert sa.success_rate is not None and sb.success_rate is not None
+    delta = abs(sa.success_rate - sb.success_rate)
+    ra, rb = sa.mentions_per_day, sb.mentions_per_day
+    if delta == 0 or ra <= 0 or rb <= 0:
+        return None
+    ua = max(1.0, sa.design_effect or 1.0) * a.rate * (1 - a.rate)
+    ub = max(1.0, sb.design_effect or 1.0) * b.rate * (1 - b.rate)
+    # Pending mentions will be decided within a window: count them as decided already, and
+    # add the window (stored per mention; the arms share it) at the end.
+    na, nb = sa.decided + sa.pending, sb.decided + sb.pending
+
+    def gap(days: float) -> float:
+        v = ua / (na + ra * days) + ub / (nb + rb * days)
+        return delta - mixture_halfwidth(v, alpha_each)
+
+    if gap(_MAX_DAYS) < 0:
+        return None
+    days = 0.0 if gap(0.0) >= 0 else float(brentq(gap, 0.0, _MAX_DAYS, xtol=1e-3))
+    return days
+
+
+# --- output ----------------------------------------------------------------------------------
 
 
 def _round(value: float | None, digits: int = _RATIO_DIGITS) -> float | None:
@@ -192,28 +540,57 @@ def score_log_fields(s: Score) -> dict[str, Any]:
     return {
         "event": "recommender_score",
         s.by: s.group,
+        "by": s.by,
+        "control": s.control,
         "mentions": s.mentions,
-        "matured": s.matured,
+        "decided": s.decided,
+        "pending": s.pending,
         "successes": s.successes,
         "success_rate": _round(s.success_rate),
         "ci_low": _round(s.ci_low),
         "ci_high": _round(s.ci_high),
+        "cs_low": _round(s.cs_low),
+        "cs_high": _round(s.cs_high),
+        "design_effect": _round(s.design_effect),
+        "effective_n": _round(s.effective_n, 2),
+        "km_rate": _round(s.km_rate),
+        "km_se": _round(s.km_se),
+        "answered_1h": _round(s.answered_1h),
+        "answered_6h": _round(s.answered_6h),
+        "median_minutes_to_answer": _round(s.median_minutes_to_answer),
+        "mentions_per_day": _round(s.mentions_per_day, 2),
+        "engagement_replies": s.engagement_replies,
         "likes_per_reply": _round(s.likes_per_reply),
-        "cost_per_success": _round(s.cost_per_success, _USD_DIGITS),
-        "by": s.by,
-        "rank": s.rank,
-        "tied": s.tied,
         "engagement_per_reply": _round(s.engagement_per_reply),
-        "median_minutes_to_reply": _round(s.median_minutes_to_reply),
+        "negatives": s.negatives,
         "cost_usd": _round(s.cost_usd, _USD_DIGITS),
+        "cost_per_success": _round(s.cost_per_success, _USD_DIGITS),
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.completion_tokens,
-        "negatives": s.negatives,
+        "rank": s.rank,
+        "tied": s.tied,
+    }
+
+
+def comparison_fields(c: Comparison) -> dict[str, Any]:
+    """One comparison, rounded (the ``recommender_comparison`` log line without ``event``)."""
+    return {
+        "a": c.a,
+        "b": c.b,
+        "kind": c.kind,
+        "diff": _round(c.diff),
+        "low": _round(c.low),
+        "high": _round(c.high),
+        "alpha_each": _round(c.alpha_each, 6),
+        "verdict": c.verdict,
+        "days_to_separate": _round(c.days_to_separate, 1),
+        "fixed_low": _round(c.fixed_low),
+        "fixed_high": _round(c.fixed_high),
     }
 
 
 def scores_json(scores: Iterable[Score]) -> list[dict[str, Any]]:
-    """``botsky scores --json``: the log line fields of each score, without ``event``."""
+    """The log line fields of each score, without ``event``."""
     out = []
     for s in scores:
         fields = score_log_fields(s)
@@ -222,40 +599,161 @@ def scores_json(scores: Iterable[Score]) -> list[dict[str, Any]]:
     return out
 
 
-def render_table(scores: list[Score]) -> Table:
-    """The scoreboard as a rich table; tied ranks are marked ``=`` (``=1``)."""
+def leaderboard_json(board: Leaderboard) -> dict[str, Any]:
+    """``botsky scores --json`` and ``/api/leaderboard``: the reading, its scores and its
+    comparisons (rounded as in the log)."""
+    o = board.options
+    return {
+        "by": board.by,
+        "as_of_us": board.as_of_us,
+        "as_of": _iso(board.as_of_us),
+        "window_s": o.window_s,
+        "horizon_s": o.horizon_s,
+        "alpha": o.alpha,
+        "scores": scores_json(board.scores),
+        "comparisons": [comparison_fields(c) for c in board.comparisons],
+    }
+
+
+def _iso(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def render_table(board: Leaderboard | Sequence[Score], *, wide: bool = False) -> Table:
+    """The scoreboard as a rich table; tied ranks are marked ``=`` (``=1``).
+
+    By default it fits 100 columns: rank, group, decided, pending, rate, the anytime-valid
+    interval, the design effect and engagement (cost columns only when something cost money).
+    ``wide`` adds the fixed-n interval, Kaplan–Meier, answered within 1 h / 6 h, the median
+    minutes to answer, likes, tokens and cost.
+    """
+    scores = board.scores if isinstance(board, Leaderboard) else list(board)
     by = scores[0].by if scores else "group"
     table = Table(title=f"botsky scores by {by}")
-    table.add_column("rank", justify="right")
-    table.add_column(by)
-    for header in ("mentions", "matured", "successes", "rate %", "95% CI"):
-        table.add_column(header, justify="right")
-    for header in ("likes/reply", "engagement/reply", "median min to reply"):
-        table.add_column(header, justify="right")
-    table.add_column("cost", justify="right")
-    table.add_column("cost/success", justify="right")
+    paid = any(s.cost_usd > 0 for s in scores)
+    columns: list[tuple[str, str]] = [("rank", "right"), (by, "left")]
+    columns += [("decided", "right"), ("pending", "right"), ("rate %", "right")]
+    columns += [("anytime 95%", "right")]
+    if wide:
+        columns += [("fixed-n 95%", "right"), ("KM %", "right")]
+        columns += [("≤1 h %", "right"), ("≤6 h %", "right")]
+        columns += [("median minutes to answer", "right")]
+    columns += [("design effect", "right"), ("engagement / reply", "right")]
+    if wide:
+        columns += [("likes / reply", "right"), ("tokens in/out", "right")]
+    if paid or wide:
+        columns += [("cost $", "right"), ("$ / success", "right")]
+    for header, justify in columns:
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
     for s in scores:
         # Format from the rounded log fields so the table can never disagree with the JSON.
         f = score_log_fields(s)
-        table.add_row(
+        cells = [
             f"{'=' if s.tied else ''}{s.rank}",
-            s.group,
-            str(s.mentions),
-            str(s.matured),
-            str(s.successes),
+            s.group if wide or len(s.group) <= 24 else s.group[:23] + "…",
+            str(s.decided),
+            str(s.pending),
             _fmt(f["success_rate"], "{:.1f}", 100),
-            f"{f['ci_low'] * 100:.1f}–{f['ci_high'] * 100:.1f}",
-            _fmt(f["likes_per_reply"], "{:.3f}"),
-            _fmt(f["engagement_per_reply"], "{:.3f}"),
-            _fmt(f["median_minutes_to_reply"], "{:.1f}"),
-            _fmt(f["cost_usd"], "${:.6f}"),
-            _fmt(f["cost_per_success"], "${:.6f}"),
+            f"{f['cs_low'] * 100:.1f}–{f['cs_high'] * 100:.1f}",
+        ]
+        if wide:
+            cells += [
+                f"{f['ci_low'] * 100:.1f}–{f['ci_high'] * 100:.1f}",
+                _fmt(f["km_rate"], "{:.1f}", 100),
+                _fmt(f["answered_1h"], "{:.1f}", 100),
+                _fmt(f["answered_6h"], "{:.1f}", 100),
+                _fmt(f["median_minutes_to_answer"], "{:.1f}"),
+            ]
+        cells += [_fmt(f["design_effect"], "{:.2f}"), _fmt(f["engagement_per_reply"], "{:.3f}")]
+        if wide:
+            cells += [
+                _fmt(f["likes_per_reply"], "{:.3f}"),
+                f"{s.prompt_tokens}/{s.completion_tokens}",
+            ]
+        if paid or wide:
+            cells += [_fmt(f["cost_usd"], "{:.6f}"), _fmt(f["cost_per_success"], "{:.6f}")]
+        table.add_row(*cells)
+    return table
+
+
+def render_comparisons(board: Leaderboard) -> Table:
+    """The comparisons as a rich table (fits 100 columns)."""
+    k = len(board.comparisons)
+    table = Table(
+        title=f"comparisons by {board.by}: difference in success rate, percentage points "
+        f"(anytime-valid, {k} shown, family-wise 95%)"
+    )
+    for header, justify in (
+        ("arm", "left"),
+        ("vs", "left"),
+        ("diff", "right"),
+        ("interval", "right"),
+        ("verdict", "left"),
+        ("days to separate", "right"),
+    ):
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    for c in board.comparisons:
+        f = comparison_fields(c)
+        days = f["days_to_separate"]
+        table.add_row(
+            c.a if len(c.a) <= 20 else c.a[:19] + "…",
+            c.b if len(c.b) <= 20 else c.b[:19] + "…",
+            f"{f['diff'] * 100:+.1f}",
+            f"{f['low'] * 100:+.1f} to {f['high'] * 100:+.1f}",
+            c.verdict,
+            "–" if days is None else f"{days:.0f}",
         )
     return table
 
 
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
     return "–" if value is None else spec.format(value * scale)
+
+
+def log_lines(board: Leaderboard) -> list[dict[str, Any]]:
+    """The log lines of one reading: a ``recommender_score`` line per group, then a
+    ``recommender_comparison`` line per comparison; each carries ``as_of_us``."""
+    lines = [{**score_log_fields(s), "as_of_us": board.as_of_us} for s in board.scores]
+    for c in board.comparisons:
+        lines.append(
+            {
+                "event": "recommender_comparison",
+                "by": board.by,
+                **comparison_fields(c),
+                "as_of_us": board.as_of_us,
+            }
+        )
+    return lines
+
+
+async def log_reading(ledger: Ledger, clock_us: int, options: ScoringOptions) -> Leaderboard:
+    """Read the ledger as of the stream time ``clock_us`` (the rows' latest time while no event
+    has been seen), log the reading by model, and save the clock under ``CLOCK_CURSOR``."""
+    mentions, outcomes = await ledger.mentions(), await ledger.outcomes()
+    board = leaderboard(mentions, outcomes, by="model", as_of_us=clock_us or None, options=options)
+    if clock_us:
+        await ledger.save_cursor(CLOCK_CURSOR, clock_us)
+    for line in log_lines(board):
+        log.info(line.pop("event"), **line)
+    return board
+
+
+def log_clock_us(lines: Iterable[bytes | str]) -> int | None:
+    """The latest ``as_of_us`` of the ``recommender_score`` lines in a log: the stream time the
+    run had watched up to at its last reading (None if the log has none)."""
+    clock: int | None = None
+    for line in lines:
+        if b"recommender_score" not in (line if isinstance(line, bytes) else line.encode()):
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "recommender_score":
+            t = _int(rec, "as_of_us")
+            if t is not None and (clock is None or t > clock):
+                clock = t
+    return clock
 
 
 def rebuild_from_log(lines: Iterable[bytes | str]) -> tuple[list[Mention], list[Outcome]]:
@@ -348,6 +846,8 @@ def _mention_from_log(rec: dict[str, Any]) -> Mention | None:
         cost_usd=_float(rec, "cost_usd"),
         latency_ms=_float(rec, "latency_ms"),
         id=mention_id,
+        # The window the mention was watched under (absent in logs of older versions).
+        extra={"window_s": window} if (window := _float(rec, "window_s")) > 0 else {},
     )
 
 

@@ -6,7 +6,8 @@ Routes (all GET):
 - ``/readyz``: 200 when the source is connected and the ledger answers, else 503 (no token);
 - ``/metrics``: Prometheus text format (``botsky.metrics``);
 - ``/``: the leaderboard per model, persona and picker, recent conversations, a health summary;
-- ``/api/leaderboard?by=model``: exactly ``botsky scores --json`` (``scoring.scores_json``);
+- ``/api/leaderboard?by=model``: exactly ``botsky scores --json`` (``scoring.leaderboard_json``),
+  read as of the App's stream clock;
 - ``/api/conversations?limit=50``: the latest mentions, newest first, with their outcomes.
 
 When a token is configured, every route but the two health checks needs
@@ -50,7 +51,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from botsky.errors import ConfigError
 from botsky.ledger.base import Mention
 from botsky.metrics import CONTENT_TYPE, AppView, Metrics, ScoreCache
-from botsky.scoring import GROUP_BY, Score, score_log_fields, scores_json
+from botsky.scoring import (
+    GROUP_BY,
+    Comparison,
+    Leaderboard,
+    Score,
+    comparison_fields,
+    leaderboard_json,
+    score_log_fields,
+)
 
 __all__ = ["LEADERBOARD_GROUPS", "WebServer", "bsky_url", "create_app", "serve"]
 
@@ -130,7 +139,7 @@ def create_app(
             return JSONResponse(
                 {"error": f"by must be one of {', '.join(GROUP_BY)}"}, status_code=400
             )
-        return await refresh() or JSONResponse(scores_json(cache.scores(by)))
+        return await refresh() or JSONResponse(leaderboard_json(cache.board(by)))
 
     async def conversations_api(request: Request) -> Response:
         limit = _limit(request.query_params.get("limit"), default=50)
@@ -367,15 +376,19 @@ def _attr(value: object) -> str:
     return "" if value is None else _e(value)
 
 
-def _ci_svg(low: float, high: float, rate: float | None) -> str:
-    """The Wilson interval as a bar on a 0-100% track, the point estimate as a tick."""
+def _ci_svg(cs: tuple[float, float], ci: tuple[float, float], rate: float | None) -> str:
+    """The anytime-valid interval as a bar on a 0-100% track, the fixed-n (Wilson) interval as a
+    thin line inside it, the point estimate as a tick."""
     w, h, pad = 200, 18, 4
     span = w - 2 * pad
 
     def x(v: float) -> float:
         return round(pad + v * span, 2)
 
-    label = f"95% interval {low * 100:.1f}% to {high * 100:.1f}%"
+    label = (
+        f"anytime-valid 95% interval {cs[0] * 100:.1f}% to {cs[1] * 100:.1f}%; "
+        f"fixed-n {ci[0] * 100:.1f}% to {ci[1] * 100:.1f}%"
+    )
     parts = [
         f'<svg class="ci" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
         f'aria-label="{_e(label)}"><title>{_e(label)}</title>',
@@ -384,8 +397,12 @@ def _ci_svg(low: float, high: float, rate: float | None) -> str:
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{x(tick)}" y1="5" x2="{x(tick)}" y2="13" stroke="#ccd" />')
     parts.append(
-        f'<rect x="{x(low)}" y="5" width="{max(x(high) - x(low), 1.0):.2f}" height="8" '
-        'rx="2" fill="#7aa7e0" />'
+        f'<rect class="cs" x="{x(cs[0])}" y="5" width="{max(x(cs[1]) - x(cs[0]), 1.0):.2f}" '
+        'height="8" rx="2" fill="#b9d0ee" />'
+    )
+    parts.append(
+        f'<rect class="fixed" x="{x(ci[0])}" y="8" width="{max(x(ci[1]) - x(ci[0]), 1.0):.2f}" '
+        'height="2" fill="#2f6db5" />'
     )
     if rate is not None:
         parts.append(f'<rect x="{x(rate) - 1.5:.2f}" y="2" width="3" height="14" fill="#1d3f73" />')
@@ -400,30 +417,43 @@ def _score_rows(rows: list[Score]) -> str:
         rank = f"{'=' if s.tied else ''}{s.rank}"
         group = s.group if len(s.group) <= 80 else s.group[:79] + "…"
         rate = _num(f["success_rate"], "{:.1f}%", 100)
+        cs = f"{f['cs_low'] * 100:.1f}–{f['cs_high'] * 100:.1f}%"
         ci = f"{f['ci_low'] * 100:.1f}–{f['ci_high'] * 100:.1f}%"
         data = {
             "group": s.group,
             "rank": s.rank,
             "tied": "true" if s.tied else "false",
+            "control": "true" if s.control else "false",
             "mentions": s.mentions,
-            "matured": s.matured,
+            "decided": s.decided,
+            "pending": s.pending,
             "successes": s.successes,
             "success-rate": f["success_rate"],
             "ci-low": f["ci_low"],
             "ci-high": f["ci_high"],
+            "cs-low": f["cs_low"],
+            "cs-high": f["cs_high"],
+            "km-rate": f["km_rate"],
+            "design-effect": f["design_effect"],
             "engagement-per-reply": f["engagement_per_reply"],
             "cost-per-success": f["cost_per_success"],
         }
         attrs = " ".join(f'data-{k}="{_attr(v)}"' for k, v in data.items())
+        control = ' <span class="control">control</span>' if s.control else ""
+        bar = _ci_svg((s.cs_low, s.cs_high), (s.ci_low, s.ci_high), s.success_rate)
         out.append(
             f'<tr class="score" {attrs}>'
             f'<td class="rank">{_e(rank)}</td>'
-            f'<td class="group" title="{_e(s.group)}">{_e(group)}</td>'
+            f'<td class="group" title="{_e(s.group)}">{_e(group)}{control}</td>'
             f'<td class="rate num">{_e(rate)}</td>'
-            f'<td class="ci">{_ci_svg(s.ci_low, s.ci_high, s.success_rate)}'
-            f'<span class="ci-text">{_e(ci)}</span></td>'
-            f'<td class="n num">{s.matured}/{s.mentions}</td>'
+            f'<td class="ci">{bar}'
+            f'<span class="ci-text">{_e(cs)}</span>'
+            f'<div class="fixed-text">fixed-n {_e(ci)}</div></td>'
+            f'<td class="decided num">{s.decided}</td>'
+            f'<td class="pending num">{s.pending}</td>'
             f'<td class="successes num">{s.successes}</td>'
+            f'<td class="km num">{_e(_num(f["km_rate"], "{:.1f}%", 100))}</td>'
+            f'<td class="design-effect num">{_e(_num(f["design_effect"], "{:.2f}"))}</td>'
             f'<td class="engagement-per-reply num">'
             f"{_e(_num(f['engagement_per_reply'], '{:.3f}'))}</td>"
             f'<td class="cost-per-success num">'
@@ -433,19 +463,57 @@ def _score_rows(rows: list[Score]) -> str:
     return "\n".join(out)
 
 
-def _leaderboard_section(by: str, rows: list[Score]) -> str:
-    body = _score_rows(rows) or '<tr><td colspan="8" class="empty">no mentions yet</td></tr>'
+def _comparison_rows(rows: list[Comparison]) -> str:
+    out = []
+    for c in rows:
+        f = comparison_fields(c)
+        days = f["days_to_separate"]
+        out.append(
+            f'<tr class="comparison" data-a="{_e(c.a)}" data-b="{_e(c.b)}" '
+            f'data-verdict="{_e(c.verdict)}" data-diff="{_attr(f["diff"])}" '
+            f'data-low="{_attr(f["low"])}" data-high="{_attr(f["high"])}" '
+            f'data-days-to-separate="{_attr(days)}">'
+            f'<td>{_e(c.a)}</td><td>{_e(c.b)}</td><td class="kind">{_e(c.kind)}</td>'
+            f'<td class="num">{f["diff"] * 100:+.1f}</td>'
+            f'<td class="num">{f["low"] * 100:+.1f} to {f["high"] * 100:+.1f}</td>'
+            f'<td class="verdict verdict-{_e(c.verdict.replace(" ", "-"))}">{_e(c.verdict)}</td>'
+            f'<td class="num">{"–" if days is None else f"{days:.0f}"}</td>'
+            "</tr>"
+        )
+    return "\n".join(out)
+
+
+def _leaderboard_section(by: str, board: Leaderboard) -> str:
+    body = (
+        _score_rows(board.scores) or '<tr><td colspan="11" class="empty">no mentions yet</td></tr>'
+    )
+    comparisons = ""
+    if board.comparisons:
+        comparisons = f"""
+<table class="comparisons" data-by="{_e(by)}">
+<caption>Differences in success rate, percentage points; anytime-valid intervals holding
+together for all {len(board.comparisons)} comparisons (family-wise 95%).</caption>
+<thead><tr><th>arm</th><th>vs</th><th>kind</th><th>difference</th><th>interval</th>
+<th>verdict</th><th title="at the current rates and mention flow">days to separate</th></tr>
+</thead>
+<tbody>
+{_comparison_rows(board.comparisons)}
+</tbody>
+</table>"""
     return f"""
 <section id="by-{by}" class="board">
 <h2>By {_e(by)}</h2>
 <table class="scores" data-by="{_e(by)}">
-<thead><tr><th>rank</th><th>{_e(by)}</th><th>success rate</th><th>95% interval (Wilson)</th>
-<th title="matured / mentions">n</th><th>successes</th><th>engagement / reply</th>
-<th>cost / success</th></tr></thead>
+<thead><tr><th>rank</th><th>{_e(by)}</th><th>success rate</th>
+<th>95% interval: anytime-valid (bar), fixed-n (line)</th>
+<th title="window closed">decided</th><th title="window still open">pending</th>
+<th>successes</th><th title="Kaplan-Meier, open mentions censored">KM estimate</th>
+<th title="cluster-robust / binomial variance">design effect</th>
+<th>engagement / reply</th><th>cost / success</th></tr></thead>
 <tbody>
 {body}
 </tbody>
-</table>
+</table>{comparisons}
 </section>"""
 
 
@@ -513,7 +581,8 @@ def _health(view: AppView) -> list[tuple[str, str]]:
 
 
 def _render_page(view: AppView, cache: ScoreCache, *, conversations: int) -> str:
-    sections = "\n".join(_leaderboard_section(by, cache.scores(by)) for by in LEADERBOARD_GROUPS)
+    sections = "\n".join(_leaderboard_section(by, cache.board(by)) for by in LEADERBOARD_GROUPS)
+    as_of = _time(cache.board("model").as_of_us) or "–"
     convs = list(_conversations(cache, conversations))
     health = "\n".join(
         f'<tr data-key="{_e(k)}"><th>{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in _health(view)
@@ -530,9 +599,13 @@ def _render_page(view: AppView, cache: ScoreCache, *, conversations: int) -> str
 <body>
 <header>
 <h1>botsky leaderboard</h1>
-<p class="lede">Success = the @-mentioned user replied in the thread within the window.
-Rates use matured mentions (succeeded or expired); bars are Wilson 95% intervals; rows whose
-intervals overlap share a rank (<code>=1</code>).</p>
+<p class="lede">As of <span class="as-of">{_e(as_of)}</span> (stream time). Success = the
+@-mentioned user replied in the thread within the window. Rates use <em>decided</em> mentions
+(window closed); <em>pending</em> ones are not in the rate, the Kaplan–Meier estimate uses them
+as censored. Bars are anytime-valid 95% intervals (valid however often you reload), lines the
+fixed-n Wilson intervals, both adjusted for repeated people (design effect). A row's rank is 1 +
+the arms shown better than it; equal ranks are marked <code>=1</code>. Methods:
+docs/statistics.md.</p>
 <nav>{nav} · <a href="#conversations">conversations</a> · <a href="#health">health</a> ·
 <a href="/api/leaderboard?by=model">JSON</a> · <a href="/metrics">metrics</a></nav>
 </header>
@@ -576,6 +649,12 @@ td.rank{font-weight:600;width:3em}
 td.ci{white-space:nowrap}
 td.ci svg{vertical-align:middle}
 .ci-text{margin-left:8px;color:#57606a;font-variant-numeric:tabular-nums}
+.fixed-text{color:#8c959f;font-size:12px;font-variant-numeric:tabular-nums}
+.control{color:#8c959f;font-size:12px;margin-left:4px}
+table.comparisons{margin-top:8px}
+table.comparisons caption{text-align:left;color:#57606a;padding:4px 0}
+.verdict-better{color:#1a7f37;font-weight:600}
+.verdict-worse{color:#cf222e;font-weight:600}
 blockquote{margin:4px 0 0;padding:2px 8px;border-left:3px solid #d0d7de;color:#333;
 white-space:pre-wrap;word-break:break-word}
 .did,.model{color:#57606a;font-size:12px}

@@ -224,12 +224,14 @@ async def simulate(
                 on_day(world)
             mentions, outcomes = await app.ledger.mentions(), await app.ledger.outcomes()
             bots = {b.name: b.picker for b in loaded.bots}
+            # Read as of the stream clock, with the run's scoring options.
+            reading = {"as_of_us": app.outcomes.clock.now_us or None, "options": app.scoring}
             result = SimResult(
                 world=world,
                 summary=summary,
-                by_picker=score(mentions, outcomes, by="picker"),
-                by_model=score(mentions, outcomes, by="model"),
-                by_bot=score(mentions, outcomes, by="bot"),
+                by_picker=score(mentions, outcomes, by="picker", **reading),  # type: ignore[arg-type]
+                by_model=score(mentions, outcomes, by="model", **reading),  # type: ignore[arg-type]
+                by_bot=score(mentions, outcomes, by="bot", **reading),  # type: ignore[arg-type]
                 truth=dict(world.truth),
                 picker_of=bots,
                 oracle_rate=world.oracle_rate(),
