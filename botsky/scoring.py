@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import orjson
 import structlog
+from rich import box
 from rich.table import Table
 from scipy.optimize import brentq
 from scipy.stats import norm
@@ -382,7 +383,8 @@ def _arm(
     )
     first = min(m.created_us for m in rows)
     span_days = min(_RATE_DAYS, max((as_of - first) / _DAY_US, 1.0))
-    recent = sum(m.created_us > as_of - span_days * _DAY_US for m in rows)
+    # Over the last week, or since the arm's first mention if it is younger.
+    recent = sum(m.created_us >= as_of - span_days * _DAY_US for m in rows)
     s = Score(
         group=name,
         by=by,
@@ -421,12 +423,15 @@ def _share(counts: list[int]) -> float | None:
 
 
 def _design_effect(y: list[float], users: list[str]) -> float | None:
-    """Cluster-robust variance of the rate over its binomial variance; None if undefined."""
+    """Cluster-robust variance of the rate over its variance for independent mentions
+    (``p (1 - p) / (n - 1)``, the same small-sample scale, so a design effect is exactly 1 when
+    nobody is mentioned twice); None when undefined (fewer than 2 mentions, a rate of 0 or 1,
+    or a single mentioned user)."""
     n = len(y)
     if n < 2:
         return None
     p = sum(y) / n
-    binomial = p * (1 - p) / n
+    binomial = p * (1 - p) / (n - 1)
     if binomial <= 0:
         return None
     robust = cluster_variance(y, users)
@@ -623,13 +628,15 @@ def render_table(board: Leaderboard | Sequence[Score], *, wide: bool = False) ->
     """The scoreboard as a rich table; tied ranks are marked ``=`` (``=1``).
 
     By default it fits 100 columns: rank, group, decided, pending, rate, the anytime-valid
-    interval, the design effect and engagement (cost columns only when something cost money).
+    interval, the design effect, engagement and, when something cost money, cost per success.
     ``wide`` adds the fixed-n interval, Kaplan–Meier, answered within 1 h / 6 h, the median
     minutes to answer, likes, tokens and cost.
     """
     scores = board.scores if isinstance(board, Leaderboard) else list(board)
     by = scores[0].by if scores else "group"
-    table = Table(title=f"botsky scores by {by}")
+    # No vertical rules (box.SIMPLE_HEAD): two spaces between columns is what lets the default
+    # table fit 100 columns.
+    table = Table(title=f"botsky scores by {by}", box=box.SIMPLE_HEAD, pad_edge=False)
     paid = any(s.cost_usd > 0 for s in scores)
     columns: list[tuple[str, str]] = [("rank", "right"), (by, "left")]
     columns += [("decided", "right"), ("pending", "right"), ("rate %", "right")]
@@ -638,11 +645,11 @@ def render_table(board: Leaderboard | Sequence[Score], *, wide: bool = False) ->
         columns += [("fixed-n 95%", "right"), ("KM %", "right")]
         columns += [("≤1 h %", "right"), ("≤6 h %", "right")]
         columns += [("median minutes to answer", "right")]
-    columns += [("design effect", "right"), ("engagement / reply", "right")]
+    columns += [("design\neffect", "right"), ("engagement\n/ reply", "right")]
     if wide:
-        columns += [("likes / reply", "right"), ("tokens in/out", "right")]
+        columns += [("likes\n/ reply", "right"), ("tokens\nin/out", "right"), ("cost $", "right")]
     if paid or wide:
-        columns += [("cost $", "right"), ("$ / success", "right")]
+        columns += [("$ /\nsuccess", "right")]
     for header, justify in columns:
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
     for s in scores:
@@ -650,7 +657,7 @@ def render_table(board: Leaderboard | Sequence[Score], *, wide: bool = False) ->
         f = score_log_fields(s)
         cells = [
             f"{'=' if s.tied else ''}{s.rank}",
-            s.group if wide or len(s.group) <= 24 else s.group[:23] + "…",
+            s.group if wide or len(s.group) <= 20 else s.group[:19] + "…",
             str(s.decided),
             str(s.pending),
             _fmt(f["success_rate"], "{:.1f}", 100),
@@ -669,9 +676,10 @@ def render_table(board: Leaderboard | Sequence[Score], *, wide: bool = False) ->
             cells += [
                 _fmt(f["likes_per_reply"], "{:.3f}"),
                 f"{s.prompt_tokens}/{s.completion_tokens}",
+                _fmt(f["cost_usd"], "{:.6f}"),
             ]
         if paid or wide:
-            cells += [_fmt(f["cost_usd"], "{:.6f}"), _fmt(f["cost_per_success"], "{:.6f}")]
+            cells += [_fmt(f["cost_per_success"], "{:.6f}")]
         table.add_row(*cells)
     return table
 
@@ -680,8 +688,10 @@ def render_comparisons(board: Leaderboard) -> Table:
     """The comparisons as a rich table (fits 100 columns)."""
     k = len(board.comparisons)
     table = Table(
-        title=f"comparisons by {board.by}: difference in success rate, percentage points "
-        f"(anytime-valid, {k} shown, family-wise 95%)"
+        title=f"comparisons by {board.by}: difference in success rate, percentage points\n"
+        f"(anytime-valid intervals, {k} shown, family-wise 95%)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     for header, justify in (
         ("arm", "left"),
@@ -689,7 +699,7 @@ def render_comparisons(board: Leaderboard) -> Table:
         ("diff", "right"),
         ("interval", "right"),
         ("verdict", "left"),
-        ("days to separate", "right"),
+        ("days to\nseparate", "right"),
     ):
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
     for c in board.comparisons:

@@ -45,6 +45,7 @@ __all__ = [
     "fixed_n_per_arm",
     "km_probability",
     "mixture_halfwidth",
+    "mixture_halfwidths",
     "mixture_rho",
     "wilson_interval",
 ]
@@ -131,6 +132,13 @@ def mixture_halfwidth(variance: float, alpha: float, rho: float | None = None) -
     rho = mixture_rho(alpha) if rho is None else rho
     rv = rho * variance
     return math.sqrt(variance * (1 + rv) * math.log((1 + rv) / (rv * alpha * alpha)))
+
+
+def mixture_halfwidths(variance: np.ndarray, alpha: float, rho: float | None = None) -> np.ndarray:
+    """``mixture_halfwidth`` over an array of positive variances (simulations, plots)."""
+    rho = mixture_rho(alpha) if rho is None else rho
+    rv = rho * variance
+    return np.sqrt(variance * (1 + rv) * np.log((1 + rv) / (rv * alpha * alpha)))
 
 
 @lru_cache(maxsize=64)
