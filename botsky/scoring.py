@@ -533,7 +533,9 @@ def _days_to_separate(a: _Arm, b: _Arm, alpha_each: float) -> float | None:
 
 
 def _round(value: float | None, digits: int = _RATIO_DIGITS) -> float | None:
-    return None if value is None else round(value, digits)
+    # A figure that is not a finite number (e.g. a standard error at a survival of 0) is
+    # unknown: null in JSON, "–" in tables.
+    return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
 def score_log_fields(s: Score) -> dict[str, Any]:

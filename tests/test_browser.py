@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from botsky.app import App
-from botsky.scoring import score, scores_json
+from botsky.scoring import leaderboard, scores_json
 from botsky.testing import FakeVendorServer
 from botsky.web import WebServer, serve
 from tests.test_web import HOSTILE, hostile_answer, replay_app
@@ -145,7 +145,10 @@ async def test_chromium_renders_one_row_per_model_with_the_scores_json_numbers(
 
     mentions, outcomes = await app.ledger.mentions(), await app.ledger.outcomes()
     for by in ("model", "persona", "picker"):
-        expected = scores_json(score(mentions, outcomes, by=by))
+        board = leaderboard(
+            mentions, outcomes, by=by, as_of_us=app.presence.now_us, options=app.scoring
+        )
+        expected = scores_json(board.scores)
         rows = dom.rows[by]
         assert [r["group"] for r in rows] == [e[by] for e in expected]
         for row, exp in zip(rows, expected, strict=True):
@@ -153,12 +156,17 @@ async def test_chromium_renders_one_row_per_model_with_the_scores_json_numbers(
                 "rank": int(row["rank"]),
                 "tied": row["tied"] == "true",
                 "mentions": int(row["mentions"]),
-                "matured": int(row["matured"]),
+                "decided": int(row["decided"]),
+                "pending": int(row["pending"]),
                 "successes": int(row["successes"]),
                 "success_rate": float(row["success-rate"]) if row["success-rate"] else None,
                 "ci_low": float(row["ci-low"]),
                 "ci_high": float(row["ci-high"]),
-                "engagement_per_reply": float(row["engagement-per-reply"]),
+                "cs_low": float(row["cs-low"]),
+                "cs_high": float(row["cs-high"]),
+                "engagement_per_reply": (
+                    float(row["engagement-per-reply"]) if row["engagement-per-reply"] else None
+                ),
                 "cost_per_success": (
                     float(row["cost-per-success"]) if row["cost-per-success"] else None
                 ),
@@ -185,8 +193,11 @@ def _row_numbers(row: dict[str, str]) -> dict[str, Any]:
     return {
         "rank": int(row["rank"]),
         "mentions": int(row["mentions"]),
-        "matured": int(row["matured"]),
+        "decided": int(row["decided"]),
+        "pending": int(row["pending"]),
         "successes": int(row["successes"]),
+        "cs_low": float(row["cs-low"]),
+        "cs_high": float(row["cs-high"]),
         "success_rate": float(row["success-rate"]) if row["success-rate"] else None,
         "ci_low": float(row["ci-low"]),
         "ci_high": float(row["ci-high"]),
@@ -249,7 +260,7 @@ async def test_chromium_reads_the_page_of_a_served_simulation(
             )
             stdout, _ = await out.communicate()
             assert out.returncode == 0
-            scores[by] = orjson.loads(stdout)
+            scores[by] = orjson.loads(stdout)["scores"]
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), _TIMEOUT_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm.template import TemplateWriter
 from botsky.metrics import METRIC_NAMES, AppView, InstrumentedModel, Metrics
 from botsky.posting import ReplyPost, StrongRef
-from botsky.scoring import score
+from botsky.scoring import ScoringOptions, score
 from botsky.sources.base import SourceStats
 from botsky.testing import FakeModel, FakeVendorServer, RecordingPoster
 from botsky.web import serve
@@ -153,13 +154,21 @@ async def test_collector_reads_a_real_run_at_scrape_time(tmp_path: Path) -> None
     assert s[("botsky_dispatch_queue_depth", ())] == 0
     assert s[("botsky_dispatch_queue_capacity", ())] == app.dispatcher.queue_size
     assert s[("botsky_outcomes_total", (("kind", "success"),))] == app.outcomes.counts["success"]
-    for row in score(mentions, outcomes, by="model"):
+    # Read as of the App's stream clock with its scoring options, like the log and the page.
+    rows = score(mentions, outcomes, by="model", as_of_us=app.presence.now_us, options=app.scoring)
+    assert rows and sum(r.decided for r in rows) > 0
+    for row in rows:
         key = (("model", row.group),)
         assert s[("botsky_mentions", key)] == row.mentions
         assert s[("botsky_successes", key)] == row.successes
-        assert s[("botsky_mentions_matured", key)] == row.matured
-        assert s[("botsky_success_rate", key)] == pytest.approx(row.success_rate)
+        assert s[("botsky_mentions_decided", key)] == row.decided
+        assert s[("botsky_mentions_pending", key)] == row.pending
+        assert s[("botsky_success_rate", key)] == pytest.approx(row.success_rate, nan_ok=True)
         assert s[("botsky_success_rate_ci_low", key)] == pytest.approx(row.ci_low)
+        assert s[("botsky_success_rate_cs_low", key)] == pytest.approx(row.cs_low)
+        assert s[("botsky_success_rate_cs_high", key)] == pytest.approx(row.cs_high)
+        deff = math.nan if row.design_effect is None else row.design_effect
+        assert s[("botsky_design_effect", key)] == pytest.approx(deff, nan_ok=True)
     # The wrapped LLM bots' calls are recorded; the template bot makes none.
     calls = {k[1]: v for k, v in s.items() if k[0] == "botsky_model_calls_total"}
     llm_mentions = [m for m in mentions if m.provider in ("openai", "anthropic")]
@@ -234,6 +243,7 @@ class _View:
     dispatcher: _Dispatcher | None = None
     summary: _Summary = field(default_factory=_Summary)
     cursor_name: str = "jetstream"
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
 
 
 async def test_collector_reports_source_health_queue_and_opt_outs(ledger: SqliteLedger) -> None:

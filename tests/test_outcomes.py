@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from botsky.events import Event
 from botsky.ledger.base import Mention
 from botsky.ledger.sqlite import SqliteLedger
-from botsky.outcomes import OutcomeWatcher
+from botsky.outcomes import OutcomeWatcher, StreamClock
 from botsky.testing import block, fake_cid, like, post, repost
 from tests.conftest import MIN, T0
 
@@ -119,10 +121,50 @@ async def test_mentions_expire_when_the_window_closes(ledger: SqliteLedger) -> N
 async def test_a_success_after_the_window_is_ignored_even_before_expiry_runs(
     ledger: SqliteLedger,
 ) -> None:
-    """The window is checked on the event itself, not only by the expiry sweep."""
+    """A late answer's own time closes the mention (stream clock) and is not a success."""
     watcher, _m, _root, bot_reply = await _setup(ledger, window_s=3600)
     await watcher.observe(post(TARGET, T0 + 2 * HOUR, "late", reply_to=bot_reply))
+    assert (await ledger.mentions())[0].status == "expired"
+    assert await _kinds(ledger) == []
+
+
+async def test_stream_time_closes_windows_without_a_sweep(ledger: SqliteLedger) -> None:
+    """Any event past a mention's window expires it, on the stream's clock: a replay or a
+    simulation needs no wall-clock timer; the close is at the stream time."""
+    watcher, m, _root, _reply = await _setup(ledger, window_s=3600)
+    await watcher.observe(like(AUTHOR, T0 + 30 * MIN, "at://did:plc:other/app.bsky.feed.post/x"))
     assert (await ledger.mentions())[0].status == "open"
+    later = like(AUTHOR, T0 + 3 * HOUR, "at://did:plc:other/app.bsky.feed.post/y")
+    await watcher.observe(later)
+    (row,) = await ledger.mentions()
+    assert (row.status, row.outcome_us) == ("expired", later.time_us - 1)
+    assert (len(watcher), watcher.clock.now_us) == (0, later.time_us)
+    assert m.id  # recorded
+
+
+async def test_an_answer_at_the_very_end_of_the_window_counts(ledger: SqliteLedger) -> None:
+    """An answer exactly one window after the mention succeeds (the event is handled before
+    its own time closes anything)."""
+    watcher, m, _root, bot_reply = await _setup(ledger, window_s=3600)
+    await watcher.observe(post(TARGET, m.created_us + HOUR, "just in time", reply_to=bot_reply))
+    assert (await ledger.mentions())[0].status == "succeeded"
+
+
+async def test_the_stream_clock_sleeps_in_stream_time() -> None:
+    """StreamClock.sleep returns once events move the clock past the interval, never on the
+    wall clock; the clock never goes back."""
+    clock = StreamClock()
+    sleeper = asyncio.create_task(clock.sleep(60))
+    await asyncio.sleep(0)
+    clock.advance(T0)  # the first event starts the interval
+    await asyncio.sleep(0)
+    clock.advance(T0 + 59_000_000)
+    await asyncio.sleep(0)
+    assert not sleeper.done()
+    clock.advance(T0 - 5_000_000)  # out of order (Jetstream): ignored
+    assert clock.now_us == T0 + 59_000_000
+    clock.advance(T0 + 61_000_000)
+    assert await asyncio.wait_for(sleeper, 1) == T0 + 61_000_000
 
 
 async def test_open_mentions_are_reloaded_after_a_restart(ledger: SqliteLedger) -> None:

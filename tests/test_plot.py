@@ -17,7 +17,7 @@ def _mentions() -> list[Mention]:
         ("gpt-4.1-mini", "llm", 12, 5),
         ("claude-haiku-4-5", "llm", 10, 2),
         ("template-v1", "similar", 8, 1),
-        ("brand-new-model", "random", 2, None),  # nothing matured yet
+        ("brand-new-model", "random", 2, None),  # nothing decided yet
     ]
     rows: list[Mention] = []
     for model, picker, n, wins in plan:

@@ -59,7 +59,7 @@ def sim_config(
 def board(result: SimResult) -> list[tuple[Any, ...]]:
     """The leaderboard numbers that must not depend on anything but the seed."""
     return [
-        (s.group, s.mentions, s.matured, s.successes, s.ci_low, s.ci_high, s.likes_per_reply)
+        (s.group, s.mentions, s.decided, s.successes, s.cs_low, s.cs_high, s.likes_per_reply)
         for s in result.by_picker
     ]
 
@@ -79,7 +79,7 @@ async def test_a_seed_gives_one_leaderboard(tmp_path: Path) -> None:
     assert a.world.counts == b.world.counts and a.oracle_rate == b.oracle_rate
     assert board(a) != board(c)
     assert {s.group for s in a.by_picker} == {"similar", "random"}
-    assert all(s.matured == s.mentions > 0 for s in a.by_picker)  # everything matured
+    assert all(s.decided == s.mentions > 0 for s in a.by_picker)  # everything decided
     assert a.ledger_path is not None and a.ledger_path.exists()
     assert a.log_path is not None
 

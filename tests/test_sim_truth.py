@@ -65,7 +65,7 @@ async def test_leaderboard_orders_the_arms_as_planted(
     """similar > random > worst-of-offered, each pair with separated 95% intervals."""
     arms = _by_picker(await _result(seed, tmp_path_factory))
     similar, random_, worst = arms["similar"], arms["random"], arms["llm"]
-    assert all(a.matured >= 150 for a in (similar, random_, worst))
+    assert all(a.decided >= 150 for a in (similar, random_, worst))
     assert similar.ci_low > random_.ci_high
     assert random_.ci_low > worst.ci_high
     assert [s.group for s in (await _result(seed, tmp_path_factory)).by_picker] == [

@@ -6,6 +6,7 @@ model vendors on a loopback ``FakeVendorServer``; the browser and metrics tests 
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from botsky.configload import load_config, resolve_secrets
 from botsky.errors import ConfigError
 from botsky.events import Event, event_to_jetstream
 from botsky.metrics import Metrics
-from botsky.scoring import score, scores_json
+from botsky.scoring import leaderboard, leaderboard_json
 from botsky.sources.base import SourceStats
 from botsky.testing import (
     FakeVendorServer,
@@ -216,20 +217,36 @@ async def _get(url: str, **kw: Any) -> httpx.Response:
         return await client.get(url, **kw)
 
 
+async def _board(app: App, by: str) -> dict[str, Any]:
+    """What the page and the API must show: the reading as of the App's stream clock."""
+    board = leaderboard(
+        await app.ledger.mentions(),
+        await app.ledger.outcomes(),
+        by=by,
+        as_of_us=app.presence.now_us,
+        options=app.scoring,
+    )
+    return leaderboard_json(board)
+
+
 async def _expected(app: App, by: str) -> list[dict[str, Any]]:
-    return scores_json(score(await app.ledger.mentions(), await app.ledger.outcomes(), by=by))
+    return list((await _board(app, by))["scores"])
 
 
 async def test_api_leaderboard_equals_scores_json_for_every_grouping(
     ran: App, web: WebServer
 ) -> None:
-    """/api/leaderboard?by=X returns exactly scoring.scores_json over the same ledger."""
+    """/api/leaderboard?by=X returns exactly scoring.leaderboard_json over the same ledger,
+    read as of the App's stream clock."""
     for by in ("model", "persona", "bot", "picker", "provider"):
         r = await _get(f"{web.url}/api/leaderboard", params={"by": by})
         assert r.status_code == 200
-        assert r.json() == await _expected(ran, by)
-    models = await _get(f"{web.url}/api/leaderboard")
-    assert {row["model"] for row in models.json()} == {m.model for m in await ran.ledger.mentions()}
+        assert r.json() == await _board(ran, by)
+    models = (await _get(f"{web.url}/api/leaderboard")).json()
+    assert {row["model"] for row in models["scores"]} == {
+        m.model for m in await ran.ledger.mentions()
+    }
+    assert models["as_of_us"] == ran.presence.now_us
 
 
 async def test_api_leaderboard_rejects_an_unknown_grouping(web: WebServer) -> None:
@@ -259,15 +276,33 @@ async def test_leaderboard_page_has_one_row_per_group_with_the_api_numbers(
         for attrs, exp in zip(rows, expected, strict=True):
             data = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', attrs))
             assert data["rank"] == str(exp["rank"])
-            assert data["matured"] == str(exp["matured"])
+            assert data["decided"] == str(exp["decided"])
+            assert data["pending"] == str(exp["pending"])
             assert data["mentions"] == str(exp["mentions"])
             assert data["ci-low"] == str(exp["ci_low"])
             assert data["ci-high"] == str(exp["ci_high"])
+            assert data["cs-low"] == str(exp["cs_low"])
+            assert data["cs-high"] == str(exp["cs_high"])
+            deff = exp["design_effect"]
+            assert data["design-effect"] == ("" if deff is None else str(deff))
             rate = exp["success_rate"]
             assert data["success-rate"] == ("" if rate is None else str(rate))
         for exp in expected:
             if exp["tied"]:
                 assert f'<td class="rank">={exp["rank"]}</td>' in section
+        # The comparisons follow the section's table, one row each, with their verdicts.
+        comparisons = (await _board(ran, by))["comparisons"]
+        rest = page.split(f'<table class="comparisons" data-by="{by}">', 1)
+        if not comparisons:
+            assert len(rest) == 1
+            continue
+        found = re.findall(r'<tr class="comparison" ([^>]*)>', rest[1].split("</table>")[0])
+        assert len(found) == len(comparisons)
+        for attrs, exp in zip(found, comparisons, strict=True):
+            data = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', attrs))
+            got = tuple(html.unescape(data[k]) for k in ("a", "b", "verdict"))
+            assert got == (exp["a"], exp["b"], exp["verdict"])
+            assert data["low"] == str(exp["low"])
 
 
 async def test_leaderboard_page_escapes_hostile_text_and_forbids_scripts(
@@ -378,9 +413,9 @@ async def test_serve_keeps_reading_the_ledger_after_the_run(
     app = await replay_app(tmp_path, vendor.url)
     server = await serve(app, port=0, refresh_s=0.0)
     try:
-        assert (await _get(server.url + "/api/leaderboard")).json() == []
+        assert (await _get(server.url + "/api/leaderboard")).json()["scores"] == []
         await app.run()
-        rows = (await _get(server.url + "/api/leaderboard")).json()
+        rows = (await _get(server.url + "/api/leaderboard")).json()["scores"]
         assert sum(r["mentions"] for r in rows) == 6
     finally:
         await server.stop()
