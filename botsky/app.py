@@ -325,15 +325,16 @@ class App:
         await self.source.aclose()
 
     async def _score_loop(self) -> None:
-        # On the stream clock: every score_interval_s of stream time (expiry happens in
-        # OutcomeWatcher.observe as the stream passes each window).
-        while True:
-            await self.outcomes.clock.sleep(self.score_interval_s)
-            await self.log_scores()
+        # On the stream clock: a reading as of every score_interval_s of stream time (expiry
+        # happens in OutcomeWatcher.observe as the stream passes each window).
+        async for as_of in self.outcomes.clock.every(self.score_interval_s):
+            await self.log_scores(as_of)
 
-    async def log_scores(self) -> None:
-        """Log the reading as of the stream clock and save that clock in the ledger."""
-        await log_reading(self.ledger, self.outcomes.clock.now_us, self.scoring)
+    async def log_scores(self, as_of_us: int | None = None) -> None:
+        """Log the reading as of ``as_of_us`` (default: the stream clock) and save the stream
+        clock in the ledger."""
+        clock = self.outcomes.clock.now_us
+        await log_reading(self.ledger, as_of_us or clock, clock, self.scoring)
 
 
 def scoring_options(st: Settings) -> ScoringOptions:

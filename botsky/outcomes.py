@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from array import array
+from collections.abc import AsyncIterator
 from hashlib import blake2b
 from typing import Final
 
@@ -219,6 +220,19 @@ class StreamClock:
         target = self.now_us + max(1, int(seconds * 1e6))
         await self._until(target)
         return self.now_us
+
+    async def every(self, seconds: float) -> AsyncIterator[int]:
+        """Yield the stream times ``first event + k * seconds`` (k = 1, 2, ...) as the stream
+        passes each; a consumer that falls behind gets every boundary it missed, at once, so a
+        reading per interval is made even when the stream runs far ahead of the wall clock."""
+        step = max(1, int(seconds * 1e6))
+        if self.now_us == 0:
+            await self._until(1)
+        boundary = self.now_us + step
+        while True:
+            await self._until(boundary)
+            yield boundary
+            boundary += step
 
     async def _until(self, target: int) -> None:
         if self.now_us >= target:

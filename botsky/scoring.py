@@ -738,11 +738,14 @@ def log_lines(board: Leaderboard) -> list[dict[str, Any]]:
     return lines
 
 
-async def log_reading(ledger: Ledger, clock_us: int, options: ScoringOptions) -> Leaderboard:
-    """Read the ledger as of the stream time ``clock_us`` (the rows' latest time while no event
-    has been seen), log the reading by model, and save the clock under ``CLOCK_CURSOR``."""
+async def log_reading(
+    ledger: Ledger, as_of_us: int, clock_us: int, options: ScoringOptions
+) -> Leaderboard:
+    """Read the ledger as of ``as_of_us`` (a stream time at or before the stream clock
+    ``clock_us``; the rows' latest time while no event has been seen), log the reading by
+    model, and save the clock under ``CLOCK_CURSOR``."""
     mentions, outcomes = await ledger.mentions(), await ledger.outcomes()
-    board = leaderboard(mentions, outcomes, by="model", as_of_us=clock_us or None, options=options)
+    board = leaderboard(mentions, outcomes, by="model", as_of_us=as_of_us or None, options=options)
     if clock_us:
         await ledger.save_cursor(CLOCK_CURSOR, clock_us)
     for line in log_lines(board):
