@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from botsky.scoring import Score, score_log_fields
+from botsky.scoring import Comparison, Leaderboard, Score, comparison_fields, score_log_fields
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -29,18 +29,23 @@ _POINT: Final = "#1d3f73"
 _BAR: Final = "#b9d0ee"
 _FIXED: Final = "#2f6db5"
 _EMPTY: Final = "#c8ccd2"
+_MAX_NOTES: Final = 6
 
 
 def plot_scores(
-    by_model: Sequence[Score],
-    by_picker: Sequence[Score],
+    by_model: Sequence[Score] | Leaderboard,
+    by_picker: Sequence[Score] | Leaderboard,
     path: str | Path,
     *,
     title: str = (
         "botsky: success rate by model and picker (95%: anytime-valid thick, fixed-n thin)"
     ),
 ) -> Path:
-    """Write the plot to ``path`` (PNG) and return the path."""
+    """Write the plot to ``path`` (PNG) and return the path.
+
+    Given ``Leaderboard``s, each panel also lists its comparisons' verdicts (up to six) under
+    the axis.
+    """
     # Imported here so that the CLI and the service do not pay matplotlib's import time unless
     # a plot is asked for; `use` before pyplot picks the non-interactive backend.
     import matplotlib
@@ -48,10 +53,15 @@ def plot_scores(
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    panels = [(p, rows) for p, rows in (("model", by_model), ("picker", by_picker)) if rows]
+    panels = [
+        (p, list(_scores(b)), _comparisons(b))
+        for p, b in (("model", by_model), ("picker", by_picker))
+        if _scores(b)
+    ]
     if not panels:
-        panels = [("model", [])]
-    heights = [max(len(rows), 1) for _, rows in panels]
+        panels = [("model", [], [])]
+    notes = [min(len(c), _MAX_NOTES) for _, _, c in panels]
+    heights = [max(len(rows), 1) + 0.5 * n for (_, rows, _), n in zip(panels, notes, strict=True)]
     out = Path(path)
     # DejaVu Sans ships inside matplotlib, so no system font lookup can change the pixels.
     with plt.rc_context({"font.family": "DejaVu Sans", "font.size": 10}):
@@ -63,14 +73,47 @@ def plot_scores(
             squeeze=False,
         )
         try:
-            for ax, (by, rows) in zip(axes[:, 0], panels, strict=True):
-                _panel(ax, by, list(rows))
+            for ax, (by, rows, comparisons) in zip(axes[:, 0], panels, strict=True):
+                _panel(ax, by, rows)
+                _notes(ax, comparisons)
             fig.suptitle(title, fontsize=11, x=0.01, ha="left")
             fig.tight_layout()
             fig.savefig(out, format="png", dpi=110, metadata={"Software": None})
         finally:
             plt.close(fig)
     return out
+
+
+def _scores(board: Sequence[Score] | Leaderboard) -> Sequence[Score]:
+    return board.scores if isinstance(board, Leaderboard) else board
+
+
+def _comparisons(board: Sequence[Score] | Leaderboard) -> list[Comparison]:
+    return board.comparisons if isinstance(board, Leaderboard) else []
+
+
+def _notes(ax: Axes, comparisons: list[Comparison]) -> None:
+    """The comparisons' verdicts as text lines under the panel's axis label."""
+    lines = []
+    for c in comparisons[:_MAX_NOTES]:
+        f = comparison_fields(c)
+        lines.append(
+            f"{c.a} vs {c.b}: {f['diff'] * 100:+.1f} points "
+            f"[{f['low'] * 100:+.1f}, {f['high'] * 100:+.1f}], {c.verdict}"
+        )
+    if len(comparisons) > _MAX_NOTES:
+        lines.append(f"… {len(comparisons) - _MAX_NOTES} more in `botsky scores`")
+    if lines:
+        ax.annotate(
+            "\n".join(lines),
+            xy=(0.0, 0.0),
+            xycoords="axes fraction",
+            xytext=(0, -34),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+            color="#444",
+        )
 
 
 def _panel(ax: Axes, by: str, rows: list[Score]) -> None:

@@ -690,8 +690,8 @@ def render_comparisons(board: Leaderboard) -> Table:
     """The comparisons as a rich table (fits 100 columns)."""
     k = len(board.comparisons)
     table = Table(
-        title=f"comparisons by {board.by}: difference in success rate, percentage points\n"
-        f"(anytime-valid intervals, {k} shown, family-wise 95%)",
+        title=f"comparisons by {board.by}: success rate difference, points\n"
+        f"(anytime-valid intervals, family-wise 95% over {k})",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )

@@ -165,10 +165,10 @@ def show_scores(
     if plot_file is not None:
         from botsky.plot import plot_scores
 
-        def read(group: str) -> list[Any]:
+        def read(group: str) -> Any:
             return leaderboard(
                 rows.mentions, rows.outcomes, by=group, as_of_us=as_of_us, options=options
-            ).scores
+            )
 
         plot_scores(read("model"), read("picker"), plot_file)
         click.echo(f"plot written to {plot_file}", err=True)
@@ -177,8 +177,8 @@ def show_scores(
         return
     console = _console(wide)
     console.print(
-        f"as of {_iso(board.as_of_us)} (stream time); success = an answer within "
-        f"{_duration(options.window_s)}, rate over decided mentions; intervals 95%"
+        f"as of {_iso(board.as_of_us)} · success: an answer within "
+        f"{_duration(options.window_s)} · rates over decided mentions"
     )
     console.print(render_table(board, wide=wide))
     if board.comparisons:
@@ -360,9 +360,11 @@ def _duration(seconds: float) -> str:
 @click.option(
     "--window-h",
     type=click.FloatRange(0, min_open=True),
-    default=24.0,
-    show_default=True,
-    help="Outcome window in hours: the last mentions are decided this long after posting.",
+    default=None,
+    help=(
+        "Outcome window in hours: the last mentions are decided this long after posting "
+        "(default 24, or outcomes.window_s with --observed)."
+    ),
 )
 @click.option(
     "--design-effect",
@@ -393,7 +395,7 @@ def plan_cmd(
     cap: float,
     arms: int,
     posts_per_day: float | None,
-    window_h: float,
+    window_h: float | None,
     design_effect: float | None,
     alpha: float,
     power: float,
@@ -420,7 +422,9 @@ def plan_cmd(
         sys.exit(2)
     seen_rate = seen_flow = seen_deff = None
     if observed:
-        seen_rate, seen_flow, seen_deff = _observed(config_path)
+        seen_rate, seen_flow, seen_deff, seen_window_s = _observed(config_path)
+        window_h = window_h if window_h is not None else seen_window_s / 3600
+    window_h = window_h if window_h is not None else 24.0
     base = rate if rate is not None else seen_rate if seen_rate is not None else 0.2
     deff = design_effect or (max(1.0, seen_deff) if seen_deff else 1.0)
     # A post costs 3 write points; 35,000 a day per account, used up to 80% by default.
@@ -465,8 +469,8 @@ def plan_cmd(
         return
     console = _console(False)
     console.print(
-        f"baseline {base:.1%}, {per_day:,.0f} decided mentions per arm per day, design effect "
-        f"{deff:.2f}, {power:.0%} power, alpha {each:g} per comparison, window {window_h:g} h"
+        f"baseline {base:.1%} · {per_day:,.0f} decided mentions per arm a day · design effect "
+        f"{deff:.2f}\n{power:.0%} power · alpha {each:g} per comparison · window {window_h:g} h"
     )
     table = Table(title="to separate a difference of")
     for header in (
@@ -500,9 +504,11 @@ def _fmt_days(days: float | None) -> str:
     return "–" if days is None else f"{days:,.1f}"
 
 
-def _observed(config_path: Path | None) -> tuple[float | None, float | None, float | None]:
-    """The control arms' pooled rate, the mean mentions per arm per day and the largest design
-    effect, from the ledger's current reading."""
+def _observed(
+    config_path: Path | None,
+) -> tuple[float | None, float | None, float | None, float]:
+    """The control arms' pooled rate, the mean mentions per arm per day, the largest design
+    effect and the outcome window, from the ledger's current reading."""
     from botsky.app import scoring_options
     from botsky.cli import _load_or_exit, read_ledger_rows
     from botsky.configload import load_config
@@ -527,4 +533,4 @@ def _observed(config_path: Path | None) -> tuple[float | None, float | None, flo
     rate = sum(s.successes for s in controls) / decided if decided else None
     flow = sum(s.mentions_per_day for s in board.scores) / len(board.scores)
     deffs = [s.design_effect for s in board.scores if s.design_effect is not None]
-    return rate, flow, max(deffs) if deffs else None
+    return rate, flow, max(deffs) if deffs else None, options.window_s

@@ -1,4 +1,4 @@
-"""``plot_scores``: a deterministic PNG of success rates with Wilson intervals."""
+"""``plot_scores``: a deterministic PNG of success rates with their intervals and comparisons."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from botsky.ledger.base import Mention
 from botsky.plot import plot_scores
-from botsky.scoring import Score, score
+from botsky.scoring import Score, leaderboard, score
 from tests.conftest import MIN, T0
 
 
@@ -45,14 +45,19 @@ def _mentions() -> list[Mention]:
                     created_us=T0 + i * MIN,
                     status=status,
                     outcome_us=None if status == "open" else T0 + (i + 5) * MIN,
+                    # The open group is watched for 30 days: still pending at AS_OF.
+                    extra={"window_s": 30 * 86_400.0} if status == "open" else {},
                 )
             )
     return rows
 
 
+AS_OF = T0 + 2 * 24 * 60 * MIN  # every one-day window has closed
+
+
 def _scores() -> tuple[list[Score], list[Score]]:
     rows = _mentions()
-    return score(rows, [], by="model"), score(rows, [], by="picker")
+    return score(rows, [], by="model", as_of_us=AS_OF), score(rows, [], by="picker", as_of_us=AS_OF)
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -84,3 +89,15 @@ def test_plot_of_an_empty_ledger_is_still_an_image(tmp_path: Path) -> None:
     """No mentions yet gives a PNG saying so rather than an error."""
     out = plot_scores([], [], tmp_path / "empty.png")
     assert _png_size(out)[0] > 0
+
+
+def test_plot_of_leaderboards_lists_the_comparisons(tmp_path: Path) -> None:
+    """Given leaderboards, each panel lists its comparisons' verdicts under the axis: the
+    image grows by their lines and differs from the plot of the bare scores."""
+    rows = _mentions()
+    by_model = leaderboard(rows, [], by="model", as_of_us=AS_OF)
+    by_picker = leaderboard(rows, [], by="picker", as_of_us=AS_OF)
+    assert by_model.comparisons
+    with_notes = plot_scores(by_model, by_picker, tmp_path / "notes.png")
+    bare = plot_scores(by_model.scores, by_picker.scores, tmp_path / "bare.png")
+    assert _png_size(with_notes)[1] > _png_size(bare)[1]
