@@ -222,15 +222,16 @@ class StreamClock:
         return self.now_us
 
     async def every(self, seconds: float) -> AsyncIterator[int]:
-        """Yield the stream times ``first event + k * seconds`` (k = 1, 2, ...) as the stream
-        passes each; a consumer that falls behind gets every boundary it missed, at once, so a
-        reading per interval is made even when the stream runs far ahead of the wall clock."""
+        """Yield the stream times ``first event + k * seconds`` as the stream passes them. A
+        consumer slower than the stream (a simulation runs days of stream time a second) gets
+        the latest boundary passed, never a backlog: readings never pile up."""
         step = max(1, int(seconds * 1e6))
         if self.now_us == 0:
             await self._until(1)
         boundary = self.now_us + step
         while True:
             await self._until(boundary)
+            boundary += (self.now_us - boundary) // step * step  # the latest one passed
             yield boundary
             boundary += step
 
