@@ -492,7 +492,7 @@ def _leaderboard_section(by: str, board: Leaderboard) -> str:
         comparisons = f"""
 <table class="comparisons" data-by="{_e(by)}">
 <caption>Differences in success rate, percentage points; anytime-valid intervals holding
-together for all {len(board.comparisons)} comparisons (family-wise 95%).</caption>
+together over {_plural(len(board.comparisons), "comparison")} (family-wise 95%).</caption>
 <thead><tr><th>arm</th><th>vs</th><th>kind</th><th>difference</th><th>interval</th>
 <th>verdict</th><th title="at the current rates and mention flow">days to separate</th></tr>
 </thead>
@@ -515,6 +515,10 @@ together for all {len(board.comparisons)} comparisons (family-wise 95%).</captio
 </tbody>
 </table>{comparisons}
 </section>"""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"all {n} {word}s"
 
 
 def _link(url: str | None, text: str) -> str:
