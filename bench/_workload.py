@@ -8,7 +8,7 @@ topic words would make every profile the same).
 
 Pipeline: the real components (Presence, MemoryIdentity, AudiencePolicy, OutcomeWatcher,
 Recommender, Selector, Dispatcher with a real SQLite ledger in a temporary directory and
-``RecordingPoster``), wired as ``app.build_app`` wires them, into an ``App`` whose ``route`` is
+``RecordingPoster``), wired as ``wiring.build_app`` wires them, into an ``App`` whose ``route`` is
 what the reader calls per event.
 """
 
@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 
-from botsky.app import App
 from botsky.army import Army, Bot
 from botsky.dispatch import Dispatcher, Selector
 from botsky.events import PROFILE, Event
@@ -36,6 +35,7 @@ from botsky.outcomes import OutcomeWatcher
 from botsky.policy import AudiencePolicy
 from botsky.presence import Presence
 from botsky.recommend import Recommender
+from botsky.runtime import App
 from botsky.testing import (
     FakeModel,
     ListSource,

@@ -1,6 +1,6 @@
 """``botsky accounts``: check that every bot can log in, and give bot profiles the ``bot`` label.
 
-``check`` logs every bot in (reusing the saved sessions, see ``botsky.atposter``) and prints
+``check`` logs every bot in (reusing the saved sessions, see ``botsky.posting.atproto``) and prints
 one line per bot: name, handle, DID and whether the session was reused or created; it exits 1
 if any bot fails. ``label`` adds the ``bot`` self-label to each bot's
 ``app.bsky.actor.profile/self`` record, keeping every other field, with ``swapRecord`` so a
@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from botsky.atposter import BotSession
 from botsky.errors import BotskyError, ConfigError
 from botsky.events import PROFILE
+from botsky.posting import BotSession
 
 __all__ = ["AccountStatus", "accounts", "add_bot_label", "check_sessions", "label_bots"]
 

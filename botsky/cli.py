@@ -61,9 +61,9 @@ def check_config_cmd(config_path: Path | None) -> None:
 @_config_option
 def run_cmd(config_path: Path | None) -> None:
     """Run the service: read the source, answer eligible posts, record and score mentions."""
-    from botsky.app import build_app, freeze_startup_heap
     from botsky.configload import load_config, resolve_secrets
     from botsky.logs import configure_logging, register_secret
+    from botsky.wiring import build_app, freeze_startup_heap
 
     loaded = _load_or_exit(load_config, config_path)
     st = loaded.settings

@@ -26,7 +26,6 @@ from typing import Any
 import orjson
 import pytest
 
-from botsky.app import build_app
 from botsky.compose import Offered, byte_slice, compose, grapheme_len
 from botsky.configload import load_config, resolve_secrets
 from botsky.events import Event, event_to_jetstream
@@ -41,6 +40,7 @@ from botsky.testing import (
     identity,
     post,
 )
+from botsky.wiring import build_app
 from tests.conftest import DATA, MIN, T0
 
 CORPUS = [json.loads(line) for line in (DATA / "adversarial_posts.jsonl").read_text().splitlines()]

@@ -16,16 +16,18 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from botsky.accounts import accounts, add_bot_label, check_sessions, label_bots
-from botsky.atposter import (
-    AtprotoPoster,
-    BotSession,
-    WriteBudget,
-    open_live_poster,
-    session_path,
-)
 from botsky.config import AccountConfig
 from botsky.errors import PostError, PostRateLimited
-from botsky.posting import ReplyPost, StrongRef, reply_rkey
+from botsky.posting import (
+    AtprotoPoster,
+    BotSession,
+    ReplyPost,
+    StrongRef,
+    WriteBudget,
+    open_live_poster,
+    reply_rkey,
+    session_path,
+)
 from tests.pds.harness import LocalPds, TestAccount
 from tests.pds_fixtures import local_pds, unique_name
 

@@ -23,7 +23,7 @@ from rich.table import Table
 from botsky.errors import BotskyError, ConfigError
 
 if TYPE_CHECKING:  # the CLI imports the app only when a command runs
-    from botsky.app import App
+    from botsky.runtime import App
     from botsky.sim.run import SimResult
 
 __all__ = ["DEFAULT_SIM_CONFIG", "simulate_cmd"]
@@ -90,11 +90,11 @@ def simulate_cmd(
     port: int | None,
 ) -> None:
     """Simulate a social network and score the bot army against its ground truth."""
-    from botsky.app import freeze_startup_heap
     from botsky.configload import load_config, resolve_secrets
     from botsky.logs import configure_logging, register_secret
     from botsky.sim.run import simulate
     from botsky.sim.world import World
+    from botsky.wiring import freeze_startup_heap
 
     try:
         loaded = load_config(config_path or DEFAULT_SIM_CONFIG)
