@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from botsky.errors import FatalError
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -201,6 +203,8 @@ class PgPartitions:
                 # The session, and our locks with it, is gone; owns() keeps the last view.
                 log.warning("partitions_lost", error=str(exc), owned=len(self.owned))
                 await self._disconnect(keep_owned=True)
+            except FatalError:
+                raise  # the takeover work hit a broken ledger: stop (see botsky.errors)
             except Exception:
                 # A failure in the takeover work must not end rebalancing for good.
                 log.exception("rebalance_failed")

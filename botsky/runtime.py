@@ -26,6 +26,7 @@ import structlog
 
 from botsky.config import WebConfig
 from botsky.dispatch import Dispatcher, Selector
+from botsky.errors import FatalError, RetryableError, SkipError
 from botsky.events import Event, PostRef
 from botsky.identity import Identity
 from botsky.ledger import Ledger
@@ -209,8 +210,12 @@ class App:
             self._fail(exc)
 
     def _fail(self, exc: Exception) -> None:
+        # A task group (the dispatch workers') raises a group: the process reports its cause.
+        while isinstance(exc, ExceptionGroup):
+            exc = exc.exceptions[0]
         if self._failure is None:
             self._failure = exc
+            log.error("run_stopping", error=f"{type(exc).__name__}: {exc}")
         self._stop.set()
 
     async def aclose(self) -> None:
@@ -232,7 +237,8 @@ class App:
                 await self.ledger.save_cursor(self.cursor_name, event.cursor)
 
     async def route(self, event: Event) -> None:
-        """Hand one event to every sink. One bad event is logged, never fatal to the stream."""
+        """Hand one event to every sink. One bad event is skipped and counted, never fatal to
+        the stream; a ``FatalError`` is raised (it stops the run)."""
         s = self.summary
         s.events += 1
         s.by_kind[event.kind] += 1
@@ -264,11 +270,15 @@ class App:
                 elif reason is None and self.dispatcher.offer(event, post):
                     self.selector.accepted(event)
                 s.selector[reason or "queued"] += 1
-        except asyncio.CancelledError:
-            raise
+        except FatalError:
+            raise  # stops the run (see botsky.errors)
+        except (SkipError, RetryableError) as exc:
+            s.skip_reasons["route_skipped"] += 1
+            log.warning("route_skipped", uri=_where(event), outcome=exc.outcome, error=str(exc))
         except Exception:
+            # A bug: isolated to this event, counted, logged with its traceback.
             s.skip_reasons["route_error"] += 1
-            log.exception("route_failed", uri=event.uri if event.kind == "commit" else event.did)
+            log.exception("route_failed", uri=_where(event))
 
     def _recoverable(self, post_uri: str, intent: dict[str, Any] | None) -> bool:
         """Which crashed claims this process settles: all of them when it runs alone; with
@@ -336,23 +346,36 @@ class App:
         scorer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await scorer
-        await self.outcomes.expire(self.presence.now_us)
-        if self._cursor is not None:
-            await self.ledger.save_cursor(self.cursor_name, self._cursor)
-        self.summary.cursor = self._cursor
-        stats = self.source.stats
-        self.summary.skipped = stats.skipped
-        self.summary.skip_reasons.update(stats.skip_reasons)
-        self.summary.outcomes = dict(self.outcomes.counts)
-        await self.log_scores()
-        log.info("run_summary", **self.summary.as_dict())
-        await self.source.aclose()
+        try:
+            await self.outcomes.expire(self.presence.now_us)
+            if self._cursor is not None:
+                await self.ledger.save_cursor(self.cursor_name, self._cursor)
+            await self.log_scores()
+        except Exception as exc:
+            # The ledger may be what stopped the run (a full disk): the summary is still
+            # logged and the source closed; the run raises the first error.
+            self._fail(exc)
+        finally:
+            self.summary.cursor = self._cursor
+            stats = self.source.stats
+            self.summary.skipped = stats.skipped
+            self.summary.skip_reasons.update(stats.skip_reasons)
+            self.summary.outcomes = dict(self.outcomes.counts)
+            log.info("run_summary", **self.summary.as_dict())
+            await self.source.aclose()
 
     async def _score_loop(self) -> None:
         while True:
             await asyncio.sleep(self.score_interval_s)
-            await self.outcomes.expire(self.presence.now_us)
-            await self.log_scores()
+            try:
+                await self.outcomes.expire(self.presence.now_us)
+                await self.log_scores()
+            except FatalError:
+                raise
+            except (SkipError, RetryableError) as exc:
+                log.warning("scoring_skipped", outcome=exc.outcome, error=str(exc))
+            except Exception:
+                log.exception("scoring_failed")  # a bug: this round only, the next one runs
 
     async def log_scores(self) -> None:
         """One ``recommender_score`` line per model."""
@@ -360,3 +383,7 @@ class App:
         for s in rows:
             fields = score_log_fields(s)
             log.info(fields.pop("event"), **fields)
+
+
+def _where(event: Event) -> str:
+    return event.uri if event.kind == "commit" else event.did

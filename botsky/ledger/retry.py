@@ -1,12 +1,12 @@
 """RetryingLedger: ride out a database restart instead of failing the work in hand.
 
 Every ledger call that raises ``LedgerUnavailable`` (connection refused or dropped, a lock held
-too long) is retried with jittered exponential backoff until ``deadline_s`` has passed, then the
-error is raised for real. While a call waits, whoever made it waits too: the dispatch worker
-holding a posted reply, or the reader recording an outcome, so work pauses and resumes rather
-than being dropped. The ledger methods are idempotent under retry (claims, mentions and outcomes
-are keyed by post and by event), which is what makes a blind retry safe after a lost commit
-acknowledgement.
+too long) is retried with jittered exponential backoff until ``deadline_s`` has passed; then
+``LedgerError`` is raised, which stops the process (``botsky.errors``). While a call waits,
+whoever made it waits too: the dispatch worker holding a posted reply, or the reader recording
+an outcome, so work pauses and resumes rather than being dropped. The ledger methods are
+idempotent under retry (claims, mentions and outcomes are keyed by post and by event), which is
+what makes a blind retry safe after a lost commit acknowledgement.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from botsky.errors import LedgerUnavailable
+from botsky.errors import LedgerError, LedgerUnavailable
 from botsky.ledger.base import Ledger, Mention, Outcome
 
 __all__ = ["RetryingLedger"]
@@ -136,18 +136,26 @@ class RetryingLedger:
             self._note_wait(method, 1, wait, exc)
             started = time.monotonic()
             await self.sleep(wait)
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(LedgerUnavailable),
-            stop=stop_after_delay(max(0.0, self.deadline_s - (time.monotonic() - started))),
-            wait=wait_exponential_jitter(
-                multiplier=self.initial_s, max=self.max_wait_s, jitter=self.initial_s
-            ),
-            sleep=self.sleep,
-            before_sleep=functools.partial(self._waiting, method),
-            reraise=True,
-        ):
-            with attempt:
-                return await call()
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(LedgerUnavailable),
+                stop=stop_after_delay(max(0.0, self.deadline_s - (time.monotonic() - started))),
+                wait=wait_exponential_jitter(
+                    multiplier=self.initial_s, max=self.max_wait_s, jitter=self.initial_s
+                ),
+                sleep=self.sleep,
+                before_sleep=functools.partial(self._waiting, method),
+                reraise=True,
+            ):
+                with attempt:
+                    return await call()
+        except LedgerUnavailable as exc:
+            # Past the deadline a ledger that stays away stops the process (a supervisor
+            # restarts it from the saved cursor) instead of skipping every event meanwhile.
+            raise LedgerError(
+                f"the ledger stayed unavailable for {self.deadline_s:g} s "
+                f"(ledger.retry_deadline_s): {exc}"
+            ) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _waiting(self, method: str, state: RetryCallState) -> None:
