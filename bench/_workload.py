@@ -36,6 +36,7 @@ from botsky.policy import AudiencePolicy
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.runtime import App
+from botsky.secretguard import SecretGuard
 from botsky.testing import (
     FakeModel,
     ListSource,
@@ -269,7 +270,7 @@ async def build_pipeline(
         army=army, recommender=recommender, presence=presence, identity=identity,
         ledger=ledger, poster=poster, outcomes=outcomes, queue_size=queue_size,
         workers=workers, rng=random.Random(rng.random()), on_reply=policy.note_reply,
-        paused=policy.posting_paused,
+        paused=policy.posting_paused, guard=SecretGuard(),
     )  # fmt: skip
     app = App(
         source=ListSource([]), ledger=ledger, presence=presence, identity=identity,

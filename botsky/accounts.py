@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from botsky.errors import BotskyError, ConfigError
+from botsky.cliutil import config_option, load_or_exit
+from botsky.errors import BotskyError
 from botsky.events import PROFILE
 from botsky.posting import BotSession
 
@@ -114,15 +115,7 @@ async def label_bots(sessions: list[BotSession]) -> dict[str, str]:
 
 
 def _sessions(config_path: Path | None) -> list[BotSession]:
-    from botsky.configload import load_config, resolve_secrets
-
-    try:
-        loaded = load_config(config_path)
-        secrets = resolve_secrets(loaded, live=True)
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(1)
+    loaded, secrets = load_or_exit(config_path, live=True)
     st = loaded.settings
     out = []
     for bot in loaded.bots:
@@ -141,14 +134,7 @@ def _sessions(config_path: Path | None) -> list[BotSession]:
     return out
 
 
-_config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="botsky.yaml to read (default: configs/botsky.yaml in the working directory).",
-)
+_config_option = config_option()
 
 
 @click.group("accounts")

@@ -36,6 +36,7 @@ from botsky.outcomes import OutcomeWatcher
 from botsky.posting import Poster, ReplyPost, StrongRef, reply_rkey
 from botsky.presence import Presence
 from botsky.recommend import Recommender
+from botsky.secretguard import SecretGuard
 
 __all__ = ["ComposeRules", "Dispatcher", "Selector"]
 
@@ -135,8 +136,10 @@ class Dispatcher:
         replica: str = "local",
         on_reply: Callable[[str, str, int], None] = lambda author, mentioned, time_us: None,
         paused: Callable[[], bool] = lambda: False,
+        guard: SecretGuard,
     ) -> None:
         self.army = army
+        self.guard = guard  # the process's secrets: a draft holding one is never posted
         self.replica = replica  # written into each claim's intent (who may recover it)
         # Consent hooks: count replies toward the daily caps; the kill switch pauses posting.
         self.on_reply = on_reply
@@ -257,7 +260,7 @@ class Dispatcher:
         )
         started = time.perf_counter()
         try:
-            draft = await write_reply(bot.model, req)
+            draft = await write_reply(bot.model, req, guard=self.guard)
             composed = compose(
                 draft.reply,
                 draft.mention,

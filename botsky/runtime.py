@@ -247,12 +247,11 @@ class App:
             s.by_collection[event.collection or ""] += 1
         try:
             self.identity.observe(event)
-            opted_out = self.policy.observe(event)
-            if opted_out is not None:
+            opt_out = self.policy.observe(event)
+            if opt_out is not None:
                 s.opt_outs += 1
-                why = self.policy.last_reason or "blocked a bot"
-                await self.ledger.add_opt_out(opted_out, why, event.time_us)
-                log.info("opted_out", did=opted_out, reason=why)
+                await self.ledger.add_opt_out(opt_out.did, opt_out.reason, event.time_us)
+                log.info("opted_out", did=opt_out.did, reason=opt_out.reason)
             self.presence.observe(event)
             await self.outcomes.observe(event)
             if self.selector is not None and self.dispatcher is not None and event.is_post_create:

@@ -11,8 +11,10 @@ import dataclasses
 import gc
 import random
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
+from pydantic import SecretStr
 
 from botsky.army import Army, Bot
 from botsky.configload import LoadedConfig, Secrets
@@ -31,10 +33,11 @@ from botsky.posting import DryRunPoster, Poster
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.runtime import App
+from botsky.secretguard import SecretGuard
 from botsky.sources import open_source
 from botsky.sources.base import Source
 
-__all__ = ["build_app", "build_bots", "freeze_startup_heap"]
+__all__ = ["build_app", "build_bots", "freeze_startup_heap", "secret_guard"]
 
 log = structlog.get_logger("botsky.app")
 
@@ -79,6 +82,17 @@ def build_bots(
             )
         )
     return bots
+
+
+def secret_guard(loaded: LoadedConfig, secrets: Secrets) -> SecretGuard:
+    """Every secret this process holds: the bots' API keys and app passwords, the web token,
+    and a password in the ledger URL. ``build_app`` guards replies with it; the CLI commands
+    register the same values for log redaction."""
+    st = loaded.settings
+    values: list[str | SecretStr | None]
+    values = [v for s in secrets.values() for v in (s.api_key, s.password)]
+    values += [st.web.token, urlsplit(st.ledger.url).password]
+    return SecretGuard(values)
 
 
 def freeze_startup_heap() -> None:
@@ -254,6 +268,7 @@ async def build_app(
             replica=partitions.member,
             on_reply=policy.note_reply,
             paused=policy.posting_paused,
+            guard=secret_guard(loaded, secrets),
         )
     else:
         log.warning("no_bots_enabled", hint="set the bots' API key variables or add template bots")

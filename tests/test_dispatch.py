@@ -21,6 +21,7 @@ from botsky.llm.openai import OpenAIModel
 from botsky.outcomes import OutcomeWatcher
 from botsky.presence import Presence
 from botsky.recommend import Recommender
+from botsky.secretguard import SecretGuard
 from botsky.testing import FakeModel, RecordingPoster, handles_offered, like, post
 from tests.conftest import MIN, T0
 
@@ -113,6 +114,7 @@ async def world(ledger: SqliteLedger) -> AsyncIterator[World]:
         rules=ComposeRules(max_graphemes=120),
         queue_size=2,
         workers=1,
+        guard=SecretGuard(),
     )
     yield World(d, model, poster, ledger, presence)
 
