@@ -20,7 +20,7 @@ import click
 from botsky.cliutil import config_option, load_or_exit
 from botsky.errors import BotskyError
 from botsky.events import PROFILE
-from botsky.posting import BotSession
+from botsky.posting import BotSession, bot_sessions
 
 __all__ = ["AccountStatus", "accounts", "add_bot_label", "check_sessions", "label_bots"]
 
@@ -115,23 +115,13 @@ async def label_bots(sessions: list[BotSession]) -> dict[str, str]:
 
 
 def _sessions(config_path: Path | None) -> list[BotSession]:
+    from botsky.wiring import live_accounts
+
+    # live=True: every bot has its password, or the command has exited with the problems.
     loaded, secrets = load_or_exit(config_path, live=True)
     st = loaded.settings
-    out = []
-    for bot in loaded.bots:
-        password = secrets[bot.name].password
-        assert password is not None  # resolve_secrets(live=True) guarantees it
-        out.append(
-            BotSession(
-                bot=bot.name,
-                handle=bot.account.handle,
-                password=password,
-                pds_url=st.posting.pds_url,
-                data_dir=st.data_dir,
-                expected_did=bot.account.did,
-            )
-        )
-    return out
+    accounts = live_accounts(loaded, secrets)
+    return bot_sessions(accounts, pds_url=st.posting.pds_url, data_dir=st.data_dir)
 
 
 _config_option = config_option()

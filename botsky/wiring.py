@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import random
+from collections.abc import Container
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +30,7 @@ from botsky.metrics import Metrics
 from botsky.outcomes import OutcomeWatcher
 from botsky.partition import Partitions, PgPartitions, SinglePartition
 from botsky.policy import AudiencePolicy, KillSwitch
-from botsky.posting import DryRunPoster, Poster
+from botsky.posting import DryRunPoster, LiveAccount, Poster
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.runtime import App
@@ -37,7 +38,7 @@ from botsky.secretguard import SecretGuard
 from botsky.sources import open_source
 from botsky.sources.base import Source
 
-__all__ = ["build_app", "build_bots", "freeze_startup_heap", "secret_guard"]
+__all__ = ["build_app", "build_bots", "freeze_startup_heap", "live_accounts", "secret_guard"]
 
 log = structlog.get_logger("botsky.app")
 
@@ -82,6 +83,18 @@ def build_bots(
             )
         )
     return bots
+
+
+def live_accounts(
+    loaded: LoadedConfig, secrets: Secrets, *, only: Container[str] | None = None
+) -> list[LiveAccount]:
+    """``(bot name, account, app password)`` of every bot (in ``only``) that has a password."""
+    accounts = []
+    for cfg in loaded.bots:
+        password = secrets[cfg.name].password if cfg.name in secrets else None
+        if password is not None and (only is None or cfg.name in only):
+            accounts.append((cfg.name, cfg.account, password))
+    return accounts
 
 
 def secret_guard(loaded: LoadedConfig, secrets: Secrets) -> SecretGuard:
@@ -163,26 +176,23 @@ async def build_app(
     kill_switch = KillSwitch(file=st.posting.kill_switch_file, env=st.posting.kill_switch_env)
     bots = build_bots(loaded, secrets, http_client=http_client, metrics=metrics)
     if st.posting.mode == "live" and poster is None:
-        from botsky.posting import open_live_poster
+        from botsky.posting import WriteBudget, open_live_poster
 
-        enabled = {b.name for b in bots}
-        accounts = []
-        for cfg in loaded.bots:
-            password = secrets[cfg.name].password if cfg.name in secrets else None
-            if cfg.name in enabled and password is not None:
-                accounts.append((cfg.name, cfg.account, password))
-        poster = await open_live_poster(
-            pds_url=st.posting.pds_url,
-            accounts=accounts,
-            data_dir=st.data_dir,
+        budget = WriteBudget(
             points_per_hour=st.posting.points_per_hour,
             points_per_day=st.posting.points_per_day,
             headroom=st.posting.budget_headroom,
             posts_per_minute=st.posting.posts_per_minute,
             max_wait_s=st.posting.max_wait_s,
-            paused=kill_switch,
             # Replicas share the bot accounts: each uses its share of their write budgets.
             share=lambda: 1.0 / max(1, len(partitions.alive())),
+        )
+        poster = await open_live_poster(
+            pds_url=st.posting.pds_url,
+            accounts=live_accounts(loaded, secrets, only={b.name for b in bots}),
+            data_dir=st.data_dir,
+            budget=budget,
+            paused=kill_switch,
         )
         # Live bots are who their PDS says they are: the DID comes from the login.
         bots = [dataclasses.replace(b, did=poster.did_of(b.name)) for b in bots]

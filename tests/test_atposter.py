@@ -513,7 +513,10 @@ async def test_budget_cap_raises_before_the_pds_sees_the_write(
     )
     ref = StrongRef(root["uri"], root["cid"])
     poster = await _open(
-        local_pds, tmp_path, [("ada", bot, pw)], points_per_hour=4, headroom=1.0, max_wait_s=1.0
+        local_pds,
+        tmp_path,
+        [("ada", bot, pw)],
+        budget=WriteBudget(points_per_hour=4, headroom=1.0, max_wait_s=1.0),
     )
     try:
         await poster.reply(

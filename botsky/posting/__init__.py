@@ -9,7 +9,14 @@ The live backend imports the atproto SDK only when it is used.
 
 from __future__ import annotations
 
-from botsky.posting.atproto import AtprotoPoster, BotSession, open_live_poster, session_path
+from botsky.posting.atproto import (
+    AtprotoPoster,
+    BotSession,
+    LiveAccount,
+    bot_sessions,
+    open_live_poster,
+    session_path,
+)
 from botsky.posting.base import Posted, Poster, ReplyPost, StrongRef, reply_rkey
 from botsky.posting.budget import CREATE_COST, WriteBudget
 from botsky.posting.dryrun import DryRunPoster
@@ -19,11 +26,13 @@ __all__ = [
     "AtprotoPoster",
     "BotSession",
     "DryRunPoster",
+    "LiveAccount",
     "Posted",
     "Poster",
     "ReplyPost",
     "StrongRef",
     "WriteBudget",
+    "bot_sessions",
     "open_live_poster",
     "reply_rkey",
     "session_path",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -44,7 +43,14 @@ if TYPE_CHECKING:
 
     from botsky.config import AccountConfig
 
-__all__ = ["AtprotoPoster", "BotSession", "open_live_poster", "session_path"]
+__all__ = [
+    "AtprotoPoster",
+    "BotSession",
+    "LiveAccount",
+    "bot_sessions",
+    "open_live_poster",
+    "session_path",
+]
 
 log = structlog.get_logger("botsky.atposter")
 
@@ -320,30 +326,19 @@ class AtprotoPoster:
             await session.aclose()
 
 
-async def open_live_poster(
+LiveAccount = tuple[str, "AccountConfig", SecretStr]
+"""A bot that posts for real: its name, its account, its app password."""
+
+
+def bot_sessions(
+    accounts: Sequence[LiveAccount],
     *,
     pds_url: str,
-    accounts: Sequence[tuple[str, AccountConfig, SecretStr]],
     data_dir: Path,
-    points_per_hour: int = 5000,
-    points_per_day: int = 35_000,
-    headroom: float = 0.8,
-    posts_per_minute: float = 10.0,
-    max_wait_s: float = 30.0,
-    paused: Callable[[], bool] = lambda: False,
-    share: Callable[[], float] = lambda: 1.0,
-    clock: Callable[[], float] = time.monotonic,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> AtprotoPoster:
-    """Log every bot in (reusing saved sessions) and return the poster.
-
-    ``accounts`` holds ``(bot name, account config, app password)``. A bot that cannot log in
-    fails the whole call with ``PostError``: a live run with a silently missing bot would skew
-    the randomized assignment.
-    """
-    from atproto_client.exceptions import AtProtocolError
-
-    sessions = [
+) -> list[BotSession]:
+    """One (not yet opened) session per account."""
+    return [
         BotSession(
             bot=name,
             handle=account.handle,
@@ -355,6 +350,26 @@ async def open_live_poster(
         )
         for name, account, password in accounts
     ]
+
+
+async def open_live_poster(
+    *,
+    pds_url: str,
+    accounts: Sequence[LiveAccount],
+    data_dir: Path,
+    budget: WriteBudget | None = None,
+    paused: Callable[[], bool] = lambda: False,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AtprotoPoster:
+    """Log every bot in (reusing saved sessions) and return the poster, which spends
+    ``budget`` (default: the PDS's limits with the default headroom).
+
+    A bot that cannot log in fails the whole call with ``PostError``: a live run with a
+    silently missing bot would skew the randomized assignment.
+    """
+    from atproto_client.exceptions import AtProtocolError
+
+    sessions = bot_sessions(accounts, pds_url=pds_url, data_dir=data_dir, transport=transport)
     try:
         for s in sessions:
             try:
@@ -365,13 +380,4 @@ async def open_live_poster(
         for s in sessions:
             await s.aclose()
         raise
-    budget = WriteBudget(
-        points_per_hour=points_per_hour,
-        points_per_day=points_per_day,
-        headroom=headroom,
-        posts_per_minute=posts_per_minute,
-        max_wait_s=max_wait_s,
-        share=share,
-        clock=clock,
-    )
-    return AtprotoPoster(sessions, budget, paused=paused)
+    return AtprotoPoster(sessions, budget or WriteBudget(), paused=paused)
