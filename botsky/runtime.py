@@ -142,6 +142,8 @@ class App:
         """
         stop = self._stop = stop or asyncio.Event()
         self._failure = None
+        # The web server is the one task outside the group: `simulate --serve` keeps the page
+        # up after the run; ``aclose`` stops it.
         if self.web is not None and self.web.enabled:
             self.web_server = await serve(
                 self,
