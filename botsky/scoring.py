@@ -468,7 +468,11 @@ def _compare(arms: list[_Arm], as_of: int, opts: ScoringOptions) -> list[Compari
         h = mixture_halfwidth(v, alpha_each)
         low, high = max(-1.0, diff - h), min(1.0, diff + h)
         verdict = "better" if low > 0 else "worse" if high < 0 else "not yet separable"
-        days = None if verdict != "not yet separable" else _days_to_separate(a, b, alpha_each)
+        days = (
+            None
+            if verdict != "not yet separable"
+            else _days_to_separate(a, b, alpha_each, opts.window_s)
+        )
         fixed = z * math.sqrt(v)
         out.append(
             Comparison(
@@ -503,7 +507,7 @@ def _diff_variance(a: _Arm, b: _Arm) -> float:
     return floor if math.isnan(robust) else max(robust, floor)
 
 
-def _days_to_separate(a: _Arm, b: _Arm, alpha_each: float) -> float | None:
+def _days_to_separate(a: _Arm, b: _Arm, alpha_each: float, window_s: float) -> float | None:
     """Days until the interval for the current difference would exclude 0 if the rates, design
     effects and mention flow stay as they are; None when there is no difference or no flow.
 
@@ -517,7 +521,7 @@ def _days_to_separate(a: _Arm, b: _Arm, alpha_each: float) -> float | None:
     ua = max(1.0, sa.design_effect or 1.0) * a.rate * (1 - a.rate)
     ub = max(1.0, sb.design_effect or 1.0) * b.rate * (1 - b.rate)
     # Pending mentions will be decided within a window: count them as decided already, and
-    # add the window (stored per mention; the arms share it) at the end.
+    # add one window at the end (for the mentions still to be made to be decided).
     na, nb = sa.decided + sa.pending, sb.decided + sb.pending
 
     def gap(days: float) -> float:
@@ -527,7 +531,7 @@ def _days_to_separate(a: _Arm, b: _Arm, alpha_each: float) -> float | None:
     if gap(_MAX_DAYS) < 0:
         return None
     days = 0.0 if gap(0.0) >= 0 else float(brentq(gap, 0.0, _MAX_DAYS, xtol=1e-3))
-    return days
+    return days + window_s / 86_400
 
 
 # --- output ----------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ class NaiveWatcher:
         self.live: list[Mention] = []
         self.open: dict[int, bool] = {}
         self.counts: dict[str, int] = {}
+        self.clock = 0  # the stream clock: the latest event time seen
 
     def track(self, m: Mention) -> None:
         if all(x.id != m.id for x in self.live):
@@ -117,6 +118,9 @@ class NaiveWatcher:
             self.counts[kind] = self.counts.get(kind, 0) + 1
 
     async def observe(self, e: Event) -> None:
+        if e.time_us > self.clock:  # stream time closes every window that ended before it
+            self.clock = e.time_us
+            await self.expire(e.time_us - 1)
         if e.kind != "commit" or e.operation != "create" or not self.live:
             return
         if e.collection == POST:

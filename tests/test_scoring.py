@@ -591,6 +591,7 @@ def test_days_to_separate_shrink_with_a_larger_difference() -> None:
     assert cn.verdict == cf.verdict == "not yet separable"
     assert cn.days_to_separate is not None and cf.days_to_separate is not None
     assert 0 < cf.days_to_separate < cn.days_to_separate
+    assert cf.days_to_separate >= 1.0  # at least the one-day window of the last mentions
 
 
 def test_equal_rates_have_no_days_to_separate() -> None:
