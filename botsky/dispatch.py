@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
@@ -51,6 +51,8 @@ log = structlog.get_logger("botsky.dispatch")
 class Selector:
     """Decides which new posts are worth a reply. ``reason`` returns None for eligible posts."""
 
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
+
     def __init__(
         self,
         *,
@@ -73,6 +75,16 @@ class Selector:
         self.languages = frozenset(languages)
         self.rng = rng or random.Random()
         self._last_answered: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"rng": ..., "last_answered": {did: time_us}}``: the sampling RNG's state and the
+        author cooldowns (the rest is configuration)."""
+        return {"rng": self.rng.getstate(), "last_answered": dict(self._last_answered)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a ``snapshot``): same RNG draws, same cooldowns."""
+        self.rng.setstate(state["rng"])
+        self._last_answered = dict(state["last_answered"])
 
     def reason(self, event: Event, post: PostRef) -> str | None:
         """Why this post is skipped, or None when it should get a reply."""
@@ -124,6 +136,8 @@ class _Job:
 class Dispatcher:
     """The bounded queue and its workers."""
 
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
+
     def __init__(
         self,
         *,
@@ -161,6 +175,17 @@ class Dispatcher:
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._room = asyncio.Event()  # set whenever a worker takes a job off the queue
         self.counts: Counter[str] = Counter()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"rng": ..., "counts": {outcome: n}}``: the RNG the pickers draw from and what the
+        workers did so far. Not the queue: snapshots are taken with it empty (lockstep, at a
+        day boundary); nor the army, which has its own."""
+        return {"rng": self.rng.getstate(), "counts": dict(self.counts)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a ``snapshot``): same RNG draws, counts going on."""
+        self.rng.setstate(state["rng"])
+        self.counts = Counter(state["counts"])
 
     def offer(self, event: Event, post: PostRef) -> bool:
         """Queue a post without waiting; False (and a counted drop) when the queue is full."""

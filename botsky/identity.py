@@ -9,7 +9,7 @@ implementation of the same Protocol.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from botsky.events import Event
 from botsky.syntax import is_valid_handle
@@ -29,6 +29,8 @@ class Identity(Protocol):
 class MemoryIdentity:
     """Handles from ``#identity`` events and a preloaded mapping; bounded by ``max_entries``."""
 
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
+
     def __init__(self, known: Mapping[str, str] | None = None, max_entries: int = 2_000_000):
         self.max_entries = max_entries
         self._handles: dict[str, str] = {}
@@ -47,6 +49,14 @@ class MemoryIdentity:
 
     def handle(self, did: str) -> str | None:
         return self._handles.get(did)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"handles": {did: handle}}``, oldest entry first (the cap evicts in that order)."""
+        return {"handles": dict(self._handles)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Know exactly the handles of ``state`` (a ``snapshot``), in its order."""
+        self._handles = dict(state["handles"])
 
     def observe(self, event: Event) -> None:
         # An identity event without a handle means "re-resolve"; we cannot, so forget it.

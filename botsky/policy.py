@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event
 
@@ -92,6 +93,8 @@ class AudiencePolicy:
     daily caps hold; ``posting_paused`` is the kill switch.
     """
 
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
+
     def __init__(
         self,
         *,
@@ -129,6 +132,30 @@ class AudiencePolicy:
         self._mentions: dict[str, deque[int]] = {}
         self._replies: dict[str, deque[int]] = {}
         self._kill_switch = kill_switch or (lambda: False)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the policy learned, as plain values for ``restore`` (checkpoints).
+
+        Keys: ``opted_in`` and ``opted_out`` (sorted DIDs), and the daily caps' counts:
+        ``latest_us`` (the newest reply time, the clock without one) and ``mentions``/``replies``
+        (DID → posting times, oldest first). Not the mode, lists, phrases or caps themselves
+        (configuration), nor the kill switch (read live).
+        """
+        return {
+            "opted_in": sorted(self.opted_in),
+            "opted_out": sorted(self.opted_out),
+            "latest_us": self._latest_us,
+            "mentions": {did: list(times) for did, times in self._mentions.items()},
+            "replies": {did: list(times) for did, times in self._replies.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Know what ``state`` (a ``snapshot``) holds, in place of what was learned so far."""
+        self.opted_in = set(state["opted_in"])
+        self.opted_out = set(state["opted_out"])
+        self._latest_us = state["latest_us"]
+        self._mentions = {did: deque(times) for did, times in state["mentions"].items()}
+        self._replies = {did: deque(times) for did, times in state["replies"].items()}
 
     # -- decisions -------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import itemgetter, mul, truediv
-from typing import Final
+from typing import Any, ClassVar, Final
 
 import regex
 
@@ -107,6 +107,15 @@ class TermStats:
             df[term] = df.get(term, 0) + 1
         if len(df) > self.max_terms:
             self._prune()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The statistics as plain values (document count, frequency per term), for ``restore``."""
+        return {"docs": self.docs, "df": dict(self._df)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take the statistics of a ``snapshot`` (copied: the value stays the caller's)."""
+        self.docs = state["docs"]
+        self._df = dict(state["df"])
 
     def idf(self, term: str) -> float:
         return math.log((self.docs + 1) / (self._df.get(term, 0) + 1)) + 1.0
@@ -201,6 +210,8 @@ def _pack_texts(texts: list[bytes]) -> bytes:
 
 class Presence:
     """Online users within a sliding window of stream time, with interest profiles."""
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
 
     def __init__(
         self,
@@ -392,6 +403,78 @@ class Presence:
             if self._base > 1 << 30:  # positions must fit ``_seq``'s int32
                 self._compact_log()
         return removed
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the presence knows, as plain values for ``restore`` (checkpoints).
+
+        Keys: ``now_us`` (the stream clock), ``stats`` (``TermStats.snapshot``), and the user
+        table as laid out: ``buckets``/``keys``/``other`` (DID → slot), the slot columns
+        ``last``/``seq``/``posts``/``rec``/``lang``, ``lang_sets``, the free slots ``free``, the
+        dense positions ``dense``, the recency ``log`` with ``head``/``base``, the vocabulary
+        ``words``/``free_ids`` and the term ``index``. The layout is kept, not just the users:
+        candidates are found in slot and index order, so only the same layout ranks ties the same
+        and a resumed simulation stays bit for bit. Maps that follow from these (reverse
+        look-ups, counters) are not in it; ``restore`` rebuilds them. Records hold term ids and
+        weights in this machine's byte order (like ``array``). Nothing in it is shared with the
+        presence: later changes to either do not show in the other.
+        """
+        return {
+            "now_us": self.now_us,
+            "stats": self.stats.snapshot(),
+            "buckets": list(self._buckets),
+            "keys": bytes(self._keys),
+            "other": dict(self._other),
+            "last": self._last[:],
+            "seq": self._seq[:],
+            "posts": self._posts[:],
+            "rec": list(self._rec),
+            "lang": self._lang[:],
+            "lang_sets": list(self._lang_sets),
+            "free": self._free[:],
+            "dense": self._dense[:],
+            "log": self._log[:],
+            "head": self._head,
+            "base": self._base,
+            "words": list(self._words),
+            "free_ids": self._free_ids[:],
+            "index": {tid: slots[:] for tid, slots in self._index.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Become the presence ``state`` (a ``snapshot``) describes; the value stays the caller's.
+
+        The window, caps and profile sizes stay this presence's own (the configuration); the
+        hash table keeps the snapshot's size, so ``max_users`` may differ.
+        """
+        buckets = list(state["buckets"])
+        if not buckets or len(buckets) & (len(buckets) - 1):
+            raise ValueError("a presence snapshot needs a power-of-two number of buckets")
+        self.now_us = state["now_us"]
+        self.stats.restore(state["stats"])
+        self._buckets, self._mask = buckets, len(buckets) - 1
+        self._keys = bytearray(state["keys"])
+        self._other = dict(state["other"])
+        self._other_did = {i: did for did, i in self._other.items()}
+        self._last = state["last"][:]
+        self._seq = state["seq"][:]
+        self._posts = state["posts"][:]
+        self._rec = list(state["rec"])
+        self._lang = state["lang"][:]
+        self._lang_sets = list(state["lang_sets"])
+        self._lang_ids = {langs: k for k, langs in enumerate(self._lang_sets)}
+        self._free = state["free"][:]
+        self._dense = state["dense"][:]
+        self._where = array("i", [-1]) * len(self._last)  # free slots get theirs when reused
+        for k, i in enumerate(self._dense):
+            self._where[i] = k
+        self._log = state["log"][:]
+        self._head, self._base = state["head"], state["base"]
+        self._words = list(state["words"])
+        self._term_ids = {word: tid for tid, word in enumerate(self._words) if word}  # "": free
+        self._free_ids = state["free_ids"][:]
+        self._index = {tid: slots[:] for tid, slots in state["index"].items()}
+        self._indexed = sum(map(len, self._index.values()))
+        self._live_terms = sum(_count(r) for r in self._rec if r is not None)
 
     # DID <-> slot -------------------------------------------------------------------------
     def _find(self, did: str) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from botsky.identity import Identity
 from botsky.llm.reply import Candidate
@@ -36,6 +37,8 @@ class Offer:
 
 class Recommender:
     """Ranks online users for a post. Pure over the presence snapshot; no I/O."""
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
 
     def __init__(
         self,
@@ -62,6 +65,14 @@ class Recommender:
         # 20k online users already (BENCHMARKS.md). Scoring costs about 5 µs a user.
         self.max_candidates = max_candidates
         self._last_mentioned: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"last_mentioned": {did: time_us}}``: the mention cooldowns (the rest is config)."""
+        return {"last_mentioned": dict(self._last_mentioned)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take the cooldowns of ``state`` (a ``snapshot``)."""
+        self._last_mentioned = dict(state["last_mentioned"])
 
     def note_mentioned(self, did: str, time_us: int) -> None:
         """Start the cooldown for ``did`` (called for every recorded mention)."""

@@ -403,3 +403,39 @@ def test_selector_memory_is_bounded() -> None:
     for i in range(100_002):
         sel.accepted(Event(did=f"did:plc:a{i}", time_us=T0 + i * 1_000_000, kind="commit"))
     assert len(sel._last_answered) <= 61
+
+
+def test_selector_snapshot_continues_sampling_and_cooldowns() -> None:
+    """A selector restored from its pickled snapshot samples the same posts and keeps the
+    authors' cooldowns."""
+    import pickle
+
+    sel = _selector(sample_rate=0.5, author_cooldown_s=3600)
+    ev = post(AUTHOR, T0, "hello")
+    for _ in range(7):
+        sel.reason(ev, PostRef.of(ev.record))
+    sel.accepted(ev)
+    fresh = _selector(sample_rate=0.5, author_cooldown_s=3600)
+    fresh.restore(pickle.loads(pickle.dumps(sel.snapshot())))
+    other = post("did:plc:other", T0 + 1, "hi")
+    ref = PostRef.of(other.record)
+    assert [fresh.reason(other, ref) for _ in range(40)] == [
+        sel.reason(other, ref) for _ in range(40)
+    ]
+    later = post(AUTHOR, T0 + 30 * MIN, "again")
+    assert fresh.reason(later, PostRef.of(later.record)) == "author_cooldown"
+
+
+async def test_dispatcher_snapshot_holds_its_rng_and_counts(world: World) -> None:
+    """The dispatcher's snapshot carries the picker RNG and the outcome counts, nothing shared."""
+    import pickle
+
+    d = world.dispatcher
+    assert await d.handle(*_post()) == "posted"
+    d.counts["posted"] += 1
+    d.rng.random()
+    snap = pickle.loads(pickle.dumps(d.snapshot()))
+    d.counts["posted"] += 5
+    expected = d.rng.random()
+    d.restore(snap)
+    assert d.counts == {"posted": 1} and d.rng.random() == expected

@@ -246,3 +246,26 @@ def test_kill_switch_env_var_must_be_non_empty(value: str | None, paused: bool) 
 def test_no_kill_switch_never_pauses() -> None:
     """A policy built without a kill switch never pauses posting."""
     assert not AudiencePolicy().posting_paused()
+
+
+def test_a_pickled_snapshot_keeps_consent_and_the_daily_caps() -> None:
+    """Opt-ins, opt-outs and the caps' counts survive ``snapshot``/``restore`` through pickle;
+    the configuration stays the new policy's."""
+    import pickle
+
+    def make() -> AudiencePolicy:
+        return AudiencePolicy(bot_dids=[BOT], mentions_per_target_per_day=1,
+                              replies_per_author_per_day=2)  # fmt: skip
+
+    p = make()
+    p.observe(follow("did:plc:fan", T0, BOT))
+    p.observe(block("did:plc:foe", T0, BOT))
+    p.note_reply("did:plc:fan", "did:plc:target", T0)
+    fresh = make()
+    fresh.restore(pickle.loads(pickle.dumps(p.snapshot())))
+    assert fresh.snapshot() == p.snapshot()
+    assert fresh.may_answer("did:plc:fan") and not fresh.may_answer("did:plc:foe")
+    assert not fresh.may_mention("did:plc:target")  # the cap of 1 is used
+    fresh.note_reply("did:plc:fan", "did:plc:other", T0 + 1)
+    assert not fresh.may_answer("did:plc:fan")  # the second reply of the day
+    assert p.may_answer("did:plc:fan")  # the original is not affected by the copy
