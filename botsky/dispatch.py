@@ -34,9 +34,9 @@ from botsky.errors import (
     PostError,
     PostRateLimited,
 )
-from botsky.events import Event, PostRef
+from botsky.events import Event, PostRef, uri_authority
 from botsky.identity import Identity
-from botsky.ledger.base import Ledger, Mention
+from botsky.ledger.base import Ledger, Mention, mention_log_fields
 from botsky.llm.reply import ReplyRequest, write_reply
 from botsky.outcomes import OutcomeWatcher
 from botsky.posting import Poster, ReplyPost, StrongRef, reply_rkey
@@ -96,7 +96,11 @@ class Selector:
             return "no_text"
         if post.is_reply and not self.reply_to_replies:
             return "is_reply"
-        if not self.reply_to_bots and post.parent_uri and self.is_bot(_authority(post.parent_uri)):
+        if (
+            not self.reply_to_bots
+            and post.parent_uri
+            and self.is_bot(uri_authority(post.parent_uri))
+        ):
             return "reply_to_bot"
         if self.languages and post.langs and not self.languages & set(post.langs):
             return "language"
@@ -400,33 +404,7 @@ class Dispatcher:
 
 def _log_posted(m: Mention) -> None:
     # The canonical line per handled post; `botsky scores --logs` rebuilds scores from it.
-    log.info(
-        "reply_posted",
-        mention_id=m.id,
-        bot=m.bot,
-        model=m.model,
-        provider=m.provider,
-        persona=m.persona,
-        picker=m.picker,
-        post_uri=m.post_uri,
-        post_author=m.post_author,
-        root_uri=m.root_uri,
-        reply_uri=m.reply_uri,
-        mentioned_did=m.mentioned_did,
-        mentioned_handle=m.mentioned_handle,
-        rank=m.rank,
-        candidates=len(m.candidates),
-        created_us=m.created_us,
-        prompt_tokens=m.prompt_tokens,
-        completion_tokens=m.completion_tokens,
-        cost_usd=m.cost_usd,
-        latency_ms=m.latency_ms,
-        repaired=m.extra.get("repaired", []),
-    )
-
-
-def _authority(uri: str) -> str:
-    return uri[5:].split("/", 1)[0] if uri.startswith("at://") else ""
+    log.info("reply_posted", **mention_log_fields(m))
 
 
 def _rfc3339(time_us: int) -> str:

@@ -59,7 +59,7 @@ from typing import Any, ClassVar, Final
 
 import structlog
 
-from botsky.events import BLOCK, LIKE, POST, REPOST, Event, PostRef
+from botsky.events import BLOCK, LIKE, POST, REPOST, Event, PostRef, uri_authority
 from botsky.ledger.base import Ledger, Mention, Outcome
 
 __all__ = ["OutcomeWatcher"]
@@ -264,7 +264,7 @@ class OutcomeWatcher:
         for r in self._by_reply.rows(key, first, base):
             if self._ids[r - base] == m.id:
                 return  # already watched (a takeover re-reads every open mention)
-        bot_did = _bot_did(m.reply_uri)
+        bot_did = uri_authority(m.reply_uri)  # the bot's reply is in the bot's repository
         bot = self._bot_index.get(bot_did)
         if bot is None:
             bot = self._bot_index[bot_did] = len(self._bots)
@@ -333,10 +333,7 @@ class OutcomeWatcher:
         """The live row whose bot reply is ``uri``, or -1."""
         # Bot replies live in the bots' repositories: any other URI (nearly every like on the
         # network) is a miss without computing a digest.
-        if not uri:
-            return -1
-        end = uri.find("/", 5)  # _bot_did(uri), inlined: this is every like's path
-        if (uri[5:end] if end >= 0 else uri[5:]) not in self._bot_index:
+        if not uri or uri_authority(uri) not in self._bot_index:
             return -1
         key, check = _digest2(uri)
         base = self._base
@@ -418,9 +415,3 @@ class OutcomeWatcher:
         for chains in (self._by_reply, self._by_author, self._by_mentioned):
             chains.cut(dead)
             chains.shrink(live, self._first, self._base)
-
-
-def _bot_did(reply_uri: str) -> str:
-    # The bot's DID is the authority of its reply's AT-URI: at://<did>/app.bsky.feed.post/<rkey>.
-    end = reply_uri.find("/", 5)
-    return reply_uri[5:end] if end >= 0 else reply_uri[5:]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event
+from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event, uri_authority
 
 __all__ = ["DAY_US", "OPT_OUT_REASONS", "AudiencePolicy", "KillSwitch"]
 
@@ -51,10 +51,6 @@ def _tag_pattern(tag: str) -> re.Pattern[str] | None:
         return None
     # "#nobot" but not "#nobots" or "a#nobot"; the '#' itself is not a word character.
     return re.compile(r"(?<![\w#])" + re.escape(tag.strip()) + r"(?!\w)", re.IGNORECASE)
-
-
-def _authority(uri: str | None) -> str:
-    return uri[5:].split("/", 1)[0] if uri and uri.startswith("at://") else ""
 
 
 class KillSwitch:
@@ -233,7 +229,7 @@ class AudiencePolicy:
                 self.opted_in.add(event.did)
         elif event.collection == POST:
             post = event.post
-            to_bot = _authority(post.parent_uri) in self.bot_dids
+            to_bot = uri_authority(post.parent_uri) in self.bot_dids
             if to_bot and self._stop is not None and self._stop.search(post.text):
                 reason = ASKED_TO_STOP
             if reason is None and any(d in self.bot_dids for d in post.mention_dids):

@@ -21,12 +21,11 @@ import structlog
 
 from botsky.errors import PostError
 from botsky.events import POST, at_uri
+from botsky.ids import tid
 
 __all__ = ["DryRunPoster", "Posted", "Poster", "ReplyPost", "StrongRef", "reply_rkey"]
 
 log = structlog.get_logger("botsky.posting")
-
-_B32 = "234567abcdefghijklmnopqrstuvwxyz"
 
 
 def reply_rkey(time_us: int, key: str) -> str:
@@ -40,8 +39,7 @@ def reply_rkey(time_us: int, key: str) -> str:
     """
     h = hashlib.sha256(key.encode()).digest()
     micros = (time_us // 1000) * 1000 + int.from_bytes(h[:2], "big") % 1000
-    n = (micros << 10) | (int.from_bytes(h[2:4], "big") & 0x3FF)
-    return "".join(_B32[(n >> (5 * i)) & 31] for i in range(12, -1, -1))
+    return tid(micros, int.from_bytes(h[2:4], "big"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 from botsky.errors import PostError, PostRateLimited
 from botsky.events import BLOCK, FOLLOW, LIKE, POST, REPOST, Event, at_uri
+from botsky.ids import synthetic_cid, tid
 from botsky.llm.base import Completion, Usage
 from botsky.posting import Posted, ReplyPost
 from botsky.sources.base import SourceStats
@@ -45,20 +46,9 @@ __all__ = [
     "tid",
 ]
 
-_B32 = "234567abcdefghijklmnopqrstuvwxyz"
-
-
-def tid(time_us: int, clock_id: int = 0) -> str:
-    """A record key in the TID format for ``time_us`` (sortable base32, 13 chars)."""
-    n = (time_us << 10) | (clock_id & 0x3FF)
-    return "".join(_B32[(n >> (5 * i)) & 31] for i in range(12, -1, -1))
-
-
-def fake_cid(seed: str) -> str:
-    """A deterministic, CID-shaped string (base32 sha256 multihash prefix), not a real hash."""
-    digest = hashlib.sha256(seed.encode()).digest()
-    bits = int.from_bytes(digest, "big")
-    return "bafyrei" + "".join(_B32[(bits >> (5 * i)) & 31] for i in range(52))
+# The production encoders, under the names tests know: a TID record key for a time, and a
+# deterministic CID-shaped string (not a real hash).
+fake_cid = synthetic_cid
 
 
 def _commit(

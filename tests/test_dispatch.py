@@ -15,6 +15,7 @@ from botsky.dispatch import ComposeRules, Dispatcher, Selector
 from botsky.errors import LedgerUnavailable, ModelError, ModelUnavailable, PostError
 from botsky.events import Event, PostRef
 from botsky.identity import MemoryIdentity
+from botsky.ledger.base import MENTION_LOG_FIELDS, mention_from_log
 from botsky.ledger.retry import RetryingLedger
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm.openai import OpenAIModel
@@ -439,3 +440,26 @@ async def test_dispatcher_snapshot_holds_its_rng_and_counts(world: World) -> Non
     expected = d.rng.random()
     d.restore(snap)
     assert d.counts == {"posted": 1} and d.rng.random() == expected
+
+
+async def test_the_reply_posted_line_reads_back_as_the_ledgers_mention(world: World) -> None:
+    """A ``reply_posted`` log line, through JSON, reads back (``mention_from_log``) into the
+    Mention the ledger recorded, on every field the line carries; it carries exactly those."""
+    import dataclasses
+
+    from structlog.testing import capture_logs
+
+    world.model.script({"reply": "🍞 " * 200 + "@baker.test", "mention": "baker.test"})
+    with capture_logs() as logs:
+        assert await world.dispatcher.handle(*_post()) == "posted"
+    (line,) = [e for e in logs if e["event"] == "reply_posted"]
+    carried = {name for name, _ in MENTION_LOG_FIELDS}
+    assert set(line) - {"event", "log_level"} == carried | {"mention_id", "candidates", "repaired"}
+    read = mention_from_log(orjson.loads(orjson.dumps(line)))
+    (recorded,) = await world.ledger.mentions()
+    assert read is not None and read.id == recorded.id > 0
+    assert read.extra == recorded.extra and "trimmed" in read.extra["repaired"]  # type: ignore[operator]
+    for f in dataclasses.fields(recorded):
+        if f.name in carried:
+            assert getattr(read, f.name) == getattr(recorded, f.name), f.name
+    assert line["candidates"] == len(recorded.candidates) == 2

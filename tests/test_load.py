@@ -33,6 +33,7 @@ import libipld
 from botsky.app import App, build_app
 from botsky.config import DEFAULT_COLLECTIONS
 from botsky.configload import load_config, resolve_secrets
+from botsky.ids import BASE32_SORTABLE
 from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelaySource
 from tests.test_relay import load_frames
@@ -40,14 +41,13 @@ from tests.test_relay import load_frames
 REPO = Path(__file__).parent.parent
 SEQ0 = 1 << 40  # above 2**32, so every seq is an 8-byte CBOR integer: patched in place
 TIME0 = "2000-01-01T00:00:00.000Z"
-_B32 = "234567abcdefghijklmnopqrstuvwxyz"
 
 
 CYCLE = 20  # passes before DIDs repeat: 20 x 150 users, well above the presence bound
 
 
 def _suffix(k: int) -> str:
-    return "".join(_B32[(k >> (5 * j)) & 31] for j in range(8))
+    return "".join(BASE32_SORTABLE[(k >> (5 * j)) & 31] for j in range(8))
 
 
 def _did(i: int, k: int) -> str:
