@@ -117,11 +117,9 @@ class TermStats:
         self.docs = state["docs"]
         self._df = dict(state["df"])
 
-    def idf(self, term: str) -> float:
-        return math.log((self.docs + 1) / (self._df.get(term, 0) + 1)) + 1.0
-
     def tf_idf(self, counts: dict[str, int]) -> dict[str, float]:
-        """Count × ``idf`` per term (``idf`` inlined: this runs for every post)."""
+        """Count × IDF per term, IDF = ln((docs + 1) / (df + 1)) + 1 (smoothed, as in
+        scikit-learn's ``TfidfVectorizer``)."""
         docs, df, log = self.docs + 1, self._df, math.log
         return {t: c * (log(docs / (df.get(t, 0) + 1)) + 1.0) for t, c in counts.items()}
 
@@ -295,7 +293,12 @@ class Presence:
         return i >= 0 and self._last[i] >= self.now_us - self.window_us
 
     def online(self) -> Iterator[Profile]:
-        """Online users, most recently active first."""
+        """Online users, most recently active first.
+
+        No pipeline stage walks every online user (the recommender goes through ``matches``
+        and ``sample``); this stays as the one readable view of the recency order, which the
+        tests check window expiry, the ``max_users`` cap and checkpoints against.
+        """
         cutoff = self.now_us - self.window_us
         log, seq, last = self._log, self._seq, self._last
         for k in range(len(log) - 1, self._head - 1, -1):
@@ -307,7 +310,11 @@ class Presence:
             yield self._profile(i)
 
     def users_sharing(self, terms: Iterable[str]) -> set[str]:
-        """DIDs of users whose profile holds at least one of ``terms``."""
+        """DIDs of users whose profile holds at least one of ``terms``.
+
+        The exact, unbounded answer of the term index (``matches`` asks it with a bound): kept
+        as the reference the tests hold the index, its sweeps and checkpoints to.
+        """
         found: set[int] = set()
         rec = self._rec
         for term in terms:
@@ -321,20 +328,15 @@ class Presence:
                     found.add(i)
         return {self._did(i) for i in found}
 
-    def candidates(self, terms: Iterable[str], limit: int) -> set[str]:
-        """Up to ``limit`` users sharing a term, found rarest term first, newest holder first.
-
-        ``users_sharing`` when that has at most ``limit`` users. The bound is what keeps a
-        recommendation cheap on the whole network, where a common word is held by 10^5 users:
-        rare terms say the most about a match and are looked at first.
-        """
-        return {self._did(i) for i in self._candidates(list(terms), limit)}
-
     def matches(self, vec: dict[str, float], limit: int, keep: Keep) -> list[Match]:
-        """(similarity, last activity, DID) of the ``candidates(vec, limit)`` ``keep`` accepts.
+        """(similarity, last activity, DID) of up to ``limit`` users sharing a term of ``vec``
+        that ``keep`` accepts.
 
-        ``keep(did, last_us, langs)`` is the recommender's filter: asked on the columns in one
-        pass (no DID lookup per question), and similarity is computed only for users kept.
+        The users are found rarest term first, newest holder first: the bound is what keeps a
+        recommendation cheap on the whole network, where a common word is held by 10^5 users,
+        and rare terms say the most about a match. ``keep(did, last_us, langs)`` is the
+        recommender's filter: asked on the columns in one pass (no DID lookup per question),
+        and similarity is computed only for users kept.
         """
         query = self._query(vec)
         rec, last, lang, sets = self._rec, self._last, self._lang, self._lang_sets
@@ -351,22 +353,6 @@ class Presence:
             if keep(did, last_us, sets[lang[i]]):
                 out.append((_similarity(rec[i], query), last_us, did))
         return out
-
-    def similarity(self, did: str, vec: dict[str, float]) -> float:
-        """``sum(w * profile.terms.get(t, 0.0) for t, w in vec.items())``, without the Profile.
-
-        Only the shared terms' products are added, in ``vec``'s order: adding the absent terms'
-        0.0 would not change the float.
-        """
-        i = self._find(did)
-        if i < 0:
-            return 0.0
-        return _similarity(self._rec[i], self._query(vec))
-
-    def terms_of(self, did: str) -> dict[str, float]:
-        """The term weights of ``did``'s profile (empty for unknown users and non-posters)."""
-        i = self._find(did)
-        return {} if i < 0 else self._term_weights(i)
 
     def sample(self, rng: random.Random, tries: int = 64) -> Profile | None:
         """A uniformly random online user (rejection sampling over the dense positions)."""
@@ -588,7 +574,8 @@ class Presence:
         self._log, self._head, self._base = live, 0, 0
 
     def _candidates(self, terms: list[str], limit: int) -> list[int]:
-        """``candidates`` as slots, in the order found."""
+        """Slots of up to ``limit`` users sharing a term, rarest term first, newest holder
+        first (``users_sharing`` when that has at most ``limit`` users), in the order found."""
         index, ids, rec = self._index, self._term_ids, self._rec
         holders = [
             (index.get(tid, ()) if (tid := ids.get(t)) is not None else (), tid) for t in terms

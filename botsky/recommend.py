@@ -60,7 +60,7 @@ class Recommender:
         self.is_bot = is_bot
         # The consent hook: the audience policy says who may be mentioned at all.
         self.may_mention = may_mention
-        # Users scored per post at most (see Presence.candidates): on the whole network a
+        # Users scored per post at most (see Presence.matches): on the whole network a
         # common word is shared by 10^5 online users; scoring them all took ~0.1 s a post with
         # 20k online users already (BENCHMARKS.md). Scoring costs about 5 µs a user.
         self.max_candidates = max_candidates
@@ -94,7 +94,11 @@ class Recommender:
         return self.may_mention(p.did) and self.identity.handle(p.did) is not None
 
     def ranked(self, text: str, author: str, langs: tuple[str, ...]) -> list[tuple[float, Profile]]:
-        """Eligible users sharing a term with the post, most similar first."""
+        """Eligible users sharing a term with the post, most similar first.
+
+        ``offer`` uses ``_rank`` (no Profile for users nobody is offered); this whole ranking
+        as Profiles stays for the tests of order and filter, and for reading a ranking by hand.
+        """
         profile = self.presence.profile
         return [(sim, p) for sim, did in self._rank(text, author, langs) if (p := profile(did))]
 

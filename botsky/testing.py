@@ -3,6 +3,7 @@
 - Event builders (``post``, ``like``, ``repost``, ``follow``, ``block``, ``identity``) that
   produce the same ``Event`` a Jetstream line would, with real-looking TIDs and CIDs.
 - ``ListSource``: a finite Source over a list of events.
+- ``FakeClock``: an injectable ``clock`` (and ``sleep``) whose time moves only when told.
 - ``FakeModel``: a Model with scripted answers that records every prompt.
 - ``RecordingPoster``: a Poster that records replies and can be told to fail.
 - ``FakeVendorServer``: a loopback HTTP server answering OpenAI ``/v1/chat/completions`` and
@@ -31,6 +32,7 @@ from botsky.posting import Posted, ReplyPost
 from botsky.sources.base import SourceStats
 
 __all__ = [
+    "FakeClock",
     "FakeModel",
     "FakeVendorServer",
     "ListSource",
@@ -49,6 +51,30 @@ __all__ = [
 # The production encoders, under the names tests know: a TID record key for a time, and a
 # deterministic CID-shaped string (not a real hash).
 fake_cid = synthetic_cid
+
+
+class FakeClock:
+    """A clock for the ``clock=``/``sleep=`` parameters: time moves only when told.
+
+    Call it for the time, in whatever unit the component counts (monotonic seconds, or stream
+    microseconds); set ``now`` or ``advance`` to move it. ``await sleep(s)`` records ``s`` in
+    ``slept`` and moves the clock by it at once, as if the wait had passed.
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> Any:
+        # Any: a stream clock wants the int it was started with (``FakeClock(T0)``) back.
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def _commit(

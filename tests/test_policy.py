@@ -8,7 +8,7 @@ import pytest
 
 from botsky.events import PROFILE, Event
 from botsky.policy import AudiencePolicy, KillSwitch
-from botsky.testing import block, follow, post
+from botsky.testing import FakeClock, block, follow, post
 from tests.conftest import T0
 
 BOT = "did:plc:bot"
@@ -171,16 +171,16 @@ HOUR = 3_600_000_000
 
 def test_mentions_per_target_cap_holds_for_a_day_of_stream_time() -> None:
     """A target mentioned ``cap`` times in 24 h is not offered again until the window passes."""
-    now = [T0]
-    pol = AudiencePolicy(mode="open", mentions_per_target_per_day=2, clock=lambda: now[0])
+    clock = FakeClock(T0)
+    pol = AudiencePolicy(mode="open", mentions_per_target_per_day=2, clock=clock)
     pol.note_reply("did:plc:a1", "did:plc:t", T0)
     assert pol.may_mention("did:plc:t")
-    now[0] = T0 + HOUR
-    pol.note_reply("did:plc:a2", "did:plc:t", now[0])
+    clock.now = T0 + HOUR
+    pol.note_reply("did:plc:a2", "did:plc:t", clock())
     assert not pol.may_mention("did:plc:t") and pol.may_mention("did:plc:other")
-    now[0] = T0 + 24 * HOUR  # the first mention leaves the window
+    clock.now = T0 + 24 * HOUR  # the first mention leaves the window
     assert pol.may_mention("did:plc:t")
-    now[0] = T0 + 25 * HOUR
+    clock.now = T0 + 25 * HOUR
     assert pol.may_mention("did:plc:t") and not pol._mentions
 
 
@@ -220,18 +220,18 @@ def test_caps_do_not_override_consent() -> None:
 
 def test_kill_switch_file_is_checked_at_most_every_half_second(tmp_path: Path) -> None:
     """Creating the file pauses posting within 0.5 s of the clock; removing it resumes."""
-    now = [100.0]
+    clock = FakeClock(100.0)
     flag = tmp_path / "STOP"
-    switch = KillSwitch(file=flag, environ={}, clock=lambda: now[0])
+    switch = KillSwitch(file=flag, environ={}, clock=clock)
     pol = AudiencePolicy(kill_switch=switch)
     assert not pol.posting_paused()
     flag.touch()
-    now[0] += 0.2
+    clock.advance(0.2)
     assert not pol.posting_paused()  # cached reading
-    now[0] += 0.3
+    clock.advance(0.3)
     assert pol.posting_paused()
     flag.unlink()
-    now[0] += 0.5
+    clock.advance(0.5)
     assert not pol.posting_paused()
 
 

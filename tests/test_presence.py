@@ -157,7 +157,8 @@ def test_index_sweep_frees_term_ids_for_new_terms() -> None:
     assert len(p._term_ids) <= 2 + 1024 + 4
     assert p.users_sharing([f"word{2999}a"]) == {"did:plc:" + "c" * 24}
     assert p.users_sharing(["word5a"]) == set()
-    assert set(p.terms_of("did:plc:" + "c" * 24)) == {"word2999a", "word2999b"}
+    prof = p.profile("did:plc:" + "c" * 24)
+    assert prof is not None and set(prof.terms) == {"word2999a", "word2999b"}
 
 
 def test_sample_stays_uniform_when_few_users_remain_after_many() -> None:
