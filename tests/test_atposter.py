@@ -28,9 +28,7 @@ from botsky.errors import PostError, PostRateLimited
 from botsky.posting import ReplyPost, StrongRef, reply_rkey
 from botsky.testing import FakeClock
 from tests.pds.harness import LocalPds, TestAccount
-from tests.pds_fixtures import local_pds, unique_name
-
-__all__ = ["local_pds"]  # the fixture is used by name
+from tests.support import unique_name
 
 
 def _budget(clock: FakeClock, **kw: Any) -> WriteBudget:

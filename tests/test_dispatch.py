@@ -23,7 +23,7 @@ from botsky.outcomes import OutcomeWatcher
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.testing import FakeModel, RecordingPoster, handles_offered, like, post
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 BOT_DID = "did:plc:bot"
 AUTHOR = "did:plc:author"

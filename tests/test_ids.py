@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from botsky.ids import synthetic_cid, tid
 from botsky.posting import reply_rkey
 from botsky.syntax import is_valid_cid, is_valid_tid
@@ -37,6 +39,7 @@ def test_synthetic_cids_are_cid_shaped_and_deterministic() -> None:
     assert synthetic_cid("a") != synthetic_cid("b")
 
 
+@pytest.mark.slow
 def test_production_code_does_not_import_the_test_fakes() -> None:
     """Importing the CLI, the simulation and every source leaves ``botsky.testing`` unloaded."""
     code = (

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import libipld
+import pytest
 
 from botsky.app import App, build_app
 from botsky.config import DEFAULT_COLLECTIONS
@@ -36,7 +37,7 @@ from botsky.configload import load_config, resolve_secrets
 from botsky.ids import BASE32_SORTABLE
 from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelaySource
-from tests.test_relay import load_frames
+from tests.support import load_frames
 
 REPO = Path(__file__).parent.parent
 SEQ0 = 1 << 40  # above 2**32, so every seq is an 8-byte CBOR integer: patched in place
@@ -287,6 +288,7 @@ async def run_load(
     return result
 
 
+@pytest.mark.slow
 async def test_relay_at_20k_events_per_second_stays_bounded(tmp_path: Path) -> None:
     """~5 s at >= 20k events/s: no crash, bounded presence and RSS, lag measured, drops counted."""
     r = await run_load(tmp_path, rate=30_000, seconds=5.0, max_users=200)

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ import botsky.outcomes as outcomes_mod
 from botsky.events import BLOCK, LIKE, POST, REPOST, Event, PostRef
 from botsky.ledger.base import Mention, Outcome
 from botsky.outcomes import OutcomeWatcher
-from tests.conftest import T0
+from tests.support import T0
 
 USERS = [f"did:plc:user{i}" for i in range(4)]  # few, so mentions share users and threads
 BOTS = ["did:plc:bota", "did:plc:botb"]
@@ -169,6 +170,7 @@ _step = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_step, min_size=20, max_size=150), st.sampled_from([0, 1, 1024]))
 def test_the_index_matches_a_naive_scan(script: list[tuple[Any, ...]], slack: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 from botsky.events import PROFILE, Event
 from botsky.policy import AudiencePolicy, KillSwitch
 from botsky.testing import FakeClock, block, follow, post
-from tests.conftest import T0
+from tests.support import T0
 
 BOT = "did:plc:bot"
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 from botsky.presence import Presence, tokenize
 from botsky.testing import like, post
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 
 def test_tokenize_drops_urls_mentions_and_stopwords() -> None:

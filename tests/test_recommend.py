@@ -10,7 +10,7 @@ from botsky.identity import MemoryIdentity
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.testing import like, post
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 USERS = {
     "did:plc:baker": ("baker.test", "sourdough bread baking flour starter", ("en",)),

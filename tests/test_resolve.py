@@ -19,11 +19,8 @@ from botsky.events import Event
 from botsky.identity import Identity
 from botsky.resolve import ResolvingIdentity
 from botsky.testing import FakeClock, identity, post
-from tests.conftest import T0
 from tests.pds.harness import LocalPds
-from tests.pds_fixtures import local_pds, unique_name
-
-__all__ = ["local_pds"]  # the fixture is used by name
+from tests.support import T0, unique_name
 
 
 class FakePlc:

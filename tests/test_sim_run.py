@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import structlog
 
 from botsky.army import Army
-from botsky.configload import LoadedConfig, load_config, resolve_secrets
+from botsky.configload import resolve_secrets
 from botsky.dispatch import Dispatcher, Selector
 from botsky.errors import ConfigError
 from botsky.events import PostRef, event_to_jetstream, parse_jetstream
@@ -29,40 +26,9 @@ from botsky.sim.run import SimResult, simulate
 from botsky.sim.state import DEFAULT_LIMITS
 from botsky.sources.replay import ReplaySource
 from botsky.testing import FakeModel
+from tests.support import sim_config
 
-ROOT = Path(__file__).resolve().parent.parent
-SIM_CONFIG = ROOT / "configs" / "sim.yaml"
-
-CONTROL_BOTS = """bots:
-  - {name: similar, persona: p, provider: template, model: t-similar, picker: similar,
-     account: {handle: similar.bots.sim.test}}
-  - {name: random, persona: p, provider: template, model: t-random, picker: random,
-     account: {handle: random.bots.sim.test}}
-"""
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs() -> Iterator[None]:
-    """Thousands of info lines per run would only slow the tests down."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    yield
-    structlog.reset_defaults()
-
-
-def sim_config(
-    tmp: Path, bots: str = CONTROL_BOTS, *, top_k: int = 8, audience: str = "open"
-) -> LoadedConfig:
-    """The shipped simulation config with its own data_dir and army under ``tmp``."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "bots.yaml").write_text(bots)
-    text = SIM_CONFIG.read_text()
-    text = text.replace("data_dir: ./data/sim", f"data_dir: {tmp / 'data'}")
-    text = text.replace("bots_file: sim-bots.yaml", "bots_file: bots.yaml")
-    text = text.replace("top_k: 8", f"top_k: {top_k}")
-    if audience != "open":
-        text = text.replace("mode: open", f"mode: {audience}")
-    (tmp / "sim.yaml").write_text(text)
-    return load_config(tmp / "sim.yaml", environ={})
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def board(result: SimResult) -> list[tuple[Any, ...]]:
@@ -250,6 +216,7 @@ async def test_llm_engine_falls_back_when_the_model_fails(tmp_path: Path) -> Non
     assert result.world.counts["posts"] == 6
 
 
+@pytest.mark.slow
 def test_simulate_command_prints_leaderboards_and_oracle(tmp_path: Path) -> None:
     """`botsky simulate` runs a small world and prints both leaderboards and the oracle."""
     sim_config(tmp_path)

@@ -21,7 +21,7 @@ from botsky.errors import ConfigError
 from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelayDecoder
 from botsky.testing import FakeClock
-from tests.test_relay import (
+from tests.support import (
     FIXED_JITTER,
     FRAMES,
     FakeSleep,

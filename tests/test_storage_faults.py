@@ -25,7 +25,7 @@ from botsky.errors import LedgerError, LedgerUnavailable
 from botsky.ledger.base import Mention
 from botsky.ledger.retry import RetryingLedger
 from botsky.ledger.sqlite import SqliteLedger
-from tests.conftest import T0
+from tests.support import T0
 
 _HOLD_LOCK = textwrap.dedent(
     """
