@@ -29,9 +29,9 @@ from botsky.sources.relay import RelaySource
 from botsky.testing import RecordingPoster, handles_offered, identity, like, post
 
 if TYPE_CHECKING:
-    from botsky.app import App
     from botsky.configload import LoadedConfig
     from botsky.metrics import Metrics
+    from botsky.runtime import App
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -286,8 +286,8 @@ async def replay_app(tmp: Path, server_url: str, metrics: Metrics | None = None)
 
     ``metrics`` is the registry the composition root wraps the models and the poster with.
     """
-    from botsky.app import build_app
     from botsky.configload import load_config, resolve_secrets
+    from botsky.wiring import build_app
 
     cfg = write_config(tmp, server_url)
     loaded = load_config(cfg, environ={})

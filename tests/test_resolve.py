@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from botsky.events import Event
-from botsky.identity import Identity
-from botsky.resolve import ResolvingIdentity
+from botsky.identity import Identity, ResolvingIdentity
 from botsky.testing import FakeClock, identity, post
 from tests.pds.harness import LocalPds
 from tests.support import T0, unique_name

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from botsky.app import App
 from botsky.errors import ConfigError
+from botsky.runtime import App
 from botsky.scoring import score, scores_json
 from botsky.testing import (
     FakeVendorServer,
