@@ -1,6 +1,7 @@
 """The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``check-config``, ``accounts``.
 
-With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory. Logs go to
+With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory (``scores``: the
+last run started there, see ``botsky.lastrun``). Logs go to
 stdout (JSON lines unless stdout is a terminal); human summaries and tables go to stderr or, for
 ``scores``, stdout.
 """
@@ -63,6 +64,7 @@ def run_cmd(config_path: Path | None) -> None:
     """Run the service: read the source, answer eligible posts, record and score mentions."""
     from botsky.app import build_app, freeze_startup_heap
     from botsky.configload import load_config, resolve_secrets
+    from botsky.lastrun import record_run
     from botsky.logs import configure_logging, register_secret
 
     loaded = _load_or_exit(load_config, config_path)
@@ -83,6 +85,7 @@ def run_cmd(config_path: Path | None) -> None:
 
     async def _main() -> None:
         app = await build_app(loaded, secrets)
+        record_run(loaded.path, "run")  # `botsky scores` shows this run (botsky.lastrun)
         freeze_startup_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -128,32 +131,19 @@ def run_cmd(config_path: Path | None) -> None:
 def scores_cmd(
     config_path: Path | None, by: str, as_json: bool, log_file: Path | None, plot_file: Path | None
 ) -> None:
-    """Print the leaderboard: success rate with its 95% interval, engagement and cost."""
+    """Print the leaderboard: success rate with its 95% interval, engagement and cost.
+
+    Without -c, the scores are those of the last run started in this directory (botsky run or
+    botsky simulate; the first line on stderr says which), else of configs/botsky.yaml. The
+    ledger is only read: reading scores never creates or changes one.
+    """
     from botsky.scoring import rebuild_from_log, render_table, score, scores_json
 
     if log_file is not None:
         with log_file.open("rb") as fh:
             mentions, outcomes = rebuild_from_log(fh)
     else:
-        from botsky.configload import load_config
-        from botsky.ledger import open_ledger
-
-        loaded = _load_or_exit(load_config, config_path)
-        st = loaded.settings
-
-        async def _rows() -> tuple[list[Mention], list[Outcome]]:
-            ledger = open_ledger(st.ledger.url, st.data_dir)
-            await ledger.open()
-            try:
-                return await ledger.mentions(), await ledger.outcomes()
-            finally:
-                await ledger.close()
-
-        try:
-            mentions, outcomes = asyncio.run(_rows())
-        except BotskyError as exc:
-            click.echo(f"botsky: {exc}", err=True)
-            sys.exit(1)
+        mentions, outcomes = _ledger_rows(config_path)
     rows = score(mentions, outcomes, by=by)
     if plot_file is not None:
         from botsky.plot import plot_scores
@@ -165,6 +155,49 @@ def scores_cmd(
         click.echo(orjson.dumps(scores_json(rows), option=orjson.OPT_INDENT_2).decode())
     else:
         Console().print(render_table(rows))
+
+
+def _ledger_rows(config_path: Path | None) -> tuple[list[Mention], list[Outcome]]:
+    """The rows ``scores`` reads, from the ledger of ``-c``'s config; without ``-c``, of the
+    last run started in this directory (said on stderr; ``botsky.lastrun``), else of
+    configs/botsky.yaml. Opened read-only: reading scores never creates or changes a ledger."""
+    from botsky.configload import load_config
+    from botsky.lastrun import last_run
+    from botsky.ledger import open_ledger
+    from botsky.ledger.sqlite import SqliteLedger
+
+    if config_path is None and (last := last_run()) is not None:
+        click.echo(f"scores of the last run here: {last.describe()}", err=True)
+        config_path = last.config
+    loaded = _load_or_exit(load_config, config_path)
+    st = loaded.settings
+    ledger = open_ledger(st.ledger.url, st.data_dir, read_only=True)
+    hint = (
+        "nothing to score yet: run `botsky simulate` (offline, no keys) or `botsky run` first, "
+        "or name the config of a run with -c"
+    )
+    if isinstance(ledger, SqliteLedger) and not ledger.path.exists():
+        click.echo(f"botsky: no ledger at {ledger.path} ({loaded.path})", err=True)
+        click.echo(hint, err=True)
+        sys.exit(1)
+
+    async def _rows() -> tuple[list[Mention], list[Outcome]]:
+        await ledger.open()
+        try:
+            return await ledger.mentions(), await ledger.outcomes()
+        finally:
+            await ledger.close()
+
+    try:
+        mentions, outcomes = asyncio.run(_rows())
+    except BotskyError as exc:
+        click.echo(f"botsky: {exc}", err=True)
+        if "yet" in str(exc):
+            click.echo(hint, err=True)
+        sys.exit(1)
+    if not mentions:
+        click.echo(f"no mentions recorded yet in the ledger of {loaded.path}", err=True)
+    return mentions, outcomes
 
 
 def _load_or_exit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

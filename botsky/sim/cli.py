@@ -100,6 +100,7 @@ def simulate_cmd(
     """
     from botsky.app import freeze_startup_heap
     from botsky.configload import load_config, resolve_secrets
+    from botsky.lastrun import record_run
     from botsky.logs import configure_logging, register_secret
     from botsky.sim.run import simulate
     from botsky.sim.world import World
@@ -132,6 +133,7 @@ def simulate_cmd(
 
         def open_log(previous: Path | None) -> None:
             configure_logging(level=st.logging.level, fmt="json", file=log_file, stream=quiet)
+            record_run(loaded.path, "simulate")  # `botsky scores` shows this run
             if previous is not None:
                 moved.append(previous)
 
