@@ -238,5 +238,16 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point.
+
+    A user error never ends in a traceback: commands report configuration problems as lines,
+    and what still escapes them here is a file the user named that cannot be read or written
+    (an OSError: a data_dir under a file, a full disk) or a botsky error; both get one line.
+    """
+    try:
+        cli()
+    except (OSError, BotskyError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        for line in problems:
+            click.echo(f"botsky: {line}", err=True)
+        sys.exit(1)

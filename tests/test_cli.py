@@ -46,6 +46,7 @@ def test_check_config_reports_file_line_and_field(tmp_path: Path) -> None:
     (tmp_path / "configs" / "botsky.yaml").write_text(
         "data_dir: ./d\nsource: {kind: replay, path: x.jsonl}\n"
     )
+    (tmp_path / "configs" / "x.jsonl").write_bytes(b"")
     (tmp_path / "configs" / "bots.yaml").write_text(
         "bots:\n"
         "  - name: ada\n"

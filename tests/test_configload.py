@@ -56,9 +56,11 @@ Write = Callable[..., Path]
 
 @pytest.fixture
 def write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Write:
-    """Write configs/botsky.yaml and configs/bots.yaml under tmp_path (the working directory)."""
+    """Write configs/botsky.yaml and configs/bots.yaml under tmp_path (the working directory),
+    next to the (empty) replay file BOTSKY names."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "events.jsonl").write_bytes(b"")
 
     def _write(botsky: str | None = BOTSKY, bots: str | None = BOTS) -> Path:
         for name, text in (("botsky.yaml", botsky), ("bots.yaml", bots)):
@@ -311,19 +313,19 @@ def test_environ_argument_replaces_os_environ(
     """A given environ is the whole environment; without one, os.environ is read."""
     monkeypatch.setenv("BOTSKY_DATA_DIR", "/from/os")
     path = write()
-    assert load_config(path, environ={}).settings.data_dir == Path("data")
+    assert load_config(path, environ={}).settings.data_dir == Path("configs/data")
     assert load_config(path).settings.data_dir == Path("/from/os")
 
 
 def test_relative_paths(write: Write) -> None:
-    """source.path and bots_file follow botsky.yaml's directory; data_dir stays cwd-relative."""
+    """source.path, bots_file and data_dir follow botsky.yaml's directory."""
     path = write(_edit(BOTSKY, "cursor_every: 7", "bots_file: army/bots.yaml"), None)
     (Path("configs") / "army").mkdir()
     (Path("configs") / "army" / "bots.yaml").write_text(BOTS, encoding="utf-8")
     loaded = load_config(path, environ={})
     assert loaded.bots_path == Path("configs/army/bots.yaml")
     assert loaded.settings.source.path == Path("configs/events.jsonl")
-    assert loaded.settings.data_dir == Path("data")
+    assert loaded.settings.data_dir == Path("configs/data")
 
 
 def test_relative_path_from_env_is_cwd_relative(write: Write) -> None:

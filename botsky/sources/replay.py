@@ -86,11 +86,16 @@ class ReplaySource:
             self._file = None
 
     async def _read(self) -> AsyncGenerator[Event, None]:
-        after = self.after_cursor
-        if after is not None and after >= LEGACY_CURSOR_MIN:
-            after = self._position_of_time(after)
-        self._file = _open(self.path)
         try:
+            self._file = _open(self.path)
+        except OSError as exc:
+            raise ConfigError(
+                f"source {self.name}: cannot read {self.path}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            after = self.after_cursor
+            if after is not None and after >= LEGACY_CURSOR_MIN:
+                after = self._position_of_time(after)
             start = after or 0
             number = self._seek(self._file, start)
             for line, offset in _lines(self._file, start):
