@@ -47,12 +47,19 @@ def cli() -> None:
 @cli.command("check-config")
 @_config_option
 def check_config_cmd(config_path: Path | None) -> None:
-    """Validate the YAML files and environment, with no network; exit 1 on any problem."""
-    from botsky.configload import check_config
+    """Validate the YAML files and environment, with no network; exit 1 on any problem.
 
-    problems = check_config(config_path)
-    if problems:
-        for line in problems:
+    Every problem in one pass: both files' fields, app passwords when posting is live, files
+    the config names, placeholder secrets and example handles. BOTSKY_* variables that match
+    no setting are warnings (they are ignored), with the closest setting's variable.
+    """
+    from botsky.configload import inspect_config
+
+    report = inspect_config(config_path)
+    for line in report.warnings:
+        click.echo(f"warning: {line}", err=True)
+    if report.problems:
+        for line in report.problems:
             click.echo(line, err=True)
         sys.exit(1)
     click.echo("configuration OK")
@@ -63,12 +70,14 @@ def check_config_cmd(config_path: Path | None) -> None:
 def run_cmd(config_path: Path | None) -> None:
     """Run the service: read the source, answer eligible posts, record and score mentions."""
     from botsky.app import build_app, freeze_startup_heap
-    from botsky.configload import load_config, resolve_secrets
+    from botsky.configload import env_warnings, load_config, resolve_secrets
     from botsky.lastrun import record_run
     from botsky.logs import configure_logging, register_secret
 
     loaded = _load_or_exit(load_config, config_path)
     st = loaded.settings
+    for line in env_warnings(also_allowed=[st.posting.kill_switch_env or ""]):
+        click.echo(f"warning: {line}", err=True)
     secrets = _load_or_exit(resolve_secrets, loaded, live=st.posting.mode == "live")
     for bot_secrets in secrets.values():
         for secret in (bot_secrets.api_key, bot_secrets.password):

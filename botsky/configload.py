@@ -320,8 +320,11 @@ def env_warnings(
         upper = name.upper()
         if not upper.startswith(_ENV_PREFIX) or upper in allowed:
             continue
-        parts = upper.removeprefix(_ENV_PREFIX).lower().split("__")
-        if _is_setting(Settings, parts):
+        first, *rest = upper.removeprefix(_ENV_PREFIX).lower().split("__")
+        info = Settings.model_fields.get(first)
+        # Inside a section pydantic reports an unknown key itself (an error with its place);
+        # what it ignores is an unknown top-level name, or a sub-key of a plain value.
+        if info is not None and (not rest or _is_section(_model_in(info.annotation))):
             continue
         line = f"env {name} matches no setting and is ignored"
         close = difflib.get_close_matches(upper, names, n=1, cutoff=0.75)
@@ -335,19 +338,8 @@ def _model_in(annotation: Any) -> Any:
     return args[0] if len(args) == 1 and type(None) in get_args(annotation) else annotation
 
 
-def _is_setting(model: Any, parts: Sequence[str]) -> bool:
-    kind = model
-    for part in parts:
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            info = kind.model_fields.get(part)
-            if info is None:
-                return False
-            kind = _model_in(info.annotation)
-        elif get_origin(kind) is dict:
-            kind = _model_in(get_args(kind)[1])  # any key: prices__<model>__...
-        else:
-            return False  # past a plain value
-    return True
+def _is_section(kind: Any) -> bool:
+    return get_origin(kind) is dict or (isinstance(kind, type) and issubclass(kind, BaseModel))
 
 
 def _env_names(model: Any, prefix: str = _ENV_PREFIX) -> list[str]:

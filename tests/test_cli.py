@@ -291,3 +291,21 @@ def test_run_freezes_the_startup_heap(tmp_path: Path) -> None:
     assert before > 50_000  # the imported SDKs alone
     assert frozen >= before * 0.9
     assert left < 1_000
+
+
+def test_check_config_warns_about_misspelt_variables_and_still_passes() -> None:
+    """A BOTSKY_* typo is a warning line with a did-you-mean; the config itself is OK."""
+    out = subprocess.run(
+        [sys.executable, "-m", "botsky", "check-config", "-c", "configs/botsky.yaml"],
+        cwd=REPO,
+        env=_env() | {"BOTSKY_DISPACH__WORKERS": "8"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "warning: env BOTSKY_DISPACH__WORKERS matches no setting and is ignored; "
+        "did you mean BOTSKY_DISPATCH__WORKERS?"
+    ]
+    assert out.stdout == "configuration OK\n"
