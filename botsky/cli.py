@@ -1,4 +1,5 @@
-"""The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``check-config``, ``accounts``.
+"""The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``check-config``, ``accounts``,
+``schema``.
 
 With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory (``scores``: the
 last run started there, see ``botsky.lastrun``). Logs go to
@@ -164,6 +165,48 @@ def scores_cmd(
         click.echo(orjson.dumps(scores_json(rows), option=orjson.OPT_INDENT_2).decode())
     else:
         Console().print(render_table(rows))
+
+
+@cli.command("schema")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("configs/schema"),
+    show_default=True,
+    help="Directory for botsky.schema.json and bots.schema.json.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Write nothing; exit 1 if the files there differ from the current settings models.",
+)
+def schema_cmd(out_dir: Path, check: bool) -> None:
+    """Write JSON Schemas of botsky.yaml and bots.yaml, generated from the settings models.
+
+    Editors with the YAML language server complete and check a config whose first line is
+    "# yaml-language-server: $schema=<path to the schema>", as the shipped configs do.
+    """
+    from botsky.schema import config_schemas, render, write_schemas
+
+    if check:
+        stale = []
+        for name, schema in config_schemas().items():
+            path = out_dir / name
+            try:
+                same = path.read_text(encoding="utf-8") == render(schema)
+            except OSError:
+                same = False
+            if not same:
+                stale.append(path)
+        for path in stale:
+            click.echo(f"{path}: differs from the settings models; run `botsky schema`", err=True)
+        if stale:
+            sys.exit(1)
+        click.echo("schemas up to date")
+        return
+    for path in write_schemas(out_dir):
+        click.echo(f"wrote {path}")
 
 
 def _ledger_rows(config_path: Path | None) -> tuple[list[Mention], list[Outcome]]:
