@@ -73,7 +73,7 @@ def run_cmd(config_path: Path | None) -> None:
     from botsky.app import build_app, freeze_startup_heap
     from botsky.configload import env_warnings, load_config, resolve_secrets
     from botsky.lastrun import record_run
-    from botsky.logs import configure_logging, register_secret
+    from botsky.logs import configure_logging, is_console, register_secret
 
     loaded = _load_or_exit(load_config, config_path)
     st = loaded.settings
@@ -87,10 +87,14 @@ def run_cmd(config_path: Path | None) -> None:
     if st.web.token is not None:
         register_secret(st.web.token.get_secret_value())
     st.data_dir.mkdir(parents=True, exist_ok=True)
+    # One summary at the end: for people a table (the run_summary log line stays in the file),
+    # for machines the run_summary JSON line alone.
+    for_people = is_console(st.logging.format)
     configure_logging(
         level=st.logging.level,
         fmt=st.logging.format,
         file=st.data_dir / st.logging.file if st.logging.file else None,
+        file_only=("run_summary",) if for_people else (),
     )
 
     async def _main() -> None:
@@ -105,7 +109,8 @@ def run_cmd(config_path: Path | None) -> None:
             summary = await app.run(stop)
         finally:
             await app.aclose()
-        _print_summary(summary.as_dict())
+        if for_people:
+            _print_summary(summary.as_dict())
 
     try:
         asyncio.run(_main())
