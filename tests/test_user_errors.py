@@ -120,3 +120,12 @@ def test_user_errors_get_a_message_not_a_traceback(tmp_path: Path, command: str,
     assert "Traceback" not in out.stderr + out.stdout, out.stderr
     assert out.returncode != 0, out.stdout
     assert out.stderr.strip(), "a failure must say why"
+
+
+def test_schema_into_an_unusable_directory_is_a_message(tmp_path: Path) -> None:
+    """`botsky schema --out` under a regular file: one line naming the path, no traceback."""
+    (tmp_path / "blocker").write_text("a file")
+    out = _botsky("schema", "--out", "blocker/schema", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "blocker/schema" in out.stderr
