@@ -234,7 +234,7 @@ def _ledger_rows(config_path: Path | None) -> tuple[list[Mention], list[Outcome]
         "or name the config of a run with -c"
     )
     if isinstance(ledger, SqliteLedger) and not ledger.path.exists():
-        click.echo(f"botsky: no ledger at {ledger.path} ({loaded.path})", err=True)
+        click.echo(f"botsky: no ledger at {_shown(ledger.path)} ({_shown(loaded.path)})", err=True)
         click.echo(hint, err=True)
         sys.exit(1)
 
@@ -253,8 +253,16 @@ def _ledger_rows(config_path: Path | None) -> tuple[list[Mention], list[Outcome]
             click.echo(hint, err=True)
         sys.exit(1)
     if not mentions:
-        click.echo(f"no mentions recorded yet in the ledger of {loaded.path}", err=True)
+        click.echo(f"no mentions recorded yet in the ledger of {_shown(loaded.path)}", err=True)
     return mentions, outcomes
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is under it (shorter to read)."""
+    try:
+        return path.absolute().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _load_or_exit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -20,6 +20,7 @@ Relative paths:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -608,7 +609,10 @@ def _env_var(loc: _Loc, environ: Mapping[str, str] | None) -> str | None:
 
 def _relative_to(base: Path, path: Path) -> Path:
     # normpath, not resolve(): a relative path stays relative to the working directory.
-    return Path(os.path.normpath(base / path.expanduser()))
+    # ~user of no such user raises: then it is a relative path that starts with "~".
+    with contextlib.suppress(RuntimeError):
+        path = path.expanduser()
+    return Path(os.path.normpath(base / path))
 
 
 def _resolve_paths(settings: Settings, config_dir: Path, environ: Mapping[str, str]) -> Settings:

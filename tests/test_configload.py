@@ -514,3 +514,9 @@ def test_example_handles_are_refused_when_posting_is_live(write: Write) -> None:
         "configs/bots.yaml:7 bots[0].account.handle: 'ada.example.bsky.social' is an example "
         "handle: put the bot's own Bluesky handle here (needed for live posting)"
     ]
+
+
+def test_a_tilde_of_no_such_user_is_a_plain_path(write: Write) -> None:
+    """`~nosuchuser/x` cannot be expanded: it is reported as a file, not raised (fuzz find)."""
+    problems = check_config(write(), environ={"BOTSKY_BOTS_FILE": "~0"})
+    assert problems == ["~0: cannot read: No such file or directory"]
