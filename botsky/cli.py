@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 import orjson
@@ -22,21 +20,13 @@ from rich.console import Console
 from rich.table import Table
 
 from botsky import __version__
+from botsky.cliutil import config_option, load_or_exit, or_exit
 from botsky.errors import BotskyError, ConfigError
 from botsky.ledger.base import Mention, Outcome
 
 __all__ = ["main"]
 
-T = TypeVar("T")
-
-_config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="botsky.yaml to read (default: configs/botsky.yaml in the working directory).",
-)
+_config_option = config_option()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,22 +60,15 @@ def check_config_cmd(config_path: Path | None) -> None:
 @_config_option
 def run_cmd(config_path: Path | None) -> None:
     """Run the service: read the source, answer eligible posts, record and score mentions."""
-    from botsky.app import build_app, freeze_startup_heap
-    from botsky.configload import env_warnings, load_config, resolve_secrets
+    from botsky.configload import env_warnings
     from botsky.lastrun import record_run
-    from botsky.logs import configure_logging, is_console, register_secret
+    from botsky.logs import configure_logging, is_console
+    from botsky.wiring import build_app, freeze_startup_heap
 
-    loaded = _load_or_exit(load_config, config_path)
+    loaded, secrets = load_or_exit(config_path)
     st = loaded.settings
     for line in env_warnings(also_allowed=[st.posting.kill_switch_env or ""]):
         click.echo(f"warning: {line}", err=True)
-    secrets = _load_or_exit(resolve_secrets, loaded, live=st.posting.mode == "live")
-    for bot_secrets in secrets.values():
-        for secret in (bot_secrets.api_key, bot_secrets.password):
-            if secret is not None:
-                register_secret(secret.get_secret_value())
-    if st.web.token is not None:
-        register_secret(st.web.token.get_secret_value())
     st.data_dir.mkdir(parents=True, exist_ok=True)
     # One summary at the end: for people a table (the run_summary log line stays in the file),
     # for machines the run_summary JSON line alone.
@@ -120,7 +103,7 @@ def run_cmd(config_path: Path | None) -> None:
 
 
 @cli.command("scores")
-@_config_option
+@config_option("the config of the last run started here, else configs/botsky.yaml")
 @click.option(
     "--by",
     type=click.Choice(["model", "persona", "bot", "picker", "provider"]),
@@ -226,7 +209,7 @@ def _ledger_rows(config_path: Path | None) -> tuple[list[Mention], list[Outcome]
     if config_path is None and (last := last_run()) is not None:
         click.echo(f"scores of the last run here: {last.describe()}", err=True)
         config_path = last.config
-    loaded = _load_or_exit(load_config, config_path)
+    loaded = or_exit(load_config, config_path)
     st = loaded.settings
     ledger = open_ledger(st.ledger.url, st.data_dir, read_only=True)
     hint = (
@@ -263,15 +246,6 @@ def _shown(path: Path) -> Path:
         return path.absolute().relative_to(Path.cwd())
     except ValueError:
         return path
-
-
-def _load_or_exit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    try:
-        return fn(*args, **kwargs)
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(1)
 
 
 def _print_summary(summary: dict[str, object]) -> None:

@@ -12,7 +12,6 @@ import pytest
 import structlog
 import zstandard
 
-from botsky.app import build_app
 from botsky.config import SourceConfig
 from botsky.configload import load_config, resolve_secrets
 from botsky.errors import ConfigError
@@ -20,6 +19,7 @@ from botsky.events import Event
 from botsky.sources import Source, open_source
 from botsky.sources import replay as replay_module
 from botsky.sources.replay import LEGACY_CURSOR_MIN, ReplaySource
+from botsky.wiring import build_app
 
 CORPUS = Path(__file__).parent / "data" / "jetstream" / "expected_v1.jsonl"
 MANIFEST = json.loads((CORPUS.parent / "manifest.json").read_text())
