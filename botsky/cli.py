@@ -1,7 +1,8 @@
 """The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``plan``, ``check-config``,
-``accounts``.
+``accounts``, ``schema``.
 
-With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory. Logs go to
+With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory (``scores``: the
+last run started there, see ``botsky.lastrun``). Logs go to
 stdout (JSON lines unless stdout is a terminal); human summaries and tables go to stderr or, for
 ``scores``, stdout.
 """
@@ -19,13 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from botsky import __version__
-from botsky.cliutil import config_option, load_or_exit
-from botsky.cliutil import or_exit as _load_or_exit
-from botsky.errors import BotskyError
+from botsky.cliutil import config_option, load_or_exit, or_exit
+from botsky.errors import BotskyError, ConfigError
 from botsky.stats_cli import scores_options
 
 if TYPE_CHECKING:
-    from botsky.config import Settings
+    from botsky.configload import LoadedConfig
     from botsky.stats_cli import Rows
 
 __all__ = ["main"]
@@ -42,12 +42,19 @@ def cli() -> None:
 @cli.command("check-config")
 @_config_option
 def check_config_cmd(config_path: Path | None) -> None:
-    """Validate the YAML files and environment, with no network; exit 1 on any problem."""
-    from botsky.configload import check_config
+    """Validate the YAML files and environment, with no network; exit 1 on any problem.
 
-    problems = check_config(config_path)
-    if problems:
-        for line in problems:
+    Every problem in one pass: both files' fields, app passwords when posting is live, files
+    the config names, placeholder secrets and example handles. BOTSKY_* variables that match
+    no setting are warnings (they are ignored), with the closest setting's variable.
+    """
+    from botsky.configload import inspect_config
+
+    report = inspect_config(config_path)
+    for line in report.warnings:
+        click.echo(f"warning: {line}", err=True)
+    if report.problems:
+        for line in report.problems:
             click.echo(line, err=True)
         sys.exit(1)
     click.echo("configuration OK")
@@ -57,20 +64,29 @@ def check_config_cmd(config_path: Path | None) -> None:
 @_config_option
 def run_cmd(config_path: Path | None) -> None:
     """Run the service: read the source, answer eligible posts, record and score mentions."""
-    from botsky.logs import configure_logging
+    from botsky.configload import env_warnings
+    from botsky.lastrun import record_run
+    from botsky.logs import configure_logging, is_console
     from botsky.wiring import build_app, freeze_startup_heap
 
     loaded, secrets = load_or_exit(config_path)
     st = loaded.settings
+    for line in env_warnings(also_allowed=[st.posting.kill_switch_env or ""]):
+        click.echo(f"warning: {line}", err=True)
     st.data_dir.mkdir(parents=True, exist_ok=True)
+    # One summary at the end: for people a table (the run_summary log line stays in the file),
+    # for machines the run_summary JSON line alone.
+    for_people = is_console(st.logging.format)
     configure_logging(
         level=st.logging.level,
         fmt=st.logging.format,
         file=st.data_dir / st.logging.file if st.logging.file else None,
+        file_only=("run_summary",) if for_people else (),
     )
 
     async def _main() -> None:
         app = await build_app(loaded, secrets)
+        record_run(loaded.path, "run")  # `botsky scores` shows this run (botsky.lastrun)
         freeze_startup_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -80,7 +96,8 @@ def run_cmd(config_path: Path | None) -> None:
             summary = await app.run(stop)
         finally:
             await app.aclose()
-        _print_summary(summary.as_dict())
+        if for_people:
+            _print_summary(summary.as_dict())
 
     try:
         asyncio.run(_main())
@@ -90,7 +107,7 @@ def run_cmd(config_path: Path | None) -> None:
 
 
 @cli.command("scores")
-@_config_option
+@config_option("the config of the last run started here, else configs/botsky.yaml")
 @scores_options
 def scores_cmd(
     config_path: Path | None,
@@ -102,7 +119,12 @@ def scores_cmd(
     wide: bool,
 ) -> None:
     """Print the leaderboard: rates over decided mentions with anytime-valid intervals,
-    comparisons between arms, engagement and cost (methods: docs/statistics.md)."""
+    comparisons between arms, engagement and cost (methods: docs/statistics.md).
+
+    Without -c, the scores are those of the last run started in this directory (botsky run or
+    botsky simulate; the first line on stderr says which), else of configs/botsky.yaml. The
+    ledger is only read: reading scores never creates or changes one.
+    """
     from botsky.scoring import ScoringOptions, log_clock_us, rebuild_from_log
     from botsky.stats_cli import Rows, show_scores
     from botsky.wiring import scoring_options
@@ -113,28 +135,93 @@ def scores_cmd(
         if config_path is not None or _default_config_exists():
             from botsky.configload import load_config
 
-            options = scoring_options(_load_or_exit(load_config, config_path).settings)
+            options = scoring_options(or_exit(load_config, config_path).settings)
         with log_file.open("rb") as fh:
             lines = fh.readlines()
         mentions, outcomes = rebuild_from_log(lines)
         rows = Rows(mentions, outcomes, log_clock_us(lines))
     else:
-        from botsky.configload import load_config
-
-        loaded = _load_or_exit(load_config, config_path)
+        loaded, rows = ledger_rows(config_path)
         options = scoring_options(loaded.settings)
-        rows = read_ledger_rows(loaded.settings)
     show_scores(rows, options, by=by, as_json=as_json, plot_file=plot_file, as_of=as_of, wide=wide)
 
 
-def read_ledger_rows(st: Settings) -> Rows:
-    """The ledger's mentions, outcomes and saved stream clock; exit 1 if it cannot be read."""
+def _default_config_exists() -> bool:
+    from botsky.configload import DEFAULT_CONFIG_PATH
+
+    return Path(DEFAULT_CONFIG_PATH).is_file()
+
+
+@cli.command("schema")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("configs/schema"),
+    show_default=True,
+    help="Directory for botsky.schema.json and bots.schema.json.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Write nothing; exit 1 if the files there differ from the current settings models.",
+)
+def schema_cmd(out_dir: Path, check: bool) -> None:
+    """Write JSON Schemas of botsky.yaml and bots.yaml, generated from the settings models.
+
+    Editors with the YAML language server complete and check a config whose first line is
+    "# yaml-language-server: $schema=<path to the schema>", as the shipped configs do.
+    """
+    from botsky.schema import config_schemas, render, write_schemas
+
+    if check:
+        stale = []
+        for name, schema in config_schemas().items():
+            path = out_dir / name
+            try:
+                same = path.read_text(encoding="utf-8") == render(schema)
+            except OSError:
+                same = False
+            if not same:
+                stale.append(path)
+        for path in stale:
+            click.echo(f"{path}: differs from the settings models; run `botsky schema`", err=True)
+        if stale:
+            sys.exit(1)
+        click.echo("schemas up to date")
+        return
+    for path in write_schemas(out_dir):
+        click.echo(f"wrote {path}")
+
+
+def ledger_rows(config_path: Path | None) -> tuple[LoadedConfig, Rows]:
+    """The config and the rows ``scores`` reads (mentions, outcomes and the stream clock the
+    runtime saved), from the ledger of ``-c``'s config; without ``-c``, of the last run started
+    in this directory (said on stderr; ``botsky.lastrun``), else of configs/botsky.yaml. Opened
+    read-only: reading scores never creates or changes a ledger."""
+    from botsky.configload import load_config
+    from botsky.lastrun import last_run
     from botsky.ledger import open_ledger
+    from botsky.ledger.sqlite import SqliteLedger
     from botsky.scoring import CLOCK_CURSOR
     from botsky.stats_cli import Rows
 
+    if config_path is None and (last := last_run()) is not None:
+        click.echo(f"scores of the last run here: {last.describe()}", err=True)
+        config_path = last.config
+    loaded = or_exit(load_config, config_path)
+    st = loaded.settings
+    ledger = open_ledger(st.ledger.url, st.data_dir, read_only=True)
+    hint = (
+        "nothing to score yet: run `botsky simulate` (offline, no keys) or `botsky run` first, "
+        "or name the config of a run with -c"
+    )
+    if isinstance(ledger, SqliteLedger) and not ledger.path.exists():
+        click.echo(f"botsky: no ledger at {_shown(ledger.path)} ({_shown(loaded.path)})", err=True)
+        click.echo(hint, err=True)
+        sys.exit(1)
+
     async def _rows() -> Rows:
-        ledger = open_ledger(st.ledger.url, st.data_dir)
         await ledger.open()
         try:
             return Rows(
@@ -146,16 +233,23 @@ def read_ledger_rows(st: Settings) -> Rows:
             await ledger.close()
 
     try:
-        return asyncio.run(_rows())
+        rows = asyncio.run(_rows())
     except BotskyError as exc:
         click.echo(f"botsky: {exc}", err=True)
+        if "yet" in str(exc):
+            click.echo(hint, err=True)
         sys.exit(1)
+    if not rows.mentions:
+        click.echo(f"no mentions recorded yet in the ledger of {_shown(loaded.path)}", err=True)
+    return loaded, rows
 
 
-def _default_config_exists() -> bool:
-    from botsky.configload import DEFAULT_CONFIG_PATH
-
-    return Path(DEFAULT_CONFIG_PATH).is_file()
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is under it (shorter to read)."""
+    try:
+        return path.absolute().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _print_summary(summary: dict[str, object]) -> None:
@@ -189,5 +283,16 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point.
+
+    A user error never ends in a traceback: commands report configuration problems as lines,
+    and what still escapes them here is a file the user named that cannot be read or written
+    (an OSError: a data_dir under a file, a full disk) or a botsky error; both get one line.
+    """
+    try:
+        cli()
+    except (OSError, BotskyError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        for line in problems:
+            click.echo(f"botsky: {line}", err=True)
+        sys.exit(1)

@@ -509,13 +509,10 @@ def _observed(
 ) -> tuple[float | None, float | None, float | None, float]:
     """The control arms' pooled rate, the mean mentions per arm per day, the largest design
     effect and the outcome window, from the ledger's current reading."""
-    from botsky.cli import read_ledger_rows
-    from botsky.cliutil import or_exit as _load_or_exit
-    from botsky.configload import load_config
+    from botsky.cli import ledger_rows
     from botsky.wiring import scoring_options
 
-    loaded = _load_or_exit(load_config, config_path)
-    rows = read_ledger_rows(loaded.settings)
+    loaded, rows = ledger_rows(config_path)
     options = scoring_options(loaded.settings)
     board = leaderboard(
         rows.mentions,

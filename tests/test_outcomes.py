@@ -9,7 +9,7 @@ from botsky.ledger.base import Mention
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.outcomes import OutcomeWatcher, StreamClock
 from botsky.testing import block, fake_cid, like, post, repost
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 AUTHOR, TARGET, OTHER, BOT = "did:plc:author", "did:plc:target", "did:plc:other", "did:plc:bot"
 HOUR = 60 * MIN
@@ -179,3 +179,27 @@ async def test_open_mentions_are_reloaded_after_a_restart(ledger: SqliteLedger) 
 def test_fake_cids_are_stable() -> None:
     """The test builders' CIDs are deterministic, so replays produce equal events."""
     assert fake_cid("a") == fake_cid("a") != fake_cid("b")
+
+
+async def test_every_yields_stream_boundaries_and_skips_a_backlog() -> None:
+    """StreamClock.every yields first event + k * interval as the stream passes each; a consumer
+    that falls behind gets the latest boundary passed, not every one it missed."""
+    clock = StreamClock()
+    ticks = clock.every(60)
+    first = asyncio.create_task(anext(ticks))
+    await asyncio.sleep(0)
+    clock.advance(T0)
+    await asyncio.sleep(0)
+    clock.advance(T0 + 59_000_000)
+    await asyncio.sleep(0)
+    assert not first.done()
+    clock.advance(T0 + 60_000_000)
+    assert await asyncio.wait_for(first, 1) == T0 + 60_000_000
+    clock.advance(T0 + 250_000_000)  # four more minutes passed while the consumer was busy
+    assert await asyncio.wait_for(anext(ticks), 1) == T0 + 240_000_000
+    nxt = asyncio.create_task(anext(ticks))
+    await asyncio.sleep(0)
+    assert not nxt.done()
+    clock.advance(T0 + 300_000_000)
+    assert await asyncio.wait_for(nxt, 1) == T0 + 300_000_000
+    await ticks.aclose()

@@ -23,7 +23,7 @@ from botsky.ledger.sqlite import SqliteLedger
 from botsky.scoring import CLOCK_CURSOR, ScoringOptions, leaderboard
 from botsky.sim.run import simulate
 from botsky.stats import beta_binomial_cs
-from tests.test_sim_run import CONTROL_BOTS, ROOT, sim_config
+from tests.support import sim_config
 
 DAY_US = 86_400_000_000
 
@@ -38,15 +38,24 @@ async def test_the_runtime_reads_scores_every_interval_of_stream_time(tmp_path: 
     secrets = resolve_secrets(loaded, environ={}, live=False)
     started = time.monotonic()
     with capture_logs() as logs:
-        result = await simulate(loaded, secrets, days=2, users=60, seed=3)
+        # Half a second of wall time at each simulated day boundary: the readings run in a
+        # thread, and a live stream leaves them time, a simulation hardly any.
+        result = await simulate(
+            loaded, secrets, days=3, users=60, seed=3, on_day=lambda _w: time.sleep(0.5)
+        )
     wall_s = time.monotonic() - started
     readings = sorted({e["as_of_us"] for e in logs if e["event"] == "recommender_score"})
     span_s = (readings[-1] - readings[0]) / 1e6
-    assert span_s > 2 * 86_400 and wall_s < span_s / 3600  # far more stream hours than seconds
+    assert span_s > 3 * 86_400 and wall_s < span_s / 3600  # far more stream hours than seconds
     gaps = [(b - a) / 1e6 for a, b in itertools.pairwise(readings)]
+    # Readings mid-run, then the shutdown reading; boundary readings sit on the hourly grid
+    # (StreamClock.every is tested on its own in test_outcomes.py).
     assert len(readings) >= 3
-    # Boundary readings sit on the hourly grid; the last one is the shutdown reading.
     assert all(g > 0 and g % 3600 == 0 for g in gaps[:-1])
+    mid_run = [
+        e for e in logs if e["event"] == "recommender_score" and e["as_of_us"] < readings[-1]
+    ]
+    assert mid_run and any(e["pending"] for e in mid_run)
     assert result.ledger_path is not None
     led = SqliteLedger(result.ledger_path)
     await led.open()
@@ -69,15 +78,8 @@ def test_a_served_simulation_never_shows_100_percent_on_pending_mentions(tmp_pat
     """`botsky simulate --serve`, polled while it runs: the API shows decided and pending
     mentions, and no arm is ever at 100% while it has pending mentions (the bug was 100% for
     both arms mid-run, because successes counted at once and failures only after expiry)."""
-    cfg = tmp_path / "sim.yaml"
-    data = tmp_path / "data"
-    text = (ROOT / "configs" / "sim.yaml").read_text()
-    cfg.write_text(
-        text.replace("data_dir: ./data/sim", f"data_dir: {data}").replace(
-            "bots_file: sim-bots.yaml", "bots_file: bots.yaml"
-        )
-    )
-    (tmp_path / "bots.yaml").write_text(CONTROL_BOTS)
+    sim_config(tmp_path)  # the shipped sim.yaml with its data under tmp_path
+    cfg, data = tmp_path / "sim.yaml", tmp_path / "data"
     cmd = ["simulate", "-c", str(cfg), "--days", "5", "--users", "200", "--serve", "--port", "0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "botsky", *cmd],
