@@ -554,6 +554,7 @@ async def build_app(
             replica=partitions.member,
             on_reply=policy.note_reply,
             paused=policy.posting_paused,
+            opted_out=policy.has_opted_out,
         )
     else:
         log.warning("no_bots_enabled", hint="set the bots' API key variables or add template bots")
