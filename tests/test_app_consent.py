@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from botsky.app import build_app
 from botsky.configload import load_config, resolve_secrets
 from botsky.events import Event
 from botsky.sources.base import SourceStats
 from botsky.testing import FakeVendorServer, RecordingPoster, block, handles_offered, identity, post
+from botsky.wiring import build_app
 from tests.conftest import MIN, T0
 
 BOT = "did:plc:botada"
