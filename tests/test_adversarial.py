@@ -40,8 +40,7 @@ from botsky.testing import (
     post,
 )
 from botsky.wiring import build_app
-from tests.conftest import DATA, MIN, T0
-from tests.linkcheck import link_texts, live_mentions
+from tests.support import DATA, MIN, T0, link_texts, live_mentions
 
 CORPUS = [json.loads(line) for line in (DATA / "adversarial_posts.jsonl").read_text().splitlines()]
 CANDIDATES = {
@@ -171,7 +170,7 @@ def assert_safe(text: str, facets: list[dict[str, Any]], offered: dict[str, str]
     assert byte_slice(text, index["byteStart"], index["byteEnd"]) == "@" + offered[did]
     assert grapheme_len(text) <= 300 and len(text.encode()) <= 3000
     # No second notified user and no link text, as written or as a reader normalizes it
-    # (NFKC, confusable dots, invisible characters): see tests/linkcheck.py.
+    # (NFKC, confusable dots, invisible characters): see link_texts in tests/support.py.
     assert set(live_mentions(text)) <= {offered[did]}, text
     assert not link_texts(text), (link_texts(text), text)
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069\u200b]", text)
@@ -210,6 +209,7 @@ def test_post_stays_inside_its_block(hostile: str) -> None:
     assert _post_text(user).count("\n") == hostile.count("\n")
 
 
+@pytest.mark.slow
 async def test_obedient_model_in_process_posts_only_safe_replies(tmp_path: Path) -> None:
     """build_app over the corpus (ListSource, RecordingPoster): every posted reply is safe."""
     events, attacks = _events()
@@ -241,6 +241,7 @@ async def test_obedient_model_in_process_posts_only_safe_replies(tmp_path: Path)
     assert results.get("error", 0) == 0
 
 
+@pytest.mark.slow
 def test_obedient_model_through_botsky_run(tmp_path: Path) -> None:
     """`botsky run` with both vendors on loopback: posts, ledger and logs stay clean."""
     events, attacks = _events()

@@ -19,7 +19,7 @@ from botsky.events import Event
 from botsky.sources.base import SourceStats
 from botsky.testing import FakeVendorServer, RecordingPoster, block, handles_offered, identity, post
 from botsky.wiring import build_app
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 BOT = "did:plc:botada"
 AUTHOR, BAKER, COOK = "did:plc:author", "did:plc:baker", "did:plc:cook"

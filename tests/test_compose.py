@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from botsky.compose import Composed, Offered, byte_slice, compose, grapheme_len
 from botsky.errors import DraftRejected
-from tests.linkcheck import link_texts
+from tests.support import link_texts
 
 ALICE = Offered("did:plc:alice", "alice.bsky.social")
 BOB = Offered("did:plc:bob", "Bob.Example.com")  # offered spelling is kept exactly
@@ -621,6 +621,7 @@ _SPICE = st.sampled_from(
 _TEXT = st.lists(st.one_of(st.text(max_size=20), _SPICE), max_size=60).map("".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     reply=_TEXT,

@@ -26,7 +26,7 @@ from typing import Any
 import libipld
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection
 
@@ -38,9 +38,7 @@ from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelayDecoder, RelaySource
 from botsky.sources.replay import ReplaySource
 from botsky.wiring import build_app
-from tests.conftest import DATA
-from tests.linkcheck import link_texts, live_mentions
-from tests.test_relay import FRAMES, frame_server
+from tests.support import DATA, FRAMES, frame_server, link_texts, live_mentions
 
 LINES = [line for line in (DATA / "jetstream" / "expected_v1.jsonl").read_bytes().splitlines()]
 _INT64 = st.integers(-(2**63), 2**63 - 1)  # what DAG-CBOR can encode
@@ -113,6 +111,7 @@ def test_mutated_frames_with_a_collection_filter(
     _decode_or_skip(RelayDecoder(collections), frame)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     header=st.dictionaries(st.sampled_from(["op", "t", "x"]), _INT64 | st.text()),
@@ -271,6 +270,7 @@ _JSON = st.recursive(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     line=st.sampled_from(LINES),
@@ -464,6 +464,7 @@ _HOSTILE = st.lists(st.one_of(_PIECES, st.text(max_size=3)), max_size=80).map(""
 OFFERED = [Offered("did:plc:alice", "alice.test"), Offered("did:plc:bob", "bob.test")]
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None)
 @given(
     reply=_HOSTILE,
@@ -569,6 +570,9 @@ def _yaml_text(tree: Any) -> str:
     return json.dumps(tree, allow_nan=True, default=str)
 
 
+@pytest.mark.slow
+# A bots_file whose JSON escapes become lone surrogates in YAML: the path cannot be encoded.
+@example(main=json.dumps({"bots_file": "\U00010000"}), bots="bots: []", env={})
 @settings(max_examples=300, deadline=None)
 @given(
     main=st.one_of(_TREE.map(_yaml_text), _NOISE, st.text(max_size=200)),

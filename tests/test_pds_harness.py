@@ -17,11 +17,7 @@ import httpx
 import pytest
 
 from tests.pds.harness import Fault, LocalPds, TestAccount
-from tests.pds_fixtures import local_pds, pds_factory, unique_name
-
-__all__ = ["local_pds", "pds_factory"]  # the fixtures are used by name
-
-pytestmark = pytest.mark.slow
+from tests.support import unique_name
 
 POST = "app.bsky.feed.post"
 CREATE = "com.atproto.repo.createRecord"
