@@ -308,6 +308,39 @@ def test_disguised_links_and_mentions_are_removed(reply: str, text: str) -> None
     assert_valid(result, "alice.bsky.social")
 
 
+@pytest.mark.parametrize(
+    ("reply", "text"),
+    [
+        pytest.param(
+            "Ask \uff20\uff41\uff4c\uff49\uff43\uff45\uff0e\uff42\uff53\uff4b\uff59"
+            "\uff0e\uff53\uff4f\uff43\uff49\uff41\uff4c today",
+            "Ask @alice.bsky.social today",
+            id="fullwidth",
+        ),
+        pytest.param(
+            "Ask @alice\u3002bsky\u3002social today",
+            "Ask @alice.bsky.social today",
+            id="ideographic-stops",
+        ),
+        pytest.param(
+            "Ask @ali\u200dce.bsky.social today", "Ask @alice.bsky.social today", id="joiner"
+        ),
+        pytest.param(
+            "\u8c22\u8c22\uff20alice.bsky.social\uff01",
+            "\u8c22\u8c22@alice.bsky.social\uff01",
+            id="cjk-glued",
+        ),
+    ],
+)
+def test_a_disguised_chosen_mention_keeps_its_place_and_facet(reply: str, text: str) -> None:
+    """The chosen @handle written with confusable characters is the mention: spelled as
+    offered, where the model put it, with its facet (and no second copy appended)."""
+    result = compose(reply, "alice.bsky.social", OFFERED)
+    assert result.text == text
+    assert result.repaired == ("normalized_mention",)
+    assert_valid(result, "alice.bsky.social")
+
+
 # Legitimate text that looks a little like a domain, a mail address or a mention.
 LEGIT = [
     pytest.param("3.5 stars, and 4.25 out of 5", id="decimals"),
