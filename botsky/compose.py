@@ -84,8 +84,9 @@ _GAPS = regex.compile(r"[^\S\n]*(?:\x00[^\S\n]*)+")
 # link is caught too.
 _CASED = r"\p{Ll}\p{Lu}\p{Lt}"  # letters with case: Latin, Cyrillic, Greek, Armenian...
 _UNCASED = r"\p{Lo}\p{Lm}"  # letters without case: Han, kana, Hangul, Arabic, Thai...
-_CASED_LABEL = rf"[{_CASED}\p{{Nd}}][{_CASED}\p{{Nd}}\p{{M}}_-]*"
-_UNCASED_LABEL = rf"[{_UNCASED}\p{{Nd}}][{_UNCASED}\p{{Nd}}\p{{M}}_-]*"
+# Letter numbers (\p{Nl}: "𐅀", Roman numerals) read as part of a word, so they go on a label.
+_CASED_LABEL = rf"[{_CASED}\p{{Nd}}][{_CASED}\p{{Nd}}\p{{Nl}}\p{{M}}_-]*"
+_UNCASED_LABEL = rf"[{_UNCASED}\p{{Nd}}][{_UNCASED}\p{{Nd}}\p{{Nl}}\p{{M}}_-]*"
 _LABEL = rf"(?:{_CASED_LABEL}|{_UNCASED_LABEL})"
 
 

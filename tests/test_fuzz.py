@@ -465,6 +465,27 @@ OFFERED = [Offered("did:plc:alice", "alice.test"), Offered("did:plc:bob", "bob.t
 
 
 @pytest.mark.slow
+# Bypasses the fuzzer found while compose learned normalization, kept as fixed examples.
+@example(
+    reply="\u0645\u0631\u062d\u0628\u0627\u0301mallory.test",
+    mention="alice.test",
+    max_graphemes=40,
+    max_bytes=60,
+)
+@example(reply="www.\u4e2d\u56fd-", mention="alice.test", max_graphemes=40, max_bytes=60)
+@example(
+    reply=".\uff45\uff56\uff49\uff4c://@", mention="alice.test", max_graphemes=40, max_bytes=60
+)
+@example(reply="8080A\uff1a\uff0f\uff0f@", mention="alice.test", max_graphemes=40, max_bytes=60)
+@example(
+    reply="\uff45\uff56\uff49\uff4c\U00010140\uff0eAA",
+    mention="alice.test",
+    max_graphemes=40,
+    max_bytes=60,
+)
+@example(reply="mallory.test\u0301", mention="alice.test", max_graphemes=40, max_bytes=60)
+@example(reply="alice.test_", mention="alice.test", max_graphemes=40, max_bytes=60)
+@example(reply="-mallory.test", mention="alice.test", max_graphemes=40, max_bytes=60)
 @settings(max_examples=1000, deadline=None)
 @given(
     reply=_HOSTILE,
