@@ -236,6 +236,8 @@ class WebConfig(_Strict):
     # Bearer token for every page but the health checks; required when host is not loopback.
     # Give it via BOTSKY_WEB__TOKEN rather than in this file.
     token: SecretStr | None = None
+    # The page, /api and /metrics reload the ledger at most this often (seconds).
+    refresh_s: float = Field(default=5.0, ge=0)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> WebConfig:

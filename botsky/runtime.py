@@ -154,6 +154,7 @@ class App:
                 port=self.web.port,
                 token=self.web.token,
                 metrics=self.metrics,
+                refresh_s=self.web.refresh_s,
             )
             log.info("web_started", url=self.web_server.url)
         try:

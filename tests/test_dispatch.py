@@ -598,7 +598,8 @@ async def test_the_reply_posted_line_reads_back_as_the_ledgers_mention(world: Wo
         assert await world.dispatcher.handle(*_post()) == "posted"
     (line,) = [e for e in logs if e["event"] == "reply_posted"]
     carried = {name for name, _ in MENTION_LOG_FIELDS}
-    assert set(line) - {"event", "log_level"} == carried | {"mention_id", "candidates", "repaired"}
+    extras = {"mention_id", "candidates", "repaired", "window_s"}
+    assert set(line) - {"event", "log_level"} == carried | extras
     read = mention_from_log(orjson.loads(orjson.dumps(line)))
     (recorded,) = await world.ledger.mentions()
     assert read is not None and read.id == recorded.id > 0

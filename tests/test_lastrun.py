@@ -39,7 +39,7 @@ def test_scores_after_a_simulation_show_its_leaderboard(tmp_path: Path) -> None:
     assert "similar" in out.stdout and "random" in out.stdout
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
     as_json = _botsky("scores", "--json", cwd=tmp_path)
-    assert sum(row["mentions"] for row in json.loads(as_json.stdout)) > 0
+    assert sum(row["mentions"] for row in json.loads(as_json.stdout)["scores"]) > 0
 
 
 def test_scores_after_botsky_run_show_that_run(tmp_path: Path) -> None:
