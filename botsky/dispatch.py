@@ -51,6 +51,7 @@ class Selector:
         *,
         is_bot: Callable[[str], bool],
         may_answer: Callable[[str], bool] = lambda did: True,
+        is_active: Callable[[str], bool] = lambda did: True,
         sample_rate: float = 1.0,
         author_cooldown_s: float = 3600.0,
         reply_to_bots: bool = False,
@@ -61,6 +62,8 @@ class Selector:
         self.is_bot = is_bot
         # The consent hook: the audience policy says whose posts may be answered.
         self.may_answer = may_answer
+        # Whether the author's account is active (deactivated, taken down... are never answered).
+        self.is_active = is_active
         self.sample_rate = sample_rate
         self.author_cooldown_us = int(author_cooldown_s * 1e6)
         self.reply_to_bots = reply_to_bots
@@ -83,6 +86,8 @@ class Selector:
             return "reply_to_bot"
         if self.languages and post.langs and not self.languages & set(post.langs):
             return "language"
+        if not self.is_active(event.did):
+            return "inactive_account"
         if not self.may_answer(event.did):
             return "no_consent"
         last = self._last_answered.get(event.did)

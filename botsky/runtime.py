@@ -59,6 +59,8 @@ class RunSummary:
     dispatch: Counter[str] = field(default_factory=Counter)
     outcomes: dict[str, int] = field(default_factory=dict)
     opt_outs: int = 0
+    # #account events that changed whether an account may be answered: deactivated, reactivated.
+    accounts: Counter[str] = field(default_factory=Counter)
     cursor: int | None = None
     interrupted: bool = False
 
@@ -74,6 +76,7 @@ class RunSummary:
             "dispatch": dict(self.dispatch),
             "outcomes": dict(self.outcomes),
             "opt_outs": self.opt_outs,
+            "accounts": dict(self.accounts),
             "cursor": self.cursor,
             "interrupted": self.interrupted,
         }
@@ -254,6 +257,8 @@ class App:
                 s.opt_outs += 1
                 await self.ledger.add_opt_out(opt_out.did, opt_out.reason, event.time_us)
                 log.info("opted_out", did=opt_out.did, reason=opt_out.reason)
+            if event.kind == "account":
+                await self._note_account(event)
             self.presence.observe(event)
             await self.outcomes.observe(event)
             if self.selector is not None and self.dispatcher is not None and event.is_post_create:
@@ -280,6 +285,20 @@ class App:
             # A bug: isolated to this event, counted, logged with its traceback.
             s.skip_reasons["route_error"] += 1
             log.exception("route_failed", uri=_where(event))
+
+    async def _note_account(self, event: Event) -> None:
+        """An ``#account`` event: a deactivated account is neither answered nor mentioned from
+        this event on, and stays so across restarts (the ledger) until it is reactivated."""
+        change = self.policy.observe_account(event)
+        if change is None:
+            return
+        await self.ledger.set_account_status(change)
+        self.summary.accounts["reactivated" if change.active else "deactivated"] += 1
+        log.info(
+            "account_reactivated" if change.active else "account_deactivated",
+            did=change.did,
+            status=change.status,
+        )
 
     def _recoverable(self, post_uri: str, intent: dict[str, Any] | None) -> bool:
         """Which crashed claims this process settles: all of them when it runs alone; with

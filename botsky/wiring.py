@@ -222,6 +222,7 @@ async def build_app(
         bot_dids=[b.did for b in bots],
         allow_list=st.audience.allow_list,
         opted_out=await ledger.opt_outs(),
+        inactive=await ledger.inactive_accounts(),
         handle_of=identity.handle,
         stop_phrases=st.audience.stop_phrases,
         nobot_tag=st.audience.nobot_tag,
@@ -251,6 +252,7 @@ async def build_app(
         selector = Selector(
             is_bot=army.is_bot,
             may_answer=policy.may_answer,
+            is_active=policy.is_active,
             sample_rate=st.dispatch.sample_rate,
             author_cooldown_s=st.dispatch.author_cooldown_s,
             reply_to_bots=st.dispatch.reply_to_bots,

@@ -12,6 +12,9 @@ Tables (numbered migrations in each backend):
   ``(mention_id, kind, uri)`` so replaying the same event records it once.
 - ``cursors``: source name → last cursor.
 - ``opt_outs``: DIDs that must never be answered or mentioned again (permanent).
+- ``account_status``: the last ``#account`` status seen for a DID that was ever inactive
+  (deactivated, taken down, suspended, deleted...): never answered or mentioned while inactive,
+  until an ``#account`` event reactivates it. Newer events win; an older one is ignored.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "CLAIM_STATUSES",
     "MENTION_STATUSES",
     "OUTCOME_KINDS",
+    "AccountStatus",
     "Ledger",
     "Mention",
     "Outcome",
@@ -76,6 +80,16 @@ class Outcome:
     actor: str  # DID that did it
     uri: str  # the record that did it (reply post, like, block)
     time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    """What an ``#account`` event said about a DID: active or not, and why not."""
+
+    did: str
+    active: bool
+    status: str  # "active", or the reason: deactivated, takendown, suspended, deleted...
+    time_us: int  # the event's time: a newer status replaces an older one, never the reverse
 
 
 @runtime_checkable
@@ -156,3 +170,10 @@ class Ledger(Protocol):
 
     async def opt_outs(self) -> dict[str, str]:
         """Every opted-out DID with its reason."""
+
+    # account status -------------------------------------------------------------------------
+    async def set_account_status(self, status: AccountStatus) -> bool:
+        """Store a DID's account status; False (nothing changed) if the stored one is newer."""
+
+    async def inactive_accounts(self) -> list[AccountStatus]:
+        """Every DID whose stored status is inactive, oldest first."""

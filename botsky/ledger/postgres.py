@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from botsky.errors import BotskyError, ConfigError, LedgerError, LedgerUnavailable
-from botsky.ledger.base import CLAIM_STATUSES, Mention, Outcome
+from botsky.ledger.base import CLAIM_STATUSES, AccountStatus, Mention, Outcome
 from botsky.ledger.migrations import (
     CLOSED_STATUSES,
     MENTION_COLUMNS,
@@ -255,6 +255,28 @@ class PostgresLedger:
         """Every opted-out DID with its reason."""
         rows = await self._fetchall("SELECT did, reason FROM opt_outs ORDER BY time_us, did", ())
         return {did: reason for did, reason in rows}
+
+    # account status -------------------------------------------------------------------------
+    async def set_account_status(self, status: AccountStatus) -> bool:
+        """Store a DID's account status; False (nothing changed) if the stored one is newer."""
+        s = status
+        changed = await self._execute(
+            """INSERT INTO account_status (did, active, status, time_us) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (did) DO UPDATE
+               SET active = excluded.active, status = excluded.status, time_us = excluded.time_us
+               WHERE excluded.time_us >= account_status.time_us""",
+            (s.did, int(s.active), s.status, s.time_us),
+        )
+        return changed == 1
+
+    async def inactive_accounts(self) -> list[AccountStatus]:
+        """Every DID whose stored status is inactive, oldest first."""
+        rows = await self._fetchall(
+            "SELECT did, status, time_us FROM account_status WHERE active = 0"
+            " ORDER BY time_us, did",
+            (),
+        )
+        return [AccountStatus(did, False, status, t) for did, status, t in rows]
 
     # plumbing -------------------------------------------------------------------------------
     @asynccontextmanager

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import orjson
 
 from botsky.errors import BotskyError, LedgerError, LedgerUnavailable
-from botsky.ledger.base import CLAIM_STATUSES, Mention, Outcome
+from botsky.ledger.base import CLAIM_STATUSES, AccountStatus, Mention, Outcome
 from botsky.ledger.migrations import (
     CLOSED_STATUSES,
     MENTION_COLUMNS,
@@ -235,6 +235,30 @@ class SqliteLedger:
             _fetchall, "SELECT did, reason FROM opt_outs ORDER BY time_us, did", ()
         )
         return {did: reason for did, reason in rows}
+
+    # account status -------------------------------------------------------------------------
+    async def set_account_status(self, status: AccountStatus) -> bool:
+        """Store a DID's account status; False (nothing changed) if the stored one is newer."""
+        s = status
+        changed = await self._run(
+            _execute,
+            """INSERT INTO account_status (did, active, status, time_us) VALUES (?, ?, ?, ?)
+               ON CONFLICT (did) DO UPDATE
+               SET active = excluded.active, status = excluded.status, time_us = excluded.time_us
+               WHERE excluded.time_us >= account_status.time_us""",
+            (s.did, int(s.active), s.status, s.time_us),
+        )
+        return changed == 1
+
+    async def inactive_accounts(self) -> list[AccountStatus]:
+        """Every DID whose stored status is inactive, oldest first."""
+        rows = await self._run(
+            _fetchall,
+            "SELECT did, status, time_us FROM account_status WHERE active = 0"
+            " ORDER BY time_us, did",
+            (),
+        )
+        return [AccountStatus(did, False, status, t) for did, status, t in rows]
 
     # the worker thread ----------------------------------------------------------------------
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:

@@ -210,13 +210,22 @@ class LocalPds:
         return self.pds_url.replace("http://", "ws://", 1)
 
     def xrpc(
-        self, method: str, *, params: dict[str, Any] | None = None, body: Any = None, jwt: str = ""
+        self,
+        method: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        jwt: str = "",
+        post: bool = False,
     ) -> Any:
-        """Call an XRPC method synchronously (GET without ``body``, else POST)."""
+        """Call an XRPC method synchronously (GET without ``body``, else POST; ``post``: a
+        POST without a body, for procedures that take none, such as activateAccount)."""
         headers = {"authorization": f"Bearer {jwt}"} if jwt else {}
         url = f"{self.pds_url}/xrpc/{method}"
-        if body is None:
+        if body is None and not post:
             resp = httpx.get(url, params=params, headers=headers, timeout=10)
+        elif body is None:
+            resp = httpx.post(url, headers=headers, timeout=10)
         else:
             resp = httpx.post(url, json=body, headers=headers, timeout=10)
         if resp.status_code != 200:
