@@ -27,6 +27,7 @@ __all__ = [
     "IdentityConfig",
     "LedgerConfig",
     "LoggingConfig",
+    "ModelsConfig",
     "OutcomesConfig",
     "PostingConfig",
     "PresenceConfig",
@@ -172,6 +173,20 @@ class DispatchConfig(_Strict):
     shutdown_deadline_s: float = Field(default=30.0, ge=0)
 
 
+class ModelsConfig(_Strict):
+    """The bots' model endpoints: a free check at start, a circuit breaker during the run."""
+
+    # At start, list each bot's models (free) and leave out a bot whose server does not answer
+    # within check_timeout_s or refuses its key.
+    check_at_start: bool = True
+    check_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    # During the run: pause a bot after this many consecutive unavailability failures (after
+    # the client's own retries); probe it again after pause_s, doubling up to max_pause_s.
+    pause_after_failures: int = Field(default=3, ge=1)
+    pause_s: float = Field(default=30.0, gt=0)
+    max_pause_s: float = Field(default=600.0, gt=0)
+
+
 class OutcomesConfig(_Strict):
     window_s: float = Field(default=86_400.0, gt=0)
 
@@ -288,6 +303,7 @@ class Settings(BaseSettings):
     presence: PresenceConfig = Field(default_factory=PresenceConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     outcomes: OutcomesConfig = Field(default_factory=OutcomesConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     compose: ComposeConfig = Field(default_factory=ComposeConfig)

@@ -3,9 +3,14 @@
 The reader never waits on a model: ``Dispatcher.offer`` puts a post on a bounded queue and, when
 the queue is full, drops the post and counts the drop. N workers then run, per post::
 
-    bot = army.pick()  →  offer = recommender.offer(bot.picker)  →  draft = write_reply(model)
-    →  compose (validate, facets, limits)  →  ledger.claim(post)  →  poster.reply
-    →  ledger.record_mention  →  outcomes.track
+    bot = army.pick()  [re-drawn if paused]  →  offer = recommender.offer(bot.picker)
+    →  draft = write_reply(model)  →  compose (validate, facets, limits)  →  ledger.claim(post)
+    →  poster.reply  →  ledger.record_mention  →  outcomes.track
+
+A bot whose model keeps failing is paused by its circuit breaker (``botsky.health``); a post
+drawn for a paused bot is re-drawn among the bots that are not, and the re-draw is logged
+(``bot_redrawn``: the post, the bot drawn, the bot answering, why), counted (``redraws``) and
+kept on the mention (``extra.redrawn_from``), so the trial's assignment stays on record.
 
 The claim comes after the model call, right before posting, so a failed model call leaves no
 trace in the ledger; the claim's unique key makes a second reply to the same post impossible
@@ -29,6 +34,7 @@ from botsky.army import Army
 from botsky.compose import Offered, compose
 from botsky.errors import DraftRejected, FatalError, RetryableError, SkipError
 from botsky.events import Event, PostRef
+from botsky.health import UNAVAILABLE, BotHealth
 from botsky.identity import Identity
 from botsky.ledger.base import Ledger, Mention
 from botsky.llm.reply import ReplyRequest, write_reply
@@ -142,8 +148,10 @@ class Dispatcher:
         on_reply: Callable[[str, str, int], None] = lambda author, mentioned, time_us: None,
         paused: Callable[[], bool] = lambda: False,
         guard: SecretGuard,
+        health: BotHealth | None = None,
     ) -> None:
         self.army = army
+        self.health = health or BotHealth()
         self.guard = guard  # the process's secrets: a draft holding one is never posted
         self.replica = replica  # written into each claim's intent (who may recover it)
         # Consent hooks: count replies toward the daily caps; the kill switch pauses posting.
@@ -163,6 +171,7 @@ class Dispatcher:
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._room = asyncio.Event()  # set whenever a worker takes a job off the queue
         self.counts: Counter[str] = Counter()
+        self.redraws: Counter[str] = Counter()  # posts re-drawn away from each paused bot
 
     def offer(self, event: Event, post: PostRef) -> bool:
         """Queue a post without waiting; False (and a counted drop) when the queue is full."""
@@ -248,6 +257,15 @@ class Dispatcher:
         bot = self.army.pick(event.uri, post.langs)
         if bot is None:
             return "no_bot_for_language"
+        drawn = bot
+        if not await self.health.ready(bot):
+            bot = self.army.pick(event.uri, post.langs, among=self.health.available)
+            reason = self.health.reason(drawn.name)
+            if bot is None:
+                log.warning("no_bot_available", drawn=drawn.name, reason=reason)
+                return "no_bot_available"
+            self.redraws[drawn.name] += 1
+            log.info("bot_redrawn", drawn=drawn.name, bot=bot.name, reason=reason)
         offer = self.recommender.offer(bot.picker, post.text, event.did, post.langs, self.rng)
         if not offer.candidates:
             log.info("no_candidates", bot=bot.name)
@@ -265,7 +283,20 @@ class Dispatcher:
         )
         started = time.perf_counter()
         try:
-            draft = await write_reply(bot.model, req, guard=self.guard)
+            try:
+                draft = await write_reply(bot.model, req, guard=self.guard)
+            except asyncio.CancelledError:
+                self.health.abandoned(bot)
+                raise
+            except Exception as exc:
+                # Only unavailability counts toward a pause: a refusal or a broken answer
+                # still means the model is there.
+                if isinstance(exc, UNAVAILABLE):
+                    self.health.failed(bot, exc)
+                else:
+                    self.health.succeeded(bot)
+                raise
+            self.health.succeeded(bot)
             composed = compose(
                 draft.reply,
                 draft.mention,
@@ -322,7 +353,7 @@ class Dispatcher:
             completion_tokens=draft.usage.completion_tokens,
             cost_usd=draft.usage.cost_usd,
             latency_ms=round((time.perf_counter() - started) * 1000, 1),
-            extra={"repaired": list(composed.repaired)} if composed.repaired else {},
+            extra=_extra(composed.repaired, drawn.name if drawn is not bot else None),
         )
         # The intent goes in with the claim, so a crash before record_mention loses nothing.
         # The ledgers encode it with orjson, which writes dataclasses as objects natively
@@ -410,7 +441,17 @@ def _log_posted(m: Mention) -> None:
         cost_usd=m.cost_usd,
         latency_ms=m.latency_ms,
         repaired=m.extra.get("repaired", []),
+        redrawn_from=m.extra.get("redrawn_from"),
     )
+
+
+def _extra(repaired: tuple[str, ...] | list[str], redrawn_from: str | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if repaired:
+        extra["repaired"] = list(repaired)
+    if redrawn_from is not None:
+        extra["redrawn_from"] = redrawn_from  # the bot first drawn for this post was paused
+    return extra
 
 
 def _authority(uri: str) -> str:

@@ -61,6 +61,10 @@ class RunSummary:
     opt_outs: int = 0
     # #account events that changed whether an account may be answered: deactivated, reactivated.
     accounts: Counter[str] = field(default_factory=Counter)
+    # Bots left out at start (bot → why: no key, no server, key refused), and posts re-drawn
+    # away from each bot while its circuit breaker had it paused.
+    left_out: dict[str, str] = field(default_factory=dict)
+    redrawn: Counter[str] = field(default_factory=Counter)
     cursor: int | None = None
     interrupted: bool = False
 
@@ -77,6 +81,8 @@ class RunSummary:
             "outcomes": dict(self.outcomes),
             "opt_outs": self.opt_outs,
             "accounts": dict(self.accounts),
+            "left_out": dict(self.left_out),
+            "redrawn": dict(self.redrawn),
             "cursor": self.cursor,
             "interrupted": self.interrupted,
         }
@@ -107,6 +113,7 @@ class App:
         web: WebConfig | None = None,
         partitions: Partitions | None = None,
         handover_buffer: int = 10_000,
+        left_out: dict[str, str] | None = None,
     ) -> None:
         self.source = source
         self.ledger = ledger
@@ -132,7 +139,7 @@ class App:
         # Eligible posts of partitions owned elsewhere, to answer if this replica takes over.
         self._handover: deque[tuple[Event, PostRef]] = deque(maxlen=handover_buffer or None)
         self.partitions.on_acquire = self._took_over
-        self.summary = RunSummary()
+        self.summary = RunSummary(left_out=dict(left_out or {}))
         self._cursor: int | None = None
         self._failure: Exception | None = None  # what ended a task of the run, re-raised
 
@@ -363,6 +370,7 @@ class App:
                     with contextlib.suppress(asyncio.CancelledError):
                         await workers
             self.summary.dispatch = self.dispatcher.counts
+            self.summary.redrawn = self.dispatcher.redraws
         scorer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await scorer

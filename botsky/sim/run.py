@@ -17,7 +17,6 @@ from typing import IO, Any
 
 import structlog
 
-from botsky.army import Army
 from botsky.config import SourceConfig
 from botsky.configload import LoadedConfig, Secrets
 from botsky.errors import ConfigError
@@ -117,13 +116,6 @@ def _fresh_files(loaded: LoadedConfig) -> None:
             Path(f"{ledger.path}{suffix}").unlink(missing_ok=True)
 
 
-def _swap_models(army: Army, models: Mapping[str, Model]) -> None:
-    army.bots = tuple(
-        dataclasses.replace(b, model=models[b.name]) if b.name in models else b for b in army.bots
-    )
-    army._by_did = {b.did: b for b in army.bots}
-
-
 def _engine_model(loaded: LoadedConfig, secrets: Secrets, http_client: Any) -> Model:
     for bot in build_bots(loaded, secrets, http_client=http_client):
         if bot.provider != "template":
@@ -200,12 +192,12 @@ async def simulate(
     out = export.open("wb") if export is not None else None
     try:
         source = _Tee(world, out) if out is not None else world
-        app = await build_app(loaded, secrets, source=source, poster=world, http_client=http_client)
+        app = await build_app(
+            loaded, secrets, source=source, poster=world, http_client=http_client, models=models
+        )
         try:
             if app.dispatcher is not None:
                 world.bot_dids = set(app.dispatcher.army.dids)
-                if models:
-                    _swap_models(app.dispatcher.army, models)
             if pipeline is not None:
                 restore_pipeline(app, pipeline)
 
