@@ -333,3 +333,90 @@ async def test_a_failing_bot_is_paused_its_posts_redrawn_and_it_comes_back(
     assert [e["pause_s"] for e in paused] == [30, 60, 100]
     assert [e["event"] for e in captured if e["event"] == "bot_resumed"] == ["bot_resumed"]
     assert d.redraws == {"flaky": 3}
+
+
+# --- the command, as a person sees it -----------------------------------------------------------
+
+
+def _run_on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run ``botsky`` with standard error on a pseudo-terminal (stdout a pipe, as in
+    ``botsky run > run.jsonl``); returns the exit code, stdout and what the terminal showed."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTSKY_")}
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("ANTHROPIC_API_KEY", None)
+    with open(cwd / "stdout.txt", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "botsky", *args], cwd=cwd, env=env, stdout=out, stderr=slave
+        )
+    os.close(slave)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    code = proc.wait(timeout=120)
+    return code, (cwd / "stdout.txt").read_text(), shown.decode(errors="replace")
+
+
+def test_botsky_run_leaves_out_a_bot_without_server_with_one_line_on_the_terminal(
+    tmp_path: Path,
+) -> None:
+    """The shipped army's case: an Ollama bot with no server is left out at start with one
+    sentence on the terminal (which bot, why, how to fix) and costs the posts nothing: the
+    other bot answers them all and no model call is tried."""
+    from botsky.events import event_to_jetstream
+
+    users = [(f"did:plc:u{i}", f"user{i}.test") for i in range(12)]
+    events = [identity(did, T0 + i, h) for i, (did, h) in enumerate(users)]
+    events += [
+        post(did, T0 + 100 + i, f"sourdough bread baking question number {i}")
+        for i, (did, _) in enumerate(users)
+    ]
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(map(event_to_jetstream, events)))
+    port = free_port()
+    cfg = _config(tmp_path, [], {"logging": {"format": "json"}})
+    text = json.loads(cfg.read_text())
+    text["source"] = {"kind": "replay", "path": "events.jsonl"}
+    cfg.write_text(json.dumps(text))
+    (tmp_path / "bots.yaml").write_text(
+        json.dumps(
+            {
+                "bots": [
+                    _compatible("cleo", f"http://127.0.0.1:{port}", weight=5),
+                    {
+                        "name": "control",
+                        "persona": "control",
+                        "provider": "template",
+                        "model": "template-similar",
+                        "picker": "similar",
+                        "account": {"handle": "control.test"},
+                    },
+                ]
+            }
+        )
+    )
+    code, stdout, terminal = _run_on_a_terminal(["run", "-c", str(cfg)], tmp_path)
+    assert code == 0, terminal
+    url = f"http://127.0.0.1:{port}/v1"
+    notice = [line for line in terminal.splitlines() if line.startswith("botsky: ")]
+    assert notice == [
+        f"botsky: bot cleo left out: {url} is not reachable (connection refused). Fix: start "
+        f"the server at {url} (for Ollama: `ollama serve` and `ollama pull <model>`), fix "
+        "base_url, or remove cleo from the bots file."
+    ]
+    summary = next(json.loads(line) for line in stdout.splitlines() if '"run_summary"' in line)
+    # The first asker has nobody to be recommended yet; every other post is answered.
+    assert summary["dispatch"] == {"queued": 12, "posted": 11, "no_candidates": 1}
+    assert summary["left_out"] == {"cleo": f"{url} is not reachable (connection refused)"}
+    assert "model_unavailable" not in stdout

@@ -1,9 +1,11 @@
 """``botsky simulate``: run the simulated network through the production pipeline.
 
 Registered on the ``botsky`` group by ``botsky.cli`` (``cli.add_command(simulate_cmd)``).
-Logs go to the JSON log file under ``data_dir`` only (the terminal shows a progress bar); the
-leaderboard by picker and by model, the ground truth (expected and oracle rates) and where the
-ledger, log and checkpoint are go to stdout.
+Logs go to the JSON log file under ``data_dir`` only. The terminal shows a progress bar and
+the warnings a person must act on (a bot left out for a missing or refused key or an
+unreachable server, a bot paused: ``botsky.logs.NOTICES``); stdout gets the leaderboard by
+picker and by model, the ground truth (expected and oracle rates) and where the ledger, log
+and checkpoint are.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def simulate_cmd(
             fmt="json",
             file=log_file,
             stream=quiet,
+            notices=True,  # the terminal sees only these; everything else is in the file
         )
         progress = Progress(
             TextColumn("[bold]day"),
@@ -168,7 +171,7 @@ def simulate_cmd(
             sys.exit(1)
         finally:
             # Off the soon-closed null stream; the tables below are not logs.
-            configure_logging(level=st.logging.level, fmt="json", stream=sys.stderr)
+            configure_logging(level=st.logging.level, fmt="json", stream=sys.stderr, notices=False)
 
     if not serve:  # with --serve the results were printed before serving
         _print_result(console, result, seed, export)
