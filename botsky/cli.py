@@ -75,7 +75,7 @@ def run_cmd(config_path: Path | None) -> None:
             summary = await app.run(stop)
         finally:
             await app.aclose()
-        _print_summary(summary.as_dict())
+        _print_summary(summary.as_dict(), audience_mode=st.audience.mode)
 
     try:
         asyncio.run(_main())
@@ -150,7 +150,9 @@ def scores_cmd(
         Console().print(render_table(rows))
 
 
-def _print_summary(summary: dict[str, object]) -> None:
+def _print_summary(summary: dict[str, object], *, audience_mode: str) -> None:
+    from botsky.summary import unanswered_lines
+
     console = Console(stderr=True)
     table = Table(title="botsky run summary", show_header=True)
     table.add_column("what")
@@ -164,6 +166,9 @@ def _print_summary(summary: dict[str, object]) -> None:
     table.add_row("skipped lines", str(summary["skipped"]))
     table.add_row("opt-outs", str(summary["opt_outs"]))
     console.print(table)
+    # Why posts went unanswered, with a hint each (botsky.summary; simulate prints the same).
+    for line in unanswered_lines(summary, audience_mode=audience_mode):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _register() -> None:

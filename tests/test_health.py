@@ -420,3 +420,4 @@ def test_botsky_run_leaves_out_a_bot_without_server_with_one_line_on_the_termina
     assert summary["dispatch"] == {"queued": 12, "posted": 11, "no_candidates": 1}
     assert summary["left_out"] == {"cleo": f"{url} is not reachable (connection refused)"}
     assert "model_unavailable" not in stdout
+    assert "bot cleo was left out" in terminal  # and the run summary says so again

@@ -4,8 +4,8 @@ Registered on the ``botsky`` group by ``botsky.cli`` (``cli.add_command(simulate
 Logs go to the JSON log file under ``data_dir`` only. The terminal shows a progress bar and
 the warnings a person must act on (a bot left out for a missing or refused key or an
 unreachable server, a bot paused: ``botsky.logs.NOTICES``); stdout gets the leaderboard by
-picker and by model, the ground truth (expected and oracle rates) and where the ledger, log
-and checkpoint are.
+picker and by model, the ground truth (expected and oracle rates), why posts went unanswered
+(``botsky.summary``) and where the ledger, log and checkpoint are.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def simulate_cmd(
 
         async def hold(app: App, result: SimResult) -> None:
             progress.stop()
-            _print_result(console, result, seed, export)
+            _print_result(console, result, seed, export, st.audience.mode)
             url = app.web_server.url if app.web_server is not None else "(web app not running)"
             # A line of its own, flushed: scripts and tests wait for it.
             print(f"leaderboard page: {url}  (Ctrl-C to stop)", flush=True)
@@ -174,12 +174,16 @@ def simulate_cmd(
             configure_logging(level=st.logging.level, fmt="json", stream=sys.stderr, notices=False)
 
     if not serve:  # with --serve the results were printed before serving
-        _print_result(console, result, seed, export)
+        _print_result(console, result, seed, export, st.audience.mode)
 
 
-def _print_result(console: Console, result: SimResult, seed: int, export: Path | None) -> None:
-    """The leaderboards next to the world's ground truth, and where the files are."""
+def _print_result(
+    console: Console, result: SimResult, seed: int, export: Path | None, audience_mode: str
+) -> None:
+    """The leaderboards next to the world's ground truth, why posts went unanswered, and where
+    the files are."""
     from botsky.scoring import render_table
+    from botsky.summary import unanswered_lines
 
     world = result.world
     console.print(
@@ -205,6 +209,9 @@ def _print_result(console: Console, result: SimResult, seed: int, export: Path |
     oracle = result.oracle_rate
     truth.add_row("oracle (best-fitting online user)", "", f"{oracle:.1%}" if oracle else "-")
     console.print(truth)
+    # Why posts went unanswered, with a hint each (botsky.summary; `botsky run` prints the same).
+    for line in unanswered_lines(result.summary.as_dict(), audience_mode=audience_mode):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"ledger: {result.ledger_path}")
     console.print(f"log:    {result.log_path}")
     if export is not None:
