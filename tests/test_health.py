@@ -17,12 +17,13 @@ from botsky.army import Bot
 from botsky.configload import load_config, resolve_secrets
 from botsky.errors import ModelAccessError, ModelUnavailable
 from botsky.health import BotHealth, Breaker, check_models
+from botsky.ledger.base import mention_from_log
 from botsky.llm.anthropic import AnthropicModel
 from botsky.llm.openai import OpenAIModel
 from botsky.runtime import App
 from botsky.testing import FakeModel, FakeVendorServer, ListSource, identity, post
 from botsky.wiring import build_app
-from tests.conftest import T0
+from tests.support import T0
 
 UNAUTHORIZED = (
     401,
@@ -323,7 +324,10 @@ async def test_a_failing_bot_is_paused_its_posts_redrawn_and_it_comes_back(
     assert [m.extra.get("redrawn_from") for m in mentions] == [None, *["flaky"] * 3, None]
     posted = [e for e in captured if e["event"] == "reply_posted"]
     assert [e["bot"] for e in posted] == ["flaky", "steady", "steady", "steady", "flaky"]
-    assert [e["redrawn_from"] for e in posted] == [None, "flaky", "flaky", "flaky", None]
+    assert [e.get("redrawn_from") for e in posted] == [None, "flaky", "flaky", "flaky", None]
+    # `botsky scores --logs` reads the re-draw back from the line.
+    rebuilt = mention_from_log(json.loads(json.dumps(posted[1], default=str)))
+    assert rebuilt is not None and rebuilt.extra["redrawn_from"] == "flaky"
     redrawn = [e for e in captured if e["event"] == "bot_redrawn"]
     assert [(e["drawn"], e["bot"]) for e in redrawn] == [("flaky", "steady")] * 3
     assert "model_unavailable" in redrawn[0]["reason"]

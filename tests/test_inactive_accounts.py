@@ -26,7 +26,7 @@ from botsky.ledger.sqlite import SqliteLedger
 from botsky.runtime import App
 from botsky.testing import FakeVendorServer, identity, post
 from botsky.wiring import build_app
-from tests.conftest import T0
+from tests.support import T0
 from tests.test_jetstream import iso
 from tests.test_relay import frame_server, hold
 
