@@ -373,6 +373,7 @@ def _run_on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str, str]:
     return code, (cwd / "stdout.txt").read_text(), shown.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_botsky_run_leaves_out_a_bot_without_server_with_one_line_on_the_terminal(
     tmp_path: Path,
 ) -> None:

@@ -99,6 +99,7 @@ def _bundled(tmp: Path, *, open_audience: bool = False) -> Path:
     return tmp / "botsky.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("open_audience", "expected"),
     [
@@ -139,6 +140,7 @@ def test_the_bundled_replay_says_why_nothing_was_answered(
     assert "bot cleo was left out: http://127.0.0.1:11434/v1 is not reachable" in out.stderr
 
 
+@pytest.mark.slow
 def test_simulate_shows_a_refused_key_and_the_model_leaves_the_leaderboard(
     tmp_path: Path,
 ) -> None:
