@@ -225,6 +225,10 @@ class AudiencePolicy:
         """False while ``did``'s host says the account is not active (see ``observe_account``)."""
         return did not in self.inactive
 
+    def has_opted_out(self, did: str) -> bool:
+        """``did`` opted out (asked again right before each post: consent can end meanwhile)."""
+        return did in self.opted_out
+
     def posting_paused(self) -> bool:
         """The kill switch: while true, post nothing (reading the stream goes on)."""
         return self._kill_switch()

@@ -61,6 +61,18 @@ HINTS: dict[str, str] = {
     "model_access_denied": "the vendor refused the API key, or the account has no quota left",
     "model_error": "the model call failed for good (a bad request, a refusal, a broken answer)",
     "post_failed": "the PDS refused the reply or the write budget was spent (post_failed lines)",
+    # consent asked again right before the post (a model call takes seconds)
+    "author_opted_out": "the author opted out while the model was writing: the reply was dropped",
+    "mention_opted_out": (
+        "the user the reply mentions opted out while the model was writing: the reply was dropped"
+    ),
+    "author_inactive": (
+        "the author's account was deactivated or taken down while the model was writing"
+    ),
+    "mention_inactive": (
+        "the mentioned user's account was deactivated or taken down while the model was writing"
+    ),
+    "paused_before_post": "the kill switch was turned on while the model was writing",
     "error": "a bug: see the dispatch_failed lines and their tracebacks",
 }
 

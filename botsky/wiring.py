@@ -347,6 +347,8 @@ async def build_app(
             replica=partitions.member,
             on_reply=policy.note_reply,
             paused=policy.posting_paused,
+            opted_out=policy.has_opted_out,
+            is_active=policy.is_active,
             guard=secret_guard(loaded, secrets),
             health=BotHealth(
                 failures=st.models.pause_after_failures,

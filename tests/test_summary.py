@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def _bundled(tmp: Path, *, open_audience: bool = False) -> Path:
     """The shipped botsky.yaml and bots.yaml, copied elsewhere (paths made absolute)."""
     text = (REPO / "configs" / "botsky.yaml").read_text()
     text = text.replace("../tests/data", str(REPO / "tests" / "data"))
-    text = text.replace("data_dir: ./data", f"data_dir: {tmp / 'data'}")
+    text = re.sub(r"(?m)^data_dir: .*$", f"data_dir: {tmp / 'data'}", text)
     if open_audience:
         text = text.replace("mode: opt_in\n", "mode: open\n").replace(
             "acknowledge_open_audience: false", "acknowledge_open_audience: true"
@@ -125,7 +126,8 @@ def test_the_bundled_replay_says_why_nothing_was_answered(
     out = subprocess.run(
         [sys.executable, "-m", "botsky", "run", "-c", str(cfg)],
         cwd=tmp_path,
-        env=_env(),
+        # Logs for people, as on a terminal: the summary table and the reasons on stderr.
+        env=_env(BOTSKY_LOGGING__FORMAT="console"),
         capture_output=True,
         text=True,
         timeout=120,
