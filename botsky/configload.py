@@ -145,6 +145,8 @@ def load_config(
             bots = BotsFile.model_validate(_plain(bots_doc.tree)).bots
         except ValidationError as exc:
             found += _explain(exc, bots_doc, BotsFile, None)
+        if settings is not None:
+            found += _sim_only_pickers(settings, bots, bots_doc)
         problems += _by_line(found)
 
     if problems or settings is None or bots_path is None:
@@ -184,6 +186,28 @@ def resolve_secrets(
     if problems:
         raise ConfigError(problems)
     return secrets
+
+
+def _sim_only_pickers(
+    settings: Settings, bots: list[BotConfig], doc: _Doc
+) -> list[tuple[int, str]]:
+    """``noisy_oracle`` asks the simulated world for the truth: only a simulation has one."""
+    if settings.source.kind == "sim":
+        return []
+    found: list[tuple[int, str]] = []
+    for i, bot in enumerate(bots):
+        if bot.picker == "noisy_oracle":
+            loc: _Loc = ("bots", i, "picker")
+            found.append(
+                (
+                    doc.line(loc),
+                    f"{doc.name}:{doc.line(loc)} {_field_path(loc)}: 'noisy_oracle' is a planted "
+                    "arm of the simulation (it needs the simulated world's truth); it works only "
+                    f"under `botsky simulate` (source.kind 'sim'), not with source.kind "
+                    f"{settings.source.kind!r}",
+                )
+            )
+    return found
 
 
 def check_config(

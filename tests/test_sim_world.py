@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from botsky.events import POST, Event, PostRef
+from botsky.events import POST, PROFILE, Event, PostRef
 from botsky.posting import ReplyPost, StrongRef
 from botsky.sim.archetypes import load_archetypes, mix
 from botsky.sim.state import StateLimits, bound_state, merge_state
@@ -94,7 +94,10 @@ async def test_events_are_valid_jetstream_shaped_records() -> None:
             assert is_valid_handle(e.handle)
         if e.kind != "commit":
             continue
-        assert e.rkey is not None and is_valid_tid(e.rkey)
+        # A profile lives at rkey "self", as on the network; everything else has a TID.
+        assert e.rkey is not None and (
+            is_valid_tid(e.rkey) if e.collection != PROFILE else e.rkey == "self"
+        )
         assert is_valid_cid(e.cid) and is_valid_at_uri(e.uri)
         record = e.record or {}
         assert record["$type"] == e.collection
@@ -139,7 +142,7 @@ async def test_bot_reply_lands_in_the_thread_and_notifies_the_mentioned_user() -
 async def test_mentions_are_read_at_the_next_logon(monkeypatch: pytest.MonkeyPatch) -> None:
     """A mention waits in the user's notifications and is answered at their next logon."""
     world = World(WorldConfig(users=12, days=2, seed=5))
-    monkeypatch.setattr(World, "mention_probability", lambda self, u, topics, now: 1.0)
+    monkeypatch.setattr(World, "answer_probability", lambda self, u, rec, now: 1.0)
     events: list[Event] = []
     mention_uri = ""
     target_did = ""
@@ -232,7 +235,8 @@ async def test_a_pickled_world_continues_exactly_as_the_original() -> None:
 
 
 async def test_oracle_is_the_best_online_user() -> None:
-    """The oracle's bound is the highest upper bound among users online, the author excepted."""
+    """The oracle's bound is the highest upper bound (ties included) among users publicly
+    active within the presence window before the bot chose, the author excepted."""
     world = World(WorldConfig(users=30, days=1, seed=3, settle=False))
     events = await _events(world)
     roots = [e for e in events if e.is_post_create and not PostRef.of(e.record).is_reply]
@@ -240,18 +244,20 @@ async def test_oracle_is_the_best_online_user() -> None:
         target = next(u for u in world.users if u.did != parent.did)
         before = world.truth.get("bot")
         oracle_before = before.oracle if before else 0.0
-        expected_before = before.expected if before else 0.0
-        since = world.clock_us + 1_000 - int(world.config.presence_window_s * 1e6)
+        upper_before = before.upper if before else 0.0
+        since = world.clock_us - int(world.config.presence_window_s * 1e6)
         await world.reply(_reply(world, parent, target.did, target.handle))
         topics = world.posts[parent.uri].topics
         online = [
-            world.upper_bound(u, topics)
+            world.upper_bound(u, topics, parent.did, BOT_DID)
             for u in world.users
-            if u.active and u.last_active_us >= since and u.did != parent.did
+            if u.active and u.last_seen_us >= since and u.did != parent.did
         ]
         truth = world.truth["bot"]
-        picked = truth.expected - expected_before
-        assert picked == pytest.approx(world.upper_bound(target, topics), abs=1e-12)
+        picked = truth.upper - upper_before
+        assert picked == pytest.approx(
+            world.upper_bound(target, topics, parent.did, BOT_DID), abs=1e-12
+        )
         assert truth.oracle - oracle_before == pytest.approx(max([*online, picked]), abs=1e-12)
 
 
@@ -261,7 +267,8 @@ async def test_commit_keys_and_timestamps_follow_the_record_time() -> None:
     commits = [e for e in events if e.kind == "commit"]
     assert commits
     for e in commits:
-        assert e.rkey == tid(e.time_us) and e.rev == tid(e.time_us, 1)
+        assert e.rkey == (tid(e.time_us) if e.collection != PROFILE else "self")
+        assert e.rev == tid(e.time_us, 1)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e.time_us / 1e6)) + ".000Z"
         assert (e.record or {})["createdAt"] == stamp
 

@@ -3,7 +3,7 @@
 A checkpoint is two files written at the start of every simulated day (after the previous
 day's events and bot replies have all been handled, which lockstep guarantees):
 
-- ``<path>`` (pickle, version 2): ``{"version": 2, "day": d, "world": World, "pipeline": {...}}``.
+- ``<path>`` (pickle, version 3): ``{"version": 3, "day": d, "world": World, "pipeline": {...}}``.
   The world holds users, hidden states, posts, notifications, the clock and its RNG state; the
   pipeline part holds what the app keeps in memory: presence, identity, consent sets, the
   outcome watcher's index, the recommender's cooldowns, the selector's author cooldowns, and the
@@ -40,7 +40,9 @@ __all__ = [
     "save_checkpoint",
 ]
 
-VERSION: Final = 2  # 2: posts know their topic, users pickle without derived fields
+# 2: posts know their topic, users pickle without derived fields; 3: the world of issue 14
+# (registers, several logons a day, ties, truth records)
+VERSION: Final = 3
 
 
 def ledger_copy_path(path: Path) -> Path:
