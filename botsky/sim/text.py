@@ -76,30 +76,33 @@ TEMPLATES: Final = tuple(
 )
 # Insults from ordinary words (see the module docstring).
 TOXIC_PHRASES: Final = (
-    "Honestly, people are wrong about this.",
-    "Wrong again, as always.",
+    "Wrong again.",
     "Nobody needs this.",
     "What a terrible idea.",
+    "You have no idea.",
     "Some people never get it.",
-    "Clearly you know nothing about this.",
+    "Clearly you know nothing.",
+    "Honestly, people...",
 )
 CIVIL_OPENERS: Final = (
     "Love this!",
     "So true.",
-    "Great point.",
     "Agreed!",
-    "Interesting.",
     "Same here!",
-    "Thanks for sharing.",
+    "Nice.",
+    "Yes!",
+    "Good one.",
     "This is great.",
 )
+# A reply's line: {a} and {b} are words of the thread's topic, in the replier's register.
 _REPLIES: Final = (
     "Have you tried {a}?",
-    "{A} is the best part.",
-    "My {a} says hi.",
-    "Reminds me of my {a}.",
-    "Now I want to try {a}.",
-    "More {a}, please.",
+    "{A} and {b}, yes.",
+    "What about {a}?",
+    "Same with my {a}.",
+    "Try {a} with {b}.",
+    "{A} is the best.",
+    "All about {a} here.",
 )
 
 
@@ -174,11 +177,12 @@ def _three(topic: int, register: int, rng: random.Random) -> tuple[str, str, str
 
 
 def reply_text(topic: int, register: int, toxic: bool, rng: random.Random) -> str:
-    """A short reply on ``topic``: an opener (civil, or an insult) and a line with one word."""
-    (a,) = _topic_words(topic, register, 1, rng)
+    """A short reply on ``topic``: an opener (civil, or an insult) and a line on the topic (an
+    insult too is about something)."""
+    a, b, _ = _three(topic, register, rng)
     opener = rng.choice(TOXIC_PHRASES if toxic else CIVIL_OPENERS)
     line = rng.choice(_REPLIES)
-    return f"{opener} " + line.format(a=a, A=a.capitalize())
+    return f"{opener} " + line.format(a=a, b=b, A=a.capitalize())
 
 
 def handle_stem(rng: random.Random) -> str:
