@@ -1,4 +1,4 @@
-"""``simulate``: the production pipeline (``app.build_app``) driven by a simulated world.
+"""``simulate``: the production pipeline (``wiring.build_app``) driven by a simulated world.
 
 The world is both the app's source and its poster; dispatch runs in lockstep so that every bot
 reply is in the world before the next event is generated, and one seed gives one history: the
@@ -22,7 +22,6 @@ from typing import IO, Any
 import orjson
 import structlog
 
-from botsky.app import App, RunSummary, build_app
 from botsky.army import Army
 from botsky.config import SourceConfig
 from botsky.configload import LoadedConfig, Secrets
@@ -32,6 +31,8 @@ from botsky.ledger import open_ledger
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm import make_model
 from botsky.llm.base import Model, Price
+from botsky.logs import register_secret
+from botsky.runtime import App, RunSummary
 from botsky.scoring import Score, score
 from botsky.sim.checkpoint import (
     load_checkpoint,
@@ -43,6 +44,7 @@ from botsky.sim.engines import Engine, LLMEngine, StochasticEngine
 from botsky.sim.truth import GROUPINGS, Arm, ArmTruth, arm_truths, truth_document, write_truth
 from botsky.sim.world import Truth, World, WorldConfig
 from botsky.sources.base import SourceStats
+from botsky.wiring import build_app
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -222,6 +224,8 @@ def _engine_model(loaded: LoadedConfig, environ: Mapping[str, str], http_client:
             f"the environment variable {env}"
             + ("" if cfg.api_key_env else " (or name another one in sim.engine.api_key_env)")
         )
+    if key:
+        register_secret(key)  # scrubbed from every log line, like the bots' keys
     price_cfg = loaded.settings.prices.get(cfg.model)
     price = Price(price_cfg.input_per_mtok, price_cfg.output_per_mtok) if price_cfg else Price()
     return make_model(cfg, api_key=key, price=price, http_client=http_client)
