@@ -16,7 +16,7 @@ import pytest
 from scipy.stats import binom, norm
 
 from botsky.configload import resolve_secrets
-from botsky.sim.run import SimResult, WorldOutcome, simulate, simulate_many
+from botsky.sim.run import SimResult, WorldOutcome, run_worlds, simulate, simulate_many
 from botsky.testing import FakeModel
 from tests.test_sim_run import CONTROL_BOTS, _quiet_logs, sim_config
 
@@ -167,3 +167,19 @@ async def test_truth_counts_every_decision_and_is_written_to_truth_json(tmp_path
             for key in ("upper_bound", "oracle", "likes_per_reply", "engagement_per_reply"):
                 assert row[key] == pytest.approx(getattr(t, key)), key
     assert set(doc["definitions"]) >= {"true_rate", "upper_bound", "oracle", "likes_per_reply"}
+
+
+def test_many_worlds_in_worker_processes_equal_worlds_run_in_process(tmp_path: Path) -> None:
+    """run_worlds over two worker processes returns, in seed order, the same truth and
+    scoreboards as the same worlds run one after the other in this process."""
+    seeds = _seeds(2)
+    loaded = sim_config(tmp_path / "cfg", CONTROL_BOTS)
+    secrets = resolve_secrets(loaded, environ={}, live=False)
+    apart = run_worlds(
+        loaded, secrets, seeds, workdir=tmp_path / "apart", processes=2, days=1, users=25
+    )
+    here = run_worlds(loaded, secrets, seeds, workdir=tmp_path / "here", days=1, users=25)
+    assert [w.seed for w in apart] == seeds
+    for a, b in zip(apart, here, strict=True):
+        assert a.truth == b.truth and a.counts == b.counts
+        assert [s.successes for s in a.scores["bot"]] == [s.successes for s in b.scores["bot"]]

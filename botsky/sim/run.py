@@ -448,10 +448,15 @@ async def simulate_many(
 
 
 def _one_world(
-    loaded: LoadedConfig, secrets: Secrets, seed: int, workdir: Path, kwargs: dict[str, Any]
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    seed: int,
+    workdir: Path,
+    kwargs: dict[str, Any],
+    worker: bool = False,
 ) -> WorldOutcome:
-    quiet = structlog.make_filtering_bound_logger(logging.WARNING)
-    structlog.configure(wrapper_class=quiet)
+    if worker:  # a worker process logs warnings only: thousands of info lines per world
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     return asyncio.run(simulate_many(loaded, secrets, [seed], workdir=workdir, **kwargs))[0]
 
 
@@ -470,5 +475,7 @@ def run_worlds(
     if processes <= 1:
         return [_one_world(loaded, secrets, s, workdir, kwargs) for s in seeds]
     with ProcessPoolExecutor(max_workers=processes) as pool:
-        futures = [pool.submit(_one_world, loaded, secrets, s, workdir, kwargs) for s in seeds]
+        futures = [
+            pool.submit(_one_world, loaded, secrets, s, workdir, kwargs, True) for s in seeds
+        ]
         return [f.result() for f in futures]
