@@ -20,7 +20,7 @@ import pytest
 from botsky.events import Event, event_to_jetstream
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.testing import FakeVendorServer, handles_offered, identity, like, post
-from tests.conftest import DATA, MIN, T0
+from tests.support import DATA, MIN, T0
 
 USERS = {
     "did:plc:alice": "alice.test",
@@ -118,6 +118,7 @@ async def _ledger_rows(path: Path) -> tuple[list[Any], list[Any]]:
         await led.close()
 
 
+@pytest.mark.slow
 def test_replay_end_to_end_records_a_success_and_never_replies_twice(tmp_path: Path) -> None:
     """Bots answer each question once with a valid facet; Bob's reply is scored as a success."""
     events, posts = _scenario()
@@ -188,6 +189,7 @@ def test_fake_server_offers_candidates_from_the_prompt_block_only() -> None:
     assert handles_offered(user) == ["bob.test"]
 
 
+@pytest.mark.slow
 def test_run_over_the_recorded_corpus_matches_the_manifest(tmp_path: Path) -> None:
     """The shipped config replays all 152 real events; counts equal manifest.json's."""
     manifest = json.loads((DATA / "jetstream" / "manifest.json").read_text())

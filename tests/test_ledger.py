@@ -488,3 +488,18 @@ class TestClaimIntent:
             ("at://p/1", "bot-a", intent),
             ("at://p/2", "bot-b", None),
         ]
+
+
+def test_both_backends_run_one_set_of_statements() -> None:
+    """The statements are written once: PostgreSQL's differ from SQLite's only in the
+    parameter marks, and neither backend has its own copy of the shared Ledger methods."""
+    from botsky.ledger._sql import SqlLedger
+
+    lite, pg = SqliteLedger.sql, PostgresLedger.sql
+    for f in dataclasses.fields(lite):
+        a, b = getattr(lite, f.name), getattr(pg, f.name)
+        assert "%s" not in a and "?" not in b and a.replace("?", "%s") == b, f.name
+    shared = {n for n in vars(SqlLedger) if not n.startswith("_") and n != "sql"}
+    assert {"claim", "mentions", "save_cursor", "opt_outs"} <= shared
+    for backend in (SqliteLedger, PostgresLedger):
+        assert shared.isdisjoint(vars(backend)), backend.__name__

@@ -19,9 +19,9 @@ from botsky.sim.cli import simulate_cmd
 from botsky.sim.run import TRUTH_FILE, simulate
 from botsky.sim.state import DEFAULT_LIMITS
 from botsky.testing import FakeModel, FakeVendorServer
-from tests.test_sim_run import CONTROL_BOTS, _quiet_logs, sim_config
+from tests.support import CONTROL_BOTS, sim_config
 
-__all__ = ["_quiet_logs"]
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 WITH_ARM = (
     CONTROL_BOTS

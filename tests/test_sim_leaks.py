@@ -11,15 +11,16 @@ import re
 from pathlib import Path
 
 import orjson
+import pytest
 
 from botsky.configload import resolve_secrets
 from botsky.events import PROFILE, parse_jetstream
 from botsky.sim.archetypes import TRAITS, load_archetypes
 from botsky.sim.run import simulate
 from botsky.testing import FakeModel
-from tests.test_sim_run import _quiet_logs, sim_config
+from tests.support import sim_config
 
-__all__ = ["_quiet_logs"]
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 ARMS = """bots:
   - {name: similar, persona: p, provider: template, model: t-similar, picker: similar,

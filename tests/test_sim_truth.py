@@ -18,9 +18,9 @@ from scipy.stats import binom, norm
 from botsky.configload import resolve_secrets
 from botsky.sim.run import SimResult, WorldOutcome, run_worlds, simulate, simulate_many
 from botsky.testing import FakeModel
-from tests.test_sim_run import CONTROL_BOTS, _quiet_logs, sim_config
+from tests.support import CONTROL_BOTS, sim_config
 
-__all__ = ["_quiet_logs"]  # the autouse fixture, shared with test_sim_run
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 _SEEDS = random.SystemRandom()
 
@@ -169,6 +169,7 @@ async def test_truth_counts_every_decision_and_is_written_to_truth_json(tmp_path
     assert set(doc["definitions"]) >= {"true_rate", "upper_bound", "oracle", "likes_per_reply"}
 
 
+@pytest.mark.slow
 def test_many_worlds_in_worker_processes_equal_worlds_run_in_process(tmp_path: Path) -> None:
     """run_worlds over two worker processes returns, in seed order, the same truth and
     scoreboards as the same worlds run one after the other in this process."""

@@ -22,7 +22,6 @@ from typing import IO, Any
 import orjson
 import structlog
 
-from botsky.army import Army
 from botsky.config import SourceConfig
 from botsky.configload import LoadedConfig, Secrets
 from botsky.errors import ConfigError
@@ -162,13 +161,6 @@ def _fresh_files(loaded: LoadedConfig) -> None:
     if isinstance(ledger, SqliteLedger):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{ledger.path}{suffix}").unlink(missing_ok=True)
-
-
-def _swap_models(army: Army, models: Mapping[str, Model]) -> None:
-    army.bots = tuple(
-        dataclasses.replace(b, model=models[b.name]) if b.name in models else b for b in army.bots
-    )
-    army._by_did = {b.did: b for b in army.bots}
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -325,7 +317,7 @@ async def simulate(
                 army = app.dispatcher.army
                 world.bot_dids = set(army.dids)
                 if models:
-                    _swap_models(army, models)
+                    army.replace_models(models)
                 # The noisy_oracle picker's truth hook: only the world has one.
                 app.dispatcher.recommender.truth = world.fits
                 arms = [Arm(b.name, b.model_name, b.persona[:200], b.picker) for b in army.bots]

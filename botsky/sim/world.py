@@ -67,6 +67,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from botsky.events import FOLLOW, LIKE, POST, PROFILE, Event, PostRef, at_uri, commit_event
+from botsky.ids import BASE32_SORTABLE as _B32
+from botsky.ids import synthetic_cid as fake_cid
+from botsky.ids import tid
 from botsky.posting import Posted, ReplyPost
 from botsky.sim.archetypes import Archetype, load_archetypes, mix
 from botsky.sim.engines import Engine, Item, StochasticEngine, main_topic
@@ -74,7 +77,6 @@ from botsky.sim.state import DEFAULT_LIMITS, StateLimits, merge_state
 from botsky.sim.text import bio, display_name, handle_stem
 from botsky.sim.topics import REGISTERS, TOPIC_NAMES, fit
 from botsky.sources.base import SourceStats
-from botsky.testing import fake_cid, tid
 
 __all__ = [
     "BOT_TIE",
@@ -102,7 +104,6 @@ _TIE_MAX: Final = FOLLOW_TIE * TALK_TIE * BOT_TIE
 _START_US: Final = 1_767_571_200_000_000  # 2026-01-05T00:00:00Z
 _STEP_US: Final = 1_000  # events are at least 1 ms apart: strictly increasing time and TIDs
 _KEEP_DAYS: Final = 3  # posts older than this are forgotten (notifications are read sooner)
-_B32: Final = "234567abcdefghijklmnopqrstuvwxyz"
 # Archetype propensities are relative; these scale them, per item read, to about one reply,
 # two likes and a follow every few days per user and day: an active small network.
 _REPLY_SCALE: Final = 0.2
@@ -110,37 +111,9 @@ _LIKE_SCALE: Final = 0.3
 _FOLLOW_SCALE: Final = 0.5
 # How many hours of the day people log on in (relative weights, 00:00 to 23:00 UTC; one time
 # zone): few at night, a morning bump, most in the evening.
-_HOURS: Final = tuple(
-    accumulate(
-        float(w)
-        for w in [
-            "0.3",
-            "0.2",
-            "0.1",
-            "0.1",
-            "0.1",
-            "0.2",
-            "0.5",
-            "0.9",
-            "1.0",
-            "1.0",
-            "1.0",
-            "1.1",
-            "1.2",
-            "1.1",
-            "1.0",
-            "1.0",
-            "1.1",
-            "1.2",
-            "1.4",
-            "1.6",
-            "1.7",
-            "1.5",
-            "1.0",
-            "0.6",
-        ]
-    )
-)
+_TO_NOON: Final = (0.3, 0.2, 0.1, 0.1, 0.1, 0.2, 0.5, 0.9, 1.0, 1.0, 1.0, 1.1)
+_FROM_NOON: Final = (1.2, 1.1, 1.0, 1.0, 1.1, 1.2, 1.4, 1.6, 1.7, 1.5, 1.0, 0.6)
+_HOURS: Final = tuple(accumulate((*_TO_NOON, *_FROM_NOON)))
 _HOUR_US: Final = 3_600_000_000
 # A post is about one topic (a reply, about its thread's): these vectors are shared by all posts,
 # which also makes a checkpoint store each once.
