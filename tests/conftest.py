@@ -46,6 +46,13 @@ def quiet_logs() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Runs note themselves for `botsky scores` under XDG_STATE_HOME (botsky.lastrun): the
+    tests' runs, subprocesses included, note theirs in a directory of their own."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+
+
 @pytest.fixture
 async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
     """A migrated SQLite ledger in a real file, closed after the test."""

@@ -372,7 +372,7 @@ def sim_config(
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "bots.yaml").write_text(bots)
     text = SIM_CONFIG.read_text()
-    text = text.replace("data_dir: ./data/sim", f"data_dir: {tmp / 'data'}")
+    text = text.replace("data_dir: ../data/sim", f"data_dir: {tmp / 'data'}")
     text = text.replace("bots_file: sim-bots.yaml", "bots_file: bots.yaml")
     text = text.replace("top_k: 8", f"top_k: {top_k}")
     if audience != "open":

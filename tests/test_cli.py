@@ -46,6 +46,7 @@ def test_check_config_reports_file_line_and_field(tmp_path: Path) -> None:
     (tmp_path / "configs" / "botsky.yaml").write_text(
         "data_dir: ./d\nsource: {kind: replay, path: x.jsonl}\n"
     )
+    (tmp_path / "configs" / "x.jsonl").write_bytes(b"")
     (tmp_path / "configs" / "bots.yaml").write_text(
         "bots:\n"
         "  - name: ada\n"
@@ -292,6 +293,24 @@ def test_run_freezes_the_startup_heap(tmp_path: Path) -> None:
     assert before > 50_000  # the imported SDKs alone
     assert frozen >= before * 0.9
     assert left < 1_000
+
+
+def test_check_config_warns_about_misspelt_variables_and_still_passes() -> None:
+    """A BOTSKY_* typo is a warning line with a did-you-mean; the config itself is OK."""
+    out = subprocess.run(
+        [sys.executable, "-m", "botsky", "check-config", "-c", "configs/botsky.yaml"],
+        cwd=REPO,
+        env=_env() | {"BOTSKY_DISPACH__WORKERS": "8"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "warning: env BOTSKY_DISPACH__WORKERS matches no setting and is ignored; "
+        "did you mean BOTSKY_DISPATCH__WORKERS?"
+    ]
+    assert out.stdout == "configuration OK\n"
 
 
 @pytest.mark.slow

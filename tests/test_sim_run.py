@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import random
 import subprocess
@@ -153,7 +154,10 @@ async def test_export_round_trips_through_the_replay_source(tmp_path: Path) -> N
         assert event_to_jetstream(parse_jetstream(line)) == line
     replay = ReplaySource(out)
     events = [e async for e in replay]
-    assert events == [parse_jetstream(line) for line in lines]
+    # The same events; a replay's cursor is its position in the file, not the time.
+    assert [dataclasses.replace(e, cursor=0) for e in events] == [
+        dataclasses.replace(parse_jetstream(line), cursor=0) for line in lines
+    ]
     bot_dids = {"did:web:similar.bots.sim.test", "did:web:random.bots.sim.test"}
     bot_replies = [e for e in events if e.did in bot_dids]
     assert len(bot_replies) == result.world.counts["mentions"] > 0

@@ -35,13 +35,21 @@ class PostgresLedger(SqlLedger):
     """The ledger in the PostgreSQL database at ``dsn``, through a pool of connections.
 
     ``timeout`` is how many seconds ``open()`` and each call wait for a connection before
-    raising LedgerUnavailable.
+    raising LedgerUnavailable. ``read_only``: for readers (``botsky scores``): no migration;
+    ``open()`` fails unless the tables exist with the current schema, and every session is
+    read-only on the server.
     """
 
     sql = _SQL
 
     def __init__(
-        self, dsn: str, min_size: int = 1, max_size: int = 4, *, timeout: float = 10.0
+        self,
+        dsn: str,
+        min_size: int = 1,
+        max_size: int = 4,
+        *,
+        timeout: float = 10.0,
+        read_only: bool = False,
     ) -> None:
         try:
             conninfo_to_dict(dsn)
@@ -55,6 +63,7 @@ class PostgresLedger(SqlLedger):
         self.min_size = min_size
         self.max_size = max_size
         self.timeout = timeout
+        self.read_only = read_only
         self._pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
 
@@ -70,13 +79,14 @@ class PostgresLedger(SqlLedger):
                 max_size=self.max_size,
                 timeout=self.timeout,
                 kwargs={"autocommit": True},
+                configure=_read_only_session if self.read_only else None,
                 open=False,
             )
             try:
                 try:
                     await pool.open(wait=True, timeout=self.timeout)
                     async with pool.connection() as conn:
-                        await _migrate(conn)
+                        await (_check_schema(conn) if self.read_only else _migrate(conn))
                 except psycopg.Error as exc:
                     raise _translate(exc) from exc
             except BaseException:
@@ -135,6 +145,25 @@ def _translate(exc: psycopg.Error) -> BotskyError:
     if isinstance(exc, psycopg.OperationalError):
         return LedgerUnavailable(f"PostgreSQL is unavailable: {exc}")
     return LedgerError(f"PostgreSQL error: {exc}")
+
+
+async def _read_only_session(conn: psycopg.AsyncConnection[Any]) -> None:
+    # The server refuses every write of a read-only transaction, whatever the code does.
+    await conn.execute("SET SESSION default_transaction_read_only = on")
+
+
+async def _check_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    """For readers: the ledger's tables exist with the current schema (nothing is created)."""
+    cursor = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    row = await cursor.fetchone()
+    if not row or not row[0]:
+        raise LedgerError("no botsky ledger in this PostgreSQL database yet")
+    cursor = await conn.execute("SELECT version FROM schema_migrations")
+    if pending({version for (version,) in await cursor.fetchall()}):
+        raise LedgerError(
+            "the PostgreSQL ledger was written by an older botsky: run botsky (run or "
+            "simulate) with this configuration once to upgrade it, then read it"
+        )
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:

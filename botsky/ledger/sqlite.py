@@ -42,14 +42,25 @@ class SqliteLedger(SqlLedger):
 
     ``busy_timeout`` is how many seconds a write waits for another connection's lock before the
     call raises LedgerUnavailable. ``inline``: run the calls on the loop's thread (see above).
+    ``read_only``: for readers (``botsky scores``): the file must exist and carry the current
+    schema; it is opened with ``mode=ro`` and never created, migrated or written (SQLite may add
+    the ``-wal``/``-shm`` companions of a WAL database, which a writer uses anyway).
     """
 
     sql = _SQL
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0, inline: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout: float = 10.0,
+        inline: bool = False,
+        read_only: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.inline = inline
+        self.read_only = read_only
         self._open = False
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # only touched on the worker thread
@@ -113,6 +124,9 @@ class SqliteLedger(SqlLedger):
 
     def _connect(self, _no_connection_yet: None) -> None:
         """The connection's thread: open the file, set it up, migrate."""
+        if self.read_only:
+            self._conn = _connect_read_only(self.path, self.busy_timeout)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -148,6 +162,27 @@ class SqliteLedger(SqlLedger):
             # SQLite's "unable to open database file" does not say why; the usual reason does.
             return LedgerError(f"{self.path}: {exc}{_why_not_writable(self.path)}")
         return LedgerError(f"{self.path}: {exc}")
+
+
+def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    if not path.is_file():
+        raise LedgerError(f"no ledger at {path}: nothing has been recorded there yet")
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+    try:
+        try:
+            rows = conn.execute("SELECT version FROM schema_migrations").fetchall()
+        except sqlite3.DatabaseError as exc:  # no such table, or not a database at all
+            raise LedgerError(f"{path} is not a botsky ledger ({exc})") from exc
+        if pending({version for (version,) in rows}):
+            raise LedgerError(
+                f"{path} was written by an older botsky: run botsky (run or simulate) with this "
+                "configuration once to upgrade it, then read it"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _why_not_writable(path: Path) -> str:
