@@ -315,7 +315,16 @@ class Dispatcher:
                 return "no_bot_available"
             self.redraws[drawn.name] += 1
             log.info("bot_redrawn", drawn=drawn.name, bot=bot.name, reason=reason)
-        offer = self.recommender.offer(bot.picker, post.text, event.did, post.langs, self.rng)
+        offer = self.recommender.offer(
+            bot.picker,
+            post.text,
+            event.did,
+            post.langs,
+            self.rng,
+            post_uri=event.uri,
+            bot_did=bot.did,
+            quality=bot.quality,
+        )
         if not offer.candidates:
             log.info("no_candidates", bot=bot.name)
             return "no_candidates"
