@@ -75,10 +75,10 @@ async def test_estimates_cover_the_true_rate_in_most_worlds(tmp_path: Path) -> N
         covered = 0
         for w in worlds:
             truth, s = w.arm("picker", picker)
-            assert s.matured == s.mentions == truth["mentions"] > 50, w.seed
+            assert s.decided == s.mentions == truth["mentions"] > 50, w.seed
             rate = truth["true_rate"]
             covered += s.ci_low <= rate <= s.ci_high
-            zs.append((s.successes / s.matured - rate) / math.sqrt(rate * (1 - rate) / s.matured))
+            zs.append((s.successes / s.decided - rate) / math.sqrt(rate * (1 - rate) / s.decided))
         assert covered >= k, (picker, covered, k, seeds)
     bound = norm.ppf(1 - 1 / 6000) / math.sqrt(len(zs))
     assert abs(sum(zs) / len(zs)) <= bound, (zs, seeds)
