@@ -11,6 +11,7 @@ write goes to the PDS for an account it blocked with a 429 until the reset.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -123,9 +124,10 @@ def test_pds_frozen_killed_and_faulty_while_creates_are_in_flight(
             got = claims()
             return all(u in got and got[u].status == "posted" for u in uris) or None
 
-        def claimed(*uris: str) -> bool | None:
-            got = claims()
-            return all(u in got for u in uris) or None
+        def writing(*numbers: int) -> bool | None:
+            """Whether the model has been asked to answer each of these questions."""
+            asked = [json.dumps(r["body"]) for r in model.requests]
+            return all(any(f"Question {n}:" in a for a in asked) for n in numbers) or None
 
         try:
             # Warm up: botsky is reading and posting.
@@ -153,27 +155,28 @@ def test_pds_frozen_killed_and_faulty_while_creates_are_in_flight(
             proxy.clear()
             run.wait_for("the held create to be posted again", lambda: posted(q5))
 
-            # Frozen with creates in its socket, longer than botsky's timeout (2 s).
-            proxy.set(Fault("delay", match=CREATE, seconds=1.5))
+            # Frozen with creates in its socket, longer than botsky's timeout (2 s): the PDS
+            # is stopped while the (slow) model writes the replies, so the creates that follow
+            # reach a frozen PDS, which commits them when it wakes.
+            model.delay = 1.5
             q = ask(6), ask(7)
-            run.wait_for("the claims of 6 and 7", lambda: claimed(*q))
-            pds.pause()  # the delayed creates reach a frozen PDS
-            time.sleep(6.0)
-            proxy.clear()
+            run.wait_for("the model to be writing 6 and 7", lambda: writing(6, 7))
+            pds.pause()
+            time.sleep(8.0)
             pds.resume()
             run.wait_for("replies after the freeze", lambda: posted(*q))
             frozen = claims()
             assert all(frozen[u].attempts >= 1 for u in q), [frozen[u] for u in q]
 
-            # Killed with creates in its socket, down a while, restarted on the same data.
-            proxy.set(Fault("delay", match=CREATE, seconds=1.5))
+            # Killed with creates in its socket (frozen first, so they are in it and never
+            # processed), down a while, restarted on the same data.
             q = ask(8), ask(9)
-            run.wait_for("the claims of 8 and 9", lambda: claimed(*q))
+            run.wait_for("the model to be writing 8 and 9", lambda: writing(8, 9))
             pds.pause()
-            time.sleep(2.0)  # the delayed creates are forwarded into the frozen PDS
+            time.sleep(4.0)  # the model answers after 1.5 s; the creates go to the frozen PDS
             pds.kill()
+            model.delay = 0.0
             time.sleep(3.0)  # botsky's retries meet a dead PDS (the proxy answers 502)
-            proxy.clear()
             pds.start_pds()
             run.wait_for("replies after the restart", lambda: posted(*q), timeout=120)
             killed = claims()
