@@ -385,6 +385,12 @@ class App:
             if self._cursor is not None:
                 await self.ledger.save_cursor(self.cursor_name, self._cursor)
             await self.log_scores()
+            if self.dispatcher is not None:
+                # Replies whose outcome is still unknown wait in the ledger for the next start
+                # (or another replica): the summary says how many, never "answered".
+                waiting = len(await self.ledger.claims("retry"))
+                if waiting:
+                    self.summary.dispatch["unsettled"] = waiting
         except Exception as exc:
             # The ledger may be what stopped the run (a full disk): the summary is still
             # logged and the source closed; the run raises the first error.

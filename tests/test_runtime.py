@@ -21,6 +21,7 @@ from botsky.events import Event
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.posting import Posted, ReplyPost
 from botsky.runtime import App
+from botsky.summary import why_unanswered
 from botsky.testing import FakeModel, ListSource, RecordingPoster, identity, post
 from botsky.wiring import build_app
 from tests.support import T0, ScriptedSource
@@ -275,5 +276,31 @@ async def test_the_settle_loop_finishes_replies_whose_outcome_was_unknown(
         await app.aclose()
     assert summary.dispatch["post_unknown"] == len(ASKERS)
     assert summary.dispatch["settled_posted"] == len(ASKERS)
+    assert "unsettled" not in summary.dispatch
     assert sorted(m.post_author for m in mentions) == sorted(ASKERS)
     assert len(poster.posted) == len(ASKERS)  # one landed create per reply
+
+
+class _NeverAnswers(RecordingPoster):
+    async def reply(self, p: ReplyPost) -> Posted:
+        raise PostOutcomeUnknown("InvokeTimeoutError")
+
+
+async def test_replies_still_unsettled_at_exit_are_in_the_summary(tmp_path: Path) -> None:
+    """A run that ends while creates wait for settlement says so (``unsettled``, with a hint
+    among the reasons), and the claims stay in the ledger for the next start."""
+    loaded = load_config(_config(tmp_path), environ={})
+    app = await build_app(
+        loaded,
+        resolve_secrets(loaded, environ={}, live=False),
+        source=ListSource(_events()),
+        poster=_NeverAnswers(),
+    )
+    try:
+        summary = await app.run()
+        waiting = await app.ledger.claims("retry")
+    finally:
+        await app.aclose()
+    assert summary.dispatch["unsettled"] == len(waiting) == len(ASKERS)
+    reasons = {u.reason: u.count for u in why_unanswered(summary.as_dict())}
+    assert reasons["unsettled"] == len(ASKERS) and "post_unknown" not in reasons
