@@ -530,7 +530,8 @@ class TestRetryClaims:
     async def test_a_claim_waits_as_retry_and_is_taken_back_once(self, ledger: Ledger) -> None:
         """retry_claim parks a posting claim with its attempts, due time and reason; it is
         still claimed (no second claim), not pending, due from its time on, and take_claim
-        moves it back to posting under the taker's replica, once."""
+        moves it back to posting under the taker's replica, once (a retried take by the same
+        replica is answered as taken)."""
         intent = {"replica": "r1", "reply": {"rkey": "3abc"}}
         assert await ledger.claim("at://p/1", "bot-a", T0, intent)
         assert await ledger.retry_claim("at://p/1", 1, T0 + 5_000_000, "unknown: timeout")
@@ -549,6 +550,8 @@ class TestRetryClaims:
         taken = await ledger.take_claim("at://p/1", 1, "r2")
         assert taken == {**intent, "replica": "r2"}
         assert await ledger.take_claim("at://p/1", 1, "r3") is None
+        # The same take again (a retry after a lost commit acknowledgement) is still r2's.
+        assert await ledger.take_claim("at://p/1", 1, "r2") == taken
         assert await ledger.pending_claims() == [("at://p/1", "bot-a", taken)]
         (posting,) = await ledger.claims("posting")
         assert posting.attempts == 1 and posting.status == "posting"

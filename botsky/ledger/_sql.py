@@ -210,11 +210,15 @@ class SqlLedger:
     async def take_claim(self, post_uri: str, attempts: int, replica: str) -> dict[str, Any] | None:
         """Move a waiting ``retry`` claim back to ``posting``, held by ``replica``."""
         rows = await self._fetchall(self.sql.claim_row, (post_uri,))
-        if not rows or rows[0][1] != "retry" or not rows[0][2]:
+        if not rows or rows[0][1] not in ("retry", "posting") or not rows[0][2]:
             return None
         intent = {**orjson.loads(rows[0][2]), "replica": replica}
-        params = (orjson.dumps(intent).decode(), now_us(), post_uri, attempts)
-        return intent if await self._execute(self.sql.take_claim, params) == 1 else None
+        encoded = orjson.dumps(intent).decode()
+        if await self._execute(self.sql.take_claim, (encoded, now_us(), post_uri, attempts)) == 1:
+            return intent
+        # A retry of our own take whose commit went through is still ours (as in claim).
+        rows = await self._fetchall(self.sql.claim_row, (post_uri,))
+        return intent if rows and tuple(rows[0])[1:] == ("posting", encoded) else None
 
     # write budgets ----------------------------------------------------------------------------
     async def write_spends(
