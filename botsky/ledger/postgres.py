@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from botsky.errors import BotskyError, ConfigError, LedgerError, LedgerUnavailable
 from botsky.ledger.base import CLAIM_STATUSES, Mention, Outcome
+from botsky.ledger.feed_postgres import PostgresFeedMixin
 from botsky.ledger.migrations import (
     CLOSED_STATUSES,
     MENTION_COLUMNS,
@@ -54,7 +55,7 @@ _MARK_POSTED = """
 """
 
 
-class PostgresLedger:
+class PostgresLedger(PostgresFeedMixin):
     """The ledger in the PostgreSQL database at ``dsn``, through a pool of connections.
 
     ``timeout`` is how many seconds ``open()`` and each call wait for a connection before

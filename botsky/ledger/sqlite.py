@@ -30,6 +30,7 @@ import orjson
 
 from botsky.errors import BotskyError, LedgerError, LedgerUnavailable
 from botsky.ledger.base import CLAIM_STATUSES, Mention, Outcome
+from botsky.ledger.feed_sqlite import SqliteFeedMixin
 from botsky.ledger.migrations import (
     CLOSED_STATUSES,
     MENTION_COLUMNS,
@@ -60,7 +61,7 @@ _MARK_POSTED = """
 """
 
 
-class SqliteLedger:
+class SqliteLedger(SqliteFeedMixin):
     """The ledger in one SQLite file at ``path`` (its directory is created if missing).
 
     ``busy_timeout`` is how many seconds a write waits for another connection's lock before the
