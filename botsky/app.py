@@ -14,9 +14,10 @@ import contextlib
 import dataclasses
 import gc
 import random
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -43,6 +44,9 @@ from botsky.scoring import score, score_log_fields
 from botsky.sources import open_source
 from botsky.sources.base import Source
 from botsky.web import WebServer, serve
+
+if TYPE_CHECKING:
+    from botsky.feed import FeedService
 
 __all__ = ["App", "RunSummary", "build_app", "build_bots"]
 
@@ -108,6 +112,7 @@ class App:
         web: WebConfig | None = None,
         partitions: PgPartitions | SinglePartition | None = None,
         handover_buffer: int = 10_000,
+        feed: FeedService | None = None,
     ) -> None:
         self.source = source
         self.ledger = ledger
@@ -136,10 +141,13 @@ class App:
             self.partitions.on_acquire = self._took_over
         self.summary = RunSummary()
         self._cursor: int | None = None
+        self.feed = feed  # the fair-exposure feed (botsky.feed), served by the web app
 
     async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
         """Run until the source ends or ``stop`` is set; always saves the cursor and scores."""
         stop = self._stop = stop or asyncio.Event()
+        if self.feed is not None:
+            await self.feed.start()
         if self.web is not None and self.web.enabled:
             self.web_server = await serve(
                 self,
@@ -147,6 +155,7 @@ class App:
                 port=self.web.port,
                 token=self.web.token,
                 metrics=self.metrics,
+                feed=self.feed,
             )
             log.info("web_started", url=self.web_server.url)
         resolver = (
@@ -189,6 +198,8 @@ class App:
         """Stop the web server, close the models, the poster and the ledger."""
         if self.web_server is not None:
             await self.web_server.stop()
+        if self.feed is not None:
+            await self.feed.stop()
         for model in self.models:
             await model.aclose()
         if self.dispatcher is not None:
@@ -222,6 +233,8 @@ class App:
                 log.info("opted_out", did=opted_out, reason=why)
             self.presence.observe(event)
             await self.outcomes.observe(event)
+            if self.feed is not None:
+                self.feed.observe(event)
             if self.selector is not None and self.dispatcher is not None and event.is_post_create:
                 post = event.post
                 reason = self.selector.reason(event, post)
@@ -557,6 +570,22 @@ async def build_app(
         )
     else:
         log.warning("no_bots_enabled", hint="set the bots' API key variables or add template bots")
+    feed = None
+    if st.feed.enabled:
+        from botsky.feed import open_feed
+
+        feed = open_feed(
+            st.feed,
+            ledger=cast(Any, ledger),  # RetryingLedger passes the FeedLedger methods through
+            plc_url=st.identity.plc_url,
+            # The stream clock, like every other window; the wall clock before the first event.
+            clock=lambda: presence.now_us or time.time_ns() // 1000,
+            opted_out=policy.opted_out.__contains__,
+            score_interval_s=st.scoring.interval_s,
+        )
+        from botsky.feed.metrics import FeedCollector
+
+        metrics.registry.register(FeedCollector(feed))
     return App(
         source=source,
         ledger=ledger,
@@ -577,4 +606,5 @@ async def build_app(
         web=st.web,
         partitions=partitions,
         handover_buffer=st.scale.handover_buffer,
+        feed=feed,
     )

@@ -165,6 +165,18 @@ def scores_cmd(
         click.echo(orjson.dumps(scores_json(rows), option=orjson.OPT_INDENT_2).decode())
     else:
         Console().print(render_table(rows))
+        if log_file is None:
+            _print_feed_scores(st)
+
+
+def _print_feed_scores(st: Any) -> None:
+    """The feed's engagement per seen impression, when the ledger has feed exposures."""
+    from botsky.feed.cli import arm_counts
+    from botsky.feed.scores import feed_scores, render_feed
+
+    counts = asyncio.run(arm_counts(st))
+    if counts:
+        Console().print(render_feed(feed_scores(counts), st.feed.arm_by))
 
 
 def _load_or_exit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -195,10 +207,12 @@ def _print_summary(summary: dict[str, object]) -> None:
 def _register() -> None:
     # Imported here, not at the top: each module imports only click until its command runs.
     from botsky.accounts import accounts
+    from botsky.feed.cli import feed
     from botsky.sim.cli import simulate_cmd
 
     cli.add_command(accounts)
     cli.add_command(simulate_cmd)
+    cli.add_command(feed)
 
 
 _register()

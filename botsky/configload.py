@@ -49,6 +49,7 @@ __all__ = [
     "BotSecrets",
     "LoadedConfig",
     "Secrets",
+    "account_password",
     "check_config",
     "load_config",
     "resolve_secrets",
@@ -184,6 +185,16 @@ def resolve_secrets(
     if problems:
         raise ConfigError(problems)
     return secrets
+
+
+def account_password(
+    account: AccountConfig, what: str, *, environ: Mapping[str, str] | None = None
+) -> SecretStr:
+    """The app password of a non-bot account (``what`` names it in errors), or ConfigError."""
+    password, misses = _password(account, os.environ if environ is None else environ)
+    if password is None:
+        raise ConfigError([f"{what}.{key or 'account'}: {reason}" for key, reason in misses])
+    return password
 
 
 def check_config(

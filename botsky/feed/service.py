@@ -37,6 +37,7 @@ from botsky.events import LIKE, POST, REPOST, Event
 from botsky.feed.auth import ServiceAuth, Verdict
 from botsky.feed.core import Cursor, Item, Page, Pool, build_page
 from botsky.feed.limits import RateLimiter
+from botsky.feed.scores import FeedScore, feed_score_fields, feed_scores
 from botsky.ledger.feed import (
     Exposure,
     FeedCandidate,
@@ -160,7 +161,7 @@ class FeedService:
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
         rng: random.Random | None = None,
         opted_out: Callable[[str], bool] = lambda did: False,
-        on_scores: Callable[[], Any] | None = None,
+        score_interval_s: float = 60.0,
     ) -> None:
         self.ledger = ledger
         self.service_did = service_did
@@ -190,7 +191,15 @@ class FeedService:
         self._last_id = 0
         self._last_purge_us: int | None = None
         self._task: asyncio.Task[None] | None = None
-        self._on_scores = on_scores
+        self.score_interval_s = score_interval_s
+        self.scores: list[FeedScore] = []
+        self.scores_at: float | None = None  # time.monotonic() of the last load
+        self._scores_lock = asyncio.Lock()
+
+    @property
+    def session_count(self) -> int:
+        """Sessions held in memory."""
+        return len(self._sessions)
 
     # --- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -200,6 +209,7 @@ class FeedService:
         counts = await self.ledger.feed_impressions(since)
         await self._load(since, counts)
         await self._purge(now)
+        await self.load_scores()
         log.info("feed_started", feed=self.feed_uri, items=len(self.pool), arms=self.pool.sizes())
         if self.refresh_s > 0 and self._task is None:
             self._task = asyncio.create_task(self._loop(), name="botsky-feed")
@@ -212,16 +222,36 @@ class FeedService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush()
+        await self.log_scores()
 
     async def _loop(self) -> None:
+        last_log = time.monotonic()
         while True:
             await asyncio.sleep(self.refresh_s)
             try:
                 await self.refresh()
+                if time.monotonic() - last_log >= self.score_interval_s:
+                    last_log = time.monotonic()
+                    await self.log_scores()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("feed_refresh_failed")
+
+    async def load_scores(self, max_age_s: float = 0.0) -> list[FeedScore]:
+        """Per-arm figures from the ledger, reloaded if older than ``max_age_s``."""
+        async with self._scores_lock:
+            age = None if self.scores_at is None else time.monotonic() - self.scores_at
+            if age is None or age >= max_age_s:
+                self.scores = feed_scores(await self.ledger.feed_arm_counts())
+                self.scores_at = time.monotonic()
+        return self.scores
+
+    async def log_scores(self) -> None:
+        """One ``feed_score`` line per arm (fresh from the ledger)."""
+        for s in await self.load_scores():
+            fields = feed_score_fields(s, self.arm_by)
+            log.info(fields.pop("event"), **fields)
 
     async def refresh(self) -> None:
         """New bot replies in, old ones out, engagement joined, old viewers purged."""
