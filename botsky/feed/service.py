@@ -170,8 +170,9 @@ class FeedService:
         self.arm_by = arm_by
         self.max_age_us = int(max_age_s * _S)
         self.pool = Pool(max_impressions=max_impressions)
-        self.viewer_limit = viewer_limit or RateLimiter(5.0, 30)
-        self.ip_limit = ip_limit or RateLimiter(20.0, 60)
+        # (Not ``or``: an empty limiter has length 0 and is falsy.)
+        self.viewer_limit = RateLimiter(5.0, 30) if viewer_limit is None else viewer_limit
+        self.ip_limit = RateLimiter(20.0, 60) if ip_limit is None else ip_limit
         self.viewer_retention_us = int(viewer_retention_s * _S)
         self.attribution_us = int(attribution_window_s * _S)
         self.refresh_s = refresh_s
