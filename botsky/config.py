@@ -278,7 +278,8 @@ class FeedConfig(_Strict):
     session_ttl_s: float = Field(default=3600.0, gt=0)
     max_sessions: int = Field(default=20_000, ge=1)
     record_timeout_s: float = Field(default=5.0, gt=0)
-    jwt_leeway_s: int = Field(default=5, ge=0, le=300)
+    # Seconds of clock skew allowed on exp/iat; 0 like the reference verifyJwt.
+    jwt_leeway_s: int = Field(default=0, ge=0, le=300)
     privacy_policy_url: str | None = None
     terms_of_service_url: str | None = None
 

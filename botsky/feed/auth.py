@@ -114,7 +114,7 @@ class ServiceAuth:
         service_did: str,
         keys: KeySource,
         *,
-        leeway_s: int = 5,
+        leeway_s: int = 0,
         timeout_s: float = 5.0,
     ) -> None:
         self.service_did = service_did

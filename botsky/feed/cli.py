@@ -124,6 +124,10 @@ def _fail(lines: list[str]) -> Any:
 def _session(st: Settings, base: Path, pds_url: str | None) -> Any:
     from botsky.atposter import BotSession
     from botsky.configload import account_password
+    from botsky.logs import configure_logging
+
+    # The command's answer is stdout; the session's log lines (logins) go to stderr.
+    configure_logging(level=st.logging.level, fmt=st.logging.format, stream=sys.stderr)
 
     account = st.feed.publisher
     assert account is not None
