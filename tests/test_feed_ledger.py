@@ -65,9 +65,9 @@ class TestFeedLedgerContract:
         its session."""
         ids = await _mentions(ledger, 3)
         page, exps = _page("req-1", "sess", VIEWER, [(ids[0], _uri(0)), (ids[1], _uri(1))], T0)
-        await ledger.record_feed_page(page, exps)
+        await ledger.record_feed_pages([(page, exps)])
         page2, exps2 = _page("req-2", "sess", VIEWER, [(ids[0], _uri(0))], T0 + S)
-        await ledger.record_feed_page(page2, exps2)
+        await ledger.record_feed_pages([(page2, exps2)])
         rows = await ledger.feed_exposures("req-1")
         assert [r.exposure for r in rows] == exps
         assert all(r.seen_us is None and r.like_us is None for r in rows)
@@ -81,20 +81,25 @@ class TestFeedLedgerContract:
     async def test_empty_page_is_recorded(self, ledger: Ledger) -> None:
         """A page with no items is still a served page: its session exists."""
         page, _ = _page("req-e", "empty", None, [], T0)
-        await ledger.record_feed_page(page, [])
+        await ledger.record_feed_pages([(page, [])])
         session = await ledger.feed_session("empty")
         assert session is not None and session.viewer is None and session.mention_ids == ()
 
-    async def test_duplicate_req_id_is_an_error_and_writes_nothing(self, ledger: Ledger) -> None:
-        """A page and its exposures are written together or not at all."""
+    async def test_a_batch_is_written_together_or_not_at_all(self, ledger: Ledger) -> None:
+        """Pages of one batch and their exposures are written together, or (a duplicate reqId)
+        none of them."""
         ids = await _mentions(ledger, 1)
         page, exps = _page("req-d", "s", None, [(ids[0], _uri(0))], T0)
-        await ledger.record_feed_page(page, exps)
+        other, other_exps = _page("req-o", "s1", None, [(ids[0], _uri(0))], T0)
+        await ledger.record_feed_pages([(page, exps), (other, other_exps)])
+        assert len(await ledger.feed_exposures()) == 2
         page2, exps2 = _page("req-d", "s2", None, [(ids[0], _uri(0))], T0)
+        page3, exps3 = _page("req-3", "s3", None, [(ids[0], _uri(0))], T0)
         with pytest.raises(LedgerError):
-            await ledger.record_feed_page(page2, exps2)
-        assert len(await ledger.feed_exposures()) == 1
+            await ledger.record_feed_pages([(page3, exps3), (page2, exps2)])
+        assert len(await ledger.feed_exposures()) == 2
         assert await ledger.feed_session("s2") is None
+        assert await ledger.feed_session("s3") is None
 
     async def test_interactions_mark_seen_and_engagement_of_own_exposure(
         self, ledger: Ledger
@@ -103,7 +108,7 @@ class TestFeedLedgerContract:
         once; another viewer's interactions touch nothing of it."""
         ids = await _mentions(ledger, 2)
         page, exps = _page("req-i", "s", VIEWER, [(ids[0], _uri(0)), (ids[1], _uri(1))], T0)
-        await ledger.record_feed_page(page, exps)
+        await ledger.record_feed_pages([(page, exps)])
         seen = Interaction(_uri(0), SEEN_EVENT, "req-i", "ctx")
         liked = Interaction(_uri(1), DEFS + "interactionLike", "req-i")
         other = Interaction(_uri(0), DEFS + "interactionRepost", "req-i")
@@ -122,7 +127,7 @@ class TestFeedLedgerContract:
         ids = await _mentions(ledger, 1)
         for n, t in enumerate((T0, T0 + 10 * S)):
             page, exps = _page(f"r{n}", f"s{n}", VIEWER, [(ids[0], _uri(0))], t)
-            await ledger.record_feed_page(page, exps)
+            await ledger.record_feed_pages([(page, exps)])
         seen = Interaction(_uri(0), SEEN_EVENT)
         assert await ledger.record_feed_interactions(VIEWER, [seen], T0 + 20 * S) == 1
         rows = await ledger.feed_exposures()
@@ -135,7 +140,7 @@ class TestFeedLedgerContract:
         joins for a viewer who was never served the item or outside the window."""
         ids = await _mentions(ledger, 1)
         page, exps = _page("r", "s", VIEWER, [(ids[0], _uri(0))], T0)
-        await ledger.record_feed_page(page, exps)
+        await ledger.record_feed_pages([(page, exps)])
         mark = ledger.mark_feed_engagement
         assert not await mark(_uri(0), "did:plc:stranger", "like", T0 + S, 3600 * S)
         assert not await mark(_uri(0), VIEWER, "like", T0 + 7200 * S, 3600 * S)
@@ -152,7 +157,7 @@ class TestFeedLedgerContract:
         ids = await _mentions(ledger, 4)
         items = [(m, _uri(i)) for i, m in enumerate(ids)]
         page, exps = _page("r", "s", VIEWER, items, T0)
-        await ledger.record_feed_page(page, exps)
+        await ledger.record_feed_pages([(page, exps)])
         arm = {e.item_uri: e.arm for e in exps}
         await ledger.record_feed_interactions(
             VIEWER,
@@ -179,7 +184,7 @@ class TestFeedLedgerContract:
         ids = await _mentions(ledger, 1)
         for n, t in enumerate((T0, T0 + 100 * S)):
             page, exps = _page(f"r{n}", f"s{n}", VIEWER, [(ids[0], _uri(0))], t)
-            await ledger.record_feed_page(page, exps)
+            await ledger.record_feed_pages([(page, exps)])
         await ledger.record_feed_interactions(
             VIEWER, [Interaction(_uri(0), SEEN_EVENT, "r0")], T0 + S
         )
@@ -198,6 +203,6 @@ async def test_feed_tables_survive_reopen(ledgers: Callable[[], Awaitable[Ledger
     first = await ledgers()
     ids = await _mentions(first, 1)
     page, exps = _page("r", "s", None, [(ids[0], _uri(0))], T0)
-    await first.record_feed_page(page, exps)
+    await first.record_feed_pages([(page, exps)])
     second = await ledgers()
     assert await second.feed_impressions(0) == {ids[0]: 1}

@@ -110,3 +110,18 @@ async def test_page_and_metrics_show_per_seen_figures_without_viewers(
     for name in FEED_METRIC_NAMES:
         assert f"# TYPE {name} " in metrics, name
     assert "botsky_feed_impressions_served{arm=" in metrics
+
+
+def test_the_web_socket_says_tcp_so_nagle_is_off() -> None:
+    """The listening socket's protocol is TCP, so asyncio sets TCP_NODELAY on each accepted
+    connection (with proto 0 it did not, and every keep-alive answer waited ~44 ms for the
+    client's delayed ACK)."""
+    import socket
+
+    from botsky.web import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

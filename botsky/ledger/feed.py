@@ -151,8 +151,8 @@ class FeedLedger(Protocol):
     async def feed_impressions(self, since_us: int) -> dict[int, int]:
         """Exposures per mention id among those served at or after ``since_us``."""
 
-    async def record_feed_page(self, page: FeedPage, exposures: Sequence[Exposure]) -> None:
-        """Store a page and its exposures in one transaction."""
+    async def record_feed_pages(self, pages: Sequence[tuple[FeedPage, Sequence[Exposure]]]) -> None:
+        """Store pages and their exposures, all in one transaction (a group commit)."""
 
     async def feed_session(self, session_id: str) -> FeedSession | None:
         """The session's viewer and served mentions, or None if no page of it is stored."""

@@ -48,14 +48,12 @@ class PostgresFeedMixin:
         rows = await self._fetchall(_pg(q.IMPRESSIONS), (since_us,))
         return {int(m): int(n) for m, n in rows}
 
-    async def record_feed_page(self, page: FeedPage, exposures: Sequence[Exposure]) -> None:
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute(_pg(q.INSERT_PAGE), q.page_params(page))
+    async def record_feed_pages(self, pages: Sequence[tuple[FeedPage, Sequence[Exposure]]]) -> None:
+        exposures = [q.exposure_params(e) for _, exps in pages for e in exps]
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(_pg(q.INSERT_PAGE), [q.page_params(p) for p, _ in pages])
             if exposures:
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        _pg(q.INSERT_EXPOSURE), [q.exposure_params(e) for e in exposures]
-                    )
+                await cur.executemany(_pg(q.INSERT_EXPOSURE), exposures)
 
     async def feed_session(self, session_id: str) -> FeedSession | None:
         pages = await self._fetchall(_pg(q.SESSION_PAGES), (session_id,))

@@ -38,8 +38,8 @@ class SqliteFeedMixin:
         rows = await self._run(_all, q.IMPRESSIONS, (since_us,))
         return {int(m): int(n) for m, n in rows}
 
-    async def record_feed_page(self, page: FeedPage, exposures: Sequence[Exposure]) -> None:
-        await self._run(_record_page, page, list(exposures))
+    async def record_feed_pages(self, pages: Sequence[tuple[FeedPage, Sequence[Exposure]]]) -> None:
+        await self._run(_record_pages, list(pages))
 
     async def feed_session(self, session_id: str) -> FeedSession | None:
         return await self._run(_session, session_id)
@@ -83,12 +83,16 @@ def _change(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
     return conn.execute(sql, params).rowcount
 
 
-def _record_page(conn: sqlite3.Connection, page: FeedPage, exposures: list[Exposure]) -> None:
+def _record_pages(
+    conn: sqlite3.Connection, pages: list[tuple[FeedPage, Sequence[Exposure]]]
+) -> None:
     from botsky.ledger.sqlite import _immediate  # the host module, loaded by now
 
     with _immediate(conn):
-        conn.execute(q.INSERT_PAGE, q.page_params(page))
-        conn.executemany(q.INSERT_EXPOSURE, [q.exposure_params(e) for e in exposures])
+        conn.executemany(q.INSERT_PAGE, [q.page_params(p) for p, _ in pages])
+        conn.executemany(
+            q.INSERT_EXPOSURE, [q.exposure_params(e) for _, exps in pages for e in exps]
+        )
 
 
 def _session(conn: sqlite3.Connection, session_id: str) -> FeedSession | None:
