@@ -156,6 +156,8 @@ class _Conn:
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.writer.write(f"GET {target} HTTP/1.1\r\nhost: bench\r\n{head}\r\n".encode())
         status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the idle connection")
         length = 0
         while True:
             line = await self.reader.readline()
@@ -179,9 +181,9 @@ async def _load(
     latencies: list[float] = []
     errors = 0
 
-    async def connection() -> _Conn:
+    async def connection(reuse: bool = True) -> _Conn:
         nonlocal opened
-        if idle:
+        if idle and reuse:
             return idle.pop()
         opened += 1
         if opened > connections:
@@ -195,7 +197,12 @@ async def _load(
             await asyncio.sleep(delay)
         conn = await connection()
         try:
-            ok = await request(conn, i)
+            try:
+                ok = await request(conn, i)
+            except ConnectionResetError:  # keep-alive expired (uvicorn: 5 s idle): reconnect
+                conn.writer.close()
+                conn = await connection(reuse=False)
+                ok = await request(conn, i)
             idle.append(conn)
         except (OSError, asyncio.IncompleteReadError, ValueError):
             ok = False

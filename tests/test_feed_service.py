@@ -14,6 +14,7 @@ from botsky.feed.auth import DidKeys, ServiceAuth, Verdict
 from botsky.feed.core import Cursor, arm_token
 from botsky.feed.limits import RateLimiter
 from botsky.feed.service import GET_SKELETON, SEND_INTERACTIONS, FeedService
+from botsky.ledger.feed import SEEN_EVENT, Interaction
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.testing import like, post
 from tests.feed_tokens import Signer, b64url
@@ -381,3 +382,24 @@ def test_did_document_and_describe(feed: FeedService) -> None:
         }
     ]
     assert feed.describe() == {"did": SERVICE, "feeds": [{"uri": FEED}]}
+
+
+async def test_scores_are_logged_per_arm(feed: FeedService, signer: Signer) -> None:
+    """log_scores writes one feed_score line per served arm, with served, seen and the
+    engaged rate's interval."""
+    from structlog.testing import capture_logs
+
+    page = await feed.skeleton(
+        feed=FEED, limit=3, authorization=bearer(signer.token(VIEWER, SERVICE, GET_SKELETON))
+    )
+    first = page.body["feed"][0]
+    await feed.ledger.record_feed_interactions(
+        VIEWER, [Interaction(first["post"], SEEN_EVENT, page.body["reqId"])], feed.clock()
+    )
+    with capture_logs() as logs:
+        await feed.log_scores()
+    lines = [line for line in logs if line["event"] == "feed_score"]
+    assert sorted(line["arm"] for line in lines) == sorted(ARMS)
+    assert sum(line["served"] for line in lines) == 3 and sum(line["seen"] for line in lines) == 1
+    seen = next(line for line in lines if line["seen"] == 1)
+    assert seen["engaged_rate"] == 0.0 and seen["ci_low"] == 0.0 and 0 < seen["ci_high"] < 1
