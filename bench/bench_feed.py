@@ -95,6 +95,8 @@ def serve_main(db: str, keys_file: str) -> None:
     """The server process: the web app with the feed, until stdin closes."""
     import orjson
 
+    from botsky.app import freeze_startup_heap
+    from botsky.feed import tune_interpreter
     from botsky.feed.auth import DidKeys, ServiceAuth
     from botsky.feed.limits import RateLimiter
     from botsky.feed.service import FeedService
@@ -134,7 +136,8 @@ def serve_main(db: str, keys_file: str) -> None:
         await feed.start()
         server = await serve(_View(ledger), host="127.0.0.1", port=0, feed=feed)  # type: ignore[arg-type]
         gc.collect()
-        gc.freeze()  # what `botsky run` does after start-up
+        freeze_startup_heap()  # what `botsky run` does after start-up with the feed enabled
+        tune_interpreter()
         print(server.url, flush=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, sys.stdin.read)
@@ -171,7 +174,7 @@ class _Conn:
 
 
 async def _load(
-    url: str, seconds: float, request: Any, connections: int = 64
+    url: str, seconds: float, request: Any, connections: int = 512
 ) -> tuple[list[float], int]:
     """Open-loop at RATE/s for ``seconds``; latency of each request from its scheduled time."""
     host, port = url.removeprefix("http://").split(":")
@@ -217,6 +220,12 @@ async def _load(
     return latencies, errors
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
@@ -226,6 +235,14 @@ def main() -> None:
     args = cli(__doc__)
     if os.environ.get("BOTSKY_BENCH_FEED_SERVER"):
         db, keys = os.environ["BOTSKY_BENCH_FEED_SERVER"].split(os.pathsep)
+        profile = os.environ.get("BOTSKY_BENCH_FEED_PROFILE")  # a .html file: pyinstrument
+        if profile:
+            from pyinstrument import Profiler
+
+            with Profiler(async_mode="disabled") as profiler:
+                serve_main(db, keys)
+            Path(profile).write_text(profiler.output_text(unicode=False, show_all=False))
+            return
         serve_main(db, keys)
         return
     import subprocess
@@ -284,10 +301,16 @@ def main() -> None:
                 status, _ = await conn.get("/healthz", {})
                 return status == 200
 
+            cpu: dict[str, float] = {}
+
             async def both() -> tuple[list[float], int, list[float], int]:
                 await _load(url, 1.0, healthz)  # warm the connections
+                before = _cpu_s(server.pid)
                 base, base_err = await _load(url, seconds, healthz)
+                middle = _cpu_s(server.pid)
                 lat, err = await _load(url, seconds, skeleton)
+                cpu["healthz"] = (middle - before) / len(base)
+                cpu["skeleton"] = (_cpu_s(server.pid) - middle) / len(lat)
                 return base, base_err, lat, err
 
             base, base_err, lat, err = asyncio.run(both())
@@ -301,9 +324,10 @@ def main() -> None:
         Row(
             "feed",
             f"getFeedSkeleton p99 {p99:.1f} ms, p50 {p50:.1f} ms ({len(lat):,} requests at "
-            f"200/s, {candidates:,} candidates, limit 30, {err} errors)",
+            f"200/s, {candidates:,} candidates, limit 30, {err} errors; server CPU "
+            f"{cpu['skeleton'] * 1e3:.2f} ms/request; load average {os.getloadavg()[0]:.1f})",
             f"/healthz p99 {b99:.1f} ms, p50 {b50:.1f} ms ({len(base):,} at 200/s, "
-            f"{base_err} errors)",
+            f"{base_err} errors; server CPU {cpu['healthz'] * 1e3:.2f} ms/request)",
             f"p99 {p99 / b99:.1f}x",
             "p99 < 20 ms at 200 requests/s",
             None if args.quick else (p99 < 20.0 and err == 0),

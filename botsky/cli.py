@@ -84,6 +84,10 @@ def run_cmd(config_path: Path | None) -> None:
     async def _main() -> None:
         app = await build_app(loaded, secrets)
         freeze_startup_heap()
+        if st.feed.enabled:
+            from botsky.feed import tune_interpreter
+
+            tune_interpreter()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -48,7 +48,7 @@ def test_feed_config_rejects(changes: dict[str, object], message: str) -> None:
 
 def test_feed_config_needs_the_web_app_and_derives_uri_and_endpoint() -> None:
     """The feed is served by the web app; its URI and endpoint come from the config."""
-    with pytest.raises(ValidationError, match="web.enabled"):
+    with pytest.raises(ValidationError, match=r"web\.enabled"):
         Settings(feed=_feed())
     cfg = _feed()
     assert cfg.feed_uri == "at://did:plc:publisher/app.bsky.feed.generator/botsky-fair"
