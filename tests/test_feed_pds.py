@@ -327,6 +327,23 @@ def test_feed_on_the_reference_pds(local_pds: LocalPds, tmp_path: Path) -> None:
             timeout=120,
         )
         assert again.returncode == 0 and again.stdout.startswith("unchanged\t"), again.stderr
+        # A changed setting updates the record in place and keeps its createdAt.
+        renamed = json.loads(cfg.read_text())
+        renamed["feed"]["display_name"] = "botsky: even replies"
+        cfg2 = tmp_path / "renamed.yaml"
+        cfg2.write_text(json.dumps(renamed))
+        updated = subprocess.run(
+            [sys.executable, "-m", "botsky", "feed", "publish", "-c", str(cfg2)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert updated.returncode == 0 and updated.stdout.startswith("updated\t"), updated.stderr
+        record2 = pds.get_record(feed_uri)["value"]
+        assert record2["displayName"] == "botsky: even replies"
+        assert record2["createdAt"] == record["createdAt"]
 
         # botsky feed check: the DID document, the record and the endpoint, like the AppView.
         checked = subprocess.run(

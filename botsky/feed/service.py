@@ -234,8 +234,13 @@ class FeedService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._pages.drain()
-        await self.flush()
-        await self.log_scores()
+        try:
+            await self.flush()
+            await self.log_scores()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # shutting down: the ledger may be gone; never block the rest
+            log.warning("feed_stop_incomplete", error=f"{type(exc).__name__}: {exc}")
 
     async def _loop(self) -> None:
         last_log = time.monotonic()
