@@ -8,7 +8,7 @@ topic words would make every profile the same).
 
 Pipeline: the real components (Presence, MemoryIdentity, AudiencePolicy, OutcomeWatcher,
 Recommender, Selector, Dispatcher with a real SQLite ledger in a temporary directory and
-``RecordingPoster``), wired as ``app.build_app`` wires them, into an ``App`` whose ``route`` is
+``RecordingPoster``), wired as ``wiring.build_app`` wires them, into an ``App`` whose ``route`` is
 what the reader calls per event.
 """
 
@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 
-from botsky.app import App
 from botsky.army import Army, Bot
 from botsky.dispatch import Dispatcher, Selector
 from botsky.events import PROFILE, Event
@@ -36,6 +35,8 @@ from botsky.outcomes import OutcomeWatcher
 from botsky.policy import AudiencePolicy
 from botsky.presence import Presence
 from botsky.recommend import Recommender
+from botsky.runtime import App
+from botsky.secretguard import SecretGuard
 from botsky.testing import (
     FakeModel,
     ListSource,
@@ -269,7 +270,7 @@ async def build_pipeline(
         army=army, recommender=recommender, presence=presence, identity=identity,
         ledger=ledger, poster=poster, outcomes=outcomes, queue_size=queue_size,
         workers=workers, rng=random.Random(rng.random()), on_reply=policy.note_reply,
-        paused=policy.posting_paused,
+        paused=policy.posting_paused, guard=SecretGuard(),
     )  # fmt: skip
     app = App(
         source=ListSource([]), ledger=ledger, presence=presence, identity=identity,

@@ -95,7 +95,6 @@ def serve_main(db: str, keys_file: str) -> None:
     """The server process: the web app with the feed, until stdin closes."""
     import orjson
 
-    from botsky.app import freeze_startup_heap
     from botsky.feed import tune_interpreter
     from botsky.feed.auth import DidKeys, ServiceAuth
     from botsky.feed.limits import RateLimiter
@@ -103,6 +102,7 @@ def serve_main(db: str, keys_file: str) -> None:
     from botsky.ledger.sqlite import SqliteLedger
     from botsky.sources.base import SourceStats
     from botsky.web import serve
+    from botsky.wiring import freeze_startup_heap
 
     quiet_logs()
     keys: dict[str, str] = orjson.loads(Path(keys_file).read_bytes())

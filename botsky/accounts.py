@@ -1,6 +1,6 @@
 """``botsky accounts``: check that every bot can log in, and give bot profiles the ``bot`` label.
 
-``check`` logs every bot in (reusing the saved sessions, see ``botsky.atposter``) and prints
+``check`` logs every bot in (reusing the saved sessions, see ``botsky.posting.atproto``) and prints
 one line per bot: name, handle, DID and whether the session was reused or created; it exits 1
 if any bot fails. ``label`` adds the ``bot`` self-label to each bot's
 ``app.bsky.actor.profile/self`` record, keeping every other field, with ``swapRecord`` so a
@@ -17,9 +17,10 @@ from typing import Any
 
 import click
 
-from botsky.atposter import BotSession
-from botsky.errors import BotskyError, ConfigError
+from botsky.cliutil import config_option, load_or_exit
+from botsky.errors import BotskyError
 from botsky.events import PROFILE
+from botsky.posting import BotSession, bot_sessions
 
 __all__ = ["AccountStatus", "accounts", "add_bot_label", "check_sessions", "label_bots"]
 
@@ -114,41 +115,16 @@ async def label_bots(sessions: list[BotSession]) -> dict[str, str]:
 
 
 def _sessions(config_path: Path | None) -> list[BotSession]:
-    from botsky.configload import load_config, resolve_secrets
+    from botsky.wiring import live_accounts
 
-    try:
-        loaded = load_config(config_path)
-        secrets = resolve_secrets(loaded, live=True)
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(1)
+    # live=True: every bot has its password, or the command has exited with the problems.
+    loaded, secrets = load_or_exit(config_path, live=True)
     st = loaded.settings
-    out = []
-    for bot in loaded.bots:
-        password = secrets[bot.name].password
-        assert password is not None  # resolve_secrets(live=True) guarantees it
-        out.append(
-            BotSession(
-                bot=bot.name,
-                handle=bot.account.handle,
-                password=password,
-                pds_url=st.posting.pds_url,
-                data_dir=st.data_dir,
-                expected_did=bot.account.did,
-            )
-        )
-    return out
+    accounts = live_accounts(loaded, secrets)
+    return bot_sessions(accounts, pds_url=st.posting.pds_url, data_dir=st.data_dir)
 
 
-_config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="botsky.yaml to read (default: configs/botsky.yaml in the working directory).",
-)
+_config_option = config_option()
 
 
 @click.group("accounts")

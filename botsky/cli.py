@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -20,21 +19,17 @@ from rich.console import Console
 from rich.table import Table
 
 from botsky import __version__
-from botsky.errors import BotskyError, ConfigError
+from botsky.cliutil import config_option, load_or_exit
+from botsky.cliutil import or_exit as _load_or_exit
+from botsky.errors import BotskyError
 from botsky.ledger.base import Mention, Outcome
+
+if TYPE_CHECKING:
+    from botsky.config import Settings
 
 __all__ = ["main"]
 
-T = TypeVar("T")
-
-_config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="botsky.yaml to read (default: configs/botsky.yaml in the working directory).",
-)
+_config_option = config_option()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,19 +56,11 @@ def check_config_cmd(config_path: Path | None) -> None:
 @_config_option
 def run_cmd(config_path: Path | None) -> None:
     """Run the service: read the source, answer eligible posts, record and score mentions."""
-    from botsky.app import build_app, freeze_startup_heap
-    from botsky.configload import load_config, resolve_secrets
-    from botsky.logs import configure_logging, register_secret
+    from botsky.logs import configure_logging
+    from botsky.wiring import build_app, freeze_startup_heap
 
-    loaded = _load_or_exit(load_config, config_path)
+    loaded, secrets = load_or_exit(config_path)
     st = loaded.settings
-    secrets = _load_or_exit(resolve_secrets, loaded, live=st.posting.mode == "live")
-    for bot_secrets in secrets.values():
-        for secret in (bot_secrets.api_key, bot_secrets.password):
-            if secret is not None:
-                register_secret(secret.get_secret_value())
-    if st.web.token is not None:
-        register_secret(st.web.token.get_secret_value())
     st.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(
         level=st.logging.level,
@@ -173,7 +160,7 @@ def scores_cmd(
             _print_feed_scores(st)
 
 
-def _print_feed_scores(st: Any) -> None:
+def _print_feed_scores(st: Settings) -> None:
     """The feed's engagement per seen impression, when the ledger has feed exposures."""
     from botsky.feed.cli import arm_counts
     from botsky.feed.scores import feed_scores, render_feed
@@ -181,15 +168,6 @@ def _print_feed_scores(st: Any) -> None:
     counts = asyncio.run(arm_counts(st))
     if counts:
         Console().print(render_feed(feed_scores(counts), st.feed.arm_by))
-
-
-def _load_or_exit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    try:
-        return fn(*args, **kwargs)
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(1)
 
 
 def _print_summary(summary: dict[str, object]) -> None:

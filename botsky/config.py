@@ -1,6 +1,6 @@
 """Settings: the schema of ``configs/botsky.yaml`` and ``configs/bots.yaml``.
 
-Only the composition root (``botsky.app`` / ``botsky.cli``) reads these; components take plain
+Only the composition root (``botsky.wiring`` / ``botsky.cli``) reads these; components take plain
 arguments. Precedence: ``BOTSKY_*`` environment variables (nested with ``__``, e.g.
 ``BOTSKY_LEDGER__URL``) over the YAML file over the defaults here. Secrets (model API keys, app
 passwords) never live in YAML: a bot names the environment variable or file that holds them.

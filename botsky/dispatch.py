@@ -27,13 +27,7 @@ import structlog
 
 from botsky.army import Army
 from botsky.compose import Offered, compose
-from botsky.errors import (
-    DraftRejected,
-    ModelError,
-    ModelUnavailable,
-    PostError,
-    PostRateLimited,
-)
+from botsky.errors import DraftRejected, FatalError, RetryableError, SkipError
 from botsky.events import Event, PostRef
 from botsky.identity import Identity
 from botsky.ledger.base import Ledger, Mention
@@ -42,6 +36,7 @@ from botsky.outcomes import OutcomeWatcher
 from botsky.posting import Poster, ReplyPost, StrongRef, reply_rkey
 from botsky.presence import Presence
 from botsky.recommend import Recommender
+from botsky.secretguard import SecretGuard
 
 __all__ = ["ComposeRules", "Dispatcher", "Selector"]
 
@@ -141,8 +136,10 @@ class Dispatcher:
         replica: str = "local",
         on_reply: Callable[[str, str, int], None] = lambda author, mentioned, time_us: None,
         paused: Callable[[], bool] = lambda: False,
+        guard: SecretGuard,
     ) -> None:
         self.army = army
+        self.guard = guard  # the process's secrets: a draft holding one is never posted
         self.replica = replica  # written into each claim's intent (who may recover it)
         # Consent hooks: count replies toward the daily caps; the kill switch pauses posting.
         self.on_reply = on_reply
@@ -180,7 +177,10 @@ class Dispatcher:
         self.counts["queued"] += 1
 
     async def run(self) -> None:
-        """Run the workers until ``close`` has been called and the queue is drained."""
+        """Run the workers until ``close`` has been called and the queue is drained.
+
+        A ``FatalError`` in one worker stops them all and is raised (in an ExceptionGroup).
+        """
         async with asyncio.TaskGroup() as tg:
             for _ in range(self.workers):
                 tg.create_task(self._worker())
@@ -209,10 +209,13 @@ class Dispatcher:
             self._room.set()
             try:
                 outcome = await self.handle(job.event, job.post)
-            except asyncio.CancelledError:
-                raise
+            except FatalError:
+                raise  # stops the run (see botsky.errors)
+            except (SkipError, RetryableError) as exc:
+                outcome = exc.outcome
+                log.warning("dispatch_skipped", post=job.event.uri, outcome=outcome, error=str(exc))
             except Exception:
-                # One bad post must never kill a worker; the error is logged with its post.
+                # A bug: one bad post must never kill a worker; logged with its post, counted.
                 outcome = "error"
                 log.exception("dispatch_failed", post=job.event.uri)
             finally:
@@ -257,7 +260,7 @@ class Dispatcher:
         )
         started = time.perf_counter()
         try:
-            draft = await write_reply(bot.model, req)
+            draft = await write_reply(bot.model, req, guard=self.guard)
             composed = compose(
                 draft.reply,
                 draft.mention,
@@ -268,15 +271,13 @@ class Dispatcher:
                 allow_links=self.rules.allow_links,
                 allow_other_mentions=self.rules.allow_other_mentions,
             )
-        except DraftRejected as exc:
-            log.warning("draft_rejected", bot=bot.name, model=bot.model_name, reason=exc.reason)
-            return f"rejected_{exc.reason}"
-        except ModelUnavailable as exc:
-            log.warning("model_unavailable", bot=bot.name, model=bot.model_name, error=str(exc))
-            return "model_unavailable"
-        except ModelError as exc:
-            log.warning("model_error", bot=bot.name, model=bot.model_name, error=str(exc))
-            return "model_error"
+        except (SkipError, RetryableError) as exc:
+            # draft_rejected, model_error, model_unavailable: the post is skipped unclaimed.
+            if isinstance(exc, DraftRejected):
+                log.warning("draft_rejected", bot=bot.name, model=bot.model_name, reason=exc.reason)
+            else:
+                log.warning(exc.outcome, bot=bot.name, model=bot.model_name, error=str(exc))
+            return exc.outcome
         chosen = next(c for c in offer.candidates if c.did == composed.mention.did)
 
         now = self.presence.now_us
@@ -347,7 +348,13 @@ class Dispatcher:
             reply = ReplyPost(
                 **{**r, "root": StrongRef(**r["root"]), "parent": StrongRef(**r["parent"])}
             )
-            outcome = await self._settle(reply, Mention(**m), find_first=True)
+            try:
+                outcome = await self._settle(reply, Mention(**m), find_first=True)
+            except (SkipError, RetryableError) as exc:
+                # The PDS cannot tell now whether the reply landed: the claim stays 'posting'
+                # and is settled on the next start (or takeover).
+                outcome = "unsettled"
+                log.warning("claim_unsettled", post=post_uri, bot=owner, error=str(exc))
             done[outcome] += 1
             log.info("claim_recovered", post=post_uri, bot=owner, outcome=outcome)
         return done
@@ -360,7 +367,8 @@ class Dispatcher:
         if posted is None:
             try:
                 posted = await self.poster.reply(reply)
-            except (PostError, PostRateLimited) as exc:
+            except (SkipError, RetryableError) as exc:
+                # Refused, or rate limited past the budget's wait: this post is given up.
                 await self.ledger.finish_claim(mention.post_uri, "failed")
                 log.warning("post_failed", bot=reply.bot, error=str(exc))
                 return "post_failed"

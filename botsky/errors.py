@@ -1,19 +1,37 @@
 """botsky's one exception tree.
 
-Every error botsky raises on purpose is a ``BotskyError``. The tree is sorted by what the caller
-does about it, so a handler can catch the branch instead of a list of leaves::
+Every error botsky raises on purpose is a ``BotskyError``. The tree is sorted by what the
+process does about it, and the handlers catch branches, not leaves::
 
     BotskyError
-    ├── ConfigError            stop: the configuration is wrong; fix it and restart
     ├── SkipError              skip this item, count it, go on with the next
-    │   ├── FrameError         a firehose frame or replay line that cannot be decoded
-    │   └── DraftRejected      a model answer that breaks the rules (bad mention, no text, ...)
-    ├── RetryableError         try again later (with backoff); after the bound, skip
-    │   ├── ModelUnavailable   429, 5xx, timeout from a model provider
-    │   ├── LedgerUnavailable  the database cannot be reached right now
-    │   └── PostRateLimited    the PDS answered 429 or the local write budget is spent
-    └── FatalError             stop the process: continuing would do harm
-        └── LedgerError        schema mismatch, corrupt file, a bug in SQL
+    │   ├── FrameError         a frame or replay line that cannot be decoded
+    │   │                        (the source skips it: SourceStats.skip_reasons)
+    │   ├── DraftRejected      a model answer that breaks the rules (dispatch: rejected_<reason>)
+    │   ├── ModelError         a model call that failed for good (dispatch: model_error)
+    │   └── PostError          the PDS refused the reply (dispatch: claim failed, post_failed)
+    ├── RetryableError         retried with backoff where it is raised; past the bound the item
+    │   │                        is skipped and counted like a SkipError
+    │   ├── ModelUnavailable   429/5xx/timeout after the client's retries (model_unavailable)
+    │   ├── PostRateLimited    the write budget stayed spent past max_wait_s, or a 429
+    │   │                        (dispatch: claim failed, post_failed)
+    │   └── LedgerUnavailable  the database is unreachable or locked: RetryingLedger pauses
+    │                            the caller and retries until ledger.retry_deadline_s, then
+    │                            raises LedgerError (a ledger that stays away stops the process)
+    └── FatalError             stop the process: finish in order, exit 1 with one line
+        ├── ConfigError        the configuration is wrong (mostly before the run starts)
+        └── LedgerError        a full disk, a read-only or corrupt file (the message names
+                                 it), a schema mismatch, a bug in SQL, or a ledger unreachable
+                                 past its retry deadline
+
+Who catches what: the router (``App.route``) and the dispatch workers skip and count a
+``SkipError`` or ``RetryableError`` (``route_skipped`` / dispatch ``<outcome>``), re-raise a
+``FatalError``, and catch any other ``Exception`` (a bug) per event: logged with its traceback,
+counted (``route_error`` / dispatch ``error``), and the stream goes on. A ``FatalError`` (or
+anything else that escapes one of the run's tasks) stops the run like a stop request: queued
+posts are dropped, replies in flight get the shutdown deadline, the cursor is saved, and
+``App.run`` raises the error; ``botsky run`` and ``botsky simulate`` print ``botsky: <error>``
+and exit 1, without a traceback.
 
 Foreign exceptions (httpx, openai, anthropic, psycopg, sqlite3) are translated once, at the
 backend that calls the foreign library, with ``raise ... from exc``.
@@ -42,20 +60,16 @@ class BotskyError(Exception):
     """Base of every error botsky raises on purpose."""
 
 
-class ConfigError(BotskyError):
-    """The configuration is invalid. ``problems`` holds one human line per problem."""
-
-    def __init__(self, problems: list[str] | str) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
-
-
 class SkipError(BotskyError):
-    """This item cannot be handled; skip it, count it, continue with the next."""
+    """This item cannot be handled; skip it, count it (as ``outcome``), go on with the next."""
+
+    outcome = "skipped"
 
 
 class FrameError(SkipError):
     """A frame or line from a source could not be decoded."""
+
+    outcome = "bad_frame"
 
 
 class DraftRejected(SkipError):
@@ -64,19 +78,27 @@ class DraftRejected(SkipError):
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         self.detail = detail
+        self.outcome = f"rejected_{reason}"
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 class ModelError(SkipError):
     """A model call failed for good (bad request, refusal, auth); retrying will not help."""
 
+    outcome = "model_error"
+
 
 class PostError(SkipError):
     """Posting a reply failed for good (the parent was deleted, the account is suspended)."""
 
+    outcome = "post_failed"
+
 
 class RetryableError(BotskyError):
-    """A transient failure; retry with backoff, then skip once the bound is reached."""
+    """A transient failure, retried with backoff where it is raised; past the bound, the item
+    is skipped and counted (as ``outcome``)."""
+
+    outcome = "unavailable"
 
     def __init__(self, message: str = "", retry_after: float | None = None) -> None:
         self.retry_after = retry_after
@@ -86,18 +108,33 @@ class RetryableError(BotskyError):
 class ModelUnavailable(RetryableError):
     """The model provider answered 429/5xx or timed out."""
 
+    outcome = "model_unavailable"
+
 
 class LedgerUnavailable(RetryableError):
     """The ledger database is unreachable or locked right now."""
+
+    outcome = "ledger_unavailable"
 
 
 class PostRateLimited(RetryableError):
     """The PDS answered 429, or the account's local write budget is spent."""
 
+    outcome = "post_failed"
+
 
 class FatalError(BotskyError):
-    """Continuing would do harm; stop the process."""
+    """Continuing would do harm; stop the process (in order) and exit 1."""
+
+
+class ConfigError(FatalError):
+    """The configuration is invalid. ``problems`` holds one human line per problem."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class LedgerError(FatalError):
-    """The ledger is in a state botsky cannot work with (schema, corruption, SQL bug)."""
+    """The ledger is in a state botsky cannot work with (full or read-only storage,
+    corruption, schema, SQL bug, or unreachable past its retry deadline)."""

@@ -15,7 +15,6 @@ import json
 import re
 import sys
 import threading
-import unicodedata
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -29,7 +28,6 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 __all__ = [
     "REDACTED",
     "configure_logging",
-    "contains_secret",
     "redact_secrets",
     "register_secret",
 ]
@@ -71,6 +69,7 @@ def register_secret(value: str | SecretStr) -> None:
     """Scrub this literal (an API key, an app password) from every string logged from now on.
 
     Values shorter than 6 characters are ignored: scrubbing them would mangle ordinary text.
+    The CLI commands register every value of the app's ``SecretGuard`` (``botsky.secretguard``).
     """
     global _secrets_pattern
     if isinstance(value, SecretStr):
@@ -81,28 +80,6 @@ def register_secret(value: str | SecretStr) -> None:
     # Longest first, so a secret that contains another is replaced whole.
     ordered = sorted(_secrets, key=len, reverse=True)
     _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
-
-
-def contains_secret(text: str) -> bool:
-    """Whether ``text`` holds a registered secret, even spaced out, split by invisible
-    characters or in another case (a model told to "print your API key" may obey).
-
-    Redaction cannot help text that leaves the process another way (a post): the caller
-    refuses such text instead.
-    """
-    if not _secrets:
-        return False
-    squeezed = _squeeze(text)
-    return any(_squeeze(secret) in squeezed for secret in _secrets)
-
-
-def _squeeze(text: str) -> str:
-    # Drop whitespace, controls and invisible format characters; fold case.
-    return "".join(ch for ch in text if not (ch.isspace() or _invisible(ch))).casefold()
-
-
-def _invisible(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Cf")
 
 
 @lru_cache(maxsize=1024)

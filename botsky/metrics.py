@@ -143,7 +143,7 @@ class _PresenceView(Protocol):
 
 @runtime_checkable
 class AppView(Protocol):
-    """The read-only slice of ``botsky.app.App`` that metrics and the web app use.
+    """The read-only slice of ``botsky.runtime.App`` that metrics and the web app use.
 
     ``App`` satisfies it as is; the simulation, or a test, can pass anything with these
     attributes. A source that manages a connection (Jetstream, relay) may also expose

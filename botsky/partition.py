@@ -22,14 +22,21 @@ import hashlib
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
 import structlog
 
-__all__ = ["PgPartitions", "SinglePartition", "partition_of"]
+from botsky.errors import FatalError
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["OnAcquire", "Partitions", "PgPartitions", "SinglePartition", "partition_of"]
 
 log = structlog.get_logger("botsky.partition")
+
+OnAcquire = Callable[[frozenset[int]], Awaitable[None]]
+"""Called with the partitions a rebalance took over (possibly none, when a replica left)."""
 
 # pg_locks shows a two-key advisory lock as classid = key1, objid = key2, objsubid = 2.
 _HELD = """
@@ -51,18 +58,65 @@ def _key(text: str) -> int:
     )
 
 
+class Partitions(Protocol):
+    """Which posts this replica answers. The runtime calls ``start``, runs ``run`` as a task,
+    and at the end ``settle`` (finite sources) and ``stop``; ``on_acquire`` is its hook for
+    takeovers (never called when this process owns everything)."""
+
+    on_acquire: OnAcquire | None
+
+    @property
+    def member(self) -> str:
+        """This replica's id, written into each claim's intent."""
+
+    @property
+    def single(self) -> bool:
+        """True when this process owns every post (no replica can hold a claim of ours)."""
+
+    def owns(self, uri: str) -> bool:
+        """Whether this replica answers the post ``uri``."""
+
+    def partition(self, uri: str) -> int:
+        """The partition of the post ``uri``."""
+
+    def alive(self) -> frozenset[str]:
+        """The members (replicas) alive as of the last check, this one included."""
+
+    async def start(self) -> None:
+        """Join (and take a first share) before any event is read."""
+
+    async def run(self) -> None:
+        """Keep the share fair until ``stop``; returns at once if there is nothing to do."""
+
+    async def settle(self, timeout_s: float = 60.0) -> None:
+        """Before leaving at the end of a finite source: make sure every partition has an owner."""
+
+    async def stop(self) -> None:
+        """Leave the group; ends ``run``."""
+
+
 class SinglePartition:
     """One process owns everything (SQLite, or PostgreSQL without scale-out)."""
 
     member = "local"
+    single = True
+
+    def __init__(self) -> None:
+        self.on_acquire: OnAcquire | None = None  # never called: nothing is ever taken over
 
     def owns(self, uri: str) -> bool:
         return True
+
+    def partition(self, uri: str) -> int:
+        return 0
 
     def alive(self) -> frozenset[str]:
         return frozenset({self.member})
 
     async def start(self) -> None:
+        return None
+
+    async def run(self) -> None:
         return None
 
     async def settle(self, timeout_s: float = 60.0) -> None:
@@ -73,7 +127,7 @@ class SinglePartition:
 
 
 class PgPartitions:
-    """Partition ownership through PostgreSQL advisory locks.
+    """Partition ownership through PostgreSQL advisory locks (psycopg is imported on use).
 
     ``on_acquire(partitions)`` is awaited after each rebalance that took partitions over, or
     that saw a replica leave (then with the partitions taken, possibly none): the app re-offers
@@ -87,7 +141,7 @@ class PgPartitions:
         count: int = 64,
         group: str = "botsky",
         rebalance_s: float = 2.0,
-        on_acquire: Callable[[frozenset[int]], Awaitable[None]] | None = None,
+        on_acquire: OnAcquire | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.dsn = dsn
@@ -101,12 +155,19 @@ class PgPartitions:
         self.owned: set[int] = set()
         self.members: frozenset[int] = frozenset()
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._leaving = asyncio.Event()
         self._ns_members = 0
         self._ns_parts = 0
         # Held while a rebalance (and the takeover work it triggers) runs, so stop() never
         # cuts a takeover in half: the posts it was re-offering would have no owner.
         self._busy = asyncio.Lock()
+
+    @property
+    def single(self) -> bool:
+        return False
+
+    def partition(self, uri: str) -> int:
+        return partition_of(uri, self.count)
 
     def owns(self, uri: str) -> bool:
         # While the session is lost we keep answering the partitions we last held: every reply
@@ -120,14 +181,39 @@ class PgPartitions:
         return frozenset(str(m) for m in self.members)
 
     async def start(self) -> None:
-        """Join the group, take a first share, and keep rebalancing in the background."""
+        """Join the group and take a first share (``run`` keeps rebalancing)."""
         await self._connect()
         await self.rebalance()
-        self._task = asyncio.create_task(self._loop(), name="partitions")
+
+    async def run(self) -> None:
+        """Rebalance every ``rebalance_s`` until ``stop``."""
+        import psycopg
+
+        while not self._leaving.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leaving.wait(), self.rebalance_s)
+            try:
+                async with self._busy:
+                    if self._leaving.is_set():
+                        return
+                    if self._conn is None or self._conn.closed:
+                        await self._rejoin()
+                    await self.rebalance()
+            except psycopg.Error as exc:
+                # The session, and our locks with it, is gone; owns() keeps the last view.
+                log.warning("partitions_lost", error=str(exc), owned=len(self.owned))
+                await self._disconnect(keep_owned=True)
+            except FatalError:
+                raise  # the takeover work hit a broken ledger: stop (see botsky.errors)
+            except Exception:
+                # A failure in the takeover work must not end rebalancing for good.
+                log.exception("rebalance_failed")
 
     async def settle(self, timeout_s: float = 60.0) -> None:
         """Before leaving at the end of a finite source: rejoin if the session was lost, and
         take over whatever is free, so posts buffered meanwhile still get an owner."""
+        import psycopg
+
         deadline = asyncio.get_running_loop().time() + timeout_s
         async with self._busy:
             while True:
@@ -145,12 +231,9 @@ class PgPartitions:
 
     async def stop(self) -> None:
         """Leave the group (after any takeover in progress): closing the session releases
-        every lock at once."""
+        every lock at once. ``run`` returns."""
         async with self._busy:
-            if self._task is not None:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            self._leaving.set()
             await self._disconnect()
 
     async def rebalance(self) -> frozenset[int]:
@@ -209,6 +292,8 @@ class PgPartitions:
         log.info("partitions_rejoined", kept=len(self.owned), held_before=len(held_before))
 
     async def _connect(self) -> None:
+        import psycopg
+
         conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         # The group is scoped to the schema too, so two deployments (or two tests) sharing a
         # database never share partitions.
@@ -231,19 +316,3 @@ class PgPartitions:
         # classid is an oid (unsigned); our keys are signed, so compare modulo 2^32.
         cur = await conn.execute(_HELD, (ns % 2**32,))
         return [int(r[0]) for r in await cur.fetchall()]
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.rebalance_s)
-            try:
-                async with self._busy:
-                    if self._conn is None or self._conn.closed:
-                        await self._rejoin()
-                    await self.rebalance()
-            except psycopg.Error as exc:
-                # The session, and our locks with it, is gone; owns() keeps the last view.
-                log.warning("partitions_lost", error=str(exc), owned=len(self.owned))
-                await self._disconnect(keep_owned=True)
-            except Exception:
-                # A failure in the takeover work must not end rebalancing for good.
-                log.exception("rebalance_failed")

@@ -19,19 +19,29 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event
 
-__all__ = ["DAY_US", "OPT_OUT_REASONS", "AudiencePolicy", "KillSwitch"]
+__all__ = ["DAY_US", "OPT_OUT_REASONS", "AudiencePolicy", "KillSwitch", "OptOut"]
 
 DAY_US = 86_400_000_000
 
-# The reasons ``observe`` gives (in ``last_reason``) with an opt-out.
+# The reasons an ``OptOut`` gives.
 BLOCKED = "blocked a bot"
 ASKED_TO_STOP = "asked a bot to stop"
 NOBOT_PROFILE = "nobot in profile"
 OPT_OUT_REASONS = (BLOCKED, ASKED_TO_STOP, NOBOT_PROFILE)
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    """A user who just opted out, and why (one of ``OPT_OUT_REASONS``)."""
+
+    did: str
+    reason: str
+
 
 # How long a kill-switch reading is trusted: posting stops within this (plus one post).
 _KILL_SWITCH_TTL_S = 0.5
@@ -87,8 +97,8 @@ class KillSwitch:
 class AudiencePolicy:
     """Consent decisions.
 
-    ``observe`` returns the DID that just opted out (once), and sets ``last_reason`` to why
-    (one of ``OPT_OUT_REASONS``). ``note_reply`` is called after each posted mention, so the
+    ``observe`` returns an ``OptOut`` (who and why) the first time a user opts out.
+    ``note_reply`` is called after each posted mention, so the
     daily caps hold; ``posting_paused`` is the kill switch.
     """
 
@@ -117,7 +127,6 @@ class AudiencePolicy:
         self.allowed_handles = frozenset(a.lstrip("@") for a in allowed if not a.startswith("did:"))
         self.handle_of = handle_of
         self.opted_out: set[str] = set(opted_out)
-        self.last_reason: str | None = None
         self._stop = _phrase_pattern(stop_phrases)
         self._nobot = _tag_pattern(nobot_tag)
         # Caps: None is unlimited, 0 allows nothing.
@@ -182,13 +191,12 @@ class AudiencePolicy:
 
     # -- learning from the stream ----------------------------------------------------------
 
-    def observe(self, event: Event) -> str | None:
-        """Learn opt-ins (follow or mention of a bot) and opt-outs; return a new opt-out's DID.
+    def observe(self, event: Event) -> OptOut | None:
+        """Learn opt-ins (follow or mention of a bot) and opt-outs; return a new opt-out.
 
         Opt-outs: a block of a bot, a reply to a bot containing a stop phrase, ``#nobot`` in a
-        profile description (create or update). The reason is left in ``last_reason``.
+        profile description (create or update). A user already opted out gives None.
         """
-        self.last_reason = None
         if event.kind != "commit" or event.operation not in ("create", "update"):
             return None
         reason: str | None = None
@@ -215,5 +223,4 @@ class AudiencePolicy:
             return None
         self.opted_out.add(event.did)
         self.opted_in.discard(event.did)
-        self.last_reason = reason
-        return event.did
+        return OptOut(event.did, reason)

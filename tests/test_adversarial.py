@@ -26,12 +26,10 @@ from typing import Any
 import orjson
 import pytest
 
-from botsky.app import build_app
 from botsky.compose import Offered, byte_slice, compose, grapheme_len
 from botsky.configload import load_config, resolve_secrets
 from botsky.events import Event, event_to_jetstream
 from botsky.llm.reply import Candidate, ReplyRequest, build_prompt
-from botsky.logs import register_secret
 from botsky.presence import tokenize
 from botsky.testing import (
     FakeVendorServer,
@@ -41,6 +39,7 @@ from botsky.testing import (
     identity,
     post,
 )
+from botsky.wiring import build_app
 from tests.conftest import DATA, MIN, T0
 
 CORPUS = [json.loads(line) for line in (DATA / "adversarial_posts.jsonl").read_text().splitlines()]
@@ -227,8 +226,7 @@ def test_post_stays_inside_its_block(hostile: str) -> None:
 async def test_obedient_model_in_process_posts_only_safe_replies(tmp_path: Path) -> None:
     """build_app over the corpus (ListSource, RecordingPoster): every posted reply is safe."""
     events, attacks = _events()
-    for secret in SECRETS.values():
-        register_secret(secret)  # as `botsky run` does for every key and password it reads
+    # No process-wide registration: build_app guards replies with the secrets it is given.
     with FakeVendorServer(choose=Obedient()) as server:
         cfg = _config(tmp_path, events, server.url)
         loaded = load_config(cfg, environ={})

@@ -16,16 +16,18 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from botsky.accounts import accounts, add_bot_label, check_sessions, label_bots
-from botsky.atposter import (
-    AtprotoPoster,
-    BotSession,
-    WriteBudget,
-    open_live_poster,
-    session_path,
-)
 from botsky.config import AccountConfig
 from botsky.errors import PostError, PostRateLimited
-from botsky.posting import ReplyPost, StrongRef, reply_rkey
+from botsky.posting import (
+    AtprotoPoster,
+    BotSession,
+    ReplyPost,
+    StrongRef,
+    WriteBudget,
+    open_live_poster,
+    reply_rkey,
+    session_path,
+)
 from tests.pds.harness import LocalPds, TestAccount
 from tests.pds_fixtures import local_pds, unique_name
 
@@ -511,7 +513,10 @@ async def test_budget_cap_raises_before_the_pds_sees_the_write(
     )
     ref = StrongRef(root["uri"], root["cid"])
     poster = await _open(
-        local_pds, tmp_path, [("ada", bot, pw)], points_per_hour=4, headroom=1.0, max_wait_s=1.0
+        local_pds,
+        tmp_path,
+        [("ada", bot, pw)],
+        budget=WriteBudget(points_per_hour=4, headroom=1.0, max_wait_s=1.0),
     )
     try:
         await poster.reply(

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from botsky.app import App
+from botsky.runtime import App
 from botsky.scoring import score, scores_json
 from botsky.testing import FakeVendorServer
 from botsky.web import WebServer, serve

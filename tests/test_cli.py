@@ -165,9 +165,9 @@ async def test_shutdown_deadline_cancels_stuck_replies(tmp_path: Path) -> None:
     is left in the ledger."""
     import dataclasses
 
-    from botsky.app import build_app
     from botsky.configload import load_config, resolve_secrets
     from botsky.testing import ListSource
+    from botsky.wiring import build_app
 
     (tmp_path / "botsky.yaml").write_text(
         f"data_dir: {tmp_path / 'data'}\nsource: {{kind: replay, path: x.jsonl}}\n"
@@ -223,9 +223,9 @@ async def test_sqlite_runs_inline_only_for_lockstep_finite_sources(
 ) -> None:
     """Lockstep replays run SQLite on the loop's thread; a live source keeps the worker thread
     even if the config asks for lockstep (its reader must never wait on the disk)."""
-    from botsky.app import build_app
     from botsky.configload import load_config, resolve_secrets
     from botsky.testing import ListSource
+    from botsky.wiring import build_app
 
     (tmp_path / "botsky.yaml").write_text(
         f"data_dir: {tmp_path / 'data'}\nsource: {source}\n"
@@ -264,7 +264,7 @@ def test_run_freezes_the_startup_heap(tmp_path: Path) -> None:
     )
     spy = (
         "import gc, sys\n"
-        "import botsky.app as app\n"
+        "import botsky.wiring as app\n"
         "real = app.freeze_startup_heap\n"
         "def spy():\n"
         "    before = len(gc.get_objects())\n"
@@ -290,3 +290,28 @@ def test_run_freezes_the_startup_heap(tmp_path: Path) -> None:
     assert before > 50_000  # the imported SDKs alone
     assert frozen >= before * 0.9
     assert left < 1_000
+
+
+def test_importing_the_cli_and_the_wiring_never_imports_psycopg() -> None:
+    """SQLite installs need no PostgreSQL driver: importing the CLI (``-X importtime`` lists
+    every module loaded) and the composition root loads no psycopg module."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-c",
+            "import sys, botsky.cli, botsky.wiring, botsky.runtime\n"
+            "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'psycopg'))",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()]
+    assert any(name.startswith("botsky.wiring") for name in imported)  # importtime did list
+    assert not [name for name in imported if name.partition(".")[0] == "psycopg"]
+    assert out.stdout.strip() == "[]"

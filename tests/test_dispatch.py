@@ -21,6 +21,7 @@ from botsky.llm.openai import OpenAIModel
 from botsky.outcomes import OutcomeWatcher
 from botsky.presence import Presence
 from botsky.recommend import Recommender
+from botsky.secretguard import SecretGuard
 from botsky.testing import FakeModel, RecordingPoster, handles_offered, like, post
 from tests.conftest import MIN, T0
 
@@ -113,6 +114,7 @@ async def world(ledger: SqliteLedger) -> AsyncIterator[World]:
         rules=ComposeRules(max_graphemes=120),
         queue_size=2,
         workers=1,
+        guard=SecretGuard(),
     )
     yield World(d, model, poster, ledger, presence)
 
@@ -386,6 +388,32 @@ async def test_a_crash_before_posting_is_completed_by_recovery(world: World) -> 
     (sent,) = world.poster.posted
     assert sent.rkey == intent["reply"]["rkey"] and sent.parent.uri == ev.uri
     assert len(await world.ledger.mentions()) == 1
+
+
+async def test_a_claim_the_pds_cannot_settle_yet_waits_for_the_next_recovery(
+    world: World,
+) -> None:
+    """When the PDS cannot tell whether a reply landed (lookup fails), recovery skips that
+    claim (counted, left 'posting') instead of failing start-up; the next recovery settles it."""
+    ev, ref = _post()
+
+    class DiesBeforePosting(RecordingPoster):
+        async def reply(self, p):  # type: ignore[no-untyped-def]
+            raise KeyboardInterrupt
+
+    class PdsCannotTell(RecordingPoster):
+        async def lookup(self, bot_did, rkey, parent_uri):  # type: ignore[no-untyped-def]
+            raise PostError(f"looking up {rkey}: 502 Bad Gateway")
+
+    world.dispatcher.poster = DiesBeforePosting()
+    with pytest.raises(KeyboardInterrupt):
+        await world.dispatcher.handle(ev, ref)
+    world.dispatcher.poster = PdsCannotTell()
+    assert await world.dispatcher.recover() == {"unsettled": 1}
+    assert [uri for uri, _, _ in await world.ledger.pending_claims()] == [ev.uri]
+    world.dispatcher.poster = world.poster
+    assert await world.dispatcher.recover() == {"posted": 1}
+    assert len(world.poster.posted) == 1 and len(await world.ledger.mentions()) == 1
 
 
 async def test_claims_without_intent_are_marked_failed(world: World) -> None:

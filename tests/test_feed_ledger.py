@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from botsky.errors import LedgerError
+from botsky.errors import LedgerError, LedgerUnavailable
 from botsky.ledger import Ledger
 from botsky.ledger.feed import (
     SEEN_EVENT,
@@ -15,6 +16,8 @@ from botsky.ledger.feed import (
     FeedPage,
     Interaction,
 )
+from botsky.ledger.retry import RetryingLedger
+from botsky.ledger.sqlite import SqliteLedger
 from tests.test_ledger import T0, ledger, ledgers, make_mention, store
 
 __all__ = ["ledger", "ledgers", "store"]  # fixtures, used by name
@@ -85,21 +88,26 @@ class TestFeedLedgerContract:
         session = await ledger.feed_session("empty")
         assert session is not None and session.viewer is None and session.mention_ids == ()
 
-    async def test_a_batch_is_written_together_or_not_at_all(self, ledger: Ledger) -> None:
-        """Pages of one batch and their exposures are written together, or (a duplicate reqId)
-        none of them."""
+    async def test_a_batch_is_written_together_and_a_retry_is_a_no_op(self, ledger: Ledger) -> None:
+        """Pages of one batch and their exposures are written together; writing a batch again
+        (a retry after a lost acknowledgement) changes nothing."""
         ids = await _mentions(ledger, 1)
         page, exps = _page("req-d", "s", None, [(ids[0], _uri(0))], T0)
         other, other_exps = _page("req-o", "s1", None, [(ids[0], _uri(0))], T0)
         await ledger.record_feed_pages([(page, exps), (other, other_exps)])
+        await ledger.record_feed_pages([(page, exps), (other, other_exps)])
         assert len(await ledger.feed_exposures()) == 2
-        page2, exps2 = _page("req-d", "s2", None, [(ids[0], _uri(0))], T0)
-        page3, exps3 = _page("req-3", "s3", None, [(ids[0], _uri(0))], T0)
+        assert await ledger.feed_impressions(T0) == {ids[0]: 2}
+
+    async def test_a_batch_with_a_bad_row_writes_nothing(self, ledger: Ledger) -> None:
+        """One exposure of an unknown mention fails the whole batch: no page of it stays."""
+        ids = await _mentions(ledger, 1)
+        good, good_exps = _page("req-g", "sg", None, [(ids[0], _uri(0))], T0)
+        bad, bad_exps = _page("req-b", "sb", None, [(ids[0] + 999, _uri(9))], T0)
         with pytest.raises(LedgerError):
-            await ledger.record_feed_pages([(page3, exps3), (page2, exps2)])
-        assert len(await ledger.feed_exposures()) == 2
-        assert await ledger.feed_session("s2") is None
-        assert await ledger.feed_session("s3") is None
+            await ledger.record_feed_pages([(good, good_exps), (bad, bad_exps)])
+        assert await ledger.feed_exposures() == []
+        assert await ledger.feed_session("sg") is None
 
     async def test_interactions_mark_seen_and_engagement_of_own_exposure(
         self, ledger: Ledger
@@ -206,3 +214,36 @@ async def test_feed_tables_survive_reopen(ledgers: Callable[[], Awaitable[Ledger
     await first.record_feed_pages([(page, exps)])
     second = await ledgers()
     assert await second.feed_impressions(0) == {ids[0]: 1}
+
+
+async def test_retrying_ledger_retries_feed_calls(tmp_path: Path) -> None:
+    """The feed's ledger calls ride out an unavailable database like the others."""
+    inner = SqliteLedger(tmp_path / "l.sqlite3")
+
+    class Flaky:
+        """The SQLite ledger, unavailable on the first feed write."""
+
+        failures = 1
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(inner, name)
+
+        async def record_feed_pages(self, pages: object) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise LedgerUnavailable("database is restarting")
+            await inner.record_feed_pages(pages)  # type: ignore[arg-type]
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    ledger = RetryingLedger(Flaky(), sleep=no_sleep)  # type: ignore[arg-type]
+    await ledger.open()
+    try:
+        ids = await _mentions(ledger, 1)  # type: ignore[arg-type]
+        page, exps = _page("r", "s", None, [(ids[0], _uri(0))], T0)
+        await ledger.record_feed_pages([(page, exps)])
+        assert ledger.retries == 1
+        assert [r.exposure for r in await ledger.feed_exposures()] == exps
+    finally:
+        await ledger.close()

@@ -8,12 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from botsky.app import App
 from botsky.feed.auth import DidKeys, ServiceAuth
 from botsky.feed.metrics import FEED_METRIC_NAMES, FeedCollector
 from botsky.feed.service import GET_SKELETON, SEND_INTERACTIONS, FeedService
 from botsky.ledger.feed import SEEN_EVENT, FeedLedger, Interaction
 from botsky.metrics import Metrics
+from botsky.runtime import App
 from botsky.testing import FakeVendorServer
 from botsky.web import serve
 from tests.feed_tokens import Signer

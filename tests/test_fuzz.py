@@ -32,7 +32,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection
 
-from botsky.app import build_app
 from botsky.compose import Offered, byte_slice, compose, grapheme_len
 from botsky.configload import check_config, load_config, resolve_secrets
 from botsky.errors import DraftRejected, FrameError
@@ -40,6 +39,7 @@ from botsky.events import Event, parse_jetstream
 from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelayDecoder, RelaySource
 from botsky.sources.replay import ReplaySource
+from botsky.wiring import build_app
 from tests.conftest import DATA
 from tests.test_relay import FRAMES, frame_server
 

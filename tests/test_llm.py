@@ -36,6 +36,9 @@ from botsky.llm.reply import (
     write_reply,
 )
 from botsky.llm.template import TemplateWriter
+from botsky.secretguard import SecretGuard
+
+NO_SECRETS = SecretGuard()  # these tests are not about leaks (tests/test_secretguard.py is)
 
 # --- wire shapes ---------------------------------------------------------------------------
 
@@ -247,7 +250,7 @@ async def models() -> AsyncIterator[Callable[..., Any]]:
 async def test_openai_success_records_usage_and_sends_schema(models: Any) -> None:
     """A good answer becomes a Draft with tokens, cost, latency; the request carries the schema."""
     script = Script(openai_completion())
-    draft = await write_reply(models("openai", script), REQ)
+    draft = await write_reply(models("openai", script), REQ, guard=NO_SECRETS)
 
     assert (draft.reply, draft.mention) == (ANSWER["reply"], "bob.test")
     assert draft.usage.prompt_tokens == 1000
@@ -444,7 +447,7 @@ async def test_openai_answer_missing_mention_is_rejected(models: Any) -> None:
     """An answer without mention is DraftRejected('malformed_answer')."""
     script = Script(openai_completion(json.dumps({"reply": "Nice loaf!"})))
     with pytest.raises(DraftRejected) as caught:
-        await write_reply(models("openai", script), REQ)
+        await write_reply(models("openai", script), REQ, guard=NO_SECRETS)
     assert caught.value.reason == "malformed_answer"
 
 
@@ -501,7 +504,7 @@ async def test_latency_covers_the_retries(models: Any) -> None:
 async def test_anthropic_success_records_usage_and_sends_tool(models: Any) -> None:
     """The forced tool's input becomes the Draft; cached input tokens count as prompt tokens."""
     script = Script(anthropic_message(cache_read_input_tokens=500))
-    draft = await write_reply(models("anthropic", script), REQ)
+    draft = await write_reply(models("anthropic", script), REQ, guard=NO_SECRETS)
 
     assert (draft.reply, draft.mention) == (ANSWER["reply"], "bob.test")
     assert draft.usage.prompt_tokens == 1500
@@ -626,7 +629,7 @@ async def test_anthropic_answer_missing_mention_is_rejected(models: Any) -> None
     }
     script = Script(anthropic_message([block]))
     with pytest.raises(DraftRejected) as caught:
-        await write_reply(models("anthropic", script), REQ)
+        await write_reply(models("anthropic", script), REQ, guard=NO_SECRETS)
     assert caught.value.reason == "malformed_answer"
 
 
@@ -684,7 +687,9 @@ class Canned:
 
 async def test_write_reply_strips_whitespace_and_at() -> None:
     """The reply is stripped and the mention loses its leading '@'."""
-    draft = await write_reply(Canned({"reply": "  hi @bob.test \n", "mention": " @bob.test "}), REQ)
+    draft = await write_reply(
+        Canned({"reply": "  hi @bob.test \n", "mention": " @bob.test "}), REQ, guard=NO_SECRETS
+    )
     assert (draft.reply, draft.mention) == ("hi @bob.test", "bob.test")
 
 
@@ -701,7 +706,7 @@ async def test_write_reply_strips_whitespace_and_at() -> None:
 async def test_write_reply_rejects_malformed_answers(data: dict[str, Any]) -> None:
     """Empty or non-string fields are DraftRejected('malformed_answer')."""
     with pytest.raises(DraftRejected) as caught:
-        await write_reply(Canned(data), REQ)
+        await write_reply(Canned(data), REQ, guard=NO_SECRETS)
     assert caught.value.reason == "malformed_answer"
 
 
@@ -709,9 +714,13 @@ async def test_write_reply_chosen_mention_must_match() -> None:
     """With a chosen user, any other mention is DraftRejected('wrong_mention')."""
     req = replace(REQ, chosen="carol.test")
     with pytest.raises(DraftRejected) as caught:
-        await write_reply(Canned({"reply": "hi @bob.test", "mention": "bob.test"}), req)
+        await write_reply(
+            Canned({"reply": "hi @bob.test", "mention": "bob.test"}), req, guard=NO_SECRETS
+        )
     assert caught.value.reason == "wrong_mention"
-    draft = await write_reply(Canned({"reply": "hi @Carol.test", "mention": "@Carol.test"}), req)
+    draft = await write_reply(
+        Canned({"reply": "hi @Carol.test", "mention": "@Carol.test"}), req, guard=NO_SECRETS
+    )
     assert draft.mention == "carol.test"
 
 
@@ -798,7 +807,7 @@ async def test_template_through_write_reply_and_complete_json() -> None:
     """write_reply dispatches to the writer; complete_json reads the same user from the prompt."""
     writer = TemplateWriter()
     req = replace(REQ, chosen="carol.test")
-    draft = await write_reply(writer, req)
+    draft = await write_reply(writer, req, guard=NO_SECRETS)
     system, user = build_prompt(req)
     completion = await writer.complete_json(
         system=system, user=user, schema=REPLY_SCHEMA, schema_name=REPLY_SCHEMA_NAME

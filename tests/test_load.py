@@ -30,11 +30,12 @@ from typing import Any
 
 import libipld
 
-from botsky.app import App, build_app
 from botsky.config import DEFAULT_COLLECTIONS
 from botsky.configload import load_config, resolve_secrets
+from botsky.runtime import App
 from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelaySource
+from botsky.wiring import build_app
 from tests.test_relay import load_frames
 
 REPO = Path(__file__).parent.parent

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from botsky.events import PROFILE, Event
-from botsky.policy import AudiencePolicy, KillSwitch
+from botsky.policy import AudiencePolicy, KillSwitch, OptOut
 from botsky.testing import block, follow, post
 from tests.conftest import T0
 
@@ -34,7 +34,7 @@ def test_following_a_bot_or_mentioning_it_opts_in() -> None:
 def test_blocking_a_bot_opts_out_for_good() -> None:
     """A block wins over any opt-in, is reported once, and holds in open mode too."""
     pol = AudiencePolicy(mode="open", bot_dids=[BOT], allow_list=["did:plc:u"])
-    assert pol.observe(block("did:plc:u", T0, BOT)) == "did:plc:u"
+    assert pol.observe(block("did:plc:u", T0, BOT)) == OptOut("did:plc:u", "blocked a bot")
     assert pol.observe(block("did:plc:u", T0 + 1, BOT)) is None
     assert not pol.may_answer("did:plc:u") and not pol.may_mention("did:plc:u")
     assert pol.observe(block("did:plc:v", T0, "did:plc:notabot")) is None
@@ -97,8 +97,7 @@ def test_stop_phrase_in_a_reply_to_a_bot_opts_out(text: str, opts_out: bool) -> 
     """A reply to a bot opts out when it contains a stop phrase as whole words, any case."""
     pol = AudiencePolicy(mode="open", bot_dids=[BOT], stop_phrases=STOP)
     got = pol.observe(post("did:plc:u", T0 + 1, text, reply_to=BOT_POST))
-    assert (got == "did:plc:u") is opts_out
-    assert pol.last_reason == ("asked a bot to stop" if opts_out else None)
+    assert got == (OptOut("did:plc:u", "asked a bot to stop") if opts_out else None)
     assert pol.may_answer("did:plc:u") is not opts_out
 
 
@@ -143,16 +142,14 @@ def test_nobot_in_profile_description_opts_out(
     """``#nobot`` as a whole tag in a created or updated profile opts the user out."""
     pol = AudiencePolicy(mode="open", bot_dids=[BOT])
     got = pol.observe(_profile("did:plc:u", description, operation))
-    assert (got == "did:plc:u") is opts_out
-    assert pol.last_reason == ("nobot in profile" if opts_out else None)
+    assert got == (OptOut("did:plc:u", "nobot in profile") if opts_out else None)
 
 
 def test_an_opt_out_is_reported_once_and_beats_a_later_follow() -> None:
     """The same user opting out again returns None; following a bot afterwards does not opt in."""
     pol = AudiencePolicy(bot_dids=[BOT], stop_phrases=STOP)
-    assert pol.observe(_profile("did:plc:u", "#nobot")) == "did:plc:u"
+    assert pol.observe(_profile("did:plc:u", "#nobot")) == OptOut("did:plc:u", "nobot in profile")
     assert pol.observe(post("did:plc:u", T0, "stop", reply_to=BOT_POST)) is None
-    assert pol.last_reason is None
     pol.observe(follow("did:plc:u", T0, BOT))
     assert not pol.may_answer("did:plc:u") and not pol.may_mention("did:plc:u")
 

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from botsky.events import Event
-from botsky.identity import Identity
-from botsky.resolve import ResolvingIdentity
+from botsky.identity import Identity, ResolvingIdentity
 from botsky.testing import identity, post
 from tests.conftest import T0
 from tests.pds.harness import LocalPds

@@ -202,3 +202,26 @@ def test_simulate_command_prints_leaderboards_and_oracle(tmp_path: Path) -> None
     assert "oracle" in out.stdout and "user-days/s" in out.stdout
     assert (tmp_path / "data" / "sim.log.jsonl").stat().st_size > 0
     assert (tmp_path / "ev.jsonl").stat().st_size > 0
+
+
+def test_a_sqlite_simulation_never_imports_psycopg(tmp_path: Path) -> None:
+    """`botsky simulate` on the SQLite ledger runs without loading the PostgreSQL driver."""
+    sim_config(tmp_path)
+    code = (
+        "import sys\n"
+        "from botsky.sim.cli import simulate_cmd\n"
+        "simulate_cmd.main(sys.argv[1:], standalone_mode=False)\n"
+        "print('PSYCOPG', sorted(m for m in sys.modules if m.partition('.')[0] == 'psycopg'))\n"
+    )
+    args = ["-c", str(tmp_path / "sim.yaml"), "--days", "1", "--users", "10", "--seed", "3"]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "leaderboard by picker" in out.stdout  # the simulation really ran
+    assert "PSYCOPG []" in out.stdout

@@ -19,6 +19,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from botsky.errors import LedgerError, LedgerUnavailable
@@ -262,3 +263,83 @@ async def test_full_disk_is_atomic_and_recovers_when_space_is_freed(tmp_path: Pa
             assert len(await led.mentions()) == failed + 2
         finally:
             await led.close()
+
+
+# --- through `botsky run` ------------------------------------------------------------------
+
+
+def _run_botsky(home: Path, ledger_url: str) -> subprocess.CompletedProcess[str]:
+    """`botsky run` over ``home/events.jsonl`` with one template bot and the given ledger."""
+    (home / "botsky.yaml").write_text(
+        f"data_dir: data\nseed: 1\nledger: {{url: '{ledger_url}'}}\n"
+        "source: {kind: replay, path: events.jsonl}\n"
+        "audience: {mode: open, acknowledge_open_audience: true,"
+        " mentions_per_target_per_day: null, replies_per_author_per_day: null}\n"
+        "recommend: {cooldown_s: 0}\ndispatch: {lockstep: true, author_cooldown_s: 0}\n"
+        "logging: {format: json}\n"
+    )
+    (home / "bots.yaml").write_text(
+        "bots:\n  - name: ada\n    persona: hi\n    provider: template\n    model: t\n"
+        "    picker: similar\n    account: {handle: ada.test}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTSKY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "botsky", "run", "-c", "botsky.yaml"],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def _answered(home: Path) -> list[str]:
+    """The posts the dry-run poster answered, in order."""
+    lines = (home / "data" / "dry_run_posts.jsonl").read_bytes().splitlines()
+    return [orjson.loads(line)["parent"] for line in lines]
+
+
+def test_a_full_disk_stops_botsky_run_with_one_line_and_a_restart_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The ledger's disk fills up mid-run: `botsky run` stops in order and exits 1 with one
+    line naming the file (no traceback); with space freed, a second run answers exactly the
+    posts an undisturbed run answers, each once."""
+    from botsky.events import event_to_jetstream
+    from botsky.testing import identity, post
+
+    events = [
+        identity("did:plc:bob", T0, "bob.test"),
+        post("did:plc:bob", T0 + 1, "sourdough bread baking all day, starter and crumb"),
+    ]
+    events += [
+        post(f"did:plc:asker{i}", T0 + 10 + i, f"any sourdough bread tips? {'question ' * 40}{i}")
+        for i in range(400)
+    ]
+    data = b"\n".join(map(event_to_jetstream, events)) + b"\n"
+    calm, faulty = tmp_path / "calm", tmp_path / "faulty"
+    for home in (calm, faulty):
+        home.mkdir()
+        (home / "events.jsonl").write_bytes(data)
+    reference = _run_botsky(calm, "sqlite")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = _answered(calm)
+    with _tmpfs(tmp_path / "mnt", "1m") as mnt:
+        path = mnt / "ledger.sqlite3"
+        first = _run_botsky(faulty, f"sqlite://{path}")
+        assert first.returncode == 1, first.stderr[-3000:]
+        lines = first.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in first.stderr
+        assert lines[0].startswith(f"botsky: {path}: ") and "full" in lines[0]
+        assert 0 < len(_answered(faulty)) < len(expected)  # it really stopped mid-run
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        second = _run_botsky(faulty, f"sqlite://{path}")
+        assert second.returncode == 0, second.stderr[-3000:]
+        answered = _answered(faulty)
+        assert len(answered) == len(set(answered)) and set(answered) == set(expected)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            statuses = dict(conn.execute("SELECT status, count(*) FROM claims GROUP BY 1"))
+            mentioned = conn.execute("SELECT count(*) FROM mentions").fetchone()[0]
+        assert statuses == {"posted": len(expected)} and mentioned == len(expected)

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from botsky.app import App, build_app
 from botsky.configload import load_config, resolve_secrets
 from botsky.errors import ConfigError
 from botsky.events import Event, event_to_jetstream
 from botsky.metrics import Metrics
+from botsky.runtime import App
 from botsky.scoring import score, scores_json
 from botsky.sources.base import SourceStats
 from botsky.testing import (
@@ -30,6 +30,7 @@ from botsky.testing import (
     post,
 )
 from botsky.web import WebServer, bsky_url, serve
+from botsky.wiring import build_app
 from tests.conftest import MIN, T0
 
 USERS = {

@@ -26,8 +26,9 @@ import click
 import httpx
 import orjson
 
+from botsky.cliutil import config_option, or_exit
 from botsky.config import FeedConfig, Settings
-from botsky.errors import BotskyError, ConfigError
+from botsky.errors import BotskyError
 from botsky.syntax import is_valid_at_uri
 
 __all__ = ["build_record", "feed", "record_problems"]
@@ -39,14 +40,7 @@ _CONTENT_MODES = {
 }
 _APPVIEW_TIMEOUT_S = 10.0  # how long the AppView waits for a feed skeleton
 
-_config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="botsky.yaml to read (default: configs/botsky.yaml in the working directory).",
-)
+_config_option = config_option()
 _pds_option = click.option(
     "--pds",
     "pds_url",
@@ -100,10 +94,7 @@ def record_problems(record: object, cfg: FeedConfig) -> list[str]:
 def _settings(config_path: Path | None) -> tuple[Settings, Path]:
     from botsky.configload import load_config
 
-    try:
-        loaded = load_config(config_path)
-    except ConfigError as exc:
-        _fail(exc.problems)
+    loaded = or_exit(load_config, config_path)
     st = loaded.settings
     problems = []
     if st.feed.service_did is None:
@@ -122,9 +113,9 @@ def _fail(lines: list[str]) -> Any:
 
 
 def _session(st: Settings, base: Path, pds_url: str | None) -> Any:
-    from botsky.atposter import BotSession
     from botsky.configload import account_password
-    from botsky.logs import configure_logging
+    from botsky.logs import configure_logging, register_secret
+    from botsky.posting.atproto import BotSession
 
     # The command's answer is stdout; the session's log lines (logins) go to stderr.
     configure_logging(level=st.logging.level, fmt=st.logging.format, stream=sys.stderr)
@@ -133,10 +124,8 @@ def _session(st: Settings, base: Path, pds_url: str | None) -> Any:
     assert account is not None
     if account.password_file is not None and not account.password_file.is_absolute():
         account = account.model_copy(update={"password_file": base / account.password_file})
-    try:
-        password = account_password(account, "feed.publisher")
-    except ConfigError as exc:
-        _fail(exc.problems)
+    password = or_exit(account_password, account, "feed.publisher")
+    register_secret(password.get_secret_value())  # never in a log line
     return BotSession(
         bot="feed-publisher",
         handle=account.handle,
@@ -443,10 +432,7 @@ def scores_cmd(config_path: Path | None, as_json: bool) -> None:
     from botsky.configload import load_config
     from botsky.feed.scores import feed_scores, feed_scores_json, render_feed
 
-    try:
-        st = load_config(config_path).settings
-    except ConfigError as exc:
-        _fail(exc.problems)
+    st = or_exit(load_config, config_path).settings
     try:
         counts = asyncio.run(arm_counts(st))
     except BotskyError as exc:

@@ -17,9 +17,9 @@ they are older than the retention; counts and joined engagement stay.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, cast, runtime_checkable
 
 __all__ = [
     "ENGAGEMENT_KINDS",
@@ -32,6 +32,7 @@ __all__ = [
     "FeedPage",
     "FeedSession",
     "Interaction",
+    "RetryingFeedMixin",
     "event_column",
 ]
 
@@ -152,7 +153,9 @@ class FeedLedger(Protocol):
         """Exposures per mention id among those served at or after ``since_us``."""
 
     async def record_feed_pages(self, pages: Sequence[tuple[FeedPage, Sequence[Exposure]]]) -> None:
-        """Store pages and their exposures, all in one transaction (a group commit)."""
+        """Store pages and their exposures, all in one transaction (a group commit).
+
+        Idempotent: a page whose ``req_id`` is stored already is left as it is."""
 
     async def feed_session(self, session_id: str) -> FeedSession | None:
         """The session's viewer and served mentions, or None if no page of it is stored."""
@@ -162,7 +165,9 @@ class FeedLedger(Protocol):
     ) -> int:
         """Log the interactions and apply them to ``viewer``'s exposures; returns how many
         exposures changed. An interaction with a ``req_id`` touches that page's exposure of
-        the item; one without, the viewer's latest exposure of it served by ``time_us``."""
+        the item; one without, the viewer's latest exposure of it served by ``time_us``.
+        A retry changes no exposure twice (each column is set once); the raw log may then
+        hold the interactions twice."""
 
     async def mark_feed_engagement(
         self, item_uri: str, viewer: str, kind: str, time_us: int, window_us: int
@@ -190,13 +195,14 @@ CANDIDATES = """
     FROM mentions WHERE id > ? AND created_us >= ? ORDER BY id"""
 IMPRESSIONS = """
     SELECT mention_id, COUNT(*) FROM feed_exposures WHERE served_us >= ? GROUP BY mention_id"""
+# Keyed by reqId (and position): a retried write after a lost commit acknowledgement is a no-op.
 INSERT_PAGE = """
     INSERT INTO feed_pages (req_id, session_id, viewer, first_slot, items, served_us)
-    VALUES (?, ?, ?, ?, ?, ?)"""
+    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (req_id) DO NOTHING"""
 INSERT_EXPOSURE = """
     INSERT INTO feed_exposures
         (req_id, mention_id, item_uri, arm, viewer, pos, slot, served_us)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (req_id, pos) DO NOTHING"""
 SESSION_PAGES = "SELECT viewer FROM feed_pages WHERE session_id = ? LIMIT 1"
 SESSION_ITEMS = """
     SELECT e.mention_id FROM feed_exposures e JOIN feed_pages p ON p.req_id = e.req_id
@@ -302,3 +308,55 @@ def interaction_steps(
         apply_latest(column, mark_seen=column != "seen_us"),
         (time_us, *extra, i.item_uri, viewer, *window),
     )
+
+
+class RetryingFeedMixin:
+    """The feed's methods for ``RetryingLedger``: each call retried like the others."""
+
+    _retry: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+    @property
+    def _feed(self) -> FeedLedger:
+        # The host's ``inner`` ledger: both backends implement FeedLedger.
+        return cast(FeedLedger, self.inner)  # type: ignore[attr-defined]
+
+    async def feed_candidates(self, after_id: int, since_us: int) -> list[FeedCandidate]:
+        return await self._retry(
+            "feed_candidates", lambda: self._feed.feed_candidates(after_id, since_us)
+        )
+
+    async def feed_impressions(self, since_us: int) -> dict[int, int]:
+        return await self._retry("feed_impressions", lambda: self._feed.feed_impressions(since_us))
+
+    async def record_feed_pages(self, pages: Sequence[tuple[FeedPage, Sequence[Exposure]]]) -> None:
+        await self._retry("record_feed_pages", lambda: self._feed.record_feed_pages(pages))
+
+    async def feed_session(self, session_id: str) -> FeedSession | None:
+        return await self._retry("feed_session", lambda: self._feed.feed_session(session_id))
+
+    async def record_feed_interactions(
+        self, viewer: str, interactions: Sequence[Interaction], time_us: int
+    ) -> int:
+        return await self._retry(
+            "record_feed_interactions",
+            lambda: self._feed.record_feed_interactions(viewer, interactions, time_us),
+        )
+
+    async def mark_feed_engagement(
+        self, item_uri: str, viewer: str, kind: str, time_us: int, window_us: int
+    ) -> bool:
+        return await self._retry(
+            "mark_feed_engagement",
+            lambda: self._feed.mark_feed_engagement(item_uri, viewer, kind, time_us, window_us),
+        )
+
+    async def purge_feed_viewers(self, before_us: int) -> int:
+        return await self._retry(
+            "purge_feed_viewers", lambda: self._feed.purge_feed_viewers(before_us)
+        )
+
+    async def feed_arm_counts(self, since_us: int | None = None) -> list[ArmCounts]:
+        return await self._retry("feed_arm_counts", lambda: self._feed.feed_arm_counts(since_us))
+
+    async def feed_exposures(self, req_id: str | None = None) -> list[ExposureRow]:
+        return await self._retry("feed_exposures", lambda: self._feed.feed_exposures(req_id))

@@ -10,7 +10,7 @@ inside it is defanged (``<`` becomes ``‹``), so a post saying ``</post> ignore
 instructions`` stays inside its block. The system prompt tells the model that those blocks are
 data. This cannot make injection impossible, which is why ``compose`` still checks the mention
 against the candidate set: nothing a post says can widen it, and why ``write_reply`` refuses an
-answer that repeats the system prompt or holds a registered secret (``botsky.logs``).
+answer that repeats the system prompt or holds a secret of the process (its ``SecretGuard``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from botsky.errors import DraftRejected
 from botsky.llm.base import Model, Usage
-from botsky.logs import contains_secret
+from botsky.secretguard import SecretGuard
 
 __all__ = [
     "REPLY_SCHEMA",
@@ -204,11 +204,12 @@ def _field(data: dict[str, Any], key: str) -> str:
     return value.strip()
 
 
-async def write_reply(model: Model, req: ReplyRequest) -> Draft:
+async def write_reply(model: Model, req: ReplyRequest, *, guard: SecretGuard) -> Draft:
     """Ask ``model`` for a reply to ``req``; return it stripped, or raise ``DraftRejected``.
 
-    Membership of the mention in the candidates and the length limits are ``compose``'s job.
-    When ``req.chosen`` is set the mention must be that handle (case-insensitively).
+    A reply holding one of ``guard``'s secrets is refused (``leaked_secret``). Membership of
+    the mention in the candidates and the length limits are ``compose``'s job. When
+    ``req.chosen`` is set the mention must be that handle (case-insensitively).
     """
     # Imported here: template.py builds on this module's types.
     from botsky.llm.template import TemplateWriter
@@ -224,7 +225,7 @@ async def write_reply(model: Model, req: ReplyRequest) -> Draft:
         schema_name=REPLY_SCHEMA_NAME,
     )
     reply = _field(completion.data, "reply")
-    if contains_secret(reply):
+    if guard.leaks(reply):
         # Never quoted in the rejection: the detail may be logged.
         raise DraftRejected("leaked_secret", "the reply holds a configured secret")
     if _echoes(reply, system):

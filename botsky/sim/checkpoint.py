@@ -29,7 +29,7 @@ from botsky.errors import ConfigError
 from botsky.sim.world import World
 
 if TYPE_CHECKING:
-    from botsky.app import App
+    from botsky.runtime import App
 
 __all__ = [
     "VERSION",

@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from botsky.errors import BotskyError, ConfigError
+from botsky.cliutil import config_option, load_or_exit
+from botsky.errors import BotskyError
 
 if TYPE_CHECKING:  # the CLI imports the app only when a command runs
-    from botsky.app import App
+    from botsky.runtime import App
     from botsky.sim.run import SimResult
 
 __all__ = ["DEFAULT_SIM_CONFIG", "simulate_cmd"]
@@ -32,14 +33,7 @@ DEFAULT_SIM_CONFIG = Path("configs/sim.yaml")
 
 
 @click.command("simulate")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The simulation's botsky.yaml (default: configs/sim.yaml in the working directory).",
-)
+@config_option(str(DEFAULT_SIM_CONFIG))
 @click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True)
 @click.option("--users", type=click.IntRange(2, 1_000_000), default=300, show_default=True)
 @click.option(
@@ -90,22 +84,12 @@ def simulate_cmd(
     port: int | None,
 ) -> None:
     """Simulate a social network and score the bot army against its ground truth."""
-    from botsky.app import freeze_startup_heap
-    from botsky.configload import load_config, resolve_secrets
-    from botsky.logs import configure_logging, register_secret
+    from botsky.logs import configure_logging
     from botsky.sim.run import simulate
     from botsky.sim.world import World
+    from botsky.wiring import freeze_startup_heap
 
-    try:
-        loaded = load_config(config_path or DEFAULT_SIM_CONFIG)
-        secrets = resolve_secrets(loaded, live=False)
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(1)
-    for bot_secrets in secrets.values():
-        if bot_secrets.api_key is not None:
-            register_secret(bot_secrets.api_key.get_secret_value())
+    loaded, secrets = load_or_exit(config_path or DEFAULT_SIM_CONFIG, live=False)
     st = loaded.settings
     st.data_dir.mkdir(parents=True, exist_ok=True)
     if serve:

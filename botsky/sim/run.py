@@ -1,4 +1,4 @@
-"""``simulate``: the production pipeline (``app.build_app``) driven by a simulated world.
+"""``simulate``: the production pipeline (``wiring.build_app``) driven by a simulated world.
 
 The world is both the app's source and its poster; dispatch runs in lockstep so that every bot
 reply is in the world before the next event is generated, and one seed gives one history: the
@@ -17,7 +17,6 @@ from typing import IO, Any
 
 import structlog
 
-from botsky.app import App, RunSummary, build_app, build_bots
 from botsky.army import Army
 from botsky.config import SourceConfig
 from botsky.configload import LoadedConfig, Secrets
@@ -26,6 +25,7 @@ from botsky.events import Event, event_to_jetstream
 from botsky.ledger import open_ledger
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm.base import Model
+from botsky.runtime import App, RunSummary
 from botsky.scoring import Score, score
 from botsky.sim.checkpoint import (
     load_checkpoint,
@@ -36,6 +36,7 @@ from botsky.sim.checkpoint import (
 from botsky.sim.engines import Engine, LLMEngine, StochasticEngine
 from botsky.sim.world import Truth, World, WorldConfig
 from botsky.sources.base import SourceStats
+from botsky.wiring import build_app, build_bots
 
 __all__ = ["CHECKPOINT_FILE", "SimResult", "simulate"]
 

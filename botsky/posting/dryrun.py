@@ -1,104 +1,22 @@
-"""Posters publish a bot's reply. This module holds the contract and the dry-run poster.
-
-The live atproto poster (sessions, write budgets, 429 handling) is its own backend; the
-simulation's world is a poster too, so the pipeline under test is the production pipeline.
-
-Every reply carries a record key chosen before posting (a TID derived from the claim), so
-posting is idempotent: after a crash between the post call and the ledger write, ``lookup``
-finds the reply under that key in the bot's repo, or learns that it was never posted.
-"""
+"""The dry-run poster: logs what it would post and keeps the replies in a JSONL "repo"."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO
 
 import orjson
 import structlog
 
 from botsky.errors import PostError
 from botsky.events import POST, at_uri
+from botsky.posting.base import Posted, ReplyPost, reply_rkey
 
-__all__ = ["DryRunPoster", "Posted", "Poster", "ReplyPost", "StrongRef", "reply_rkey"]
+__all__ = ["DryRunPoster"]
 
 log = structlog.get_logger("botsky.posting")
-
-_B32 = "234567abcdefghijklmnopqrstuvwxyz"
-
-
-def reply_rkey(time_us: int, key: str) -> str:
-    """A TID record key for one bot's reply to one post, chosen before posting.
-
-    ``time_us`` is the answered post's own time and ``key`` names the bot and the post: the
-    timestamp keeps its millisecond, the sub-millisecond part (1000 values) and the 10-bit
-    clock id come from a hash of ``key``. Distinct replies then collide only if their posts
-    share a millisecond *and* 20 hash bits; stream time would not do, since a replay or a
-    takeover answers hundreds of posts at one frozen stream time.
-    """
-    h = hashlib.sha256(key.encode()).digest()
-    micros = (time_us // 1000) * 1000 + int.from_bytes(h[:2], "big") % 1000
-    n = (micros << 10) | (int.from_bytes(h[2:4], "big") & 0x3FF)
-    return "".join(_B32[(n >> (5 * i)) & 31] for i in range(12, -1, -1))
-
-
-@dataclass(frozen=True, slots=True)
-class StrongRef:
-    uri: str
-    cid: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyPost:
-    """A reply ready to publish: text, facets and thread refs are final."""
-
-    bot: str  # the bot's name in bots.yaml
-    bot_did: str
-    text: str
-    facets: list[dict[str, Any]]
-    langs: list[str]
-    root: StrongRef
-    parent: StrongRef
-    created_at: str  # RFC 3339, in the stream's clock
-    rkey: str = ""  # chosen before posting (see reply_rkey); empty lets the PDS choose
-
-    def record(self) -> dict[str, Any]:
-        """The ``app.bsky.feed.post`` record this reply becomes."""
-        rec: dict[str, Any] = {
-            "$type": POST,
-            "text": self.text,
-            "createdAt": self.created_at,
-            "reply": {
-                "root": {"uri": self.root.uri, "cid": self.root.cid},
-                "parent": {"uri": self.parent.uri, "cid": self.parent.cid},
-            },
-        }
-        if self.facets:
-            rec["facets"] = self.facets
-        if self.langs:
-            rec["langs"] = self.langs
-        return rec
-
-
-@dataclass(frozen=True, slots=True)
-class Posted:
-    """Where the reply landed."""
-
-    uri: str
-    cid: str
-
-
-@runtime_checkable
-class Poster(Protocol):
-    async def reply(self, post: ReplyPost) -> Posted:
-        """Publish ``post``; raise ``PostRateLimited`` (retry later) or ``PostError`` (give up)."""
-
-    async def lookup(self, bot_did: str, rkey: str, parent_uri: str) -> Posted | None:
-        """The reply stored under ``rkey`` in the bot's repo if it answers ``parent_uri``."""
-
-    async def aclose(self) -> None: ...
 
 
 class DryRunPoster:

@@ -1,29 +1,13 @@
-"""Identity: DID → handle, for the ``@handle`` text of a mention.
-
-A mention is only offered for a DID whose handle is known, because the reply text must show a
-handle that resolves to exactly that DID. ``MemoryIdentity`` learns handles from ``#identity``
-events and from configuration; the network resolver (PLC / DNS, verified both ways) is another
-implementation of the same Protocol.
-"""
+"""Identity in memory: handles from ``#identity`` events and configuration, never resolved."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
 
 from botsky.events import Event
 from botsky.syntax import is_valid_handle
 
-__all__ = ["Identity", "MemoryIdentity"]
-
-
-@runtime_checkable
-class Identity(Protocol):
-    def handle(self, did: str) -> str | None:
-        """The verified handle of ``did``, or None if unknown."""
-
-    def observe(self, event: Event) -> None:
-        """Learn from identity events."""
+__all__ = ["MemoryIdentity"]
 
 
 class MemoryIdentity:
@@ -52,3 +36,9 @@ class MemoryIdentity:
         # An identity event without a handle means "re-resolve"; we cannot, so forget it.
         if event.kind == "identity":
             self.set(event.did, event.handle)
+
+    async def run(self) -> None:
+        """Nothing to resolve in the background."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

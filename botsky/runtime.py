@@ -1,0 +1,403 @@
+"""The runtime: one botsky process, from its first event to its run summary.
+
+``App.run`` reads the source, routes each event to its sinks (identity, consent, presence,
+outcomes, the selector), lets the dispatch workers answer queued posts, saves the cursor every
+``cursor_every`` events and at exit, logs scores every ``score_interval_s`` seconds and at
+shutdown, and returns a summary. Every long-running task (reader, dispatch workers, scorer,
+identity resolution, partition rebalancing) runs in one ``asyncio.TaskGroup``, so none outlives
+the run. The components are built by ``botsky.wiring``; this module never reads ``Settings``.
+
+Shutdown: the source ends (a finite source: queued posts are answered unless
+``drain_on_eof`` is off) or a stop is requested (queued posts are dropped; replies in flight get
+``shutdown_deadline_s``, then are cancelled and their claims settled on the next start). Either
+way the cursor is saved, scores are logged once more and the source is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter, deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from botsky.config import WebConfig
+from botsky.dispatch import Dispatcher, Selector
+from botsky.errors import FatalError, RetryableError, SkipError
+from botsky.events import Event, PostRef
+from botsky.identity import Identity
+from botsky.ledger import Ledger
+from botsky.llm.base import Model
+from botsky.metrics import Metrics
+from botsky.outcomes import OutcomeWatcher
+from botsky.partition import Partitions, SinglePartition
+from botsky.policy import AudiencePolicy
+from botsky.presence import Presence
+from botsky.scoring import score, score_log_fields
+from botsky.sources.base import Source
+from botsky.web import WebServer, serve
+
+if TYPE_CHECKING:
+    from botsky.feed import FeedService
+
+__all__ = ["App", "RunSummary"]
+
+log = structlog.get_logger("botsky.app")
+
+
+@dataclass
+class RunSummary:
+    """What one run did; printed at the end of a finite source and logged at shutdown."""
+
+    events: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_operation: Counter[str] = field(default_factory=Counter)
+    by_collection: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0
+    skip_reasons: Counter[str] = field(default_factory=Counter)
+    selector: Counter[str] = field(default_factory=Counter)
+    dispatch: Counter[str] = field(default_factory=Counter)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    opt_outs: int = 0
+    cursor: int | None = None
+    interrupted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "by_kind": dict(self.by_kind),
+            "by_operation": dict(self.by_operation),
+            "by_collection": dict(self.by_collection),
+            "skipped": self.skipped,
+            "skip_reasons": dict(self.skip_reasons),
+            "selector": dict(self.selector),
+            "dispatch": dict(self.dispatch),
+            "outcomes": dict(self.outcomes),
+            "opt_outs": self.opt_outs,
+            "cursor": self.cursor,
+            "interrupted": self.interrupted,
+        }
+
+
+class App:
+    """One botsky process: a source, its sinks and the dispatch workers."""
+
+    def __init__(
+        self,
+        *,
+        source: Source,
+        ledger: Ledger,
+        presence: Presence,
+        identity: Identity,
+        policy: AudiencePolicy,
+        outcomes: OutcomeWatcher,
+        selector: Selector | None,
+        dispatcher: Dispatcher | None,
+        cursor_name: str,
+        cursor_every: int = 100,
+        score_interval_s: float = 60.0,
+        drain_on_eof: bool = True,
+        lockstep: bool = False,
+        shutdown_deadline_s: float = 30.0,
+        models: tuple[Model, ...] = (),
+        metrics: Metrics | None = None,
+        web: WebConfig | None = None,
+        partitions: Partitions | None = None,
+        handover_buffer: int = 10_000,
+        feed: FeedService | None = None,
+    ) -> None:
+        self.source = source
+        self.ledger = ledger
+        self.presence = presence
+        self.identity = identity
+        self.policy = policy
+        self.outcomes = outcomes
+        self.selector = selector
+        self.dispatcher = dispatcher
+        self.cursor_name = cursor_name
+        self.cursor_every = cursor_every
+        self.score_interval_s = score_interval_s
+        self.drain_on_eof = drain_on_eof
+        self.lockstep = lockstep
+        self.shutdown_deadline_s = shutdown_deadline_s
+        self._stop = asyncio.Event()
+        self.models = models
+        self.metrics = metrics or Metrics()
+        self.web = web
+        self.web_server: WebServer | None = None
+        self.keep_serving = False  # `simulate --serve` keeps the page up after the run
+        self.partitions: Partitions = partitions or SinglePartition()
+        # Eligible posts of partitions owned elsewhere, to answer if this replica takes over.
+        self._handover: deque[tuple[Event, PostRef]] = deque(maxlen=handover_buffer or None)
+        self.partitions.on_acquire = self._took_over
+        self.summary = RunSummary()
+        self._cursor: int | None = None
+        self._failure: Exception | None = None  # what ended a task of the run, re-raised
+        self.feed = feed  # the fair-exposure feed (botsky.feed), served by the web app
+
+    async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
+        """Run until the source ends or ``stop`` is set; always saves the cursor and scores.
+
+        An exception that ends one of the run's tasks (the reader, the workers, the scorer,
+        identity resolution) stops the run in order, like a stop request, and is raised here
+        once the cursor is saved and the summary logged.
+        """
+        stop = self._stop = stop or asyncio.Event()
+        self._failure = None
+        # The web server (with the feed it serves, and the feed's refresh loop) is outside the
+        # group: `simulate --serve` keeps the page up after the run; ``aclose`` stops both.
+        if self.feed is not None:
+            await self.feed.start()
+        if self.web is not None and self.web.enabled:
+            self.web_server = await serve(
+                self,
+                host=self.web.host,
+                port=self.web.port,
+                token=self.web.token,
+                metrics=self.metrics,
+                feed=self.feed,
+            )
+            log.info("web_started", url=self.web_server.url)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                services: list[asyncio.Task[None]] = []
+                try:
+                    await self._run_tasks(tg, stop, services)
+                except Exception as exc:
+                    # Raised below, not from the group: it would wrap it in an ExceptionGroup.
+                    self._fail(exc)
+                finally:
+                    for task in services:  # they run until cancelled
+                        task.cancel()
+        finally:
+            if self.web_server is not None and not self.keep_serving:
+                await self.web_server.stop()
+        if self._failure is not None:
+            raise self._failure
+        return self.summary
+
+    async def _run_tasks(
+        self, tg: asyncio.TaskGroup, stop: asyncio.Event, services: list[asyncio.Task[None]]
+    ) -> None:
+        services.append(tg.create_task(self._guard(self.identity.run()), name="identity"))
+        loaded = await self.outcomes.load()
+        await self.partitions.start()
+        services.append(tg.create_task(self._guard(self.partitions.run()), name="partitions"))
+        recovered = await self.dispatcher.recover(self._recoverable) if self.dispatcher else {}
+        log.info(
+            "app_started",
+            source=self.source.name,
+            open_mentions=loaded,
+            recovered_claims=dict(recovered),
+        )
+        workers = (
+            tg.create_task(self._guard(self.dispatcher.run()), name="dispatch")
+            if self.dispatcher
+            else None
+        )
+        scorer = tg.create_task(self._guard(self._score_loop()), name="scorer")
+        reader = tg.create_task(self._guard(self._read()), name="reader")
+        stopper = tg.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            self.summary.interrupted = not reader.done() or self._failure is not None
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        finally:
+            stopper.cancel()
+            await self._finish(workers, scorer)
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one of the run's tasks; if it fails, stop the run in order (``run`` raises the
+        error after the shutdown)."""
+        try:
+            await work
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        # A task group (the dispatch workers') raises a group: the process reports its cause.
+        while isinstance(exc, ExceptionGroup):
+            exc = exc.exceptions[0]
+        if self._failure is None:
+            self._failure = exc
+            log.error("run_stopping", error=f"{type(exc).__name__}: {exc}")
+        self._stop.set()
+
+    async def aclose(self) -> None:
+        """Stop the web server and the feed, close the models, the poster, identity and the
+        ledger."""
+        if self.web_server is not None:
+            await self.web_server.stop()
+        if self.feed is not None:
+            await self.feed.stop()
+        for model in self.models:
+            await model.aclose()
+        if self.dispatcher is not None:
+            await self.dispatcher.poster.aclose()
+        await self.identity.aclose()
+        await self.ledger.close()
+
+    async def _read(self) -> None:
+        async for event in self.source:
+            await self.route(event)
+            self._cursor = event.cursor
+            if self.summary.events % self.cursor_every == 0:
+                await self.ledger.save_cursor(self.cursor_name, event.cursor)
+
+    async def route(self, event: Event) -> None:
+        """Hand one event to every sink. One bad event is skipped and counted, never fatal to
+        the stream; a ``FatalError`` is raised (it stops the run)."""
+        s = self.summary
+        s.events += 1
+        s.by_kind[event.kind] += 1
+        if event.kind == "commit":
+            s.by_operation[event.operation or ""] += 1
+            s.by_collection[event.collection or ""] += 1
+        try:
+            self.identity.observe(event)
+            opt_out = self.policy.observe(event)
+            if opt_out is not None:
+                s.opt_outs += 1
+                await self.ledger.add_opt_out(opt_out.did, opt_out.reason, event.time_us)
+                log.info("opted_out", did=opt_out.did, reason=opt_out.reason)
+            self.presence.observe(event)
+            await self.outcomes.observe(event)
+            if self.feed is not None:
+                self.feed.observe(event)
+            if self.selector is not None and self.dispatcher is not None and event.is_post_create:
+                post = event.post
+                reason = self.selector.reason(event, post)
+                if reason is None and not self.partitions.owns(event.uri):
+                    reason = "other_replica"
+                    self._handover.append((event, post))
+                if reason is None and self.lockstep:
+                    # Replays wait for their work anyway, so they wait for room too: a
+                    # takeover's re-offers must not crowd a fresh post out of the queue.
+                    await self.dispatcher.put(event, post)
+                    self.selector.accepted(event)
+                    await self.dispatcher.wait_idle()
+                elif reason is None and self.dispatcher.offer(event, post):
+                    self.selector.accepted(event)
+                s.selector[reason or "queued"] += 1
+        except FatalError:
+            raise  # stops the run (see botsky.errors)
+        except (SkipError, RetryableError) as exc:
+            s.skip_reasons["route_skipped"] += 1
+            log.warning("route_skipped", uri=_where(event), outcome=exc.outcome, error=str(exc))
+        except Exception:
+            # A bug: isolated to this event, counted, logged with its traceback.
+            s.skip_reasons["route_error"] += 1
+            log.exception("route_failed", uri=_where(event))
+
+    def _recoverable(self, post_uri: str, intent: dict[str, Any] | None) -> bool:
+        """Which crashed claims this process settles: all of them when it runs alone; with
+        replicas, those of dead replicas in partitions it owns (never a live one's in-flight
+        claim, and never the same claim as another survivor)."""
+        if self.partitions.single:
+            return True
+        replica = (intent or {}).get("replica")
+        return self.partitions.owns(post_uri) and replica not in self.partitions.alive()
+
+    async def _took_over(self, taken: frozenset[int]) -> None:
+        """A rebalance gave us partitions: answer what we skipped for them, settle the
+        claims their previous owner left half-done."""
+        part = self.partitions.partition
+        # Split the buffer before awaiting anything: the reader keeps appending to it.
+        mine = [(e, p) for e, p in self._handover if part(e.uri) in taken]
+        self._handover = deque(
+            ((e, p) for e, p in self._handover if part(e.uri) not in taken),
+            maxlen=self._handover.maxlen,
+        )
+        offered = 0
+        if self.dispatcher is not None:
+            for event, post in mine:
+                await self.dispatcher.put(event, post)
+                offered += 1
+        # The previous owner's open mentions: watch them for outcomes from now on.
+        for m in await self.ledger.open_mentions():
+            if part(m.post_uri) in taken:
+                self.outcomes.track(m)
+        if self.dispatcher is not None:
+            recovered = await self.dispatcher.recover(self._recoverable)
+            if offered or recovered:
+                log.info("handover", offered=offered, recovered=dict(recovered))
+
+    async def _finish(self, workers: asyncio.Task[None] | None, scorer: asyncio.Task[None]) -> None:
+        # A finite source ended: make sure what was buffered for other owners has one (the
+        # session may have been lost, or the others may have finished first).
+        if not self.summary.interrupted:
+            await self.partitions.settle()
+        # Leave the group first, so no takeover queues work behind the workers' stop markers.
+        await self.partitions.stop()
+        if self.dispatcher is not None and workers is not None:
+            if self.summary.interrupted or not self.drain_on_eof:
+                dropped = self.dispatcher.discard_pending()
+                if dropped:
+                    log.info("pending_posts_dropped", count=dropped)
+            await self.dispatcher.close()
+            # Draining waits for the workers, until a stop request comes (before or during the
+            # drain): then queued posts are dropped and replies in flight get the deadline;
+            # past it they are cancelled (a claim left 'posting' is settled on the next start).
+            stopping = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({workers, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not workers.done():
+                self.summary.interrupted = True
+                self.dispatcher.discard_pending()
+                try:
+                    await asyncio.wait_for(asyncio.shield(workers), self.shutdown_deadline_s)
+                except TimeoutError:
+                    log.warning("shutdown_deadline_passed", deadline_s=self.shutdown_deadline_s)
+                    workers.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await workers
+            self.summary.dispatch = self.dispatcher.counts
+        scorer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scorer
+        try:
+            await self.outcomes.expire(self.presence.now_us)
+            if self._cursor is not None:
+                await self.ledger.save_cursor(self.cursor_name, self._cursor)
+            await self.log_scores()
+        except Exception as exc:
+            # The ledger may be what stopped the run (a full disk): the summary is still
+            # logged and the source closed; the run raises the first error.
+            self._fail(exc)
+        finally:
+            self.summary.cursor = self._cursor
+            stats = self.source.stats
+            self.summary.skipped = stats.skipped
+            self.summary.skip_reasons.update(stats.skip_reasons)
+            self.summary.outcomes = dict(self.outcomes.counts)
+            log.info("run_summary", **self.summary.as_dict())
+            await self.source.aclose()
+
+    async def _score_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.score_interval_s)
+            try:
+                await self.outcomes.expire(self.presence.now_us)
+                await self.log_scores()
+            except FatalError:
+                raise
+            except (SkipError, RetryableError) as exc:
+                log.warning("scoring_skipped", outcome=exc.outcome, error=str(exc))
+            except Exception:
+                log.exception("scoring_failed")  # a bug: this round only, the next one runs
+
+    async def log_scores(self) -> None:
+        """One ``recommender_score`` line per model."""
+        rows = score(await self.ledger.mentions(), await self.ledger.outcomes(), by="model")
+        for s in rows:
+            fields = score_log_fields(s)
+            log.info(fields.pop("event"), **fields)
+
+
+def _where(event: Event) -> str:
+    return event.uri if event.kind == "commit" else event.did

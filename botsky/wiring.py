@@ -1,0 +1,322 @@
+"""The composition root: build botsky from the loaded configuration.
+
+This is the only module (with the CLI commands) that reads ``Settings``; every component takes
+plain arguments. ``build_app`` opens the ledger, the partitions, the poster and identity and
+hands them to an ``App`` (``botsky.runtime``), which runs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import random
+import time
+from collections.abc import Container
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import structlog
+from pydantic import SecretStr
+
+from botsky.army import Army, Bot
+from botsky.configload import LoadedConfig, Secrets
+from botsky.dispatch import ComposeRules, Dispatcher, Selector
+from botsky.errors import ConfigError
+from botsky.identity import Identity, MemoryIdentity, ResolvingIdentity
+from botsky.ledger import open_ledger
+from botsky.ledger.retry import RetryingLedger
+from botsky.llm import make_model
+from botsky.llm.base import Price
+from botsky.metrics import Metrics
+from botsky.outcomes import OutcomeWatcher
+from botsky.partition import Partitions, PgPartitions, SinglePartition
+from botsky.policy import AudiencePolicy, KillSwitch
+from botsky.posting import DryRunPoster, LiveAccount, Poster
+from botsky.presence import Presence
+from botsky.recommend import Recommender
+from botsky.runtime import App
+from botsky.secretguard import SecretGuard
+from botsky.sources import open_source
+from botsky.sources.base import Source
+
+__all__ = ["build_app", "build_bots", "freeze_startup_heap", "live_accounts", "secret_guard"]
+
+log = structlog.get_logger("botsky.app")
+
+
+def build_bots(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    *,
+    http_client: Any = None,
+    metrics: Metrics | None = None,
+) -> list[Bot]:
+    """Bots whose model can run: a bot without its API key is left out, with a warning."""
+    bots: list[Bot] = []
+    prices = loaded.settings.prices
+    for cfg in loaded.bots:
+        key = secrets[cfg.name].api_key if cfg.name in secrets else None
+        if cfg.default_key_env is not None and key is None:
+            log.warning("bot_disabled", bot=cfg.name, reason=f"{cfg.default_key_env} is not set")
+            continue
+        price_cfg = prices.get(cfg.model)
+        price = Price(price_cfg.input_per_mtok, price_cfg.output_per_mtok) if price_cfg else Price()
+        model = make_model(
+            cfg,
+            api_key=key.get_secret_value() if key else None,
+            price=price,
+            http_client=http_client,
+        )
+        if metrics is not None:
+            model = metrics.model(model)
+        # Dry-run bots may have no DID yet; did:web of the handle is valid and clearly not PLC.
+        did = cfg.account.did or f"did:web:{cfg.account.handle}"
+        bots.append(
+            Bot(
+                name=cfg.name,
+                persona=cfg.persona,
+                model=model,
+                picker=cfg.picker,
+                handle=cfg.account.handle,
+                did=did,
+                weight=cfg.weight,
+                languages=tuple(cfg.languages),
+            )
+        )
+    return bots
+
+
+def live_accounts(
+    loaded: LoadedConfig, secrets: Secrets, *, only: Container[str] | None = None
+) -> list[LiveAccount]:
+    """``(bot name, account, app password)`` of every bot (in ``only``) that has a password."""
+    accounts = []
+    for cfg in loaded.bots:
+        password = secrets[cfg.name].password if cfg.name in secrets else None
+        if password is not None and (only is None or cfg.name in only):
+            accounts.append((cfg.name, cfg.account, password))
+    return accounts
+
+
+def secret_guard(loaded: LoadedConfig, secrets: Secrets) -> SecretGuard:
+    """Every secret this process holds: the bots' API keys and app passwords, the web token,
+    and a password in the ledger URL. ``build_app`` guards replies with it; the CLI commands
+    register the same values for log redaction."""
+    st = loaded.settings
+    values: list[str | SecretStr | None]
+    values = [v for s in secrets.values() for v in (s.api_key, s.password)]
+    values += [st.web.token, urlsplit(st.ledger.url).password]
+    return SecretGuard(values)
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up allocated out of the garbage collector's full passes.
+
+    A process that has imported the SDKs (atproto's models, openai, anthropic, starlette) and
+    built the app holds ~280k container objects that live until exit; every full collection
+    walked them all, a 170 ms pause of the event loop (the reader, the websocket's pings) on
+    the benchmarks' machine, 0.0 ms once frozen. Called once per process by the CLI after
+    ``build_app``; not by ``build_app`` itself, because a frozen object is never collected, and
+    a process that builds many apps (the tests) would keep every one of them.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+async def build_app(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    *,
+    http_client: Any = None,
+    poster: Poster | None = None,
+    source: Source | None = None,
+    known_handles: dict[str, str] | None = None,
+    metrics: Metrics | None = None,
+) -> App:
+    """Wire every component from the loaded configuration; the ledger is opened here.
+
+    ``source`` and ``poster`` replace the configured ones (the simulation is both);
+    ``known_handles`` seeds the identity map (DID → handle); ``metrics`` is the registry the
+    models and the poster report to (a fresh one by default).
+    """
+    st = loaded.settings
+    st.data_dir.mkdir(parents=True, exist_ok=True)
+    # A lockstep run over a finite source waits on every post anyway: SQLite calls run on the
+    # loop's thread there (no hand-off per call); live sources keep the worker thread.
+    inline = st.dispatch.lockstep and st.source.kind in ("replay", "sim")
+    ledger = RetryingLedger(
+        open_ledger(st.ledger.url, st.data_dir, inline=inline),
+        deadline_s=st.ledger.retry_deadline_s,
+    )
+    await ledger.open()
+    rng = random.Random(st.seed)
+    cursor_name = source.name if source is not None else st.source.cursor_name
+    if source is None:
+        # Live sources always resume (they rewind a little themselves; work is idempotent);
+        # a replay is a fixed experiment and starts from the top unless asked to resume.
+        resume = st.source.resume or st.source.kind in ("jetstream", "relay")
+        after = await ledger.load_cursor(cursor_name) if resume else None
+        source = open_source(st.source, after_cursor=after)
+
+    is_pg = st.ledger.url.startswith(("postgres://", "postgresql://"))
+    partitioned = st.scale.partitioned if st.scale.partitioned is not None else is_pg
+    if partitioned and not is_pg:
+        raise ConfigError("scale.partitioned needs a PostgreSQL ledger (ledger.url)")
+    partitions: Partitions = (
+        PgPartitions(
+            st.ledger.url,
+            count=st.scale.partitions,
+            group=st.scale.group,
+            rebalance_s=st.scale.rebalance_s,
+            rng=random.Random(),  # member ids must differ between replicas, seed or not
+        )
+        if partitioned
+        else SinglePartition()
+    )
+    metrics = metrics or Metrics()
+    kill_switch = KillSwitch(file=st.posting.kill_switch_file, env=st.posting.kill_switch_env)
+    bots = build_bots(loaded, secrets, http_client=http_client, metrics=metrics)
+    if st.posting.mode == "live" and poster is None:
+        from botsky.posting import WriteBudget, open_live_poster
+
+        budget = WriteBudget(
+            points_per_hour=st.posting.points_per_hour,
+            points_per_day=st.posting.points_per_day,
+            headroom=st.posting.budget_headroom,
+            posts_per_minute=st.posting.posts_per_minute,
+            max_wait_s=st.posting.max_wait_s,
+            # Replicas share the bot accounts: each uses its share of their write budgets.
+            share=lambda: 1.0 / max(1, len(partitions.alive())),
+        )
+        poster = await open_live_poster(
+            pds_url=st.posting.pds_url,
+            accounts=live_accounts(loaded, secrets, only={b.name for b in bots}),
+            data_dir=st.data_dir,
+            budget=budget,
+            paused=kill_switch,
+        )
+        # Live bots are who their PDS says they are: the DID comes from the login.
+        bots = [dataclasses.replace(b, did=poster.did_of(b.name)) for b in bots]
+    known = {**(known_handles or {}), **{b.did: b.handle for b in bots}}
+    identity: Identity = (
+        ResolvingIdentity(
+            plc_url=st.identity.plc_url,
+            verify=st.identity.verify,
+            resolve_handle_url=st.identity.resolve_handle_url,
+            cache_ttl_s=st.identity.cache_ttl_s,
+            max_entries=st.identity.max_entries,
+            concurrency=st.identity.concurrency,
+            queue_size=st.identity.queue_size,
+            known=known,
+        )
+        if st.identity.resolve
+        else MemoryIdentity(known)
+    )
+    presence = Presence(
+        window_s=st.presence.window_s,
+        max_users=st.presence.max_users,
+        terms_per_user=st.presence.terms_per_user,
+        texts_per_user=st.presence.texts_per_user,
+    )
+    policy = AudiencePolicy(
+        mode=st.audience.mode,
+        bot_dids=[b.did for b in bots],
+        allow_list=st.audience.allow_list,
+        opted_out=await ledger.opt_outs(),
+        handle_of=identity.handle,
+        stop_phrases=st.audience.stop_phrases,
+        nobot_tag=st.audience.nobot_tag,
+        mentions_per_target_per_day=st.audience.mentions_per_target_per_day,
+        replies_per_author_per_day=st.audience.replies_per_author_per_day,
+        clock=lambda: presence.now_us,
+        kill_switch=kill_switch,
+    )
+    mentioned = await ledger.mentions()
+    for m in mentioned:  # the daily caps survive restarts (old mentions simply age out)
+        policy.note_reply(m.post_author, m.mentioned_did, m.created_us)
+    outcomes = OutcomeWatcher(ledger, window_s=st.outcomes.window_s)
+    selector = dispatcher = None
+    if bots:
+        army = Army(bots, random.Random(rng.random()))
+        recommender = Recommender(
+            presence,
+            identity,
+            top_k=st.recommend.top_k,
+            cooldown_s=st.recommend.cooldown_s,
+            require_shared_language=st.recommend.require_shared_language,
+            is_bot=army.is_bot,
+            may_mention=policy.may_mention,
+        )
+        for m in mentioned:
+            recommender.note_mentioned(m.mentioned_did, m.created_us)
+        selector = Selector(
+            is_bot=army.is_bot,
+            may_answer=policy.may_answer,
+            sample_rate=st.dispatch.sample_rate,
+            author_cooldown_s=st.dispatch.author_cooldown_s,
+            reply_to_bots=st.dispatch.reply_to_bots,
+            reply_to_replies=st.dispatch.reply_to_replies,
+            languages=tuple(st.dispatch.languages),
+            rng=random.Random(rng.random()),
+        )
+        dispatcher = Dispatcher(
+            army=army,
+            recommender=recommender,
+            presence=presence,
+            identity=identity,
+            ledger=ledger,
+            poster=metrics.poster(poster or DryRunPoster(st.data_dir / st.posting.dry_run_file)),
+            outcomes=outcomes,
+            rules=ComposeRules(
+                max_graphemes=st.compose.max_graphemes,
+                max_bytes=st.compose.max_bytes,
+                allow_links=st.compose.allow_links,
+                allow_other_mentions=st.compose.allow_other_mentions,
+            ),
+            queue_size=st.dispatch.queue_size,
+            workers=st.dispatch.workers,
+            rng=random.Random(rng.random()),
+            replica=partitions.member,
+            on_reply=policy.note_reply,
+            paused=policy.posting_paused,
+            guard=secret_guard(loaded, secrets),
+        )
+    else:
+        log.warning("no_bots_enabled", hint="set the bots' API key variables or add template bots")
+    feed = None
+    if st.feed.enabled:
+        from botsky.feed import open_feed
+        from botsky.feed.metrics import FeedCollector
+
+        feed = open_feed(
+            st.feed,
+            ledger=cast(Any, ledger),  # RetryingLedger passes the FeedLedger methods through
+            plc_url=st.identity.plc_url,
+            # The stream clock, like every other window; the wall clock before the first event.
+            clock=lambda: presence.now_us or time.time_ns() // 1000,
+            opted_out=policy.opted_out.__contains__,
+            score_interval_s=st.scoring.interval_s,
+        )
+        metrics.registry.register(FeedCollector(feed))
+    return App(
+        source=source,
+        ledger=ledger,
+        presence=presence,
+        identity=identity,
+        policy=policy,
+        outcomes=outcomes,
+        selector=selector,
+        dispatcher=dispatcher,
+        cursor_name=cursor_name,
+        cursor_every=st.cursor_every,
+        score_interval_s=st.scoring.interval_s,
+        drain_on_eof=st.dispatch.drain_on_eof,
+        lockstep=st.dispatch.lockstep,
+        shutdown_deadline_s=st.dispatch.shutdown_deadline_s,
+        models=tuple(b.model for b in bots),
+        metrics=metrics,
+        web=st.web,
+        partitions=partitions,
+        handover_buffer=st.scale.handover_buffer,
+        feed=feed,
+    )
