@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from botsky.feed.auth import DidKeys, ServiceAuth
+from botsky.feed.limits import RateLimiter
 from botsky.feed.metrics import FEED_METRIC_NAMES, FeedCollector
 from botsky.feed.service import GET_SKELETON, SEND_INTERACTIONS, FeedService
 from botsky.ledger.feed import SEEN_EVENT, FeedLedger, Interaction
@@ -46,6 +47,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[App, FeedService, str, S
                 clock=clock,
                 refresh_s=0,
                 service_endpoint="https://feed.example.test",
+                ip_limit=RateLimiter(0.001, 3),
             )
             await feed.start()
             metrics.registry.register(FeedCollector(feed))
@@ -110,6 +112,31 @@ async def test_page_and_metrics_show_per_seen_figures_without_viewers(
     for name in FEED_METRIC_NAMES:
         assert f"# TYPE {name} " in metrics, name
     assert "botsky_feed_impressions_served{arm=" in metrics
+
+
+async def test_per_ip_limits_see_the_address_a_local_proxy_forwards(
+    served: tuple[App, FeedService, str, Signer],
+) -> None:
+    """Behind a reverse proxy on the same machine, anonymous requests are limited by the
+    client address in X-Forwarded-For, not by the proxy's."""
+    _, _, url, _ = served
+    params = {"feed": FEED, "limit": 1}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        first = [
+            (
+                await http.get(
+                    f"/xrpc/{GET_SKELETON}",
+                    params=params,
+                    headers={"x-forwarded-for": "203.0.113.7"},
+                )
+            ).status_code
+            for _ in range(4)
+        ]
+        other = await http.get(
+            f"/xrpc/{GET_SKELETON}", params=params, headers={"x-forwarded-for": "203.0.113.8"}
+        )
+    assert first == [200, 200, 200, 429]
+    assert other.status_code == 200
 
 
 def test_the_web_socket_says_tcp_so_nagle_is_off() -> None:
