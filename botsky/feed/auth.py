@@ -132,7 +132,9 @@ class ServiceAuth:
         if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_BYTES:
             return Verdict(None, "malformed")
         try:
-            return await asyncio.wait_for(self._verify(token, lxm), self.timeout_s)
+            # asyncio.timeout, not wait_for: no task per request (a tenth of a page's CPU).
+            async with asyncio.timeout(self.timeout_s):
+                return await self._verify(token, lxm)
         except asyncio.CancelledError:
             raise
         except TimeoutError:

@@ -27,6 +27,7 @@ building is synchronous, so concurrent requests on one event loop never interlea
 from __future__ import annotations
 
 import base64
+import functools
 import heapq
 import struct
 from collections import Counter, deque
@@ -67,6 +68,7 @@ def _h(text: str, size: int = 8) -> bytes:
     return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).digest()
 
 
+@functools.lru_cache(maxsize=1024)
 def arm_token(arm: str) -> str:
     """A short stable token for an arm (what ``feedContext`` carries, not the arm's name)."""
     return _h(f"arm:{arm}", 4).hex()

@@ -347,7 +347,8 @@ class FeedService:
             await self._recall(parsed.session_id)
         built = self.page(verdict.viewer, parsed, n)
         try:
-            await asyncio.wait_for(self._pages.put(built.records()), self.record_timeout_s)
+            async with asyncio.timeout(self.record_timeout_s):  # no task, unlike wait_for
+                await self._pages.put(built.records())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
