@@ -155,7 +155,7 @@ def check_cmd(config_path: Path | None) -> None:
 @accounts.command("label")
 @_config_option
 def label_cmd(config_path: Path | None) -> None:
-    """Add the ``bot`` self-label to every bot's profile, keeping its other fields."""
+    """Add the "bot" self-label to every bot's profile, keeping its other fields."""
     sessions = _sessions(config_path)
 
     async def _main() -> tuple[list[AccountStatus], dict[str, str]]:

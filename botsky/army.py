@@ -7,9 +7,11 @@ between models are not explained by which posts they got.
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import structlog
 
@@ -47,12 +49,39 @@ class Bot:
 
 
 class Army:
+    """The bots and the seeded RNG that assigns them to posts."""
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
+
     def __init__(self, bots: Sequence[Bot], rng: random.Random) -> None:
         if not bots:
             raise ValueError("an army needs at least one bot")
         self.bots = tuple(bots)
         self.rng = rng
         self.dids = frozenset(b.did for b in self.bots)
+        self._by_did = {b.did: b for b in self.bots}
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"rng": ...}``: the assignment RNG's state (the bots are configuration)."""
+        return {"rng": self.rng.getstate()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue the assignments from ``state`` (a ``snapshot``)."""
+        self.rng.setstate(state["rng"])
+
+    def replace_models(self, models: Mapping[str, Model]) -> None:
+        """Put the named bots on other models (same personas, accounts and weights).
+
+        In place, since the dispatcher holds this army: the simulation's tests script bots
+        with a ``FakeModel`` this way. A name that is no bot of the army is an error.
+        """
+        unknown = set(models) - {b.name for b in self.bots}
+        if unknown:
+            raise ValueError(f"no bot named {', '.join(sorted(unknown))} in the army")
+        self.bots = tuple(
+            dataclasses.replace(b, model=models[b.name]) if b.name in models else b
+            for b in self.bots
+        )
         self._by_did = {b.did: b for b in self.bots}
 
     def is_bot(self, did: str) -> bool:

@@ -1,6 +1,8 @@
-"""The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``check-config``, ``accounts``.
+"""The ``botsky`` command line: ``run``, ``simulate``, ``scores``, ``check-config``, ``accounts``,
+``schema``.
 
-With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory. Logs go to
+With no ``-c``, commands read ``configs/botsky.yaml`` from the working directory (``scores``: the
+last run started there, see ``botsky.lastrun``). Logs go to
 stdout (JSON lines unless stdout is a terminal); human summaries and tables go to stderr or, for
 ``scores``, stdout.
 """
@@ -11,7 +13,7 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -19,13 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from botsky import __version__
-from botsky.cliutil import config_option, load_or_exit
-from botsky.cliutil import or_exit as _load_or_exit
-from botsky.errors import BotskyError
+from botsky.cliutil import config_option, load_or_exit, or_exit
+from botsky.errors import BotskyError, ConfigError
 from botsky.ledger.base import Mention, Outcome
 
 if TYPE_CHECKING:
-    from botsky.config import Settings
+    pass
 
 __all__ = ["main"]
 
@@ -41,12 +42,19 @@ def cli() -> None:
 @cli.command("check-config")
 @_config_option
 def check_config_cmd(config_path: Path | None) -> None:
-    """Validate the YAML files and environment, with no network; exit 1 on any problem."""
-    from botsky.configload import check_config
+    """Validate the YAML files and environment, with no network; exit 1 on any problem.
 
-    problems = check_config(config_path)
-    if problems:
-        for line in problems:
+    Every problem in one pass: both files' fields, app passwords when posting is live, files
+    the config names, placeholder secrets and example handles. BOTSKY_* variables that match
+    no setting are warnings (they are ignored), with the closest setting's variable.
+    """
+    from botsky.configload import inspect_config
+
+    report = inspect_config(config_path)
+    for line in report.warnings:
+        click.echo(f"warning: {line}", err=True)
+    if report.problems:
+        for line in report.problems:
             click.echo(line, err=True)
         sys.exit(1)
     click.echo("configuration OK")
@@ -56,20 +64,29 @@ def check_config_cmd(config_path: Path | None) -> None:
 @_config_option
 def run_cmd(config_path: Path | None) -> None:
     """Run the service: read the source, answer eligible posts, record and score mentions."""
-    from botsky.logs import configure_logging
+    from botsky.configload import env_warnings
+    from botsky.lastrun import record_run
+    from botsky.logs import configure_logging, is_console
     from botsky.wiring import build_app, freeze_startup_heap
 
     loaded, secrets = load_or_exit(config_path)
     st = loaded.settings
+    for line in env_warnings(also_allowed=[st.posting.kill_switch_env or ""]):
+        click.echo(f"warning: {line}", err=True)
     st.data_dir.mkdir(parents=True, exist_ok=True)
+    # One summary at the end: for people a table (the run_summary log line stays in the file),
+    # for machines the run_summary JSON line alone.
+    for_people = is_console(st.logging.format)
     configure_logging(
         level=st.logging.level,
         fmt=st.logging.format,
         file=st.data_dir / st.logging.file if st.logging.file else None,
+        file_only=("run_summary",) if for_people else (),
     )
 
     async def _main() -> None:
         app = await build_app(loaded, secrets)
+        record_run(loaded.path, "run")  # `botsky scores` shows this run (botsky.lastrun)
         freeze_startup_heap()
         if st.feed.enabled:
             from botsky.feed import tune_interpreter
@@ -83,7 +100,8 @@ def run_cmd(config_path: Path | None) -> None:
             summary = await app.run(stop)
         finally:
             await app.aclose()
-        _print_summary(summary.as_dict())
+        if for_people:
+            _print_summary(summary.as_dict())
 
     try:
         asyncio.run(_main())
@@ -93,7 +111,7 @@ def run_cmd(config_path: Path | None) -> None:
 
 
 @cli.command("scores")
-@_config_option
+@config_option("the config of the last run started here, else configs/botsky.yaml")
 @click.option(
     "--by",
     type=click.Choice(["model", "persona", "bot", "picker", "provider"]),
@@ -119,32 +137,20 @@ def run_cmd(config_path: Path | None) -> None:
 def scores_cmd(
     config_path: Path | None, by: str, as_json: bool, log_file: Path | None, plot_file: Path | None
 ) -> None:
-    """Print the leaderboard: success rate with its 95% interval, engagement and cost."""
+    """Print the leaderboard: success rate with its 95% interval, engagement and cost.
+
+    Without -c, the scores are those of the last run started in this directory (botsky run or
+    botsky simulate; the first line on stderr says which), else of configs/botsky.yaml. The
+    ledger is only read: reading scores never creates or changes one.
+    """
     from botsky.scoring import rebuild_from_log, render_table, score, scores_json
 
+    feed: tuple[list[Any], str] | None = None  # the feed's per-arm counts and arm field
     if log_file is not None:
         with log_file.open("rb") as fh:
             mentions, outcomes = rebuild_from_log(fh)
     else:
-        from botsky.configload import load_config
-        from botsky.ledger import open_ledger
-
-        loaded = _load_or_exit(load_config, config_path)
-        st = loaded.settings
-
-        async def _rows() -> tuple[list[Mention], list[Outcome]]:
-            ledger = open_ledger(st.ledger.url, st.data_dir)
-            await ledger.open()
-            try:
-                return await ledger.mentions(), await ledger.outcomes()
-            finally:
-                await ledger.close()
-
-        try:
-            mentions, outcomes = asyncio.run(_rows())
-        except BotskyError as exc:
-            click.echo(f"botsky: {exc}", err=True)
-            sys.exit(1)
+        mentions, outcomes, feed = _ledger_rows(config_path)
     rows = score(mentions, outcomes, by=by)
     if plot_file is not None:
         from botsky.plot import plot_scores
@@ -156,18 +162,107 @@ def scores_cmd(
         click.echo(orjson.dumps(scores_json(rows), option=orjson.OPT_INDENT_2).decode())
     else:
         Console().print(render_table(rows))
-        if log_file is None:
-            _print_feed_scores(st)
+        if feed is not None and feed[0]:
+            # The fair-exposure feed's engagement per seen impression (botsky.feed.scores).
+            from botsky.feed.scores import feed_scores, render_feed
+
+            Console().print(render_feed(feed_scores(feed[0]), feed[1]))
 
 
-def _print_feed_scores(st: Settings) -> None:
-    """The feed's engagement per seen impression, when the ledger has feed exposures."""
-    from botsky.feed.cli import arm_counts
-    from botsky.feed.scores import feed_scores, render_feed
+@cli.command("schema")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("configs/schema"),
+    show_default=True,
+    help="Directory for botsky.schema.json and bots.schema.json.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Write nothing; exit 1 if the files there differ from the current settings models.",
+)
+def schema_cmd(out_dir: Path, check: bool) -> None:
+    """Write JSON Schemas of botsky.yaml and bots.yaml, generated from the settings models.
 
-    counts = asyncio.run(arm_counts(st))
-    if counts:
-        Console().print(render_feed(feed_scores(counts), st.feed.arm_by))
+    Editors with the YAML language server complete and check a config whose first line is
+    "# yaml-language-server: $schema=<path to the schema>", as the shipped configs do.
+    """
+    from botsky.schema import config_schemas, render, write_schemas
+
+    if check:
+        stale = []
+        for name, schema in config_schemas().items():
+            path = out_dir / name
+            try:
+                same = path.read_text(encoding="utf-8") == render(schema)
+            except OSError:
+                same = False
+            if not same:
+                stale.append(path)
+        for path in stale:
+            click.echo(f"{path}: differs from the settings models; run `botsky schema`", err=True)
+        if stale:
+            sys.exit(1)
+        click.echo("schemas up to date")
+        return
+    for path in write_schemas(out_dir):
+        click.echo(f"wrote {path}")
+
+
+def _ledger_rows(
+    config_path: Path | None,
+) -> tuple[list[Mention], list[Outcome], tuple[list[Any], str]]:
+    """The rows ``scores`` reads, from the ledger of ``-c``'s config; without ``-c``, of the
+    last run started in this directory (said on stderr; ``botsky.lastrun``), else of
+    configs/botsky.yaml. Opened read-only: reading scores never creates or changes a ledger."""
+    from botsky.configload import load_config
+    from botsky.lastrun import last_run
+    from botsky.ledger import open_ledger
+    from botsky.ledger.sqlite import SqliteLedger
+
+    if config_path is None and (last := last_run()) is not None:
+        click.echo(f"scores of the last run here: {last.describe()}", err=True)
+        config_path = last.config
+    loaded = or_exit(load_config, config_path)
+    st = loaded.settings
+    ledger = open_ledger(st.ledger.url, st.data_dir, read_only=True)
+    hint = (
+        "nothing to score yet: run `botsky simulate` (offline, no keys) or `botsky run` first, "
+        "or name the config of a run with -c"
+    )
+    if isinstance(ledger, SqliteLedger) and not ledger.path.exists():
+        click.echo(f"botsky: no ledger at {_shown(ledger.path)} ({_shown(loaded.path)})", err=True)
+        click.echo(hint, err=True)
+        sys.exit(1)
+
+    async def _rows() -> tuple[list[Mention], list[Outcome], list[Any]]:
+        await ledger.open()
+        try:
+            feed_counts = await ledger.feed_arm_counts()  # type: ignore[attr-defined]
+            return await ledger.mentions(), await ledger.outcomes(), feed_counts
+        finally:
+            await ledger.close()
+
+    try:
+        mentions, outcomes, feed_counts = asyncio.run(_rows())
+    except BotskyError as exc:
+        click.echo(f"botsky: {exc}", err=True)
+        if "yet" in str(exc):
+            click.echo(hint, err=True)
+        sys.exit(1)
+    if not mentions:
+        click.echo(f"no mentions recorded yet in the ledger of {_shown(loaded.path)}", err=True)
+    return mentions, outcomes, (feed_counts, st.feed.arm_by)
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is under it (shorter to read)."""
+    try:
+        return path.absolute().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _print_summary(summary: dict[str, object]) -> None:
@@ -201,5 +296,16 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point.
+
+    A user error never ends in a traceback: commands report configuration problems as lines,
+    and what still escapes them here is a file the user named that cannot be read or written
+    (an OSError: a data_dir under a file, a full disk) or a botsky error; both get one line.
+    """
+    try:
+        cli()
+    except (OSError, BotskyError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        for line in problems:
+            click.echo(f"botsky: {line}", err=True)
+        sys.exit(1)

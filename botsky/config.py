@@ -75,7 +75,8 @@ class SourceConfig(_Strict):
     path: Path | None = None
     url: str | None = None
     name: str = ""
-    # Replay: resume from the saved cursor (off by default: a replay is a fixed experiment).
+    # Replay: resume from the saved cursor (off by default: a replay is a fixed experiment);
+    # a replay's cursor is a position in the file, so it resumes exactly at the next line.
     # Live sources always resume, rewound by rewind_s (work is idempotent).
     resume: bool = False
     rewind_s: float = Field(default=5.0, ge=0)

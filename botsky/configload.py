@@ -10,22 +10,24 @@ file, the line and the field::
 
 Relative paths:
 
-- ``bots_file`` and ``source.path`` are relative to the directory of ``botsky.yaml`` (a config
-  file names its neighbours), unless they come from the environment (then: the working directory);
+- ``data_dir``, ``bots_file``, ``source.path`` and ``posting.kill_switch_file`` are relative to
+  the directory of ``botsky.yaml`` (a config file names its neighbours, wherever botsky runs),
+  unless they come from the environment (then: the working directory);
 - ``account.password_file`` is relative to the directory of ``bots.yaml``;
-- ``data_dir`` is relative to the working directory, so the default ``./data`` is the directory
-  botsky is run from.
+- ``logging.file``, ``posting.dry_run_file`` and ``ledger.url: sqlite:<relative>`` are relative
+  to ``data_dir``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias, get_args
+from typing import Any, Final, TypeAlias, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
@@ -47,10 +49,14 @@ from botsky.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "BotSecrets",
+    "ConfigReport",
     "LoadedConfig",
     "Secrets",
     "account_password",
     "check_config",
+    "env_warnings",
+    "inspect_config",
+    "is_placeholder",
     "load_config",
     "resolve_secrets",
 ]
@@ -95,6 +101,7 @@ class LoadedConfig:
     bots_path: Path
     # Kept for line numbers in resolve_secrets' messages; absent when built by hand.
     _bots_doc: _Doc | None = field(default=None, repr=False, compare=False)
+    _doc: _Doc | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -117,8 +124,28 @@ def load_config(
     ``path`` defaults to ``configs/botsky.yaml`` under the working directory; ``environ``
     defaults to ``os.environ``.
     """
+    attempt = _attempt(path, os.environ if environ is None else environ)
+    if attempt.loaded is None:
+        raise ConfigError(attempt.problems)
+    return attempt.loaded
+
+
+@dataclass
+class _Attempt:
+    """What reading the files gave: the config when it is valid, else the valid parts."""
+
+    path: Path
+    problems: list[str]
+    loaded: LoadedConfig | None = None
+    settings: Settings | None = None
+    doc: _Doc | None = None
+    bots: list[tuple[int, BotConfig]] = field(default_factory=list)  # (index in the file, bot)
+    bots_path: Path | None = None
+    bots_doc: _Doc | None = None
+
+
+def _attempt(path: Path | None, env: Mapping[str, str]) -> _Attempt:
     path = DEFAULT_CONFIG_PATH if path is None else Path(path)
-    env = os.environ if environ is None else environ
     problems: list[str] = []
 
     settings: Settings | None = None
@@ -132,7 +159,7 @@ def load_config(
             problems.append(_explain_env_json(exc, env))
 
     # bots.yaml is checked even when botsky.yaml has bad values, so one run reports both files.
-    bots: list[BotConfig] = []
+    bots: list[tuple[int, BotConfig]] = []
     bots_path: Path | None = None
     bots_doc: _Doc | None = None
     bots_file = _bots_file(settings, doc, env)
@@ -140,23 +167,45 @@ def load_config(
         base = Path() if _env_var(("bots_file",), env) else path.parent
         bots_path = _relative_to(base, bots_file)
         bots_doc = _read_yaml(bots_path, problems)
+    bots_valid = False
     if bots_doc is not None:
         found = _duplicates(bots_doc)
+        data = _plain(bots_doc.tree)
         try:
-            bots = BotsFile.model_validate(_plain(bots_doc.tree)).bots
+            bots = list(enumerate(BotsFile.model_validate(data).bots))
+            bots_valid = True
         except ValidationError as exc:
             found += _explain(exc, bots_doc, BotsFile, None)
+            bots = _valid_items(data)
         problems += _by_line(found)
+        if bots_path is not None:
+            bots = [(i, _resolve_password_file(bot, bots_path.parent)) for i, bot in bots]
 
-    if problems or settings is None or bots_path is None:
-        raise ConfigError(problems)
-    return LoadedConfig(
-        settings=_resolve_paths(settings, path.parent, env),
-        bots=[_resolve_password_file(bot, bots_path.parent) for bot in bots],
-        path=path,
-        bots_path=bots_path,
-        _bots_doc=bots_doc,
-    )
+    if settings is not None:
+        settings = _resolve_paths(settings, path.parent, env)
+    attempt = _Attempt(path, problems, None, settings, doc, bots, bots_path, bots_doc)
+    if not problems and settings is not None and bots_path is not None and bots_valid:
+        attempt.loaded = LoadedConfig(
+            settings=settings,
+            bots=[bot for _, bot in bots],
+            path=path,
+            bots_path=bots_path,
+            _bots_doc=bots_doc,
+            _doc=doc,
+        )
+    return attempt
+
+
+def _valid_items(data: Any) -> list[tuple[int, BotConfig]]:
+    """The bots of an invalid bots file that are valid on their own (checked further)."""
+    items = data.get("bots") if isinstance(data, dict) else None
+    valid: list[tuple[int, BotConfig]] = []
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            valid.append((i, BotConfig.model_validate(item)))
+        except ValidationError:
+            continue
+    return valid
 
 
 def resolve_secrets(
@@ -168,9 +217,32 @@ def resolve_secrets(
     ``live`` a bot without a readable, non-empty password is an error; in dry runs it is None.
     """
     env = os.environ if environ is None else environ
+    where = _Where(loaded._bots_doc, loaded.bots_path)
+    secrets, problems = _secrets(list(enumerate(loaded.bots)), where, env, live)
+    if problems:
+        raise ConfigError(problems)
+    return secrets
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Names a place in a file: ``file:line`` when the parsed file is at hand."""
+
+    doc: _Doc | None
+    path: Path | None
+
+    def __call__(self, loc: _Loc) -> str:
+        if self.doc is not None:
+            return f"{self.doc.name}:{self.doc.line(loc)}"
+        return str(self.path)
+
+
+def _secrets(
+    bots: list[tuple[int, BotConfig]], where: _Where, env: Mapping[str, str], live: bool
+) -> tuple[dict[str, BotSecrets], list[str]]:
     problems: list[str] = []
     secrets: dict[str, BotSecrets] = {}
-    for i, bot in enumerate(loaded.bots):
+    for i, bot in bots:
         key_env = bot.default_key_env
         api_key = env.get(key_env) if key_env else None
         password, misses = _password(bot.account, env)
@@ -180,11 +252,10 @@ def resolve_secrets(
         if live:
             for key, reason in misses:
                 loc: _Loc = ("bots", i, "account", key) if key else ("bots", i, "account")
-                where = _where_in(loaded, loc)
-                problems.append(f"{where} {_field_path(loc)}: {reason} (needed for live posting)")
-    if problems:
-        raise ConfigError(problems)
-    return secrets
+                problems.append(
+                    f"{where(loc)} {_field_path(loc)}: {reason} (needed for live posting)"
+                )
+    return secrets, problems
 
 
 def account_password(
@@ -201,13 +272,228 @@ def check_config(
     path: Path | None = None, *, environ: Mapping[str, str] | None = None
 ) -> list[str]:
     """Validate the files and the environment without touching the network; [] means OK."""
+    return inspect_config(path, environ=environ).problems
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    """What ``check-config`` found: problems (exit 1) and warnings (shown, not fatal)."""
+
+    problems: list[str]
+    warnings: list[str]
+
+
+def inspect_config(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> ConfigReport:
+    """Every problem in one pass, without touching the network.
+
+    Problems: both files' schemas; each bot's app password when posting is live; files the
+    configuration names (the replay file; data_dir must be a directory botsky can create or
+    write); the placeholder secrets shipped in ``deploy/`` anywhere, and ``*.example.bsky.social``
+    handles when posting is live. Where a file is invalid, the parts of it that are valid are
+    still checked. Warnings: ``BOTSKY_*`` variables that match no setting (with a did-you-mean).
+    """
+    env = os.environ if environ is None else environ
+    attempt = _attempt(path, env)
+    st = attempt.settings
+    mode = st.posting.mode if st is not None else _raw(attempt, env, ("posting", "mode"))
+    live = mode == "live"
+    where_bots = _Where(attempt.bots_doc, attempt.bots_path)
+    problems = list(attempt.problems)
+    problems += _secrets(attempt.bots, where_bots, env, live)[1]
+    problems += _placeholders(attempt, env, live)
+    if st is not None:
+        problems += _file_problems(attempt, st, env)
+    kill_env = st.posting.kill_switch_env if st is not None else "BOTSKY_KILL_SWITCH"
+    return ConfigReport(problems, env_warnings(env, also_allowed=[kill_env] if kill_env else []))
+
+
+# Variables under the prefix that botsky's own tooling reads, not settings: the test suite's
+# (PostgreSQL DSN, the reference PDS cache, browser screenshots).
+_NOT_SETTINGS: Final = frozenset(
+    {"BOTSKY_TEST_POSTGRES_DSN", "BOTSKY_PDS_CACHE", "BOTSKY_ARTIFACTS_DIR"}
+)
+
+
+def env_warnings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    also_allowed: Sequence[str] = ("BOTSKY_KILL_SWITCH",),
+) -> list[str]:
+    """One line per ``BOTSKY_*`` variable that sets nothing (pydantic-settings ignores those
+    silently): ``env BOTSKY_DISPACH__WORKERS matches no setting and is ignored; did you mean
+    BOTSKY_DISPATCH__WORKERS?``. ``also_allowed``: variables read elsewhere (the kill switch)."""
+    env = os.environ if environ is None else environ
+    allowed = _NOT_SETTINGS | {name.upper() for name in also_allowed}
+    names = _env_names(Settings)
+    warnings = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or upper in allowed:
+            continue
+        first, *rest = upper.removeprefix(_ENV_PREFIX).lower().split("__")
+        info = Settings.model_fields.get(first)
+        # Inside a section pydantic reports an unknown key itself (an error with its place);
+        # what it ignores is an unknown top-level name, or a sub-key of a plain value.
+        if info is not None and (not rest or _is_section(_model_in(info.annotation))):
+            continue
+        line = f"env {name} matches no setting and is ignored"
+        close = difflib.get_close_matches(upper, names, n=1, cutoff=0.75)
+        warnings.append(f"{line}; did you mean {close[0]}?" if close else line)
+    return warnings
+
+
+def _model_in(annotation: Any) -> Any:
+    """The type inside ``X | None``."""
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in get_args(annotation) else annotation
+
+
+def _is_section(kind: Any) -> bool:
+    return get_origin(kind) is dict or (isinstance(kind, type) and issubclass(kind, BaseModel))
+
+
+def _env_names(model: Any, prefix: str = _ENV_PREFIX) -> list[str]:
+    """Every variable that sets a field or a section, for 'did you mean'."""
+    names = []
+    for name, info in model.model_fields.items():
+        var = f"{prefix}{name.upper()}"
+        names.append(var)
+        kind = _model_in(info.annotation)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            names += _env_names(kind, f"{var}__")
+    return names
+
+
+def _raw(attempt: _Attempt, env: Mapping[str, str], loc: _Loc) -> Any:
+    """A setting as written (env or YAML) when the settings as a whole did not validate."""
+    var = _env_var(loc, env)
+    if var is not None and var.upper() == (_ENV_PREFIX + "__".join(map(str, loc))).upper():
+        return env[var]
+    node: Any = attempt.doc.tree if attempt.doc is not None else None
+    for part in loc:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _where_setting(attempt: _Attempt, env: Mapping[str, str], loc: _Loc) -> str:
+    var = _env_var(loc, env)
+    if var is not None:
+        return f"env {var}"
+    doc = attempt.doc
+    return f"{doc.name}:{doc.line(loc)}" if doc is not None else str(attempt.path)
+
+
+def _file_problems(attempt: _Attempt, st: Settings, env: Mapping[str, str]) -> list[str]:
+    """Files the configuration names that are not there, and a data_dir that cannot be made."""
+    problems: list[str] = []
+    relative = f"relative paths are relative to {attempt.path.parent.as_posix() or '.'}/"
+    source = st.source
+    if source.kind == "replay" and source.path is not None and not source.path.is_file():
+        loc: _Loc = ("source", "path")
+        raw = _raw(attempt, env, loc)
+        note = (
+            f" ({relative})"
+            if _env_var(loc, env) is None and not Path(str(raw)).is_absolute()
+            else ""
+        )
+        what = "is a directory" if source.path.is_dir() else "no such file"
+        problems.append(
+            f"{_where_setting(attempt, env, loc)} source.path: {what}: {source.path}{note}"
+        )
+    reason = _not_creatable(st.data_dir)
+    if reason is not None:
+        loc = ("data_dir",)
+        problems.append(f"{_where_setting(attempt, env, loc)} data_dir: {st.data_dir}: {reason}")
+    elif st.ledger.url.startswith("sqlite:"):
+        from botsky.ledger import open_ledger
+        from botsky.ledger.sqlite import SqliteLedger
+
+        try:
+            ledger = open_ledger(st.ledger.url, st.data_dir)
+        except ConfigError as exc:
+            loc = ("ledger", "url")
+            problems += [
+                f"{_where_setting(attempt, env, loc)} ledger.url: {p}" for p in exc.problems
+            ]
+        else:
+            if isinstance(ledger, SqliteLedger):
+                reason = _not_creatable(ledger.path.parent)
+                if reason is not None:
+                    loc = ("ledger", "url")
+                    where = _where_setting(attempt, env, loc)
+                    problems.append(f"{where} ledger.url: {ledger.path.parent}: {reason}")
+    return problems
+
+
+def _not_creatable(directory: Path) -> str | None:
+    """Why botsky could not create or write ``directory``, or None."""
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no write permission on {existing}"
+    return None
+
+
+# Placeholders shipped in deploy/.env.example and deploy/k8s/secret.yaml (a test keeps this in
+# step with those files). A deploy that forgot to replace one would run with a public secret.
+_PLACEHOLDER_PREFIXES: Final = ("change-me", "changeme", "replace-me")
+_EXAMPLE_HANDLE_SUFFIX: Final = ".example.bsky.social"
+
+
+def is_placeholder(value: str) -> bool:
+    """Whether a secret is one of the placeholders shipped in ``deploy/``."""
+    return value.strip().lower().startswith(_PLACEHOLDER_PREFIXES)
+
+
+def _placeholders(attempt: _Attempt, env: Mapping[str, str], live: bool) -> list[str]:
+    problems: list[str] = []
+    fix = "is the placeholder shipped in deploy/: set a real secret"
+    st = attempt.settings
+    if st is not None:
+        token = st.web.token
+        if token is not None and is_placeholder(token.get_secret_value()):
+            problems.append(f"{_where_setting(attempt, env, ('web', 'token'))} web.token {fix}")
+        if st.ledger.url.startswith(("postgres://", "postgresql://")):
+            password = _dsn_password(st.ledger.url)
+            if password is not None and is_placeholder(password):
+                at = _where_setting(attempt, env, ("ledger", "url"))
+                problems.append(f"{at} ledger.url: the DSN's password {fix}")
+    where = _Where(attempt.bots_doc, attempt.bots_path)
+    for i, bot in attempt.bots:
+        named = [
+            ("api_key_env", bot.default_key_env),
+            ("account.password_env", bot.account.password_env),
+        ]
+        for key, var in named:
+            if var and is_placeholder(env.get(var, "")):
+                loc: _Loc = ("bots", i, *key.split("."))
+                problems.append(
+                    f"{where(loc)} {_field_path(loc)}: environment variable {var} {fix}"
+                )
+        handle = bot.account.handle
+        if live and handle.lower().endswith(_EXAMPLE_HANDLE_SUFFIX):
+            loc = ("bots", i, "account", "handle")
+            problems.append(
+                f"{where(loc)} {_field_path(loc)}: {handle!r} is an example handle: put the "
+                "bot's own Bluesky handle here (needed for live posting)"
+            )
+    return problems
+
+
+def _dsn_password(dsn: str) -> str | None:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict  # only for a PostgreSQL ledger
+
     try:
-        loaded = load_config(path, environ=environ)
-        live = loaded.settings.posting.mode == "live"
-        resolve_secrets(loaded, environ=environ, live=live)
-    except ConfigError as exc:
-        return exc.problems
-    return []
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None  # reported where the ledger is opened, without echoing the DSN
+    return str(password) if password is not None else None
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -334,17 +620,27 @@ def _env_var(loc: _Loc, environ: Mapping[str, str] | None) -> str | None:
 
 def _relative_to(base: Path, path: Path) -> Path:
     # normpath, not resolve(): a relative path stays relative to the working directory.
-    return Path(os.path.normpath(base / path.expanduser()))
+    # ~user of no such user raises: then it is a relative path that starts with "~".
+    with contextlib.suppress(RuntimeError):
+        path = path.expanduser()
+    return Path(os.path.normpath(base / path))
 
 
 def _resolve_paths(settings: Settings, config_dir: Path, environ: Mapping[str, str]) -> Settings:
+    def resolve(loc: _Loc, path: Path) -> Path:
+        # A path from the environment is relative to the working directory; from the file,
+        # to the file's directory (a config file names its neighbours wherever it is run).
+        return _relative_to(Path() if _env_var(loc, environ) else config_dir, path)
+
     source = settings.source
     if source.path is not None:
-        base = Path() if _env_var(("source", "path"), environ) else config_dir
-        source = source.model_copy(update={"path": _relative_to(base, source.path)})
-    return settings.model_copy(
-        update={"data_dir": settings.data_dir.expanduser(), "source": source}
-    )
+        source = source.model_copy(update={"path": resolve(("source", "path"), source.path)})
+    posting = settings.posting
+    if posting.kill_switch_file is not None:
+        kill = resolve(("posting", "kill_switch_file"), posting.kill_switch_file)
+        posting = posting.model_copy(update={"kill_switch_file": kill})
+    data_dir = resolve(("data_dir",), settings.data_dir)
+    return settings.model_copy(update={"data_dir": data_dir, "source": source, "posting": posting})
 
 
 def _resolve_password_file(bot: BotConfig, bots_dir: Path) -> BotConfig:
@@ -379,11 +675,6 @@ def _password(
     if not misses:
         misses.append(("", "has neither password_env nor password_file"))
     return None, misses
-
-
-def _where_in(loaded: LoadedConfig, loc: _Loc) -> str:
-    doc = loaded._bots_doc
-    return f"{doc.name}:{doc.line(loc)}" if doc is not None else str(loaded.bots_path)
 
 
 # --- explaining ----------------------------------------------------------------------------

@@ -21,16 +21,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
 from botsky.army import Army
 from botsky.compose import Offered, compose
 from botsky.errors import DraftRejected, FatalError, RetryableError, SkipError
-from botsky.events import Event, PostRef
+from botsky.events import Event, PostRef, uri_authority
 from botsky.identity import Identity
-from botsky.ledger.base import Ledger, Mention
+from botsky.ledger.base import Ledger, Mention, mention_log_fields
 from botsky.llm.reply import ReplyRequest, write_reply
 from botsky.outcomes import OutcomeWatcher
 from botsky.posting import Poster, ReplyPost, StrongRef, reply_rkey
@@ -45,6 +45,8 @@ log = structlog.get_logger("botsky.dispatch")
 
 class Selector:
     """Decides which new posts are worth a reply. ``reason`` returns None for eligible posts."""
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
 
     def __init__(
         self,
@@ -69,6 +71,16 @@ class Selector:
         self.rng = rng or random.Random()
         self._last_answered: dict[str, int] = {}
 
+    def snapshot(self) -> dict[str, Any]:
+        """``{"rng": ..., "last_answered": {did: time_us}}``: the sampling RNG's state and the
+        author cooldowns (the rest is configuration)."""
+        return {"rng": self.rng.getstate(), "last_answered": dict(self._last_answered)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a ``snapshot``): same RNG draws, same cooldowns."""
+        self.rng.setstate(state["rng"])
+        self._last_answered = dict(state["last_answered"])
+
     def reason(self, event: Event, post: PostRef) -> str | None:
         """Why this post is skipped, or None when it should get a reply."""
         if not event.is_post_create:
@@ -79,7 +91,11 @@ class Selector:
             return "no_text"
         if post.is_reply and not self.reply_to_replies:
             return "is_reply"
-        if not self.reply_to_bots and post.parent_uri and self.is_bot(_authority(post.parent_uri)):
+        if (
+            not self.reply_to_bots
+            and post.parent_uri
+            and self.is_bot(uri_authority(post.parent_uri))
+        ):
             return "reply_to_bot"
         if self.languages and post.langs and not self.languages & set(post.langs):
             return "language"
@@ -118,6 +134,8 @@ class _Job:
 
 class Dispatcher:
     """The bounded queue and its workers."""
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
 
     def __init__(
         self,
@@ -158,6 +176,17 @@ class Dispatcher:
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._room = asyncio.Event()  # set whenever a worker takes a job off the queue
         self.counts: Counter[str] = Counter()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"rng": ..., "counts": {outcome: n}}``: the RNG the pickers draw from and what the
+        workers did so far. Not the queue: snapshots are taken with it empty (lockstep, at a
+        day boundary); nor the army, which has its own."""
+        return {"rng": self.rng.getstate(), "counts": dict(self.counts)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a ``snapshot``): same RNG draws, counts going on."""
+        self.rng.setstate(state["rng"])
+        self.counts = Counter(state["counts"])
 
     def offer(self, event: Event, post: PostRef) -> bool:
         """Queue a post without waiting; False (and a counted drop) when the queue is full."""
@@ -383,33 +412,7 @@ class Dispatcher:
 
 def _log_posted(m: Mention) -> None:
     # The canonical line per handled post; `botsky scores --logs` rebuilds scores from it.
-    log.info(
-        "reply_posted",
-        mention_id=m.id,
-        bot=m.bot,
-        model=m.model,
-        provider=m.provider,
-        persona=m.persona,
-        picker=m.picker,
-        post_uri=m.post_uri,
-        post_author=m.post_author,
-        root_uri=m.root_uri,
-        reply_uri=m.reply_uri,
-        mentioned_did=m.mentioned_did,
-        mentioned_handle=m.mentioned_handle,
-        rank=m.rank,
-        candidates=len(m.candidates),
-        created_us=m.created_us,
-        prompt_tokens=m.prompt_tokens,
-        completion_tokens=m.completion_tokens,
-        cost_usd=m.cost_usd,
-        latency_ms=m.latency_ms,
-        repaired=m.extra.get("repaired", []),
-    )
-
-
-def _authority(uri: str) -> str:
-    return uri[5:].split("/", 1)[0] if uri.startswith("at://") else ""
+    log.info("reply_posted", **mention_log_fields(m))
 
 
 def _rfc3339(time_us: int) -> str:

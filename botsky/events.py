@@ -1,8 +1,14 @@
-"""The one event type every source converges on, and Jetstream v1 JSON parsing.
+"""The one event type every source converges on, its builders, AT-URIs, and Jetstream v1 JSON.
 
 An ``Event`` is shaped like a Jetstream commit because Jetstream is already the normalized form
 of the firehose: relay frames, replay files and the simulated world are all turned into it, so
 everything downstream (presence, outcomes, the selector) handles exactly one type.
+
+Decoders build events only through ``commit_event``, ``identity_event`` and ``account_event``:
+one builder per kind, each with the same checks on every wire (a DID that says ``did:``, a
+non-negative time, one of ``OPERATIONS``, a record unless deleting) raising ``FrameError``.
+AT-URIs are built with ``at_uri`` and read with ``split_at_uri`` (and its strict form
+``parse_at_uri``, and ``uri_authority``): nothing else in botsky takes one apart.
 """
 
 from __future__ import annotations
@@ -18,16 +24,24 @@ __all__ = [
     "BLOCK",
     "FOLLOW",
     "LIKE",
+    "OPERATIONS",
     "POST",
     "PROFILE",
     "REPOST",
     "Event",
     "PostRef",
+    "account_event",
     "at_uri",
+    "check_did",
+    "check_operation",
     "commit_event",
     "event_to_jetstream",
+    "identity_event",
+    "jetstream_commit",
     "parse_at_uri",
     "parse_jetstream",
+    "split_at_uri",
+    "uri_authority",
 ]
 
 POST: Final = "app.bsky.feed.post"
@@ -38,7 +52,8 @@ BLOCK: Final = "app.bsky.graph.block"
 PROFILE: Final = "app.bsky.actor.profile"
 
 _KINDS: Final = frozenset({"commit", "identity", "account"})
-_OPERATIONS: Final = frozenset({"create", "update", "delete"})
+OPERATIONS: Final = frozenset({"create", "update", "delete"})
+"""The operations a commit event may carry, on every wire (``check_operation``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,17 +191,50 @@ def _mention_dids(facets: object) -> tuple[str, ...]:
 
 
 def at_uri(did: str, collection: str, rkey: str) -> str:
+    """``at://did/collection/rkey``."""
     return f"at://{did}/{collection}/{rkey}"
+
+
+def split_at_uri(uri: object) -> tuple[str, str | None, str | None] | None:
+    """``at://AUTHORITY[/COLLECTION[/RKEY]]`` as (authority, collection, rkey); None if ``uri``
+    is not an ``at://`` string. An absent part is None (an empty one ""); the rkey is the rest
+    after the second slash, so it may hold more slashes (the strict readers refuse that).
+
+    The one AT-URI splitter: ``parse_at_uri``, ``uri_authority``, the web page's links and
+    ``syntax.is_valid_at_uri`` all read URIs through it.
+    """
+    if type(uri) is not str or not uri.startswith("at://"):
+        return None
+    end = uri.find("/", 5)
+    if end < 0:
+        return uri[5:], None, None
+    mid = uri.find("/", end + 1)
+    if mid < 0:
+        return uri[5:end], uri[end + 1 :], None
+    return uri[5:end], uri[end + 1 : mid], uri[mid + 1 :]
+
+
+def uri_authority(uri: object) -> str:
+    """The authority (a DID, for records) of an ``at://`` URI; "" for anything else.
+
+    ``split_at_uri(uri)[0]`` without the rest: this runs for every like and reply on the
+    network (is it about a bot's record?), and building the tuple would cost twice as much.
+    """
+    if type(uri) is not str or not uri.startswith("at://"):
+        return ""
+    end = uri.find("/", 5)
+    return uri[5:end] if end >= 0 else uri[5:]
 
 
 def parse_at_uri(uri: str) -> tuple[str, str, str]:
     """Split ``at://did/collection/rkey``; raise ``ValueError`` for anything else."""
-    if not uri.startswith("at://"):
+    parts = split_at_uri(uri)
+    if parts is None:
         raise ValueError(f"not an AT-URI: {uri!r}")
-    parts = uri[5:].split("/")
-    if len(parts) != 3 or not all(parts):
+    did, collection, rkey = parts
+    if not did or not collection or not rkey or "/" in rkey:
         raise ValueError(f"not a record AT-URI: {uri!r}")
-    return parts[0], parts[1], parts[2]
+    return did, collection, rkey
 
 
 _new = object.__new__
@@ -209,18 +257,56 @@ _SET_STATUS = Event.__dict__["status"].__set__
 _SET_POST = Event.__dict__["_post"].__set__
 
 
+def check_did(did: object) -> str:
+    """``did`` if it is a DID string (``did:...``), else ``FrameError``."""
+    if type(did) is not str or not did.startswith("did:"):
+        raise FrameError(f"missing or invalid did: {did!r}"[:200])
+    return did
+
+
+def check_operation(operation: object) -> str:
+    """``operation`` if it is one of ``OPERATIONS``, else ``FrameError``."""
+    # The type test first: a list or object would make the set look-up raise TypeError.
+    if type(operation) is not str or operation not in OPERATIONS:
+        raise FrameError(f"unknown operation: {operation!r}"[:200])
+    return operation
+
+
+def _check_time(time_us: object) -> int:
+    # bool is an int subclass, and ``type(...) is`` refuses it as a time too.
+    if type(time_us) is not int or time_us < 0:
+        raise FrameError(f"missing or invalid time_us: {time_us!r}"[:200])
+    return time_us
+
+
 def commit_event(
-    did: str,
-    time_us: int,
+    did: object,
+    time_us: object,
     cursor: int,
-    operation: str,
-    collection: str,
-    rkey: str,
-    cid: str | None,
-    record: dict[str, Any] | None,
-    rev: str | None,
+    operation: object,
+    collection: object,
+    rkey: object,
+    cid: object,
+    record: object,
+    rev: object,
 ) -> Event:
-    """``Event(kind="commit", ...)`` built field by field, for decoders (same result)."""
+    """A commit event from decoded wire values, checked (``FrameError`` when malformed).
+
+    ``did``, ``time_us`` and ``operation`` as ``check_did``/``check_operation`` say; the
+    collection and rkey must be strings; a create or update needs a record (a dict), a delete
+    keeps one only if it is a dict. A ``cid`` or ``rev`` that is not a string is dropped.
+    Built field by field through the slots (the decoders' hot path; same result as
+    ``Event(...)``).
+    """
+    check_did(did)
+    _check_time(time_us)
+    check_operation(operation)
+    if type(collection) is not str or type(rkey) is not str:
+        raise FrameError("commit without collection or rkey")
+    if type(record) is not dict:
+        if operation != "delete":
+            raise FrameError(f"{operation} without a record")
+        record = None
     e = _new(Event)
     _SET_DID(e, did)
     _SET_TIME(e, time_us)
@@ -229,14 +315,54 @@ def commit_event(
     _SET_OP(e, operation)
     _SET_COLLECTION(e, collection)
     _SET_RKEY(e, rkey)
-    _SET_CID(e, cid)
+    _SET_CID(e, cid if type(cid) is str else None)
     _SET_RECORD(e, record)
-    _SET_REV(e, rev)
+    _SET_REV(e, rev if type(rev) is str else None)
     _SET_HANDLE(e, None)
     _SET_ACTIVE(e, None)
     _SET_STATUS(e, None)
     _SET_POST(e, None)
     return e
+
+
+def jetstream_commit(did: object, time_us: object, cursor: int, commit: dict[str, Any]) -> Event:
+    """``commit_event`` from a Jetstream commit object: v1's ``commit``, or a v2 payload (the
+    same field names)."""
+    g = commit.get
+    return commit_event(
+        did,
+        time_us,
+        cursor,
+        g("operation"),
+        g("collection"),
+        g("rkey"),
+        g("cid"),
+        g("record"),
+        g("rev"),
+    )
+
+
+def identity_event(did: object, time_us: object, cursor: int, handle: object) -> Event:
+    """An identity event from decoded wire values; a ``handle`` that is not a string is None."""
+    return _checked("identity", did, time_us, cursor, handle=_str_or_none(handle))
+
+
+def account_event(
+    did: object, time_us: object, cursor: int, active: object, status: object
+) -> Event:
+    """An account event from decoded wire values; mistyped ``active``/``status`` are None."""
+    flag = active if isinstance(active, bool) else None
+    return _checked("account", did, time_us, cursor, active=flag, status=_str_or_none(status))
+
+
+def _checked(kind: str, did: object, time_us: object, cursor: int, **fields: Any) -> Event:
+    return Event(
+        did=check_did(did), time_us=_check_time(time_us), kind=kind, cursor=cursor, **fields
+    )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def parse_jetstream(line: bytes | str) -> Event:
@@ -252,64 +378,20 @@ def parse_jetstream(line: bytes | str) -> Event:
     # checks are the isinstance checks, faster.
     if type(data) is not dict:
         raise FrameError("event is not a JSON object")
-    did = data.get("did")
-    time_us = data.get("time_us")
     kind = data.get("kind")
-    if type(did) is not str or not did.startswith("did:"):
-        raise FrameError(f"missing or invalid did: {did!r}")
-    if type(time_us) is not int or time_us < 0:
-        raise FrameError(f"missing or invalid time_us: {time_us!r}")
     # isinstance first: a list or object here would make the set lookup raise TypeError.
     if not isinstance(kind, str) or kind not in _KINDS:
-        raise FrameError(f"unknown kind: {kind!r}")
+        raise FrameError(f"unknown kind: {kind!r}"[:200])
     body = data.get(kind)
     if type(body) is not dict:
         raise FrameError(f"{kind} event without a {kind!r} object")
+    did, time_us = data.get("did"), data.get("time_us")
+    cursor = time_us if type(time_us) is int else 0  # the builders refuse a bad time
     if kind == "commit":
-        op = body.get("operation")
-        collection = body.get("collection")
-        rkey = body.get("rkey")
-        if not isinstance(op, str) or op not in _OPERATIONS:
-            raise FrameError(f"unknown operation: {op!r}")
-        if type(collection) is not str or type(rkey) is not str:
-            raise FrameError("commit without collection or rkey")
-        record = body.get("record")
-        if type(record) is not dict:
-            if op != "delete":
-                raise FrameError(f"{op} without a record")
-            record = None
-        cid = body.get("cid")
-        rev = body.get("rev")
-        return commit_event(
-            did,
-            time_us,
-            time_us,
-            op,
-            collection,
-            rkey,
-            cid if type(cid) is str else None,
-            record,
-            rev if type(rev) is str else None,
-        )
+        return jetstream_commit(did, time_us, cursor, body)
     if kind == "identity":
-        handle = body.get("handle")
-        return Event(
-            did=did,
-            time_us=time_us,
-            kind=kind,
-            cursor=time_us,
-            handle=handle if isinstance(handle, str) else None,
-        )
-    active = body.get("active")
-    status = body.get("status")
-    return Event(
-        did=did,
-        time_us=time_us,
-        kind=kind,
-        cursor=time_us,
-        active=active if isinstance(active, bool) else None,
-        status=status if isinstance(status, str) else None,
-    )
+        return identity_event(did, time_us, cursor, body.get("handle"))
+    return account_event(did, time_us, cursor, body.get("active"), body.get("status"))
 
 
 def event_to_jetstream(event: Event) -> bytes:

@@ -15,6 +15,7 @@ import json
 import re
 import sys
 import threading
+from collections.abc import Collection
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -28,6 +29,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 __all__ = [
     "REDACTED",
     "configure_logging",
+    "is_console",
     "redact_secrets",
     "register_secret",
 ]
@@ -167,7 +169,7 @@ class _Writer:
         self.name = name
         self._sinks = sinks
 
-    def msg(self, stream_line: str, file_line: str | None = None) -> None:
+    def msg(self, stream_line: str | None, file_line: str | None = None) -> None:
         self._sinks.write(stream_line, file_line)
 
     debug = info = warning = warn = error = critical = fatal = exception = log = msg
@@ -180,10 +182,11 @@ class _Sinks:
         # Lines may come from worker threads (asyncio.to_thread); keep them whole.
         self._lock = threading.Lock()
 
-    def write(self, stream_line: str, file_line: str | None) -> None:
+    def write(self, stream_line: str | None, file_line: str | None) -> None:
         with self._lock:
-            self.stream.write(stream_line + "\n")
-            self.stream.flush()
+            if stream_line is not None:
+                self.stream.write(stream_line + "\n")
+                self.stream.flush()
             if self.file is not None and file_line is not None:
                 self.file.write(file_line + "\n")
                 self.file.flush()
@@ -196,17 +199,25 @@ class _Sinks:
 class _Render:
     """Last processor: JSON for the file and a JSON stream, the console view for a TTY."""
 
-    def __init__(self, console: structlog.dev.ConsoleRenderer | None, file: bool) -> None:
+    def __init__(
+        self,
+        console: structlog.dev.ConsoleRenderer | None,
+        file: bool,
+        file_only: frozenset[str] = frozenset(),
+    ) -> None:
         self._console = console
         self._file = file
+        self._file_only = file_only
 
     def __call__(
         self, logger: WrappedLogger, method_name: str, event_dict: EventDict
-    ) -> tuple[tuple[str, str | None], dict[str, Any]]:
+    ) -> tuple[tuple[str | None, str | None], dict[str, Any]]:
         line = _json_line(event_dict) if self._console is None or self._file else None
         if self._console is None:
             assert line is not None
             return (line, line), {}
+        if event_dict.get("event") in self._file_only:
+            return (None, line), {}
         return (self._console(logger, method_name, event_dict), line), {}
 
 
@@ -220,25 +231,33 @@ def _isatty(stream: IO[str]) -> bool:
         return False
 
 
+def is_console(fmt: str = "auto", stream: IO[str] | None = None) -> bool:
+    """Whether ``configure_logging(fmt=fmt, stream=stream)`` shows logs for people."""
+    return fmt == "console" or (fmt == "auto" and _isatty(stream or sys.stdout))
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
     file: Path | None = None,
     stream: IO[str] | None = None,
+    file_only: Collection[str] = (),
 ) -> None:
     """Configure structlog for the whole process; calling it again replaces the configuration.
 
     ``fmt``: ``json`` (one JSON object a line), ``console`` (for people) or ``auto`` (console
     on a TTY, JSON otherwise). ``file``: also append JSON lines there, flushed per line.
-    ``stream`` defaults to standard output. Loggers already handed out follow the new
-    configuration, and ``structlog.testing.capture_logs`` keeps working.
+    ``stream`` defaults to standard output. ``file_only``: events not shown on a console stream
+    (the CLI prints them for people its own way; JSON streams and the file keep them). Loggers
+    already handed out follow the new configuration, and ``structlog.testing.capture_logs``
+    keeps working.
     """
     global _open_file
     if fmt not in ("auto", "json", "console"):
         raise ValueError(f"unknown log format {fmt!r}; use auto, json or console")
     out = stream if stream is not None else sys.stdout
     tty = _isatty(out)
-    console = fmt == "console" or (fmt == "auto" and tty)
+    console = is_console(fmt, out)
 
     if _open_file is not None:
         _open_file.close()
@@ -256,7 +275,11 @@ def configure_logging(
         # Tracebacks become a plain string here, before redaction, so they are scrubbed too.
         structlog.processors.format_exc_info,
         redact_secrets,
-        _Render(structlog.dev.ConsoleRenderer(colors=tty) if console else None, file is not None),
+        _Render(
+            structlog.dev.ConsoleRenderer(colors=tty) if console else None,
+            file is not None,
+            frozenset(file_only),
+        ),
     ]
     structlog.configure(
         processors=processors,

@@ -55,11 +55,11 @@ from __future__ import annotations
 import struct
 from array import array
 from hashlib import blake2b
-from typing import Final
+from typing import Any, ClassVar, Final
 
 import structlog
 
-from botsky.events import BLOCK, LIKE, POST, REPOST, Event, PostRef
+from botsky.events import BLOCK, LIKE, POST, REPOST, Event, PostRef, uri_authority
 from botsky.ledger.base import Ledger, Mention, Outcome
 
 __all__ = ["OutcomeWatcher"]
@@ -103,6 +103,14 @@ class _Chains:
         self.heads = array("q", [-1]) * buckets
         self.mask = buckets - 1
         self.split = 0
+
+    def snapshot(self) -> tuple[array[int], array[int], array[int], int, int]:
+        """(heads, keys, links, mask, split), copied."""
+        return self.heads[:], self.keys[:], self.links[:], self.mask, self.split
+
+    def restore(self, state: tuple[array[int], array[int], array[int], int, int]) -> None:
+        heads, keys, links, self.mask, self.split = state
+        self.heads, self.keys, self.links = heads[:], keys[:], links[:]
 
     def _bucket(self, key: int) -> int:
         b = key & self.mask
@@ -175,6 +183,10 @@ class _Chains:
 
 
 class OutcomeWatcher:
+    """The open mentions of the window and what happens to them (see the module docstring)."""
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
+
     def __init__(self, ledger: Ledger, *, window_s: float = 86_400.0) -> None:
         self.ledger = ledger
         self.window_us = int(window_s * 1e6)
@@ -197,6 +209,48 @@ class OutcomeWatcher:
     def __len__(self) -> int:
         return self._base + len(self._ids) - self._first
 
+    def snapshot(self) -> dict[str, Any]:
+        """The watched mentions as plain values, for ``restore`` (simulation checkpoints).
+
+        Keys: ``counts`` (outcomes recorded by kind), ``base``/``first`` (row numbering), the
+        row columns ``ids``/``created``/``open``/``bot``/``root``/``check``, the three indexes
+        ``by_reply``/``by_author``/``by_mentioned`` (``_Chains`` columns) and ``bots`` (bot DIDs
+        in index order). Rows keep their numbers, so the indexes stay valid as they are; the
+        digests are blake2b, the same in every process. Not the ledger nor the window (the
+        configuration). Nothing in it is shared with the watcher.
+        """
+        return {
+            "counts": dict(self.counts),
+            "base": self._base,
+            "first": self._first,
+            "ids": self._ids[:],
+            "created": self._created[:],
+            "open": bytes(self._open),
+            "bot": self._bot[:],
+            "root": self._root[:],
+            "check": self._check[:],
+            "by_reply": self._by_reply.snapshot(),
+            "by_author": self._by_author.snapshot(),
+            "by_mentioned": self._by_mentioned.snapshot(),
+            "bots": list(self._bots),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Watch what ``state`` (a ``snapshot``) describes; the value stays the caller's."""
+        self.counts = dict(state["counts"])
+        self._base, self._first = state["base"], state["first"]
+        self._ids = state["ids"][:]
+        self._created = state["created"][:]
+        self._open = bytearray(state["open"])
+        self._bot = state["bot"][:]
+        self._root = state["root"][:]
+        self._check = state["check"][:]
+        self._by_reply.restore(state["by_reply"])
+        self._by_author.restore(state["by_author"])
+        self._by_mentioned.restore(state["by_mentioned"])
+        self._bots = list(state["bots"])
+        self._bot_index = {did: k for k, did in enumerate(self._bots)}
+
     async def load(self) -> int:
         """Index every open mention still in its window (after a restart)."""
         for m in await self.ledger.open_mentions():
@@ -210,7 +264,7 @@ class OutcomeWatcher:
         for r in self._by_reply.rows(key, first, base):
             if self._ids[r - base] == m.id:
                 return  # already watched (a takeover re-reads every open mention)
-        bot_did = _bot_did(m.reply_uri)
+        bot_did = uri_authority(m.reply_uri)  # the bot's reply is in the bot's repository
         bot = self._bot_index.get(bot_did)
         if bot is None:
             bot = self._bot_index[bot_did] = len(self._bots)
@@ -279,10 +333,7 @@ class OutcomeWatcher:
         """The live row whose bot reply is ``uri``, or -1."""
         # Bot replies live in the bots' repositories: any other URI (nearly every like on the
         # network) is a miss without computing a digest.
-        if not uri:
-            return -1
-        end = uri.find("/", 5)  # _bot_did(uri), inlined: this is every like's path
-        if (uri[5:end] if end >= 0 else uri[5:]) not in self._bot_index:
+        if not uri or uri_authority(uri) not in self._bot_index:
             return -1
         key, check = _digest2(uri)
         base = self._base
@@ -364,9 +415,3 @@ class OutcomeWatcher:
         for chains in (self._by_reply, self._by_author, self._by_mentioned):
             chains.cut(dead)
             chains.shrink(live, self._first, self._base)
-
-
-def _bot_did(reply_uri: str) -> str:
-    # The bot's DID is the authority of its reply's AT-URI: at://<did>/app.bsky.feed.post/<rkey>.
-    end = reply_uri.find("/", 5)
-    return reply_uri[5:end] if end >= 0 else reply_uri[5:]

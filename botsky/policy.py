@@ -21,8 +21,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event
+from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event, uri_authority
 
 __all__ = ["DAY_US", "OPT_OUT_REASONS", "AudiencePolicy", "KillSwitch", "OptOut"]
 
@@ -62,10 +63,6 @@ def _tag_pattern(tag: str) -> re.Pattern[str] | None:
     return re.compile(r"(?<![\w#])" + re.escape(tag.strip()) + r"(?!\w)", re.IGNORECASE)
 
 
-def _authority(uri: str | None) -> str:
-    return uri[5:].split("/", 1)[0] if uri and uri.startswith("at://") else ""
-
-
 class KillSwitch:
     """True while ``file`` exists or the env var ``env`` is non-empty; read at most every 0.5 s."""
 
@@ -101,6 +98,8 @@ class AudiencePolicy:
     ``note_reply`` is called after each posted mention, so the
     daily caps hold; ``posting_paused`` is the kill switch.
     """
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
 
     def __init__(
         self,
@@ -138,6 +137,30 @@ class AudiencePolicy:
         self._mentions: dict[str, deque[int]] = {}
         self._replies: dict[str, deque[int]] = {}
         self._kill_switch = kill_switch or (lambda: False)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the policy learned, as plain values for ``restore`` (checkpoints).
+
+        Keys: ``opted_in`` and ``opted_out`` (sorted DIDs), and the daily caps' counts:
+        ``latest_us`` (the newest reply time, the clock without one) and ``mentions``/``replies``
+        (DID → posting times, oldest first). Not the mode, lists, phrases or caps themselves
+        (configuration), nor the kill switch (read live).
+        """
+        return {
+            "opted_in": sorted(self.opted_in),
+            "opted_out": sorted(self.opted_out),
+            "latest_us": self._latest_us,
+            "mentions": {did: list(times) for did, times in self._mentions.items()},
+            "replies": {did: list(times) for did, times in self._replies.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Know what ``state`` (a ``snapshot``) holds, in place of what was learned so far."""
+        self.opted_in = set(state["opted_in"])
+        self.opted_out = set(state["opted_out"])
+        self._latest_us = state["latest_us"]
+        self._mentions = {did: deque(times) for did, times in state["mentions"].items()}
+        self._replies = {did: deque(times) for did, times in state["replies"].items()}
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -214,7 +237,7 @@ class AudiencePolicy:
                 self.opted_in.add(event.did)
         elif event.collection == POST:
             post = event.post
-            to_bot = _authority(post.parent_uri) in self.bot_dids
+            to_bot = uri_authority(post.parent_uri) in self.bot_dids
             if to_bot and self._stop is not None and self._stop.search(post.text):
                 reason = ASKED_TO_STOP
             if reason is None and any(d in self.bot_dids for d in post.mention_dids):

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import itemgetter, mul, truediv
-from typing import Final
+from typing import Any, ClassVar, Final
 
 import regex
 
@@ -108,11 +108,18 @@ class TermStats:
         if len(df) > self.max_terms:
             self._prune()
 
-    def idf(self, term: str) -> float:
-        return math.log((self.docs + 1) / (self._df.get(term, 0) + 1)) + 1.0
+    def snapshot(self) -> dict[str, Any]:
+        """The statistics as plain values (document count, frequency per term), for ``restore``."""
+        return {"docs": self.docs, "df": dict(self._df)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take the statistics of a ``snapshot`` (copied: the value stays the caller's)."""
+        self.docs = state["docs"]
+        self._df = dict(state["df"])
 
     def tf_idf(self, counts: dict[str, int]) -> dict[str, float]:
-        """Count × ``idf`` per term (``idf`` inlined: this runs for every post)."""
+        """Count × IDF per term, IDF = ln((docs + 1) / (df + 1)) + 1 (smoothed, as in
+        scikit-learn's ``TfidfVectorizer``)."""
         docs, df, log = self.docs + 1, self._df, math.log
         return {t: c * (log(docs / (df.get(t, 0) + 1)) + 1.0) for t, c in counts.items()}
 
@@ -202,6 +209,8 @@ def _pack_texts(texts: list[bytes]) -> bytes:
 class Presence:
     """Online users within a sliding window of stream time, with interest profiles."""
 
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
+
     def __init__(
         self,
         *,
@@ -284,7 +293,12 @@ class Presence:
         return i >= 0 and self._last[i] >= self.now_us - self.window_us
 
     def online(self) -> Iterator[Profile]:
-        """Online users, most recently active first."""
+        """Online users, most recently active first.
+
+        No pipeline stage walks every online user (the recommender goes through ``matches``
+        and ``sample``); this stays as the one readable view of the recency order, which the
+        tests check window expiry, the ``max_users`` cap and checkpoints against.
+        """
         cutoff = self.now_us - self.window_us
         log, seq, last = self._log, self._seq, self._last
         for k in range(len(log) - 1, self._head - 1, -1):
@@ -296,7 +310,11 @@ class Presence:
             yield self._profile(i)
 
     def users_sharing(self, terms: Iterable[str]) -> set[str]:
-        """DIDs of users whose profile holds at least one of ``terms``."""
+        """DIDs of users whose profile holds at least one of ``terms``.
+
+        The exact, unbounded answer of the term index (``matches`` asks it with a bound): kept
+        as the reference the tests hold the index, its sweeps and checkpoints to.
+        """
         found: set[int] = set()
         rec = self._rec
         for term in terms:
@@ -310,20 +328,15 @@ class Presence:
                     found.add(i)
         return {self._did(i) for i in found}
 
-    def candidates(self, terms: Iterable[str], limit: int) -> set[str]:
-        """Up to ``limit`` users sharing a term, found rarest term first, newest holder first.
-
-        ``users_sharing`` when that has at most ``limit`` users. The bound is what keeps a
-        recommendation cheap on the whole network, where a common word is held by 10^5 users:
-        rare terms say the most about a match and are looked at first.
-        """
-        return {self._did(i) for i in self._candidates(list(terms), limit)}
-
     def matches(self, vec: dict[str, float], limit: int, keep: Keep) -> list[Match]:
-        """(similarity, last activity, DID) of the ``candidates(vec, limit)`` ``keep`` accepts.
+        """(similarity, last activity, DID) of up to ``limit`` users sharing a term of ``vec``
+        that ``keep`` accepts.
 
-        ``keep(did, last_us, langs)`` is the recommender's filter: asked on the columns in one
-        pass (no DID lookup per question), and similarity is computed only for users kept.
+        The users are found rarest term first, newest holder first: the bound is what keeps a
+        recommendation cheap on the whole network, where a common word is held by 10^5 users,
+        and rare terms say the most about a match. ``keep(did, last_us, langs)`` is the
+        recommender's filter: asked on the columns in one pass (no DID lookup per question),
+        and similarity is computed only for users kept.
         """
         query = self._query(vec)
         rec, last, lang, sets = self._rec, self._last, self._lang, self._lang_sets
@@ -340,22 +353,6 @@ class Presence:
             if keep(did, last_us, sets[lang[i]]):
                 out.append((_similarity(rec[i], query), last_us, did))
         return out
-
-    def similarity(self, did: str, vec: dict[str, float]) -> float:
-        """``sum(w * profile.terms.get(t, 0.0) for t, w in vec.items())``, without the Profile.
-
-        Only the shared terms' products are added, in ``vec``'s order: adding the absent terms'
-        0.0 would not change the float.
-        """
-        i = self._find(did)
-        if i < 0:
-            return 0.0
-        return _similarity(self._rec[i], self._query(vec))
-
-    def terms_of(self, did: str) -> dict[str, float]:
-        """The term weights of ``did``'s profile (empty for unknown users and non-posters)."""
-        i = self._find(did)
-        return {} if i < 0 else self._term_weights(i)
 
     def sample(self, rng: random.Random, tries: int = 64) -> Profile | None:
         """A uniformly random online user (rejection sampling over the dense positions)."""
@@ -392,6 +389,78 @@ class Presence:
             if self._base > 1 << 30:  # positions must fit ``_seq``'s int32
                 self._compact_log()
         return removed
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the presence knows, as plain values for ``restore`` (checkpoints).
+
+        Keys: ``now_us`` (the stream clock), ``stats`` (``TermStats.snapshot``), and the user
+        table as laid out: ``buckets``/``keys``/``other`` (DID → slot), the slot columns
+        ``last``/``seq``/``posts``/``rec``/``lang``, ``lang_sets``, the free slots ``free``, the
+        dense positions ``dense``, the recency ``log`` with ``head``/``base``, the vocabulary
+        ``words``/``free_ids`` and the term ``index``. The layout is kept, not just the users:
+        candidates are found in slot and index order, so only the same layout ranks ties the same
+        and a resumed simulation stays bit for bit. Maps that follow from these (reverse
+        look-ups, counters) are not in it; ``restore`` rebuilds them. Records hold term ids and
+        weights in this machine's byte order (like ``array``). Nothing in it is shared with the
+        presence: later changes to either do not show in the other.
+        """
+        return {
+            "now_us": self.now_us,
+            "stats": self.stats.snapshot(),
+            "buckets": list(self._buckets),
+            "keys": bytes(self._keys),
+            "other": dict(self._other),
+            "last": self._last[:],
+            "seq": self._seq[:],
+            "posts": self._posts[:],
+            "rec": list(self._rec),
+            "lang": self._lang[:],
+            "lang_sets": list(self._lang_sets),
+            "free": self._free[:],
+            "dense": self._dense[:],
+            "log": self._log[:],
+            "head": self._head,
+            "base": self._base,
+            "words": list(self._words),
+            "free_ids": self._free_ids[:],
+            "index": {tid: slots[:] for tid, slots in self._index.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Become the presence ``state`` (a ``snapshot``) describes; the value stays the caller's.
+
+        The window, caps and profile sizes stay this presence's own (the configuration); the
+        hash table keeps the snapshot's size, so ``max_users`` may differ.
+        """
+        buckets = list(state["buckets"])
+        if not buckets or len(buckets) & (len(buckets) - 1):
+            raise ValueError("a presence snapshot needs a power-of-two number of buckets")
+        self.now_us = state["now_us"]
+        self.stats.restore(state["stats"])
+        self._buckets, self._mask = buckets, len(buckets) - 1
+        self._keys = bytearray(state["keys"])
+        self._other = dict(state["other"])
+        self._other_did = {i: did for did, i in self._other.items()}
+        self._last = state["last"][:]
+        self._seq = state["seq"][:]
+        self._posts = state["posts"][:]
+        self._rec = list(state["rec"])
+        self._lang = state["lang"][:]
+        self._lang_sets = list(state["lang_sets"])
+        self._lang_ids = {langs: k for k, langs in enumerate(self._lang_sets)}
+        self._free = state["free"][:]
+        self._dense = state["dense"][:]
+        self._where = array("i", [-1]) * len(self._last)  # free slots get theirs when reused
+        for k, i in enumerate(self._dense):
+            self._where[i] = k
+        self._log = state["log"][:]
+        self._head, self._base = state["head"], state["base"]
+        self._words = list(state["words"])
+        self._term_ids = {word: tid for tid, word in enumerate(self._words) if word}  # "": free
+        self._free_ids = state["free_ids"][:]
+        self._index = {tid: slots[:] for tid, slots in state["index"].items()}
+        self._indexed = sum(map(len, self._index.values()))
+        self._live_terms = sum(_count(r) for r in self._rec if r is not None)
 
     # DID <-> slot -------------------------------------------------------------------------
     def _find(self, did: str) -> int:
@@ -505,7 +574,8 @@ class Presence:
         self._log, self._head, self._base = live, 0, 0
 
     def _candidates(self, terms: list[str], limit: int) -> list[int]:
-        """``candidates`` as slots, in the order found."""
+        """Slots of up to ``limit`` users sharing a term, rarest term first, newest holder
+        first (``users_sharing`` when that has at most ``limit`` users), in the order found."""
         index, ids, rec = self._index, self._term_ids, self._rec
         holders = [
             (index.get(tid, ()) if (tid := ids.get(t)) is not None else (), tid) for t in terms

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from botsky.identity import Identity
 from botsky.llm.reply import Candidate
@@ -36,6 +37,8 @@ class Offer:
 
 class Recommender:
     """Ranks online users for a post. Pure over the presence snapshot; no I/O."""
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
 
     def __init__(
         self,
@@ -57,11 +60,19 @@ class Recommender:
         self.is_bot = is_bot
         # The consent hook: the audience policy says who may be mentioned at all.
         self.may_mention = may_mention
-        # Users scored per post at most (see Presence.candidates): on the whole network a
+        # Users scored per post at most (see Presence.matches): on the whole network a
         # common word is shared by 10^5 online users; scoring them all took ~0.1 s a post with
         # 20k online users already (BENCHMARKS.md). Scoring costs about 5 µs a user.
         self.max_candidates = max_candidates
         self._last_mentioned: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"last_mentioned": {did: time_us}}``: the mention cooldowns (the rest is config)."""
+        return {"last_mentioned": dict(self._last_mentioned)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take the cooldowns of ``state`` (a ``snapshot``)."""
+        self._last_mentioned = dict(state["last_mentioned"])
 
     def note_mentioned(self, did: str, time_us: int) -> None:
         """Start the cooldown for ``did`` (called for every recorded mention)."""
@@ -83,7 +94,11 @@ class Recommender:
         return self.may_mention(p.did) and self.identity.handle(p.did) is not None
 
     def ranked(self, text: str, author: str, langs: tuple[str, ...]) -> list[tuple[float, Profile]]:
-        """Eligible users sharing a term with the post, most similar first."""
+        """Eligible users sharing a term with the post, most similar first.
+
+        ``offer`` uses ``_rank`` (no Profile for users nobody is offered); this whole ranking
+        as Profiles stays for the tests of order and filter, and for reading a ranking by hand.
+        """
         profile = self.presence.profile
         return [(sim, p) for sim, did in self._rank(text, author, langs) if (p := profile(did))]
 

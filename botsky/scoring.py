@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 from rich.table import Table
 
-from botsky.ledger.base import Mention, Outcome
+from botsky.ledger.base import Mention, Outcome, mention_from_log
 
 __all__ = [
     "GROUP_BY",
@@ -282,7 +282,7 @@ def rebuild_from_log(lines: Iterable[bytes | str]) -> tuple[list[Mention], list[
             continue
         event = rec.get("event")
         if event == "reply_posted":
-            mention = _mention_from_log(rec)
+            mention = mention_from_log(rec)
             if mention is not None:
                 mentions[mention.id] = mention
         elif event == "outcome_recorded":
@@ -305,50 +305,6 @@ def _int(rec: dict[str, Any], key: str) -> int | None:
     value = rec.get(key)
     # bool is an int subclass, but a JSON true is never a valid id, count or timestamp.
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float(rec: dict[str, Any], key: str) -> float:
-    value = rec.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0.0
-    return float(value)
-
-
-def _str(rec: dict[str, Any], key: str) -> str:
-    value = rec.get(key)
-    return value if isinstance(value, str) else ""
-
-
-def _mention_from_log(rec: dict[str, Any]) -> Mention | None:
-    """A ``reply_posted`` line as an open Mention, or None if its id or time is unusable."""
-    mention_id, created_us = _int(rec, "mention_id"), _int(rec, "created_us")
-    if mention_id is None or created_us is None:
-        return None
-    return Mention(
-        post_uri=_str(rec, "post_uri"),
-        post_cid=_str(rec, "post_cid"),
-        post_author=_str(rec, "post_author"),
-        root_uri=_str(rec, "root_uri"),
-        root_cid=_str(rec, "root_cid"),
-        bot=_str(rec, "bot"),
-        model=_str(rec, "model"),
-        provider=_str(rec, "provider"),
-        persona=_str(rec, "persona"),
-        picker=_str(rec, "picker"),
-        reply_uri=_str(rec, "reply_uri"),
-        reply_cid=_str(rec, "reply_cid"),
-        reply_text=_str(rec, "reply_text"),
-        mentioned_did=_str(rec, "mentioned_did"),
-        mentioned_handle=_str(rec, "mentioned_handle"),
-        candidates=[],
-        rank=_int(rec, "rank") or 0,
-        created_us=created_us,
-        prompt_tokens=_int(rec, "prompt_tokens") or 0,
-        completion_tokens=_int(rec, "completion_tokens") or 0,
-        cost_usd=_float(rec, "cost_usd"),
-        latency_ms=_float(rec, "latency_ms"),
-        id=mention_id,
-    )
 
 
 def _outcome_from_log(rec: dict[str, Any]) -> Outcome | None:

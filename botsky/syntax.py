@@ -20,6 +20,8 @@ from atproto_client.models import string_formats as _sdk
 from atproto_core.nsid import validate_nsid as _sdk_validate_nsid
 from pydantic import TypeAdapter
 
+from botsky.events import split_at_uri
+
 __all__ = [
     "KINDS",
     "is_valid_at_identifier",
@@ -107,16 +109,16 @@ def is_valid_at_uri(value: object) -> bool:
     authorities the DID syntax allows (``did:web:localhost%3A8080``). Composing the part
     validators keeps AT-URIs exactly as strict as the identifiers they hold.
     """
-    if not isinstance(value, str) or not _plain(value):
+    if not isinstance(value, str) or not _plain(value) or len(value) > _MAX_AT_URI:
         return False
-    if len(value) > _MAX_AT_URI or not value.startswith("at://"):
+    parts = split_at_uri(value)
+    if parts is None or not is_valid_at_identifier(parts[0]):
         return False
-    parts = value[5:].split("/")
-    if len(parts) > 3 or not is_valid_at_identifier(parts[0]):
+    _, collection, rkey = parts
+    if collection is not None and not is_valid_nsid(collection):
         return False
-    if len(parts) > 1 and not is_valid_nsid(parts[1]):
-        return False
-    return len(parts) < 3 or is_valid_record_key(parts[2])
+    # A record key never holds a slash, so one in the rest refuses a fourth part too.
+    return rkey is None or is_valid_record_key(rkey)
 
 
 # Seconds are required, the separator is an upper-case T and the zone is Z or +hh:mm/-hh:mm:

@@ -3,6 +3,7 @@
 - Event builders (``post``, ``like``, ``repost``, ``follow``, ``block``, ``identity``) that
   produce the same ``Event`` a Jetstream line would, with real-looking TIDs and CIDs.
 - ``ListSource``: a finite Source over a list of events.
+- ``FakeClock``: an injectable ``clock`` (and ``sleep``) whose time moves only when told.
 - ``FakeModel``: a Model with scripted answers that records every prompt.
 - ``RecordingPoster``: a Poster that records replies and can be told to fail.
 - ``FakeVendorServer``: a loopback HTTP server answering OpenAI ``/v1/chat/completions`` and
@@ -25,11 +26,13 @@ from typing import Any
 
 from botsky.errors import PostError, PostRateLimited
 from botsky.events import BLOCK, FOLLOW, LIKE, POST, REPOST, Event, at_uri
+from botsky.ids import synthetic_cid, tid
 from botsky.llm.base import Completion, Usage
 from botsky.posting import Posted, ReplyPost
 from botsky.sources.base import SourceStats
 
 __all__ = [
+    "FakeClock",
     "FakeModel",
     "FakeVendorServer",
     "ListSource",
@@ -45,20 +48,33 @@ __all__ = [
     "tid",
 ]
 
-_B32 = "234567abcdefghijklmnopqrstuvwxyz"
+# The production encoders, under the names tests know: a TID record key for a time, and a
+# deterministic CID-shaped string (not a real hash).
+fake_cid = synthetic_cid
 
 
-def tid(time_us: int, clock_id: int = 0) -> str:
-    """A record key in the TID format for ``time_us`` (sortable base32, 13 chars)."""
-    n = (time_us << 10) | (clock_id & 0x3FF)
-    return "".join(_B32[(n >> (5 * i)) & 31] for i in range(12, -1, -1))
+class FakeClock:
+    """A clock for the ``clock=``/``sleep=`` parameters: time moves only when told.
 
+    Call it for the time, in whatever unit the component counts (monotonic seconds, or stream
+    microseconds); set ``now`` or ``advance`` to move it. ``await sleep(s)`` records ``s`` in
+    ``slept`` and moves the clock by it at once, as if the wait had passed.
+    """
 
-def fake_cid(seed: str) -> str:
-    """A deterministic, CID-shaped string (base32 sha256 multihash prefix), not a real hash."""
-    digest = hashlib.sha256(seed.encode()).digest()
-    bits = int.from_bytes(digest, "big")
-    return "bafyrei" + "".join(_B32[(bits >> (5 * i)) & 31] for i in range(52))
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> Any:
+        # Any: a stream clock wants the int it was started with (``FakeClock(T0)``) back.
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def _commit(

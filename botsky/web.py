@@ -48,6 +48,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from botsky.errors import ConfigError
+from botsky.events import POST, parse_at_uri
 from botsky.ledger.base import Mention
 from botsky.metrics import CONTENT_TYPE, AppView, Metrics, ScoreCache
 from botsky.scoring import GROUP_BY, Score, score_log_fields, scores_json
@@ -78,12 +79,11 @@ _SECURITY_HEADERS: Final = {
 
 def bsky_url(uri: str) -> str | None:
     """The bsky.app page of an ``at://<did>/app.bsky.feed.post/<rkey>`` URI, else None."""
-    if not uri.startswith("at://"):
+    try:
+        did, collection, rkey = parse_at_uri(uri)
+    except ValueError:
         return None
-    parts = uri[5:].split("/")
-    if len(parts) != 3 or parts[1] != "app.bsky.feed.post" or not parts[0] or not parts[2]:
-        return None
-    return f"https://bsky.app/profile/{parts[0]}/post/{parts[2]}"
+    return f"https://bsky.app/profile/{did}/post/{rkey}" if collection == POST else None
 
 
 def create_app(

@@ -40,7 +40,7 @@ from botsky.testing import (
     post,
 )
 from botsky.wiring import build_app
-from tests.conftest import DATA, MIN, T0
+from tests.support import DATA, MIN, T0
 
 CORPUS = [json.loads(line) for line in (DATA / "adversarial_posts.jsonl").read_text().splitlines()]
 CANDIDATES = {
@@ -223,6 +223,7 @@ def test_post_stays_inside_its_block(hostile: str) -> None:
     assert _post_text(user).count("\n") == hostile.count("\n")
 
 
+@pytest.mark.slow
 async def test_obedient_model_in_process_posts_only_safe_replies(tmp_path: Path) -> None:
     """build_app over the corpus (ListSource, RecordingPoster): every posted reply is safe."""
     events, attacks = _events()
@@ -254,6 +255,7 @@ async def test_obedient_model_in_process_posts_only_safe_replies(tmp_path: Path)
     assert results.get("error", 0) == 0
 
 
+@pytest.mark.slow
 def test_obedient_model_through_botsky_run(tmp_path: Path) -> None:
     """`botsky run` with both vendors on loopback: posts, ledger and logs stay clean."""
     events, attacks = _events()

@@ -52,3 +52,28 @@ def test_is_bot_and_empty_army() -> None:
     assert army.is_bot("did:plc:a") and not army.is_bot("did:plc:z")
     with pytest.raises(ValueError):
         Army([], random.Random(1))
+
+
+def test_a_pickled_snapshot_continues_the_same_draws() -> None:
+    """An army restored from its pickled snapshot draws what the original draws next."""
+    import pickle
+
+    a = Army([_bot("a"), _bot("b"), _bot("c")], random.Random(5))
+    for _ in range(17):
+        a.pick("x")
+    b = Army([_bot("a"), _bot("b"), _bot("c")], random.Random(99))
+    b.restore(pickle.loads(pickle.dumps(a.snapshot())))
+    assert [a.pick("x").name for _ in range(50)] == [b.pick("x").name for _ in range(50)]  # type: ignore[union-attr]
+
+
+def test_replace_models_swaps_the_named_bots_in_place() -> None:
+    """The named bot gets the new model everywhere the army is held; a wrong name is an error."""
+    army = Army([_bot("a"), _bot("b")], random.Random(1))
+    new = FakeModel(model="m-new")
+    army.replace_models({"b": new})
+    assert [bot.model for bot in army.bots][1] is new
+    found = army.by_did("did:plc:b")
+    assert found is not None and found.model is new and found.persona == "p"
+    assert army.by_did("did:plc:a").model.model == "m-a"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="no bot named zed"):
+        army.replace_models({"zed": new})

@@ -28,25 +28,9 @@ from botsky.posting import (
     reply_rkey,
     session_path,
 )
+from botsky.testing import FakeClock
 from tests.pds.harness import LocalPds, TestAccount
-from tests.pds_fixtures import local_pds, unique_name
-
-__all__ = ["local_pds"]  # the fixture is used by name
-
-
-class FakeClock:
-    """Monotonic seconds that only move when told (or when the budget sleeps)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.support import unique_name
 
 
 def _budget(clock: FakeClock, **kw: Any) -> WriteBudget:

@@ -24,7 +24,7 @@ from botsky.runtime import App
 from botsky.scoring import score, scores_json
 from botsky.testing import FakeVendorServer
 from botsky.web import WebServer, serve
-from tests.test_web import HOSTILE, hostile_answer, replay_app
+from tests.support import HOSTILE, hostile_answer, replay_app
 
 _CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Headless, offline and stateless: no sandbox (containers run as root), no GPU, no QUIC, no

@@ -16,7 +16,7 @@ import pytest
 from botsky.events import event_to_jetstream
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.testing import FakeVendorServer, identity, post
-from tests.conftest import T0
+from tests.support import T0
 
 REPO = Path(__file__).parent.parent
 
@@ -46,6 +46,7 @@ def test_check_config_reports_file_line_and_field(tmp_path: Path) -> None:
     (tmp_path / "configs" / "botsky.yaml").write_text(
         "data_dir: ./d\nsource: {kind: replay, path: x.jsonl}\n"
     )
+    (tmp_path / "configs" / "x.jsonl").write_bytes(b"")
     (tmp_path / "configs" / "bots.yaml").write_text(
         "bots:\n"
         "  - name: ada\n"
@@ -84,6 +85,7 @@ def test_check_config_without_a_config_file_says_so(tmp_path: Path) -> None:
     assert out.stderr.startswith("configs/botsky.yaml: cannot read")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_intake_saves_the_cursor_and_exits_zero(tmp_path: Path) -> None:
     """SIGTERM mid-replay: in-flight work finishes, the cursor is saved, exit code 0."""
     users = [(f"did:plc:u{i}", f"user{i}.test") for i in range(40)]
@@ -248,6 +250,7 @@ async def test_sqlite_runs_inline_only_for_lockstep_finite_sources(
         await app.aclose()
 
 
+@pytest.mark.slow
 def test_run_freezes_the_startup_heap(tmp_path: Path) -> None:
     """`botsky run` takes what start-up built (SDK modules, the app) out of the collector's
     full passes: nearly every container alive after ``build_app`` is frozen, so a full
@@ -292,6 +295,25 @@ def test_run_freezes_the_startup_heap(tmp_path: Path) -> None:
     assert left < 1_000
 
 
+def test_check_config_warns_about_misspelt_variables_and_still_passes() -> None:
+    """A BOTSKY_* typo is a warning line with a did-you-mean; the config itself is OK."""
+    out = subprocess.run(
+        [sys.executable, "-m", "botsky", "check-config", "-c", "configs/botsky.yaml"],
+        cwd=REPO,
+        env=_env() | {"BOTSKY_DISPACH__WORKERS": "8"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "warning: env BOTSKY_DISPACH__WORKERS matches no setting and is ignored; "
+        "did you mean BOTSKY_DISPATCH__WORKERS?"
+    ]
+    assert out.stdout == "configuration OK\n"
+
+
+@pytest.mark.slow
 def test_importing_the_cli_and_the_wiring_never_imports_psycopg() -> None:
     """SQLite installs need no PostgreSQL driver: importing the CLI (``-X importtime`` lists
     every module loaded) and the composition root loads no psycopg module."""

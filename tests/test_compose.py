@@ -484,6 +484,7 @@ _SPICE = st.sampled_from(
 _TEXT = st.lists(st.one_of(st.text(max_size=20), _SPICE), max_size=60).map("".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     reply=_TEXT,

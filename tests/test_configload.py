@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
+from ruamel.yaml import YAML
 
-from botsky.configload import check_config, load_config, resolve_secrets
+from botsky.configload import (
+    check_config,
+    env_warnings,
+    inspect_config,
+    is_placeholder,
+    load_config,
+    resolve_secrets,
+)
 from botsky.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,9 +66,11 @@ Write = Callable[..., Path]
 
 @pytest.fixture
 def write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Write:
-    """Write configs/botsky.yaml and configs/bots.yaml under tmp_path (the working directory)."""
+    """Write configs/botsky.yaml and configs/bots.yaml under tmp_path (the working directory),
+    next to the (empty) replay file BOTSKY names."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "events.jsonl").write_bytes(b"")
 
     def _write(botsky: str | None = BOTSKY, bots: str | None = BOTS) -> Path:
         for name, text in (("botsky.yaml", botsky), ("bots.yaml", bots)):
@@ -311,19 +323,19 @@ def test_environ_argument_replaces_os_environ(
     """A given environ is the whole environment; without one, os.environ is read."""
     monkeypatch.setenv("BOTSKY_DATA_DIR", "/from/os")
     path = write()
-    assert load_config(path, environ={}).settings.data_dir == Path("data")
+    assert load_config(path, environ={}).settings.data_dir == Path("configs/data")
     assert load_config(path).settings.data_dir == Path("/from/os")
 
 
 def test_relative_paths(write: Write) -> None:
-    """source.path and bots_file follow botsky.yaml's directory; data_dir stays cwd-relative."""
+    """source.path, bots_file and data_dir follow botsky.yaml's directory."""
     path = write(_edit(BOTSKY, "cursor_every: 7", "bots_file: army/bots.yaml"), None)
     (Path("configs") / "army").mkdir()
     (Path("configs") / "army" / "bots.yaml").write_text(BOTS, encoding="utf-8")
     loaded = load_config(path, environ={})
     assert loaded.bots_path == Path("configs/army/bots.yaml")
     assert loaded.settings.source.path == Path("configs/events.jsonl")
-    assert loaded.settings.data_dir == Path("data")
+    assert loaded.settings.data_dir == Path("configs/data")
 
 
 def test_relative_path_from_env_is_cwd_relative(write: Write) -> None:
@@ -405,3 +417,106 @@ def test_secrets_never_show_in_repr_or_str(write: Write) -> None:
     for shown in (repr(secrets), str(secrets), repr(secrets["ada"]), str(secrets["ada"])):
         for secret in environ.values():
             assert secret not in shown
+
+
+# --- one pass, environment typos, placeholders (issue 16) --------------------------------------
+
+
+def test_every_problem_is_reported_in_one_pass(write: Write) -> None:
+    """Schema errors in both files, a missing password and a missing replay file: all at once
+    (the valid bot of a broken bots file is still checked)."""
+    botsky = _edit(
+        _edit(LIVE, "cursor_every: 7", "cursor_every: lots"), "events.jsonl", "gone.jsonl"
+    )
+    bots = _edit(BOTS, "provider: anthropic", "provider: anthropik")
+    assert check_config(write(botsky, bots), environ={}) == [
+        "configs/botsky.yaml:2 cursor_every: 'lots' is not a valid integer",
+        "configs/bots.yaml:11 bots[1].provider: 'anthropik' is not one of openai, anthropic, "
+        "openai_compatible, template",
+        "configs/bots.yaml:8 bots[0].account.password_env: environment variable "
+        "ADA_APP_PASSWORD is not set (needed for live posting)",
+    ]
+    # With the schema right, the file the config names is checked too, in the same pass.
+    botsky = _edit(LIVE, "events.jsonl", "gone.jsonl")
+    assert check_config(write(botsky, BOTS), environ={"BASIL_APP_PASSWORD": "pw"}) == [
+        "configs/bots.yaml:8 bots[0].account.password_env: environment variable "
+        "ADA_APP_PASSWORD is not set (needed for live posting)",
+        "configs/botsky.yaml:5 source.path: no such file: configs/gone.jsonl "
+        "(relative paths are relative to configs/)",
+    ]
+
+
+def test_misspelt_botsky_variables_are_warned_about(write: Write) -> None:
+    """A BOTSKY_* variable that sets nothing is a warning with the closest setting's name;
+    settings, sections and the kill switch are not warned about, and nothing fails."""
+    environ = {
+        "BOTSKY_DISPACH__WORKERS": "8",
+        "BOTSKY_DATA_DIR__X": "1",
+        "BOTSKY_ZZZ": "1",
+        "BOTSKY_DISPATCH__WORKERS": "8",
+        "BOTSKY_PRESENCE": '{"window_s": 60}',
+        "botsky_cursor_every": "9",
+        "BOTSKY_KILL_SWITCH": "",
+        "BOTSKY_TEST_POSTGRES_DSN": "postgresql://x",
+    }
+    report = inspect_config(write(), environ=environ)
+    assert report.problems == []
+    assert report.warnings == [
+        "env BOTSKY_DATA_DIR__X matches no setting and is ignored; did you mean BOTSKY_DATA_DIR?",
+        "env BOTSKY_DISPACH__WORKERS matches no setting and is ignored; "
+        "did you mean BOTSKY_DISPATCH__WORKERS?",
+        "env BOTSKY_ZZZ matches no setting and is ignored",
+    ]
+    assert env_warnings({"BOTSKY_STOP": "1"}, also_allowed=["BOTSKY_STOP"]) == []
+
+
+def _deploy_placeholders() -> list[str]:
+    env_example = (REPO / "deploy" / ".env.example").read_text()
+    values = re.findall(r"^[A-Z][A-Z0-9_]*=(.+)$", env_example, re.M)
+    secret = YAML(typ="safe").load((REPO / "deploy" / "k8s" / "secret.yaml").read_text())
+    values += [v for v in secret["stringData"].values() if v and "://" not in v]
+    values += [conninfo_to_dict(v)["password"] for v in secret["stringData"].values() if "://" in v]
+    return values
+
+
+def test_the_deploy_placeholders_are_recognised() -> None:
+    """Every value shipped in deploy/.env.example and the k8s Secret is a known placeholder."""
+    values = _deploy_placeholders()
+    assert len(values) >= 3
+    assert all(is_placeholder(v) for v in values), values
+    assert not any(is_placeholder(v) for v in ("hunter2-real", "sk-live-abc", "x"))
+
+
+def test_placeholder_secrets_are_refused(write: Write) -> None:
+    """A placeholder web token, DSN password, API key or app password is a problem, in any mode."""
+    environ = {
+        "BOTSKY_WEB__TOKEN": "change-me-too",
+        "BOTSKY_LEDGER__URL": "postgresql://botsky:change-me@db:5432/botsky",
+        "OPENAI_API_KEY": "change-me",
+        "BASIL_APP_PASSWORD": "CHANGE-ME",
+    }
+    fix = "is the placeholder shipped in deploy/: set a real secret"
+    assert check_config(write(), environ=environ) == [
+        f"env BOTSKY_WEB__TOKEN web.token {fix}",
+        f"env BOTSKY_LEDGER__URL ledger.url: the DSN's password {fix}",
+        f"configs/bots.yaml:2 bots[0].api_key_env: environment variable OPENAI_API_KEY {fix}",
+        "configs/bots.yaml:15 bots[1].account.password_env: environment variable "
+        f"BASIL_APP_PASSWORD {fix}",
+    ]
+
+
+def test_example_handles_are_refused_when_posting_is_live(write: Write) -> None:
+    """*.example.bsky.social handles fail check-config for live posting, not for dry runs."""
+    bots = _edit(BOTS, "ada.example.com", "ada.example.bsky.social")
+    assert check_config(write(BOTSKY, bots), environ={}) == []
+    passwords = {"ADA_APP_PASSWORD": "pw-a", "BASIL_APP_PASSWORD": "pw-b"}
+    assert check_config(write(LIVE, bots), environ=passwords) == [
+        "configs/bots.yaml:7 bots[0].account.handle: 'ada.example.bsky.social' is an example "
+        "handle: put the bot's own Bluesky handle here (needed for live posting)"
+    ]
+
+
+def test_a_tilde_of_no_such_user_is_a_plain_path(write: Write) -> None:
+    """`~nosuchuser/x` cannot be expanded: it is reported as a file, not raised (fuzz find)."""
+    problems = check_config(write(), environ={"BOTSKY_BOTS_FILE": "~0"})
+    assert problems == ["~0: cannot read: No such file or directory"]

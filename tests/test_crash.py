@@ -4,19 +4,22 @@ The replay has N questions, each on a topic exactly one online "expert" posts ab
 `similar` arm's mention is known in advance and the expert's later reply in the thread is a
 success to record. The poster is the persistent dry-run repo (a JSONL file under data_dir,
 fsynced per reply), which is what a crash can leave ahead of the ledger.
+
+Each kill lands at a point chosen by progress, never by the clock: the child (``botsky run``
+with a few of its methods wrapped, ``_KILL_AT``) stops at the chosen pass through a chosen step
+of a reply (claimed, posted, recorded) or of start-up (recovering the last kill's claims),
+tells the parent through a pipe and waits; the parent kills it there. A fast or a slow machine
+changes when that happens, not where.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import random
-import signal
-import string
+import select
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,47 +28,10 @@ import pytest
 
 from botsky.events import Event, event_to_jetstream
 from botsky.ledger.sqlite import SqliteLedger
-from botsky.testing import identity, post
-from tests.conftest import MIN, T0
+from tests.support import expert_scenario
 
 N = 300
 KILLS = 20
-
-
-def _topics(n: int) -> list[str]:
-    """Distinct made-up words (letters only, so the tokenizer keeps them)."""
-    letters = string.ascii_lowercase
-    words = ("zq" + "".join(t) for t in itertools.product(letters, repeat=3))
-    return list(itertools.islice(words, n))
-
-
-def _scenario(n: int = N) -> tuple[list[Event], dict[str, str]]:
-    """Experts post, askers ask, each expert answers its question later in the file."""
-    topics = _topics(n)
-    events: list[Event] = []
-    questions: list[Event] = []
-    expert_of: dict[str, str] = {}
-    for i in range(len(topics)):
-        events.append(identity(f"did:plc:expert{i}", T0 + i, f"expert{i}.test"))
-        events.append(identity(f"did:plc:asker{i}", T0 + i, f"asker{i}.test"))
-    # Experts talk in a reply thread (replies are not answered in this config), so only the
-    # questions are eligible; the seed post finds nobody online and is skipped.
-    seed = post("did:plc:seed", T0, "Tell us what you study!")
-    events.append(seed)
-    for i, word in enumerate(topics):
-        events.append(
-            post(f"did:plc:expert{i}", T0 + MIN + i, f"I study {word} every day", reply_to=seed)
-        )
-    for i, word in enumerate(topics):
-        q = post(f"did:plc:asker{i}", T0 + 2 * MIN + i * 1000, f"What about {word}?")
-        questions.append(q)
-        expert_of[q.uri] = f"did:plc:expert{i}"
-    events += questions
-    for i, q in enumerate(questions):
-        events.append(
-            post(f"did:plc:expert{i}", T0 + 30 * MIN + i, "Me! Happy to help.", reply_to=q)
-        )
-    return events, expert_of
 
 
 def _config(tmp: Path, events: list[Event]) -> Path:
@@ -88,23 +54,76 @@ def _config(tmp: Path, events: list[Event]) -> Path:
     return tmp / "botsky.yaml"
 
 
-def _start(cfg: Path, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTSKY_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "botsky", "run", "-c", str(cfg)],
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("BOTSKY_")}
+
+
+# ``botsky run`` with one step wrapped: its ``at``-th pass writes "!" to the pipe ``fd`` and
+# blocks the process (the event loop included), so nothing moves past it before the kill.
+_KILL_AT = """
+import os, sys, time
+from botsky.cli import main
+from botsky.dispatch import Dispatcher
+from botsky.ledger.sqlite import SqliteLedger
+from botsky.posting import DryRunPoster
+
+step, at, fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.argv = ["botsky", *sys.argv[4:]]
+passes = 0
+
+def reached():
+    global passes
+    passes += 1
+    if passes == at:
+        os.write(fd, b"!")
+        time.sleep(3600)
+
+def wrap(cls, name, before):
+    original = getattr(cls, name)
+    async def wrapped(*args, **kwargs):
+        if before:
+            reached()
+        result = await original(*args, **kwargs)
+        if not before:
+            reached()
+        return result
+    setattr(cls, name, wrapped)
+
+target = {
+    "recovering": (Dispatcher, "recover", True),  # start-up: settling the last kill's claims
+    "claimed": (SqliteLedger, "claim", False),  # claim and intent stored, nothing posted
+    "posted": (DryRunPoster, "reply", False),  # in the repo, not yet in the ledger
+    "recorded": (SqliteLedger, "record_mention", False),  # recorded, outcomes not yet tracked
+}[step]
+wrap(*target)
+main()
+"""
+REPLY_STEPS = ("claimed", "posted", "recorded")
+
+
+def _kill_at(cfg: Path, step: str, at: int) -> bool:
+    """Run botsky until its ``at``-th pass through ``step``, SIGKILL it there; False if the
+    run ended before getting there."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_AT, step, str(at), str(write_end), "run", "-c", str(cfg)],
         cwd=cfg.parent,
-        env=env,
+        env=_env(),
         stdout=subprocess.DEVNULL,
-        stderr=stderr,
+        stderr=subprocess.DEVNULL,
+        pass_fds=(write_end,),
     )
-
-
-def _replies(repo: Path) -> int:
-    """Replies in the dry-run repository so far (a line each)."""
+    os.close(write_end)
     try:
-        return repo.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
+        # "!" at the kill point; b"" (end of file) if the process exited first. The timeout
+        # only guards against a hang: a healthy run gets there in seconds.
+        ready, _, _ = select.select([read_end], [], [], 120)
+        reached = bool(ready) and os.read(read_end, 1) == b"!"
+    finally:
+        os.close(read_end)
+        proc.kill()  # SIGKILL
+        proc.wait(timeout=30)
+    return reached
 
 
 async def _ledger_state(path: Path):  # type: ignore[no-untyped-def]
@@ -120,32 +139,29 @@ async def _ledger_state(path: Path):  # type: ignore[no-untyped-def]
 def test_sigkill_at_random_points_never_double_replies_or_loses_a_mention(tmp_path: Path) -> None:
     """20 SIGKILLs mid-run, then a clean run: one reply per question, each recorded, each
     expert's answer scored as a success."""
-    events, expert_of = _scenario()
+    events, expert_of = expert_scenario(N)
     cfg = _config(tmp_path, events)
     repo = tmp_path / "data" / "dry_run_posts.jsonl"
     rng = random.Random(20261121)
     kills_mid_run = 0
     for k in range(KILLS):
-        proc = _start(cfg)
         if k % 4 == 3:
-            # During start-up and the recovery of the previous kill's claims.
-            time.sleep(rng.uniform(0.3, 0.9))
+            landed = _kill_at(cfg, "recovering", 1)
         else:
-            # A few replies into the run, at a random point of a reply's steps: by progress,
-            # not by the clock, so the kills land mid-run however fast the machine or the code.
-            target = _replies(repo) + rng.randint(1, 8)
-            deadline = time.monotonic() + 60
-            while _replies(repo) < target and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0, 0.01))
-        if proc.poll() is None:
-            kills_mid_run += 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    final = _start(cfg, stderr=subprocess.PIPE)
-    _, stderr = final.communicate(timeout=300)
-    assert final.returncode == 0, stderr.decode()[-3000:]
-    assert kills_mid_run >= KILLS // 2  # the kills really landed during runs
+            # A few replies into the run: at most 8 of the replies still to come, so the
+            # chosen pass always comes (20 kills x 8 < N questions).
+            landed = _kill_at(cfg, rng.choice(REPLY_STEPS), rng.randint(1, 8))
+        kills_mid_run += landed
+    final = subprocess.run(
+        [sys.executable, "-m", "botsky", "run", "-c", str(cfg)],
+        cwd=cfg.parent,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=300,
+    )
+    assert final.returncode == 0, final.stderr.decode()[-3000:]
+    assert kills_mid_run == KILLS  # every kill landed where it was aimed, mid-run
 
     replies = [orjson.loads(line) for line in repo.read_bytes().splitlines()]
     per_parent = Counter(r["parent"] for r in replies)

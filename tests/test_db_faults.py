@@ -22,7 +22,7 @@ import pytest
 from botsky.events import event_to_jetstream
 from botsky.ledger.postgres import PostgresLedger
 from botsky.testing import FakeVendorServer
-from tests.test_crash import _scenario
+from tests.support import expert_scenario
 
 PG_VERSION = (
     next(iter(sorted(os.listdir("/etc/postgresql"))), "")
@@ -81,7 +81,7 @@ def test_postgres_restart_mid_run_pauses_and_loses_nothing(
 ) -> None:
     """A restart while replies are being recorded: the run finishes, every question is
     answered once, every mention and success is in the ledger."""
-    events, expert_of = _scenario(150)
+    events, expert_of = expert_scenario(150)
     (tmp_path / "events.jsonl").write_bytes(b"\n".join(map(event_to_jetstream, events)) + b"\n")
     with FakeVendorServer(delay=0.02) as server:
         (tmp_path / "botsky.yaml").write_text(

@@ -15,6 +15,7 @@ from botsky.dispatch import ComposeRules, Dispatcher, Selector
 from botsky.errors import LedgerUnavailable, ModelError, ModelUnavailable, PostError
 from botsky.events import Event, PostRef
 from botsky.identity import MemoryIdentity
+from botsky.ledger.base import MENTION_LOG_FIELDS, mention_from_log
 from botsky.ledger.retry import RetryingLedger
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm.openai import OpenAIModel
@@ -23,7 +24,7 @@ from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.secretguard import SecretGuard
 from botsky.testing import FakeModel, RecordingPoster, handles_offered, like, post
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 BOT_DID = "did:plc:bot"
 AUTHOR = "did:plc:author"
@@ -431,3 +432,62 @@ def test_selector_memory_is_bounded() -> None:
     for i in range(100_002):
         sel.accepted(Event(did=f"did:plc:a{i}", time_us=T0 + i * 1_000_000, kind="commit"))
     assert len(sel._last_answered) <= 61
+
+
+def test_selector_snapshot_continues_sampling_and_cooldowns() -> None:
+    """A selector restored from its pickled snapshot samples the same posts and keeps the
+    authors' cooldowns."""
+    import pickle
+
+    sel = _selector(sample_rate=0.5, author_cooldown_s=3600)
+    ev = post(AUTHOR, T0, "hello")
+    for _ in range(7):
+        sel.reason(ev, PostRef.of(ev.record))
+    sel.accepted(ev)
+    fresh = _selector(sample_rate=0.5, author_cooldown_s=3600)
+    fresh.restore(pickle.loads(pickle.dumps(sel.snapshot())))
+    other = post("did:plc:other", T0 + 1, "hi")
+    ref = PostRef.of(other.record)
+    assert [fresh.reason(other, ref) for _ in range(40)] == [
+        sel.reason(other, ref) for _ in range(40)
+    ]
+    later = post(AUTHOR, T0 + 30 * MIN, "again")
+    assert fresh.reason(later, PostRef.of(later.record)) == "author_cooldown"
+
+
+async def test_dispatcher_snapshot_holds_its_rng_and_counts(world: World) -> None:
+    """The dispatcher's snapshot carries the picker RNG and the outcome counts, nothing shared."""
+    import pickle
+
+    d = world.dispatcher
+    assert await d.handle(*_post()) == "posted"
+    d.counts["posted"] += 1
+    d.rng.random()
+    snap = pickle.loads(pickle.dumps(d.snapshot()))
+    d.counts["posted"] += 5
+    expected = d.rng.random()
+    d.restore(snap)
+    assert d.counts == {"posted": 1} and d.rng.random() == expected
+
+
+async def test_the_reply_posted_line_reads_back_as_the_ledgers_mention(world: World) -> None:
+    """A ``reply_posted`` log line, through JSON, reads back (``mention_from_log``) into the
+    Mention the ledger recorded, on every field the line carries; it carries exactly those."""
+    import dataclasses
+
+    from structlog.testing import capture_logs
+
+    world.model.script({"reply": "🍞 " * 200 + "@baker.test", "mention": "baker.test"})
+    with capture_logs() as logs:
+        assert await world.dispatcher.handle(*_post()) == "posted"
+    (line,) = [e for e in logs if e["event"] == "reply_posted"]
+    carried = {name for name, _ in MENTION_LOG_FIELDS}
+    assert set(line) - {"event", "log_level"} == carried | {"mention_id", "candidates", "repaired"}
+    read = mention_from_log(orjson.loads(orjson.dumps(line)))
+    (recorded,) = await world.ledger.mentions()
+    assert read is not None and read.id == recorded.id > 0
+    assert read.extra == recorded.extra and "trimmed" in read.extra["repaired"]  # type: ignore[operator]
+    for f in dataclasses.fields(recorded):
+        if f.name in carried:
+            assert getattr(read, f.name) == getattr(recorded, f.name), f.name
+    assert line["candidates"] == len(recorded.candidates) == 2

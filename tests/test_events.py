@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import libipld
 import orjson
 import pytest
 
@@ -20,6 +21,8 @@ from botsky.events import (
     event_to_jetstream,
     parse_at_uri,
     parse_jetstream,
+    split_at_uri,
+    uri_authority,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -292,3 +295,52 @@ def test_at_uri_helpers() -> None:
     ):
         with pytest.raises(ValueError):
             parse_at_uri(bad)
+
+
+@pytest.mark.parametrize(
+    ("uri", "parts", "authority"),
+    [
+        (f"at://{DID}/{POST}/3k", (DID, POST, "3k"), DID),
+        (f"at://{DID}/{POST}", (DID, POST, None), DID),
+        (f"at://{DID}", (DID, None, None), DID),
+        (f"at://{DID}/", (DID, "", None), DID),
+        (f"at://{DID}/{POST}/3k/x", (DID, POST, "3k/x"), DID),
+        ("at://", ("", None, None), ""),
+        ("https://bsky.app/profile/x", None, ""),
+        ("", None, ""),
+        (None, None, ""),
+        (7, None, ""),
+    ],
+)
+def test_split_at_uri_and_its_authority(uri: object, parts: object, authority: str) -> None:
+    """The one AT-URI splitter: absent parts are None, anything not at:// is None; the
+    authority reads "" for what has none."""
+    assert split_at_uri(uri) == parts
+    assert uri_authority(uri) == authority
+
+
+def test_every_wire_refuses_the_same_malformed_commit() -> None:
+    """A commit with a non-DID repo or an unknown operation is refused with the same reason
+    on Jetstream v1, Jetstream v2 and the relay (one builder, one set of checks)."""
+    from botsky.sources.jetstream import _v2_event
+    from botsky.sources.relay import RelayDecoder
+
+    def relay_frame(repo: str, action: str) -> bytes:
+        header = libipld.encode_dag_cbor({"op": 1, "t": "#commit"})
+        op = {"action": action, "path": f"{POST}/3k", "cid": None}
+        body = {"seq": 5, "repo": repo, "ops": [op], "time": "2026-01-01T00:00:00Z"}
+        return header + libipld.encode_dag_cbor(body)
+
+    for did, op, reason in (
+        ("alice", "delete", "missing or invalid did"),
+        (DID, "upsert", "unknown operation"),
+    ):
+        commit = {"operation": op, "collection": POST, "rkey": "3k"}
+        v1 = orjson.dumps({"did": did, "time_us": 1, "kind": "commit", "commit": commit})
+        v2 = {"did": did, "time": "2026-01-01T00:00:00Z", **commit}
+        with pytest.raises(FrameError, match=reason):
+            parse_jetstream(v1)
+        with pytest.raises(FrameError, match=reason):
+            _v2_event("commit", v2)
+        with pytest.raises(FrameError, match=reason):
+            RelayDecoder().decode(relay_frame(did, op))

@@ -40,8 +40,7 @@ from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelayDecoder, RelaySource
 from botsky.sources.replay import ReplaySource
 from botsky.wiring import build_app
-from tests.conftest import DATA
-from tests.test_relay import FRAMES, frame_server
+from tests.support import DATA, FRAMES, frame_server
 
 LINES = [line for line in (DATA / "jetstream" / "expected_v1.jsonl").read_bytes().splitlines()]
 _INT64 = st.integers(-(2**63), 2**63 - 1)  # what DAG-CBOR can encode
@@ -114,6 +113,7 @@ def test_mutated_frames_with_a_collection_filter(
     _decode_or_skip(RelayDecoder(collections), frame)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     header=st.dictionaries(st.sampled_from(["op", "t", "x"]), _INT64 | st.text()),
@@ -272,6 +272,7 @@ _JSON = st.recursive(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     line=st.sampled_from(LINES),
@@ -447,6 +448,7 @@ _LINKISH: tuple[re.Pattern[str] | regex.Pattern[str], ...] = (
 OFFERED = [Offered("did:plc:alice", "alice.test"), Offered("did:plc:bob", "bob.test")]
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None)
 @given(
     reply=_HOSTILE,
@@ -554,6 +556,7 @@ def _yaml_text(tree: Any) -> str:
     return json.dumps(tree, allow_nan=True, default=str)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     main=st.one_of(_TREE.map(_yaml_text), _NOISE, st.text(max_size=200)),

@@ -22,7 +22,7 @@ from botsky.config import DEFAULT_COLLECTIONS, SourceConfig
 from botsky.events import Event, event_to_jetstream
 from botsky.sources import open_source
 from botsky.sources.jetstream import JetstreamSource
-from tests.test_relay import (
+from tests.support import (
     CORPUS,
     EXPECTED,
     FIXED_JITTER,

@@ -488,3 +488,89 @@ class TestClaimIntent:
             ("at://p/1", "bot-a", intent),
             ("at://p/2", "bot-b", None),
         ]
+
+
+def test_both_backends_run_one_set_of_statements() -> None:
+    """The statements are written once: PostgreSQL's differ from SQLite's only in the
+    parameter marks, and neither backend has its own copy of the shared Ledger methods."""
+    from botsky.ledger._sql import SqlLedger
+
+    lite, pg = SqliteLedger.sql, PostgresLedger.sql
+    for f in dataclasses.fields(lite):
+        a, b = getattr(lite, f.name), getattr(pg, f.name)
+        assert "%s" not in a and "?" not in b and a.replace("?", "%s") == b, f.name
+    shared = {n for n in vars(SqlLedger) if not n.startswith("_") and n != "sql"}
+    assert {"claim", "mentions", "save_cursor", "opt_outs"} <= shared
+    for backend in (SqliteLedger, PostgresLedger):
+        assert shared.isdisjoint(vars(backend)), backend.__name__
+
+
+class TestReadOnly:
+    """Readers (`botsky scores`) open the ledger read-only: nothing is ever created or written."""
+
+    @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+    def url(self, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+        """A ledger URL of the parametrized backend with nothing in it yet."""
+        if request.param == "sqlite":
+            return "sqlite"
+        return str(request.getfixturevalue("postgres_schema_dsn"))
+
+    @staticmethod
+    async def _tables(url: str, tmp_path: Path) -> list[str]:
+        if url == "sqlite":
+            return sorted(p.name for p in tmp_path.rglob("*"))  # noqa: ASYNC240
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cursor = await conn.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema()"
+            )
+            return sorted(name for (name,) in await cursor.fetchall())
+
+    async def test_nothing_there_is_an_error_and_creates_nothing(
+        self, url: str, tmp_path: Path
+    ) -> None:
+        """Opening a ledger that does not exist yet fails clearly and creates no file or table."""
+        reader = open_ledger(url, tmp_path / "data", read_only=True)
+        with pytest.raises(LedgerError, match=r"no (botsky )?ledger"):
+            await reader.open()
+        assert await self._tables(url, tmp_path) == []
+
+    async def test_reads_what_a_writer_wrote_and_refuses_writes(
+        self, url: str, tmp_path: Path
+    ) -> None:
+        """A read-only ledger sees the writer's rows; a write through it fails."""
+        writer = open_ledger(url, tmp_path / "data")
+        await writer.open()
+        try:
+            await writer.claim("at://p/1", "bot-a", T0)
+            await writer.record_mention(make_mention(1))
+            reader = open_ledger(url, tmp_path / "data", read_only=True)
+            await reader.open()
+            try:
+                assert await reader.mentions() == await writer.mentions()
+                with pytest.raises(LedgerError):
+                    await reader.claim("at://p/2", "bot-b", T0)
+            finally:
+                await reader.close()
+            assert not await writer.is_claimed("at://p/2")
+        finally:
+            await writer.close()
+
+    async def test_an_older_schema_is_refused_not_migrated(self, url: str, tmp_path: Path) -> None:
+        """A ledger missing a migration is not upgraded by a reader; the message says how."""
+        writer = open_ledger(url, tmp_path / "data")
+        await writer.open()
+        await writer.close()
+        if url == "sqlite":
+            with sqlite3.connect(tmp_path / "data" / "botsky.sqlite3") as conn:
+                conn.execute("DELETE FROM schema_migrations WHERE version = 1")
+        else:
+            import psycopg
+
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute("DELETE FROM schema_migrations WHERE version = 1")
+        reader = open_ledger(url, tmp_path / "data", read_only=True)
+        with pytest.raises(LedgerError, match="older botsky"):
+            await reader.open()

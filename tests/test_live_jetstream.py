@@ -12,17 +12,19 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import orjson
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from botsky.events import event_to_jetstream
 from botsky.ledger.sqlite import SqliteLedger
-from tests.test_crash import _scenario
+from tests.support import expert_scenario
 
 
+@pytest.mark.slow
 async def test_botsky_run_on_a_jetstream_url_answers_and_resumes(tmp_path: Path) -> None:
     """Questions streamed by a Jetstream v1 server are answered once each; the cursor saved at
     SIGTERM is the last event's time, and the connection asked for our collections."""
-    events, expert_of = _scenario(20)
+    events, expert_of = expert_scenario(20)
     lines = [event_to_jetstream(e).decode() for e in events]
     queries: list[dict[str, list[str]]] = []
 

@@ -29,26 +29,27 @@ from pathlib import Path
 from typing import Any
 
 import libipld
+import pytest
 
 from botsky.config import DEFAULT_COLLECTIONS
 from botsky.configload import load_config, resolve_secrets
+from botsky.ids import BASE32_SORTABLE
 from botsky.runtime import App
 from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelaySource
 from botsky.wiring import build_app
-from tests.test_relay import load_frames
+from tests.support import load_frames
 
 REPO = Path(__file__).parent.parent
 SEQ0 = 1 << 40  # above 2**32, so every seq is an 8-byte CBOR integer: patched in place
 TIME0 = "2000-01-01T00:00:00.000Z"
-_B32 = "234567abcdefghijklmnopqrstuvwxyz"
 
 
 CYCLE = 20  # passes before DIDs repeat: 20 x 150 users, well above the presence bound
 
 
 def _suffix(k: int) -> str:
-    return "".join(_B32[(k >> (5 * j)) & 31] for j in range(8))
+    return "".join(BASE32_SORTABLE[(k >> (5 * j)) & 31] for j in range(8))
 
 
 def _did(i: int, k: int) -> str:
@@ -288,6 +289,7 @@ async def run_load(
     return result
 
 
+@pytest.mark.slow
 async def test_relay_at_20k_events_per_second_stays_bounded(tmp_path: Path) -> None:
     """~5 s at >= 20k events/s: no crash, bounded presence and RSS, lag measured, drops counted."""
     r = await run_load(tmp_path, rate=30_000, seconds=5.0, max_users=200)

@@ -21,8 +21,7 @@ from botsky.scoring import score
 from botsky.sources.base import SourceStats
 from botsky.testing import FakeModel, FakeVendorServer, RecordingPoster
 from botsky.web import serve
-from tests.conftest import MIN, T0
-from tests.test_web import hostile_answer, replay_app
+from tests.support import MIN, T0, hostile_answer, replay_app
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -7,7 +7,7 @@ from botsky.ledger.base import Mention
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.outcomes import OutcomeWatcher
 from botsky.testing import block, fake_cid, like, post, repost
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 AUTHOR, TARGET, OTHER, BOT = "did:plc:author", "did:plc:target", "did:plc:other", "did:plc:bot"
 HOUR = 60 * MIN

@@ -28,9 +28,7 @@ from botsky.ledger.base import Mention, Outcome
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.testing import FakeVendorServer, handles_offered
 from tests.pds.harness import LocalPds, TestAccount
-from tests.pds_fixtures import local_pds, unique_name
-
-__all__ = ["local_pds"]  # the fixture is used by name
+from tests.support import unique_name
 
 pytestmark = pytest.mark.slow
 

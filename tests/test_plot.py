@@ -8,7 +8,7 @@ from pathlib import Path
 from botsky.ledger.base import Mention
 from botsky.plot import plot_scores
 from botsky.scoring import Score, score
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 
 def _mentions() -> list[Mention]:

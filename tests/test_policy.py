@@ -8,8 +8,8 @@ import pytest
 
 from botsky.events import PROFILE, Event
 from botsky.policy import AudiencePolicy, KillSwitch, OptOut
-from botsky.testing import block, follow, post
-from tests.conftest import T0
+from botsky.testing import FakeClock, block, follow, post
+from tests.support import T0
 
 BOT = "did:plc:bot"
 
@@ -168,16 +168,16 @@ HOUR = 3_600_000_000
 
 def test_mentions_per_target_cap_holds_for_a_day_of_stream_time() -> None:
     """A target mentioned ``cap`` times in 24 h is not offered again until the window passes."""
-    now = [T0]
-    pol = AudiencePolicy(mode="open", mentions_per_target_per_day=2, clock=lambda: now[0])
+    clock = FakeClock(T0)
+    pol = AudiencePolicy(mode="open", mentions_per_target_per_day=2, clock=clock)
     pol.note_reply("did:plc:a1", "did:plc:t", T0)
     assert pol.may_mention("did:plc:t")
-    now[0] = T0 + HOUR
-    pol.note_reply("did:plc:a2", "did:plc:t", now[0])
+    clock.now = T0 + HOUR
+    pol.note_reply("did:plc:a2", "did:plc:t", clock())
     assert not pol.may_mention("did:plc:t") and pol.may_mention("did:plc:other")
-    now[0] = T0 + 24 * HOUR  # the first mention leaves the window
+    clock.now = T0 + 24 * HOUR  # the first mention leaves the window
     assert pol.may_mention("did:plc:t")
-    now[0] = T0 + 25 * HOUR
+    clock.now = T0 + 25 * HOUR
     assert pol.may_mention("did:plc:t") and not pol._mentions
 
 
@@ -217,18 +217,18 @@ def test_caps_do_not_override_consent() -> None:
 
 def test_kill_switch_file_is_checked_at_most_every_half_second(tmp_path: Path) -> None:
     """Creating the file pauses posting within 0.5 s of the clock; removing it resumes."""
-    now = [100.0]
+    clock = FakeClock(100.0)
     flag = tmp_path / "STOP"
-    switch = KillSwitch(file=flag, environ={}, clock=lambda: now[0])
+    switch = KillSwitch(file=flag, environ={}, clock=clock)
     pol = AudiencePolicy(kill_switch=switch)
     assert not pol.posting_paused()
     flag.touch()
-    now[0] += 0.2
+    clock.advance(0.2)
     assert not pol.posting_paused()  # cached reading
-    now[0] += 0.3
+    clock.advance(0.3)
     assert pol.posting_paused()
     flag.unlink()
-    now[0] += 0.5
+    clock.advance(0.5)
     assert not pol.posting_paused()
 
 
@@ -243,3 +243,26 @@ def test_kill_switch_env_var_must_be_non_empty(value: str | None, paused: bool) 
 def test_no_kill_switch_never_pauses() -> None:
     """A policy built without a kill switch never pauses posting."""
     assert not AudiencePolicy().posting_paused()
+
+
+def test_a_pickled_snapshot_keeps_consent_and_the_daily_caps() -> None:
+    """Opt-ins, opt-outs and the caps' counts survive ``snapshot``/``restore`` through pickle;
+    the configuration stays the new policy's."""
+    import pickle
+
+    def make() -> AudiencePolicy:
+        return AudiencePolicy(bot_dids=[BOT], mentions_per_target_per_day=1,
+                              replies_per_author_per_day=2)  # fmt: skip
+
+    p = make()
+    p.observe(follow("did:plc:fan", T0, BOT))
+    p.observe(block("did:plc:foe", T0, BOT))
+    p.note_reply("did:plc:fan", "did:plc:target", T0)
+    fresh = make()
+    fresh.restore(pickle.loads(pickle.dumps(p.snapshot())))
+    assert fresh.snapshot() == p.snapshot()
+    assert fresh.may_answer("did:plc:fan") and not fresh.may_answer("did:plc:foe")
+    assert not fresh.may_mention("did:plc:target")  # the cap of 1 is used
+    fresh.note_reply("did:plc:fan", "did:plc:other", T0 + 1)
+    assert not fresh.may_answer("did:plc:fan")  # the second reply of the day
+    assert p.may_answer("did:plc:fan")  # the original is not affected by the copy

@@ -7,7 +7,7 @@ from collections import Counter
 
 from botsky.presence import Presence, tokenize
 from botsky.testing import like, post
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 
 def test_tokenize_drops_urls_mentions_and_stopwords() -> None:
@@ -109,21 +109,44 @@ def test_texts_keep_any_unicode_and_are_cut_to_the_prompt_length() -> None:
     assert prof.texts == ("lone \ud83d surrogate", "x" * 240)
 
 
-def test_survives_pickling_and_the_checkpoint_restore() -> None:
-    """The checkpoint pickles Presence and restores it with ``vars(...).update``."""
+def test_a_pickled_snapshot_restores_the_same_presence() -> None:
+    """``snapshot()`` pickles and ``restore()`` rebuilds the same presence (the checkpoint's
+    contract): same users, index, profiles, and the same answers afterwards."""
     import pickle
 
-    p = Presence(window_s=600)
-    for i in range(50):
-        did = f"did:plc:{i:024d}" if i % 7 else f"did:web:u{i}.test"
-        p.observe(post(did, T0 + i, f"topic{i % 5} shared words here", langs=("en",)))
-    fresh = Presence(window_s=600)
-    vars(fresh).update(vars(pickle.loads(pickle.dumps(p))))
+    p = Presence(window_s=600, terms_per_user=3)
+    for i in range(1500):  # stale log and index entries, sweeps and reused term ids
+        did = f"did:plc:{i % 90:024d}" if i % 7 else f"did:web:u{i % 90}.test"
+        p.observe(post(did, T0 + i, f"topic{i % 5} word{i % 13} more{i} here", langs=("en",)))
+    p.observe(post(f"did:plc:{5:024d}", T0 + 1500, "the newest words", langs=("de",)))
+    fresh = Presence(window_s=600, terms_per_user=3)
+    fresh.restore(pickle.loads(pickle.dumps(p.snapshot())))
+    assert fresh.snapshot() == p.snapshot()
     assert [u.did for u in fresh.online()] == [u.did for u in p.online()]
     assert fresh.users_sharing(["topic3"]) == p.users_sharing(["topic3"])
     assert fresh.profile("did:web:u7.test") == p.profile("did:web:u7.test")
-    fresh.observe(like(f"did:plc:{3:024d}", T0 + 100, "at://did:plc:x/app.bsky.feed.post/1"))
-    assert next(fresh.online()).did == f"did:plc:{3:024d}"
+    keep = lambda did, last_us, langs: True  # noqa: E731
+    vec = {"topic3": 0.6, "word4": 0.8}
+    assert fresh.matches(vec, 20, keep) == p.matches(vec, 20, keep)
+    for q in (p, fresh):  # both go on the same way: a new post and a user leaving the window
+        q.observe(post(f"did:plc:{3:024d}", T0 + 1700, "fresh topic words"))
+        q.observe(like(f"did:plc:{4:024d}", T0 + 2200, "at://did:plc:x/app.bsky.feed.post/1"))
+    assert fresh.snapshot() == p.snapshot()
+    assert next(fresh.online()).did == f"did:plc:{4:024d}"
+
+
+def test_a_snapshot_is_independent_of_the_presence() -> None:
+    """A snapshot does not change when the presence does, nor a restored presence with it."""
+    p = Presence()
+    p.observe(post("did:plc:" + "a" * 24, T0, "sourdough bread"))
+    snap = p.snapshot()
+    before = repr(snap)
+    p.observe(post("did:plc:" + "b" * 24, T0 + 1, "sourdough starter"))
+    assert repr(snap) == before
+    fresh = Presence()
+    fresh.restore(snap)
+    fresh.observe(post("did:plc:" + "c" * 24, T0 + 2, "sourdough crumb"))
+    assert repr(snap) == before and len(fresh) == 2
 
 
 def test_index_sweep_frees_term_ids_for_new_terms() -> None:
@@ -134,7 +157,8 @@ def test_index_sweep_frees_term_ids_for_new_terms() -> None:
     assert len(p._term_ids) <= 2 + 1024 + 4
     assert p.users_sharing([f"word{2999}a"]) == {"did:plc:" + "c" * 24}
     assert p.users_sharing(["word5a"]) == set()
-    assert set(p.terms_of("did:plc:" + "c" * 24)) == {"word2999a", "word2999b"}
+    prof = p.profile("did:plc:" + "c" * 24)
+    assert prof is not None and set(prof.terms) == {"word2999a", "word2999b"}
 
 
 def test_sample_stays_uniform_when_few_users_remain_after_many() -> None:

@@ -10,7 +10,7 @@ from botsky.identity import MemoryIdentity
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.testing import like, post
-from tests.conftest import MIN, T0
+from tests.support import MIN, T0
 
 USERS = {
     "did:plc:baker": ("baker.test", "sourdough bread baking flour starter", ("en",)),
@@ -165,3 +165,25 @@ def test_ranking_matches_a_brute_force_over_online_profiles() -> None:
     got = [(s, p.did) for s, p in rec.ranked(text, author, ("en",))]
     assert [d for _, d in got] == [d for _, d in expected]
     assert [s for s, _ in got] == pytest.approx([s for s, _ in expected])
+
+
+def test_a_pickled_snapshot_keeps_the_mention_cooldowns() -> None:
+    """Cooldowns survive ``snapshot``/``restore``; so do the handles of a memory identity."""
+    import pickle
+
+    rec = _world(cooldown_s=3600)
+    rec.note_mentioned("did:plc:baker", T0)
+    fresh = _world(cooldown_s=3600)
+    fresh.restore(pickle.loads(pickle.dumps(rec.snapshot())))
+    assert "did:plc:baker" not in [p.did for _, p in fresh.ranked(POST_TEXT, AUTHOR, ("en",))]
+    identity = MemoryIdentity(max_entries=2)
+    identity.set("did:plc:a", "a.test")
+    identity.set("did:plc:b", "b.test")
+    other = MemoryIdentity(max_entries=2)
+    other.restore(pickle.loads(pickle.dumps(identity.snapshot())))
+    other.set("did:plc:c", "c.test")  # the cap evicts the oldest restored entry
+    assert [other.handle(d) for d in ("did:plc:a", "did:plc:b", "did:plc:c")] == [
+        None,
+        "b.test",
+        "c.test",
+    ]

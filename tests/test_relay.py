@@ -8,25 +8,15 @@ commit time here, Jetstream's receive time there), and so does ``cursor`` (seq v
 
 from __future__ import annotations
 
-import asyncio
 import json
-import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import libipld
 import pytest
-import zstandard
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from botsky.config import DEFAULT_COLLECTIONS, SourceConfig
-from botsky.events import Event, parse_jetstream
+from botsky.events import Event
 from botsky.sources import open_source
-from botsky.sources._ws import Backoff
-from botsky.sources.base import Source
 from botsky.sources.relay import (
     RelayDecoder,
     RelaySource,
@@ -34,119 +24,20 @@ from botsky.sources.relay import (
     _walk_blocks,
     subscribe_url,
 )
-from tests.conftest import DATA
-
-CORPUS = DATA / "jetstream"
-COMPARED = ("did", "kind", "operation", "collection", "rkey", "cid", "record", "rev")
-COMPARED += ("handle", "active", "status")
-
-
-def load_frames() -> list[bytes]:
-    """The 150 recorded frames, byte for byte."""
-    with (CORPUS / "frames.bin.zst").open("rb") as fh:
-        raw = zstandard.ZstdDecompressor().stream_reader(fh).read()
-    frames, pos = [], 0
-    while pos < len(raw):
-        (size,) = struct.unpack_from("<I", raw, pos)
-        frames.append(raw[pos + 4 : pos + 4 + size])
-        pos += 4 + size
-    return frames
-
-
-def load_expected() -> list[Event]:
-    lines = (CORPUS / "expected_v1.jsonl").read_bytes().splitlines()
-    return [parse_jetstream(line) for line in lines if line.strip()]
-
+from tests.support import (
+    CORPUS,
+    EXPECTED,
+    FRAMES,
+    frame_server,
+    hold,
+    relay,
+    seq_of,
+    take,
+)
 
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
-FRAMES = load_frames()
-EXPECTED = load_expected()
-
-
-def seq_of(frame: bytes) -> int:
-    seq = libipld.decode_dag_cbor_multi(frame)[1]["seq"]
-    assert isinstance(seq, int)
-    return seq
-
-
-def error_frame(error: str, message: str = "") -> bytes:
-    """An XRPC stream error frame (header ``op: -1``)."""
-    return libipld.encode_dag_cbor({"op": -1}) + libipld.encode_dag_cbor(
-        {"error": error, "message": message}
-    )
-
-
-def info_frame(name: str) -> bytes:
-    return libipld.encode_dag_cbor({"op": 1, "t": "#info"}) + libipld.encode_dag_cbor(
-        {"name": name, "message": "test"}
-    )
-
-
-# --- a real websocket server on loopback, scripted per connection -------------------------
-
-Script = Callable[[ServerConnection, int, dict[str, list[str]]], Awaitable[None]]
-
-
-@dataclass
-class FrameServer:
-    """The query of every connection, in order; ``url`` is ``ws://127.0.0.1:port``."""
-
-    url: str = ""
-    queries: list[dict[str, list[str]]] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def frame_server(script: Script, **kwargs: Any) -> AsyncIterator[FrameServer]:
-    """Serve ``script(ws, connection_number, query)`` for each connection on 127.0.0.1."""
-    state = FrameServer()
-
-    async def handler(ws: ServerConnection) -> None:
-        split = urlsplit(ws.request.path if ws.request else "")
-        query = parse_qs(split.query)
-        state.queries.append(query)
-        state.paths.append(split.path)
-        await script(ws, len(state.queries), query)
-
-    async with serve(handler, "127.0.0.1", 0, compression=None, **kwargs) as server:
-        port = server.sockets[0].getsockname()[1]
-        state.url = f"ws://127.0.0.1:{port}"
-        yield state
-
-
-async def hold(ws: ServerConnection) -> None:
-    """Keep the connection open until the client leaves."""
-    await ws.wait_closed()
-
-
-async def take(source: Source, n: int) -> list[Event]:
-    """The first ``n`` events of ``source``, within five seconds."""
-    out: list[Event] = []
-    async with asyncio.timeout(5):
-        async for event in source:
-            out.append(event)
-            if len(out) == n:
-                break
-    return out
-
-
-class FakeSleep:
-    """Records the backoff delays and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
-
-
-FIXED_JITTER = Backoff(min_s=1.0, max_s=8.0, rng=lambda: 0.5)
-
-
-def relay(server: FrameServer, sleep: FakeSleep | None = None, **kwargs: Any) -> RelaySource:
-    kwargs.setdefault("backoff", FIXED_JITTER)
-    return RelaySource(server.url, sleep=sleep or FakeSleep(), **kwargs)
+COMPARED = ("did", "kind", "operation", "collection", "rkey", "cid", "record", "rev")
+COMPARED += ("handle", "active", "status")
 
 
 def assert_same(got: list[Event], expected: list[Event]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,13 @@ import structlog
 import zstandard
 
 from botsky.config import SourceConfig
+from botsky.configload import load_config, resolve_secrets
+from botsky.errors import ConfigError
 from botsky.events import Event
 from botsky.sources import Source, open_source
 from botsky.sources import replay as replay_module
-from botsky.sources.replay import ReplaySource
+from botsky.sources.replay import LEGACY_CURSOR_MIN, ReplaySource
+from botsky.wiring import build_app
 
 CORPUS = Path(__file__).parent / "data" / "jetstream" / "expected_v1.jsonl"
 MANIFEST = json.loads((CORPUS.parent / "manifest.json").read_text())
@@ -265,3 +269,152 @@ async def test_open_source_builds_a_replay() -> None:
     assert len([e async for e in source]) == 152
     named = open_source(SourceConfig(kind="replay", path=CORPUS, name="exp-1"))
     assert named.name == "exp-1"
+
+
+# --- resuming by position (issue 16) ---------------------------------------------------------
+
+
+def _zst(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "copy.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    return path
+
+
+def test_the_corpus_time_us_is_not_monotonic() -> None:
+    """The premise: recorded Jetstream time_us steps backwards, so it cannot be a cursor."""
+    times = [json.loads(line)["time_us"] for line in GOOD]
+    assert any(b < a for a, b in pairwise(times))
+
+
+async def test_cursors_are_line_end_offsets_strictly_increasing() -> None:
+    """Each event's cursor is where the next line starts; they increase in read order."""
+    events = await collect(ReplaySource(CORPUS))
+    ends = [sum(len(line) + 1 for line in GOOD[: i + 1]) for i in range(len(GOOD))]
+    assert [e.cursor for e in events] == ends
+    assert ends[-1] == CORPUS.stat().st_size
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+async def test_resume_after_any_event_continues_at_the_next_line(
+    tmp_path: Path, compressed: bool
+) -> None:
+    """For every k, resuming at event k's cursor yields exactly events k+1.. (plain and .zst),
+    in a file with blank and malformed lines between the events."""
+    lines: list[bytes] = []
+    for i, good in enumerate(GOOD):
+        lines += [good, b"", b"garbage"] if i % 7 == 3 else [good]
+    data = b"\n".join(lines) + b"\n"
+    path = _zst(tmp_path, data) if compressed else tmp_path / "dirty.jsonl"
+    if not compressed:
+        path.write_bytes(data)
+    with structlog.testing.capture_logs():
+        everything = await collect(ReplaySource(path))
+        assert len(everything) == 152
+        for k, event in enumerate(everything):
+            resumed = await collect(ReplaySource(path, after_cursor=event.cursor))
+            assert resumed == everything[k + 1 :], k
+
+
+async def test_a_stopped_replay_resumes_without_loss_or_repeat() -> None:
+    """Stopping after 7 events and resuming at the last cursor reads each event exactly once."""
+    source = ReplaySource(CORPUS)
+    first: list[Event] = []
+    async for event in source:
+        first.append(event)
+        if len(first) == 7:
+            break
+    await source.aclose()
+    rest = await collect(ReplaySource(CORPUS, after_cursor=first[-1].cursor))
+    assert first + rest == await collect(ReplaySource(CORPUS))
+
+
+async def test_skipped_lines_keep_their_line_numbers_after_a_resume(tmp_path: Path) -> None:
+    """A malformed line after the resume point is logged with its line number in the file."""
+    path = tmp_path / "dirty.jsonl"
+    path.write_bytes(b"\n".join([*GOOD[:5], b"garbage", *GOOD[5:10]]) + b"\n")
+    events = await collect(ReplaySource(path))
+    with structlog.testing.capture_logs() as logs:
+        resumed = await collect(ReplaySource(path, after_cursor=events[2].cursor))
+    assert resumed == events[3:]
+    assert [e["line"] for e in logs] == [6]
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+async def test_a_cursor_off_a_line_start_or_past_the_end_is_refused(
+    tmp_path: Path, compressed: bool
+) -> None:
+    """A saved position inside a line or past the end (the file changed) is a clear error."""
+    path = _zst(tmp_path, CORPUS.read_bytes()) if compressed else CORPUS
+    size = CORPUS.stat().st_size
+    for cursor, problem in ((len(GOOD[0]) - 3, "not at the start"), (size + 10, "past the end")):
+        with pytest.raises(ConfigError, match=problem) as err:
+            await collect(ReplaySource(path, after_cursor=cursor))
+        assert "source.resume: false" in str(err.value)
+    assert await collect(ReplaySource(path, after_cursor=size)) == []
+
+
+async def test_the_end_of_a_last_line_without_newline_is_a_valid_cursor(tmp_path: Path) -> None:
+    """A file not ending in a newline: the last event's cursor resumes to an empty stream."""
+    path = tmp_path / "tail.jsonl"
+    path.write_bytes(b"\n".join(GOOD[:3]))
+    events = await collect(ReplaySource(path))
+    assert events[-1].cursor == path.stat().st_size
+    assert await collect(ReplaySource(path, after_cursor=events[-1].cursor)) == []
+
+
+async def test_an_older_versions_time_us_cursor_resumes_after_its_line() -> None:
+    """A cursor saved as time_us (older botsky) resumes after the line carrying that time."""
+    everything = await collect(ReplaySource(CORPUS))
+    # Line 8 steps back in time: by time, resuming after line 7 would skip or repeat.
+    assert everything[7].time_us < everything[6].time_us
+    with structlog.testing.capture_logs() as logs:
+        resumed = await collect(ReplaySource(CORPUS, after_cursor=everything[6].time_us))
+    assert resumed == everything[7:]
+    assert [e["event"] for e in logs] == ["replay_cursor_converted"]
+
+
+async def test_an_ambiguous_time_us_cursor_repeats_rather_than_skips(tmp_path: Path) -> None:
+    """Two lines with one time_us: an old cursor resumes after the first (the second repeats)."""
+    second = json.loads(GOOD[3])
+    second["time_us"] = json.loads(GOOD[1])["time_us"]
+    path = tmp_path / "same-time.jsonl"
+    path.write_bytes(b"\n".join([*GOOD[:3], json.dumps(second).encode(), *GOOD[4:8]]))
+    everything = await collect(ReplaySource(path))
+    resumed = await collect(ReplaySource(path, after_cursor=everything[1].time_us))
+    assert resumed == everything[2:]
+
+
+async def test_an_unknown_time_us_cursor_is_refused() -> None:
+    """An old time_us cursor that no line carries names the fix."""
+    with pytest.raises(ConfigError, match=r"time_us from an older botsky.*source\.resume: false"):
+        await collect(ReplaySource(CORPUS, after_cursor=LEGACY_CURSOR_MIN + 1))
+
+
+async def test_the_app_saves_the_position_and_resumes_a_grown_file(tmp_path: Path) -> None:
+    """`source.resume: true`: a run over the first 40 lines saves the position; after the file
+    grows, the next run reads exactly the new lines."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(GOOD[:40]) + b"\n")
+    (tmp_path / "bots.yaml").write_text(
+        "bots:\n  - {name: s, persona: p, provider: template, model: t, picker: similar,\n"
+        "     account: {handle: s.test}}\n"
+    )
+    (tmp_path / "botsky.yaml").write_text(
+        f"data_dir: {tmp_path / 'data'}\nsource: {{kind: replay, path: events.jsonl, "
+        "resume: true}\nlogging: {file: null}\n"
+    )
+    loaded = load_config(tmp_path / "botsky.yaml", environ={})
+    secrets = resolve_secrets(loaded, environ={}, live=False)
+    seen: list[int] = []
+    for _ in range(2):
+        app = await build_app(loaded, secrets)
+        try:
+            with structlog.testing.capture_logs():
+                summary = await app.run()
+        finally:
+            await app.aclose()
+        seen.append(summary.events)
+        assert summary.cursor == path.stat().st_size
+        with path.open("ab") as fh:
+            fh.write(b"\n".join(GOOD[40:]) + b"\n")
+    assert seen == [40, 112]

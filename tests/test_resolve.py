@@ -17,12 +17,9 @@ import pytest
 
 from botsky.events import Event
 from botsky.identity import Identity, ResolvingIdentity
-from botsky.testing import identity, post
-from tests.conftest import T0
+from botsky.testing import FakeClock, identity, post
 from tests.pds.harness import LocalPds
-from tests.pds_fixtures import local_pds, unique_name
-
-__all__ = ["local_pds"]  # the fixture is used by name
+from tests.support import T0, unique_name
 
 
 class FakePlc:
@@ -116,14 +113,6 @@ class FakePlc:
         self._thread.join(timeout=5)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def plc() -> Iterator[FakePlc]:
     """A fresh fake PLC directory for one test."""
@@ -132,13 +121,13 @@ def plc() -> Iterator[FakePlc]:
 
 
 @pytest.fixture
-def clock() -> Clock:
+def clock() -> FakeClock:
     """A manual monotonic clock."""
-    return Clock()
+    return FakeClock()
 
 
 @pytest.fixture
-async def ident(plc: FakePlc, clock: Clock) -> AsyncIterator[ResolvingIdentity]:
+async def ident(plc: FakePlc, clock: FakeClock) -> AsyncIterator[ResolvingIdentity]:
     """A resolving identity on the fake PLC, verifying through its resolveHandle."""
     res = ResolvingIdentity(
         plc_url=plc.url,
@@ -212,7 +201,7 @@ async def test_a_handle_that_does_not_verify_is_never_offered(
 
 
 async def test_unknown_did_failure_is_cached_then_retried(
-    ident: ResolvingIdentity, plc: FakePlc, clock: Clock
+    ident: ResolvingIdentity, plc: FakePlc, clock: FakeClock
 ) -> None:
     """A DID the directory does not know is not asked again until the failure TTL passes."""
     assert await ident.prefetch("did:plc:ghost") is None
@@ -223,7 +212,7 @@ async def test_unknown_did_failure_is_cached_then_retried(
     assert await ident.prefetch("did:plc:ghost") == "ghost.test"
 
 
-async def test_an_unreachable_directory_is_a_counted_failure(clock: Clock) -> None:
+async def test_an_unreachable_directory_is_a_counted_failure(clock: FakeClock) -> None:
     """Connection errors are caught per DID, counted, and give None."""
     with FakePlc() as dead:
         url = dead.url
@@ -260,7 +249,7 @@ async def test_post_authors_are_prefetched_from_events(
 
 
 async def test_expired_entries_are_served_until_refreshed(
-    ident: ResolvingIdentity, plc: FakePlc, clock: Clock
+    ident: ResolvingIdentity, plc: FakePlc, clock: FakeClock
 ) -> None:
     """After the TTL the last verified handle is served while a refresh runs, then replaced."""
     plc.add("did:plc:alice", "alice.test")
@@ -312,7 +301,7 @@ async def test_pinned_handles_survive_failures_and_events(ident: ResolvingIdenti
     assert ident.handle("did:plc:bot") == "bot.test"
 
 
-async def test_queue_is_bounded_and_drops_are_counted(plc: FakePlc, clock: Clock) -> None:
+async def test_queue_is_bounded_and_drops_are_counted(plc: FakePlc, clock: FakeClock) -> None:
     """With a full queue new misses are dropped (and counted), never block the caller."""
     res = ResolvingIdentity(
         plc_url=plc.url, verify="xrpc", resolve_handle_url=plc.url, queue_size=2, clock=clock

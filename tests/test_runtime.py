@@ -22,7 +22,7 @@ from botsky.ledger.sqlite import SqliteLedger
 from botsky.runtime import App
 from botsky.testing import FakeModel, ListSource, identity, post
 from botsky.wiring import build_app
-from tests.conftest import T0
+from tests.support import T0
 
 _HOLD_LOCK = textwrap.dedent(
     """

@@ -19,7 +19,7 @@ import pytest
 from botsky.events import event_to_jetstream
 from botsky.ledger.postgres import PostgresLedger
 from botsky.partition import PgPartitions, partition_of
-from tests.test_crash import _scenario
+from tests.support import expert_scenario
 
 pytestmark = pytest.mark.postgres
 
@@ -157,7 +157,7 @@ def test_three_replicas_answer_every_post_exactly_once(
 ) -> None:
     """3 replicas over the same 10k-event replay: every question answered once, recorded once;
     also when one replica is SIGKILLed mid-run."""
-    events, expert_of = _scenario(2000)
+    events, expert_of = expert_scenario(2000)
     assert len(events) >= 10_000
     (tmp_path / "events.jsonl").write_bytes(b"\n".join(map(event_to_jetstream, events)) + b"\n")
     repo = tmp_path / "shared_repo.jsonl"

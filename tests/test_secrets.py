@@ -25,7 +25,7 @@ from ruamel.yaml import YAML
 
 from botsky.events import event_to_jetstream
 from botsky.testing import FakeVendorServer, handles_offered
-from tests.test_crash import _scenario
+from tests.support import expert_scenario
 
 REPO = Path(__file__).parent.parent
 SIM_ARGS = ("--days", "2", "--users", "60")
@@ -83,6 +83,7 @@ def assert_clean(blobs: Iterable[tuple[str, bytes | str]]) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_simulate_with_llm_bots_leaks_no_secret(tmp_path: Path) -> None:
     """`botsky simulate --days 2 --users 60` with keys set: no secret in logs, ledger, files."""
     yaml = YAML()
@@ -118,7 +119,7 @@ def test_simulate_with_llm_bots_leaks_no_secret(tmp_path: Path) -> None:
 
 
 def _write_run_config(tmp: Path, server_url: str, port: int) -> Path:
-    events, _ = _scenario(40)
+    events, _ = expert_scenario(40)
     (tmp / "events.jsonl").write_bytes(b"\n".join(map(event_to_jetstream, events)) + b"\n")
     (tmp / "botsky.yaml").write_text(
         "data_dir: data\nseed: 5\n"
@@ -149,6 +150,7 @@ bots:
     return tmp / "botsky.yaml"
 
 
+@pytest.mark.slow
 def test_run_with_web_page_leaks_no_secret(tmp_path: Path) -> None:
     """`botsky run` with the web page on: logs, ledger, /metrics and every page are clean."""
     port = _free_port()

@@ -2,58 +2,34 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
+import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import structlog
 
-from botsky.configload import LoadedConfig, load_config, resolve_secrets
+from botsky.army import Army
+from botsky.configload import resolve_secrets
+from botsky.dispatch import Dispatcher, Selector
 from botsky.errors import ConfigError
 from botsky.events import PostRef, event_to_jetstream, parse_jetstream
+from botsky.identity import MemoryIdentity
+from botsky.outcomes import OutcomeWatcher
+from botsky.policy import AudiencePolicy
+from botsky.presence import Presence
+from botsky.recommend import Recommender
+from botsky.sim.checkpoint import VERSION
 from botsky.sim.run import SimResult, simulate
 from botsky.sim.state import DEFAULT_LIMITS
 from botsky.sources.replay import ReplaySource
 from botsky.testing import FakeModel
+from tests.support import sim_config
 
-ROOT = Path(__file__).resolve().parent.parent
-SIM_CONFIG = ROOT / "configs" / "sim.yaml"
-
-CONTROL_BOTS = """bots:
-  - {name: similar, persona: p, provider: template, model: t-similar, picker: similar,
-     account: {handle: similar.bots.sim.test}}
-  - {name: random, persona: p, provider: template, model: t-random, picker: random,
-     account: {handle: random.bots.sim.test}}
-"""
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs() -> Iterator[None]:
-    """Thousands of info lines per run would only slow the tests down."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    yield
-    structlog.reset_defaults()
-
-
-def sim_config(
-    tmp: Path, bots: str = CONTROL_BOTS, *, top_k: int = 8, audience: str = "open"
-) -> LoadedConfig:
-    """The shipped simulation config with its own data_dir and army under ``tmp``."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "bots.yaml").write_text(bots)
-    text = SIM_CONFIG.read_text()
-    text = text.replace("data_dir: ./data/sim", f"data_dir: {tmp / 'data'}")
-    text = text.replace("bots_file: sim-bots.yaml", "bots_file: bots.yaml")
-    text = text.replace("top_k: 8", f"top_k: {top_k}")
-    if audience != "open":
-        text = text.replace("mode: open", f"mode: {audience}")
-    (tmp / "sim.yaml").write_text(text)
-    return load_config(tmp / "sim.yaml", environ={})
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def board(result: SimResult) -> list[tuple[Any, ...]]:
@@ -103,6 +79,62 @@ async def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path: Pa
     assert resumed.oracle_rate == whole.oracle_rate
 
 
+def _with_unpicklable_private_field(monkeypatch: pytest.MonkeyPatch) -> list[type]:
+    """Give every stateful component a new private attribute that cannot be pickled."""
+    classes: list[type] = [
+        Presence, MemoryIdentity, AudiencePolicy, OutcomeWatcher, Recommender, Selector, Army,
+        Dispatcher,
+    ]  # fmt: skip
+    for cls in classes:
+        init = cls.__init__
+
+        def patched(self: Any, *args: Any, __init: Any = init, **kwargs: Any) -> None:
+            __init(self, *args, **kwargs)
+            self._scratch = lambda: None  # a new private field; pickle refuses lambdas
+
+        monkeypatch.setattr(cls, "__init__", patched)
+    return classes
+
+
+async def test_checkpoints_go_through_the_components_contracts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a new (unpicklable) private field in every stateful component, a checkpoint still
+    saves and resumes to the uninterrupted leaderboard: it holds snapshots, not attributes."""
+    _with_unpicklable_private_field(monkeypatch)
+    whole = await _run(tmp_path / "whole", days=3, users=40, seed=8)
+    part = tmp_path / "part"
+    await _run(part, days=2, users=40, seed=8)
+    resumed = await _run(part, days=3, users=40, seed=8, resume=True)
+    assert board(resumed) == board(whole)
+    assert resumed.world.counts == whole.world.counts and whole.world.counts["mentions"] > 0
+    with (part / "data" / "sim-checkpoint.pkl").open("rb") as fh:
+        saved = pickle.load(fh)
+    assert saved["version"] == VERSION
+    assert set(saved["pipeline"]) == {
+        "presence", "identity", "policy", "outcomes", "recommender", "selector", "army",
+        "dispatcher",
+    }  # fmt: skip
+    assert "_scratch" not in repr(saved["pipeline"])
+
+
+async def test_a_checkpoint_of_another_format_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older checkpoint file, or a component whose state changed shape, is a clear error."""
+    await _run(tmp_path, days=2, users=20, seed=9)
+    path = tmp_path / "data" / "sim-checkpoint.pkl"
+    monkeypatch.setattr(Recommender, "STATE_VERSION", Recommender.STATE_VERSION + 1)
+    with pytest.raises(ConfigError, match="recommender state is version 1, this botsky reads"):
+        await _run(tmp_path, days=3, users=20, seed=9, resume=True)
+    with path.open("rb") as fh:
+        blob = pickle.load(fh)
+    blob["version"] = 2
+    path.write_bytes(pickle.dumps(blob))
+    with pytest.raises(ConfigError, match=f"not a version {VERSION} simulation checkpoint"):
+        await _run(tmp_path, days=3, users=20, seed=9, resume=True)
+
+
 async def test_resume_without_a_checkpoint_is_a_config_error(tmp_path: Path) -> None:
     """--resume with nothing to resume from says so."""
     with pytest.raises(ConfigError, match="no simulation checkpoint"):
@@ -119,7 +151,10 @@ async def test_export_round_trips_through_the_replay_source(tmp_path: Path) -> N
         assert event_to_jetstream(parse_jetstream(line)) == line
     replay = ReplaySource(out)
     events = [e async for e in replay]
-    assert events == [parse_jetstream(line) for line in lines]
+    # The same events; a replay's cursor is its position in the file, not the time.
+    assert [dataclasses.replace(e, cursor=0) for e in events] == [
+        dataclasses.replace(parse_jetstream(line), cursor=0) for line in lines
+    ]
     bot_dids = {"did:web:similar.bots.sim.test", "did:web:random.bots.sim.test"}
     bot_replies = [e for e in events if e.did in bot_dids]
     assert len(bot_replies) == result.world.counts["mentions"] > 0
@@ -185,6 +220,7 @@ async def test_llm_engine_falls_back_when_the_model_fails(tmp_path: Path) -> Non
     assert result.world.counts["posts"] == 6
 
 
+@pytest.mark.slow
 def test_simulate_command_prints_leaderboards_and_oracle(tmp_path: Path) -> None:
     """`botsky simulate` runs a small world and prints both leaderboards and the oracle."""
     sim_config(tmp_path)
@@ -204,6 +240,7 @@ def test_simulate_command_prints_leaderboards_and_oracle(tmp_path: Path) -> None
     assert (tmp_path / "ev.jsonl").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_sqlite_simulation_never_imports_psycopg(tmp_path: Path) -> None:
     """`botsky simulate` on the SQLite ledger runs without loading the PostgreSQL driver."""
     sim_config(tmp_path)

@@ -18,9 +18,10 @@ from botsky.configload import resolve_secrets
 from botsky.scoring import Score
 from botsky.sim.run import SimResult, simulate
 from botsky.testing import FakeModel, handles_offered
-from tests.test_sim_run import _quiet_logs, sim_config
+from tests.support import sim_config
 
-__all__ = ["_quiet_logs"]  # the autouse fixture, shared with test_sim_run
+# Whole simulations per seed (shared by both tests): the heavy end of the suite.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quiet_logs")]
 
 SEEDS = (1, 2, 6)
 USERS, DAYS = 250, 4

@@ -20,7 +20,8 @@ from websockets.http11 import Request, Response
 from botsky.errors import ConfigError
 from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelayDecoder
-from tests.test_relay import (
+from botsky.testing import FakeClock
+from tests.support import (
     FIXED_JITTER,
     FRAMES,
     FakeSleep,
@@ -307,7 +308,7 @@ async def test_rejected_handshake_is_retried_with_backoff() -> None:
 
 async def test_backoff_resets_after_a_healthy_minute() -> None:
     """Failed dials escalate the delay; a connection up for a minute resets it to the first step."""
-    clock = [0.0]
+    clock = FakeClock(0.0)
 
     async def script(ws: ServerConnection, n: int, query: Query) -> None:
         frames = after(cursor_of(query))
@@ -318,7 +319,7 @@ async def test_backoff_resets_after_a_healthy_minute() -> None:
         if n == 3:  # a healthy one: up for "61 seconds"
             await ws.send(frames[0])
             await asyncio.sleep(0.05)  # the client has noted when it connected
-            clock[0] += 61
+            clock.advance(61)
             await ws.close(1011)
             return
         await ws.send(frames[0])
@@ -326,7 +327,7 @@ async def test_backoff_resets_after_a_healthy_minute() -> None:
 
     async with frame_server(script) as server:
         sleep = FakeSleep()
-        source = relay(server, sleep, clock=lambda: clock[0])
+        source = relay(server, sleep, clock=clock)
         got = await take(source, 4)
         await source.aclose()
     assert [e.cursor for e in got] == SEQS[:4]

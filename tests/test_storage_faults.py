@@ -26,7 +26,7 @@ from botsky.errors import LedgerError, LedgerUnavailable
 from botsky.ledger.base import Mention
 from botsky.ledger.retry import RetryingLedger
 from botsky.ledger.sqlite import SqliteLedger
-from tests.conftest import T0
+from tests.support import T0
 
 _HOLD_LOCK = textwrap.dedent(
     """
@@ -300,6 +300,7 @@ def _answered(home: Path) -> list[str]:
     return [orjson.loads(line)["parent"] for line in lines]
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_botsky_run_with_one_line_and_a_restart_loses_nothing(
     tmp_path: Path,
 ) -> None:

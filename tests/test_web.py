@@ -7,181 +7,21 @@ model vendors on a loopback ``FakeVendorServer``; the browser and metrics tests 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from botsky.configload import load_config, resolve_secrets
 from botsky.errors import ConfigError
-from botsky.events import Event, event_to_jetstream
-from botsky.metrics import Metrics
 from botsky.runtime import App
 from botsky.scoring import score, scores_json
-from botsky.sources.base import SourceStats
 from botsky.testing import (
     FakeVendorServer,
-    RecordingPoster,
-    handles_offered,
-    identity,
-    like,
-    post,
 )
 from botsky.web import WebServer, bsky_url, serve
-from botsky.wiring import build_app
-from tests.conftest import MIN, T0
-
-USERS = {
-    "did:plc:alice": "alice.test",
-    "did:plc:bob": "bob.test",
-    "did:plc:carol": "carol.test",
-    "did:plc:dave": "dave.test",
-    "did:plc:erin": "erin.test",
-}
-BOT_DIDS = ("did:plc:botada", "did:plc:botbasil", "did:plc:bottess")
-HOSTILE = "<script>alert('pwned')</script>"
-
-
-def hostile_answer(system: str, user: str) -> dict[str, Any]:
-    """A model answer whose text carries markup, as a hostile post could make a model echo."""
-    handles = handles_offered(user)
-    chosen = handles[0] if handles else "nobody.invalid"
-    return {"reply": f"{HOSTILE} Ask @{chosen}, they know this.", "mention": chosen}
-
-
-class ScriptedSource:
-    """A finite source: ``events``, then the events ``later()`` computes once those are read.
-
-    ``later`` sees what the bots did (the ledger), so the script can like the bots' replies,
-    whose URIs only exist once they are posted.
-    """
-
-    def __init__(self, events: list[Event], later: Callable[[], Awaitable[list[Event]]]) -> None:
-        self.name = "scripted"
-        self.stats = SourceStats()
-        self._events = events
-        self._later = later
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        for batch in (self._events, None):
-            for event in batch if batch is not None else await self._later():
-                self.stats.events += 1
-                yield event
-
-    async def aclose(self) -> None:
-        return None
-
-
-def scenario() -> list[Event]:
-    """Five users, six questions; four answered by the recommended expert, two not."""
-    t = T0
-    events: list[Event] = [identity(d, t + i, h) for i, (d, h) in enumerate(USERS.items())]
-    events += [
-        post("did:plc:bob", t + 1 * MIN, "Baking sourdough bread today, my starter is thriving"),
-        post("did:plc:carol", t + 2 * MIN, "Trail running in the Alps, marathon training block"),
-        post("did:plc:dave", t + 3 * MIN, "Chess openings: the Sicilian defence is so sharp"),
-        post("did:plc:erin", t + 4 * MIN, "Watercolor painting of mountains and alpine lakes"),
-    ]
-    questions = [
-        ("did:plc:alice", "Any tips for a sourdough starter? My bread is flat", "did:plc:bob"),
-        ("did:plc:erin", "Looking for a marathon training plan for the Alps", "did:plc:carol"),
-        ("did:plc:alice", "Which chess opening should a beginner learn?", None),
-        (
-            "did:plc:bob",
-            "Watercolor painting of lakes: how to keep it from going muddy?",
-            "did:plc:erin",
-        ),
-        ("did:plc:carol", "Is rye flour good for sourdough bread baking?", None),
-        ("did:plc:dave", "Best shoes for trail running and marathon training?", "did:plc:carol"),
-    ]
-    qs = [post(a, t + (10 + i) * MIN, text) for i, (a, text, _) in enumerate(questions)]
-    events += qs
-    for i, (q, (_, _, expert)) in enumerate(zip(qs, questions, strict=True)):
-        if expert is not None:
-            events.append(post(expert, t + (30 + i) * MIN, "Happy to help with that!", reply_to=q))
-    return events
-
-
-def write_config(tmp: Path, server_url: str) -> Path:
-    """botsky.yaml and bots.yaml for a replay of ``scenario`` with three bots."""
-    events = scenario()
-    (tmp / "events.jsonl").write_bytes(b"\n".join(event_to_jetstream(e) for e in events) + b"\n")
-    (tmp / "botsky.yaml").write_text(
-        f"""
-data_dir: {tmp / "data"}
-seed: 7
-source: {{kind: replay, path: events.jsonl}}
-audience:
-  mode: open
-  acknowledge_open_audience: true
-  # The scenario mentions the same few users on purpose: no daily caps.
-  mentions_per_target_per_day: null
-  replies_per_author_per_day: null
-dispatch: {{author_cooldown_s: 0, lockstep: true, reply_to_replies: false}}
-recommend: {{cooldown_s: 0}}
-outcomes: {{window_s: 3600}}
-scoring: {{interval_s: 3600}}
-prices:
-  gpt-4.1-mini: {{input_per_mtok: 0.4, output_per_mtok: 1.6}}
-  claude-haiku-4-5: {{input_per_mtok: 1.0, output_per_mtok: 5.0}}
-"""
-    )
-    (tmp / "bots.yaml").write_text(
-        f"""
-bots:
-  - name: ada
-    persona: "You are Ada <b>warm</b> & brief."
-    provider: openai
-    model: gpt-4.1-mini
-    base_url: {server_url}/v1
-    api_key_env: WEB_OPENAI_KEY
-    account: {{handle: ada.test, did: "{BOT_DIDS[0]}"}}
-  - name: basil
-    persona: You are Basil, a science enthusiast.
-    provider: anthropic
-    model: claude-haiku-4-5
-    base_url: {server_url}
-    api_key_env: WEB_ANTHROPIC_KEY
-    account: {{handle: basil.test, did: "{BOT_DIDS[1]}"}}
-  - name: tess
-    persona: You are Tess, a plain template.
-    provider: template
-    model: template-v1
-    picker: similar
-    account: {{handle: tess.test, did: "{BOT_DIDS[2]}"}}
-"""
-    )
-    return tmp / "botsky.yaml"
-
-
-async def replay_app(tmp: Path, server_url: str, metrics: Metrics | None = None) -> App:
-    """botsky built from YAML over the scripted replay (not yet run).
-
-    ``metrics`` is the registry the composition root wraps the models and the poster with.
-    """
-    cfg = write_config(tmp, server_url)
-    loaded = load_config(cfg, environ={})
-    env = {"WEB_OPENAI_KEY": "sk-web-openai", "WEB_ANTHROPIC_KEY": "sk-ant-web"}
-    built: list[App] = []
-
-    async def later() -> list[Event]:
-        # Authors like every other bot reply; then, much later, activity moves the stream clock
-        # past the outcome window so the unanswered mentions expire.
-        mentions = await built[0].ledger.mentions()
-        likes = [
-            like(m.post_author, T0 + (40 + i) * MIN, m.reply_uri, m.reply_cid)
-            for i, m in enumerate(mentions)
-            if i % 2 == 0
-        ]
-        return [*likes, post("did:plc:erin", T0 + 180 * MIN, "Evening walk by the lake")]
-
-    source = ScriptedSource(scenario(), later)
-    secrets = resolve_secrets(loaded, environ=env, live=False)
-    app = await build_app(loaded, secrets, source=source, poster=RecordingPoster(), metrics=metrics)
-    built.append(app)
-    return app
+from tests.support import HOSTILE, hostile_answer, replay_app
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from botsky.configload import BotSecrets, load_config
 from botsky.testing import FakeModel, ListSource, RecordingPoster, identity, post
 from botsky.wiring import build_app, secret_guard
-from tests.conftest import T0
+from tests.support import T0
 
 # Never registered anywhere else: only the guard build_app makes can know it.
 KEY = "sk-wiring-only-5c1e88d0a7"

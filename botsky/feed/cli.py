@@ -445,10 +445,10 @@ def scores_cmd(config_path: Path | None, as_json: bool) -> None:
 
 
 async def arm_counts(st: Settings) -> list[Any]:
-    """The ledger's per-arm exposure counts (for ``botsky scores`` and ``feed scores``)."""
+    """The ledger's per-arm exposure counts, read-only (``botsky feed scores``)."""
     from botsky.ledger import open_ledger
 
-    ledger = open_ledger(st.ledger.url, st.data_dir)
+    ledger = open_ledger(st.ledger.url, st.data_dir, read_only=True)
     await ledger.open()
     try:
         return await ledger.feed_arm_counts()  # type: ignore[attr-defined]

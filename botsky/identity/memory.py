@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from botsky.events import Event
 from botsky.syntax import is_valid_handle
@@ -12,6 +13,8 @@ __all__ = ["MemoryIdentity"]
 
 class MemoryIdentity:
     """Handles from ``#identity`` events and a preloaded mapping; bounded by ``max_entries``."""
+
+    STATE_VERSION: ClassVar[int] = 1  # of ``snapshot``'s value: bump when its keys change
 
     def __init__(self, known: Mapping[str, str] | None = None, max_entries: int = 2_000_000):
         self.max_entries = max_entries
@@ -31,6 +34,14 @@ class MemoryIdentity:
 
     def handle(self, did: str) -> str | None:
         return self._handles.get(did)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"handles": {did: handle}}``, oldest entry first (the cap evicts in that order)."""
+        return {"handles": dict(self._handles)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Know exactly the handles of ``state`` (a ``snapshot``), in its order."""
+        self._handles = dict(state["handles"])
 
     def observe(self, event: Event) -> None:
         # An identity event without a handle means "re-resolve"; we cannot, so forget it.

@@ -16,7 +16,9 @@ __all__ = ["Ledger", "Mention", "Outcome", "open_ledger"]
 _DEFAULT_SQLITE_FILE = "botsky.sqlite3"
 
 
-def open_ledger(url: str, data_dir: Path, *, inline: bool = False) -> Ledger:
+def open_ledger(
+    url: str, data_dir: Path, *, inline: bool = False, read_only: bool = False
+) -> Ledger:
     """The ledger ``url`` names, not yet opened (call ``await ledger.open()``).
 
     - ``sqlite``: ``data_dir/botsky.sqlite3``
@@ -24,10 +26,12 @@ def open_ledger(url: str, data_dir: Path, *, inline: bool = False) -> Ledger:
     - ``postgresql://...`` or ``postgres://...``: a PostgreSQL DSN
 
     ``inline``: a SQLite ledger runs its calls on the event loop's thread (lockstep runs; see
-    ``SqliteLedger``). PostgreSQL is asynchronous already and ignores it.
+    ``SqliteLedger``). PostgreSQL is asynchronous already and ignores it. ``read_only``: for
+    readers; ``open()`` neither creates nor migrates anything and fails with ``LedgerError``
+    when there is no ledger yet or its schema is not current.
     """
     if url == "sqlite":
-        return SqliteLedger(data_dir / _DEFAULT_SQLITE_FILE, inline=inline)
+        return SqliteLedger(data_dir / _DEFAULT_SQLITE_FILE, inline=inline, read_only=read_only)
     if url.startswith("sqlite:"):
         path = url.removeprefix("sqlite:")
         if path.startswith("//"):
@@ -40,12 +44,13 @@ def open_ledger(url: str, data_dir: Path, *, inline: bool = False) -> Ledger:
                 )
         if not path:
             raise ConfigError(f"ledger URL {url!r} has no file path")
-        return SqliteLedger(data_dir / path, inline=inline)  # an absolute path replaces data_dir
+        # An absolute path replaces data_dir.
+        return SqliteLedger(data_dir / path, inline=inline, read_only=read_only)
     if url.startswith(("postgresql://", "postgres://")):
         # Imported here so a SQLite-only install never loads psycopg.
         from botsky.ledger.postgres import PostgresLedger
 
-        return PostgresLedger(url)
+        return PostgresLedger(url, read_only=read_only)
     # Only the scheme is echoed: the rest of a URL or DSN may hold a password.
     scheme = f"scheme {url.partition(':')[0]!r}" if ":" in url else "(no scheme)"
     raise ConfigError(

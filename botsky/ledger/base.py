@@ -16,16 +16,20 @@ Tables (numbered migrations in each backend):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 __all__ = [
     "CLAIM_STATUSES",
+    "MENTION_LOG_FIELDS",
     "MENTION_STATUSES",
     "OUTCOME_KINDS",
     "Ledger",
     "Mention",
     "Outcome",
+    "mention_from_log",
+    "mention_log_fields",
 ]
 
 CLAIM_STATUSES = ("posting", "posted", "failed")
@@ -65,6 +69,77 @@ class Mention:
     outcome_us: int | None = None  # when it succeeded or expired
     id: int = 0
     extra: dict[str, object] = field(default_factory=dict)  # free-form, stored as JSON
+
+
+# The ``reply_posted`` log line, one per posted reply: ``mention_log_fields`` writes it (the
+# dispatcher) and ``mention_from_log`` reads it back (``botsky scores --logs``), both from this
+# tuple. The Mention fields it carries, in order, with the type the reader accepts; besides them
+# the line holds ``mention_id`` (the id), ``candidates`` (how many were offered: the DIDs stay in
+# the ledger) and ``repaired`` (compose's repairs, from ``extra``). Not in it: the CIDs, the reply
+# text and the status (``mention_closed`` lines carry that).
+MENTION_LOG_FIELDS: Final[tuple[tuple[str, type], ...]] = (
+    ("bot", str),
+    ("model", str),
+    ("provider", str),
+    ("persona", str),
+    ("picker", str),
+    ("post_uri", str),
+    ("post_author", str),
+    ("root_uri", str),
+    ("reply_uri", str),
+    ("mentioned_did", str),
+    ("mentioned_handle", str),
+    ("rank", int),
+    ("created_us", int),
+    ("prompt_tokens", int),
+    ("completion_tokens", int),
+    ("cost_usd", float),
+    ("latency_ms", float),
+)
+
+
+def mention_log_fields(m: Mention) -> dict[str, Any]:
+    """The fields of ``m``'s ``reply_posted`` line (see ``MENTION_LOG_FIELDS``)."""
+    out: dict[str, Any] = {"mention_id": m.id}
+    for name, _ in MENTION_LOG_FIELDS:
+        out[name] = getattr(m, name)
+    out["candidates"] = len(m.candidates)
+    out["repaired"] = m.extra.get("repaired", [])
+    return out
+
+
+def mention_from_log(rec: Mapping[str, Any]) -> Mention | None:
+    """A ``reply_posted`` line as an open Mention, or None if its id or time is unusable.
+
+    A field that is missing or of another type reads as empty (``""``, 0); what the line does
+    not carry is empty too (CIDs, reply text, candidate DIDs).
+    """
+    mention_id, created_us = _log_value(rec, "mention_id", int), _log_value(rec, "created_us", int)
+    if mention_id is None or created_us is None:
+        return None
+    repaired = rec.get("repaired")
+    # Empty, then filled from the line's fields.
+    m = Mention(
+        post_uri="", post_cid="", post_author="", root_uri="", root_cid="", bot="", model="",
+        provider="", persona="", picker="", reply_uri="", reply_cid="", reply_text="",
+        mentioned_did="", mentioned_handle="", candidates=[], rank=0, created_us=created_us,
+        id=mention_id,
+        extra={"repaired": repaired} if isinstance(repaired, list) and repaired else {},
+    )  # fmt: skip
+    for name, kind in MENTION_LOG_FIELDS:
+        value = _log_value(rec, name, kind)
+        setattr(m, name, kind() if value is None else value)
+    return m
+
+
+def _log_value(rec: Mapping[str, Any], name: str, kind: type) -> Any:
+    """``rec[name]`` if it is a ``kind`` (an int for a float), else None."""
+    value: Any = rec.get(name)
+    # A JSON true is never a count, time or amount (bool is an int subclass).
+    fits = isinstance(value, int | float) if kind is float else isinstance(value, kind)
+    if isinstance(value, bool) or not fits:
+        return None
+    return float(value) if kind is float else value
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,59 +11,46 @@ default; ``options=-csearch_path=...`` for another).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from botsky.errors import BotskyError, ConfigError, LedgerError, LedgerUnavailable
-from botsky.ledger.base import CLAIM_STATUSES, Mention, Outcome
+from botsky.ledger._sql import SqlLedger, Statements, now_us
+from botsky.ledger.base import Mention
 from botsky.ledger.feed_postgres import PostgresFeedMixin
-from botsky.ledger.migrations import (
-    CLOSED_STATUSES,
-    MENTION_COLUMNS,
-    SCHEMA_MIGRATIONS,
-    check_status,
-    mention_from_row,
-    mention_to_row,
-    pending,
-    statements,
-)
+from botsky.ledger.migrations import SCHEMA_MIGRATIONS, mention_to_row, pending, statements
 
 __all__ = ["PostgresLedger"]
 
 # pg_advisory_xact_lock takes a bigint key shared by the whole database: b"botskymg" as one.
 _MIGRATION_LOCK = int.from_bytes(b"botskymg", "big")
-
-_COLUMNS = ", ".join(MENTION_COLUMNS)
-_INSERT_MENTION = (
-    f"INSERT INTO mentions ({_COLUMNS}) VALUES ({', '.join('%s' for _ in MENTION_COLUMNS)})"
-    " ON CONFLICT (post_uri) DO NOTHING"
-)
-_SELECT_MENTIONS = f"SELECT id, {_COLUMNS} FROM mentions"
-# A recorded mention means the post was answered, so the claim must say "posted" even if the
-# caller never claimed it: otherwise a later claim() could succeed and reply a second time.
-_MARK_POSTED = """
-    INSERT INTO claims (post_uri, owner, status, created_us, updated_us)
-    VALUES (%s, %s, 'posted', %s, %s)
-    ON CONFLICT (post_uri) DO UPDATE SET status = 'posted', updated_us = excluded.updated_us
-"""
+_SQL = Statements().spelled("postgres")
 
 
-class PostgresLedger(PostgresFeedMixin):
+class PostgresLedger(PostgresFeedMixin, SqlLedger):
     """The ledger in the PostgreSQL database at ``dsn``, through a pool of connections.
 
     ``timeout`` is how many seconds ``open()`` and each call wait for a connection before
-    raising LedgerUnavailable.
+    raising LedgerUnavailable. ``read_only``: for readers (``botsky scores``): no migration;
+    ``open()`` fails unless the tables exist with the current schema, and every session is
+    read-only on the server.
     """
 
+    sql = _SQL
+
     def __init__(
-        self, dsn: str, min_size: int = 1, max_size: int = 4, *, timeout: float = 10.0
+        self,
+        dsn: str,
+        min_size: int = 1,
+        max_size: int = 4,
+        *,
+        timeout: float = 10.0,
+        read_only: bool = False,
     ) -> None:
         try:
             conninfo_to_dict(dsn)
@@ -77,6 +64,7 @@ class PostgresLedger(PostgresFeedMixin):
         self.min_size = min_size
         self.max_size = max_size
         self.timeout = timeout
+        self.read_only = read_only
         self._pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
 
@@ -92,13 +80,14 @@ class PostgresLedger(PostgresFeedMixin):
                 max_size=self.max_size,
                 timeout=self.timeout,
                 kwargs={"autocommit": True},
+                configure=_read_only_session if self.read_only else None,
                 open=False,
             )
             try:
                 try:
                     await pool.open(wait=True, timeout=self.timeout)
                     async with pool.connection() as conn:
-                        await _migrate(conn)
+                        await (_check_schema(conn) if self.read_only else _migrate(conn))
                 except psycopg.Error as exc:
                     raise _translate(exc) from exc
             except BaseException:
@@ -112,150 +101,17 @@ class PostgresLedger(PostgresFeedMixin):
         if pool is not None:
             await pool.close()
 
-    # claims ---------------------------------------------------------------------------------
-    async def claim(
-        self, post_uri: str, owner: str, time_us: int, intent: dict[str, Any] | None = None
-    ) -> bool:
-        """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
-        # One statement, atomic on its own: concurrent INSERTs of the same key wait for the
-        # first to commit, then do nothing.
-        encoded = orjson.dumps(intent).decode() if intent is not None else None
-        changed = await self._execute(
-            """INSERT INTO claims (post_uri, owner, status, created_us, updated_us, intent)
-               VALUES (%s, %s, 'posting', %s, %s, %s) ON CONFLICT (post_uri) DO NOTHING""",
-            (post_uri, owner, time_us, time_us, encoded),
-        )
-        if changed == 1:
-            return True
-        # A retry of our own claim whose commit went through is still ours; anyone else's is not.
-        rows = await self._fetchall(
-            "SELECT owner, status, intent FROM claims WHERE post_uri = %s", (post_uri,)
-        )
-        return encoded is not None and [tuple(r) for r in rows] == [(owner, "posting", encoded)]
-
-    async def is_claimed(self, post_uri: str) -> bool:
-        """Whether any claim exists for the post."""
-        rows = await self._fetchall("SELECT 1 FROM claims WHERE post_uri = %s LIMIT 1", (post_uri,))
-        return bool(rows)
-
-    async def finish_claim(self, post_uri: str, status: str) -> None:
-        """Set a claim's status (``posted`` or ``failed``)."""
-        check_status(status, CLAIM_STATUSES)
-        await self._execute(
-            "UPDATE claims SET status = %s, updated_us = %s WHERE post_uri = %s",
-            (status, _now_us(), post_uri),
-        )
-
-    async def claims_with_status(self, status: str) -> list[tuple[str, str]]:
-        """``(post_uri, owner)`` of every claim in ``status``, oldest first."""
-        rows = await self._fetchall(
-            "SELECT post_uri, owner FROM claims WHERE status = %s ORDER BY created_us, post_uri",
-            (status,),
-        )
-        return [(uri, owner) for uri, owner in rows]
-
-    async def pending_claims(self) -> list[tuple[str, str, dict[str, Any] | None]]:
-        """``(post_uri, owner, intent)`` of every claim still ``posting``, oldest first."""
-        rows = await self._fetchall(
-            "SELECT post_uri, owner, intent FROM claims WHERE status = 'posting' "
-            "ORDER BY created_us, post_uri",
-            (),
-        )
-        return [
-            (uri, owner, orjson.loads(intent) if intent else None) for uri, owner, intent in rows
-        ]
-
-    # mentions -------------------------------------------------------------------------------
+    # what needs a transaction of its own; the rest is SqlLedger's ------------------------
     async def record_mention(self, mention: Mention) -> int:
         """Store a mention and mark its post's claim ``posted``, in one transaction."""
+        m = mention
         async with self._connection() as conn, conn.transaction():
-            await conn.execute(_INSERT_MENTION, mention_to_row(mention))
-            await conn.execute(
-                _MARK_POSTED,
-                (mention.post_uri, mention.bot, mention.created_us, mention.created_us),
-            )
-            # The existing row's id when this post's mention was already recorded (a retry).
-            cursor = await conn.execute(
-                "SELECT id FROM mentions WHERE post_uri = %s", (mention.post_uri,)
-            )
-            row = await cursor.fetchone()
+            await conn.execute(_SQL.insert_mention, mention_to_row(m))
+            await conn.execute(_SQL.mark_posted, (m.post_uri, m.bot, m.created_us, m.created_us))
+            row = await (await conn.execute(_SQL.mention_id, (m.post_uri,))).fetchone()
         assert row is not None  # inserted just now or earlier
         mention.id = row[0]
         return mention.id
-
-    async def open_mentions(self) -> list[Mention]:
-        """Every mention whose status is ``open``, oldest first."""
-        rows = await self._fetchall(f"{_SELECT_MENTIONS} WHERE status = 'open' ORDER BY id", ())
-        return [mention_from_row(row[0], row[1:]) for row in rows]
-
-    async def mentions(self) -> list[Mention]:
-        """Every mention, oldest first (for scoring)."""
-        rows = await self._fetchall(f"{_SELECT_MENTIONS} ORDER BY id", ())
-        return [mention_from_row(row[0], row[1:]) for row in rows]
-
-    async def mentioned_since(self, since_us: int) -> list[tuple[str, int]]:
-        """``(mentioned_did, created_us)`` of mentions created at or after ``since_us``."""
-        rows = await self._fetchall(
-            "SELECT mentioned_did, created_us FROM mentions WHERE created_us >= %s ORDER BY id",
-            (since_us,),
-        )
-        return [(did, created_us) for did, created_us in rows]
-
-    async def close_mention(self, mention_id: int, status: str, time_us: int) -> bool:
-        """Move an open mention to ``succeeded`` or ``expired``; False if it was not open."""
-        check_status(status, CLOSED_STATUSES)
-        changed = await self._execute(
-            "UPDATE mentions SET status = %s, outcome_us = %s WHERE id = %s AND status = 'open'",
-            (status, time_us, mention_id),
-        )
-        return changed == 1
-
-    # outcomes -------------------------------------------------------------------------------
-    async def record_outcome(self, outcome: Outcome) -> bool:
-        """Store an outcome once; False if this (mention, kind, uri) was already recorded."""
-        changed = await self._execute(
-            """INSERT INTO outcomes (mention_id, kind, actor, uri, time_us)
-               VALUES (%s, %s, %s, %s, %s) ON CONFLICT (mention_id, kind, uri) DO NOTHING""",
-            (outcome.mention_id, outcome.kind, outcome.actor, outcome.uri, outcome.time_us),
-        )
-        return changed == 1
-
-    async def outcomes(self) -> list[Outcome]:
-        """Every outcome, oldest first."""
-        rows = await self._fetchall(
-            "SELECT mention_id, kind, actor, uri, time_us FROM outcomes ORDER BY id", ()
-        )
-        return [Outcome(*row) for row in rows]
-
-    # cursors --------------------------------------------------------------------------------
-    async def save_cursor(self, source: str, cursor: int) -> None:
-        """Remember a source's position (a BIGINT column)."""
-        await self._execute(
-            """INSERT INTO cursors (source, cursor, updated_us) VALUES (%s, %s, %s)
-               ON CONFLICT (source) DO UPDATE
-               SET cursor = excluded.cursor, updated_us = excluded.updated_us""",
-            (source, cursor, _now_us()),
-        )
-
-    async def load_cursor(self, source: str) -> int | None:
-        """The saved position, or None if this source never saved one."""
-        rows = await self._fetchall("SELECT cursor FROM cursors WHERE source = %s", (source,))
-        return rows[0][0] if rows else None
-
-    # opt-outs -------------------------------------------------------------------------------
-    async def add_opt_out(self, did: str, reason: str, time_us: int) -> bool:
-        """Record a permanent opt-out; False if the DID had already opted out."""
-        changed = await self._execute(
-            """INSERT INTO opt_outs (did, reason, time_us) VALUES (%s, %s, %s)
-               ON CONFLICT (did) DO NOTHING""",
-            (did, reason, time_us),
-        )
-        return changed == 1
-
-    async def opt_outs(self) -> dict[str, str]:
-        """Every opted-out DID with its reason."""
-        rows = await self._fetchall("SELECT did, reason FROM opt_outs ORDER BY time_us, did", ())
-        return {did: reason for did, reason in rows}
 
     # plumbing -------------------------------------------------------------------------------
     @asynccontextmanager
@@ -292,9 +148,23 @@ def _translate(exc: psycopg.Error) -> BotskyError:
     return LedgerError(f"PostgreSQL error: {exc}")
 
 
-def _now_us() -> int:
-    """Wall-clock microseconds, for bookkeeping columns the contract gives no time for."""
-    return time.time_ns() // 1000
+async def _read_only_session(conn: psycopg.AsyncConnection[Any]) -> None:
+    # The server refuses every write of a read-only transaction, whatever the code does.
+    await conn.execute("SET SESSION default_transaction_read_only = on")
+
+
+async def _check_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    """For readers: the ledger's tables exist with the current schema (nothing is created)."""
+    cursor = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    row = await cursor.fetchone()
+    if not row or not row[0]:
+        raise LedgerError("no botsky ledger in this PostgreSQL database yet")
+    cursor = await conn.execute("SELECT version FROM schema_migrations")
+    if pending({version for (version,) in await cursor.fetchall()}):
+        raise LedgerError(
+            "the PostgreSQL ledger was written by an older botsky: run botsky (run or "
+            "simulate) with this configuration once to upgrade it, then read it"
+        )
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -302,12 +172,9 @@ async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
         # Replicas starting together queue here; the lock ends with the transaction.
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         await conn.execute(SCHEMA_MIGRATIONS)
-        cursor = await conn.execute("SELECT version FROM schema_migrations")
+        cursor = await conn.execute(_SQL.applied_migrations)
         applied = {version for (version,) in await cursor.fetchall()}
         for migration in pending(applied):
             for sql in statements(migration, "postgres"):
                 await conn.execute(sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, applied_us) VALUES (%s, %s)",
-                (migration.version, _now_us()),
-            )
+            await conn.execute(_SQL.record_migration, (migration.version, now_us()))

@@ -26,52 +26,42 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from botsky.errors import BotskyError, LedgerError, LedgerUnavailable
-from botsky.ledger.base import CLAIM_STATUSES, Mention, Outcome
+from botsky.ledger._sql import SqlLedger, Statements, now_us
+from botsky.ledger.base import Mention
 from botsky.ledger.feed_sqlite import SqliteFeedMixin
-from botsky.ledger.migrations import (
-    CLOSED_STATUSES,
-    MENTION_COLUMNS,
-    SCHEMA_MIGRATIONS,
-    check_status,
-    mention_from_row,
-    mention_to_row,
-    pending,
-    statements,
-)
+from botsky.ledger.migrations import SCHEMA_MIGRATIONS, mention_to_row, pending, statements
 
 __all__ = ["SqliteLedger"]
 
 _T = TypeVar("_T")
-
-_COLUMNS = ", ".join(MENTION_COLUMNS)
-_INSERT_MENTION = (
-    f"INSERT INTO mentions ({_COLUMNS}) VALUES ({', '.join('?' for _ in MENTION_COLUMNS)})"
-    " ON CONFLICT (post_uri) DO NOTHING"
-)
-_SELECT_MENTIONS = f"SELECT id, {_COLUMNS} FROM mentions"
-# A recorded mention means the post was answered, so the claim must say "posted" even if the
-# caller never claimed it: otherwise a later claim() could succeed and reply a second time.
-_MARK_POSTED = """
-    INSERT INTO claims (post_uri, owner, status, created_us, updated_us)
-    VALUES (?, ?, 'posted', ?, ?)
-    ON CONFLICT (post_uri) DO UPDATE SET status = 'posted', updated_us = excluded.updated_us
-"""
+_SQL = Statements()
 
 
-class SqliteLedger(SqliteFeedMixin):
+class SqliteLedger(SqliteFeedMixin, SqlLedger):
     """The ledger in one SQLite file at ``path`` (its directory is created if missing).
 
     ``busy_timeout`` is how many seconds a write waits for another connection's lock before the
     call raises LedgerUnavailable. ``inline``: run the calls on the loop's thread (see above).
+    ``read_only``: for readers (``botsky scores``): the file must exist and carry the current
+    schema; it is opened with ``mode=ro`` and never created, migrated or written (SQLite may add
+    the ``-wal``/``-shm`` companions of a WAL database, which a writer uses anyway).
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0, inline: bool = False) -> None:
+    sql = _SQL
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout: float = 10.0,
+        inline: bool = False,
+        read_only: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.inline = inline
+        self.read_only = read_only
         self._open = False
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # only touched on the worker thread
@@ -104,140 +94,19 @@ class SqliteLedger(SqliteFeedMixin):
             # The close was the last job, so joining the now idle thread returns at once.
             executor.shutdown(wait=True)
 
-    # claims ---------------------------------------------------------------------------------
-    async def claim(
-        self, post_uri: str, owner: str, time_us: int, intent: dict[str, Any] | None = None
-    ) -> bool:
-        """Atomically claim a post for a reply. True for exactly one caller, ever, per post."""
-        encoded = orjson.dumps(intent).decode() if intent is not None else None
-        return await self._run(_claim, post_uri, owner, time_us, encoded)
-
-    async def is_claimed(self, post_uri: str) -> bool:
-        """Whether any claim exists for the post."""
-        rows = await self._run(
-            _fetchall, "SELECT 1 FROM claims WHERE post_uri = ? LIMIT 1", (post_uri,)
-        )
-        return bool(rows)
-
-    async def finish_claim(self, post_uri: str, status: str) -> None:
-        """Set a claim's status (``posted`` or ``failed``)."""
-        check_status(status, CLAIM_STATUSES)
-        await self._run(
-            _execute,
-            "UPDATE claims SET status = ?, updated_us = ? WHERE post_uri = ?",
-            (status, _now_us(), post_uri),
-        )
-
-    async def claims_with_status(self, status: str) -> list[tuple[str, str]]:
-        """``(post_uri, owner)`` of every claim in ``status``, oldest first."""
-        rows = await self._run(
-            _fetchall,
-            "SELECT post_uri, owner FROM claims WHERE status = ? ORDER BY created_us, post_uri",
-            (status,),
-        )
-        return [(uri, owner) for uri, owner in rows]
-
-    async def pending_claims(self) -> list[tuple[str, str, dict[str, Any] | None]]:
-        """``(post_uri, owner, intent)`` of every claim still ``posting``, oldest first."""
-        rows = await self._run(
-            _fetchall,
-            "SELECT post_uri, owner, intent FROM claims WHERE status = 'posting' "
-            "ORDER BY created_us, post_uri",
-            (),
-        )
-        return [
-            (uri, owner, orjson.loads(intent) if intent else None) for uri, owner, intent in rows
-        ]
-
-    # mentions -------------------------------------------------------------------------------
+    # what needs a transaction of its own; the rest is SqlLedger's ------------------------
     async def record_mention(self, mention: Mention) -> int:
         """Store a mention and mark its post's claim ``posted``, in one transaction."""
         mention.id = await self._run(_record_mention, mention)
         return mention.id
 
-    async def open_mentions(self) -> list[Mention]:
-        """Every mention whose status is ``open``, oldest first."""
-        rows = await self._run(
-            _fetchall, f"{_SELECT_MENTIONS} WHERE status = 'open' ORDER BY id", ()
-        )
-        return [mention_from_row(row[0], row[1:]) for row in rows]
-
-    async def mentions(self) -> list[Mention]:
-        """Every mention, oldest first (for scoring)."""
-        rows = await self._run(_fetchall, f"{_SELECT_MENTIONS} ORDER BY id", ())
-        return [mention_from_row(row[0], row[1:]) for row in rows]
-
-    async def mentioned_since(self, since_us: int) -> list[tuple[str, int]]:
-        """``(mentioned_did, created_us)`` of mentions created at or after ``since_us``."""
-        rows = await self._run(
-            _fetchall,
-            "SELECT mentioned_did, created_us FROM mentions WHERE created_us >= ? ORDER BY id",
-            (since_us,),
-        )
-        return [(did, created_us) for did, created_us in rows]
-
-    async def close_mention(self, mention_id: int, status: str, time_us: int) -> bool:
-        """Move an open mention to ``succeeded`` or ``expired``; False if it was not open."""
-        check_status(status, CLOSED_STATUSES)
-        changed = await self._run(
-            _execute,
-            "UPDATE mentions SET status = ?, outcome_us = ? WHERE id = ? AND status = 'open'",
-            (status, time_us, mention_id),
-        )
-        return changed == 1
-
-    # outcomes -------------------------------------------------------------------------------
-    async def record_outcome(self, outcome: Outcome) -> bool:
-        """Store an outcome once; False if this (mention, kind, uri) was already recorded."""
-        changed = await self._run(
-            _execute,
-            """INSERT INTO outcomes (mention_id, kind, actor, uri, time_us) VALUES (?, ?, ?, ?, ?)
-               ON CONFLICT (mention_id, kind, uri) DO NOTHING""",
-            (outcome.mention_id, outcome.kind, outcome.actor, outcome.uri, outcome.time_us),
-        )
-        return changed == 1
-
-    async def outcomes(self) -> list[Outcome]:
-        """Every outcome, oldest first."""
-        rows = await self._run(
-            _fetchall, "SELECT mention_id, kind, actor, uri, time_us FROM outcomes ORDER BY id", ()
-        )
-        return [Outcome(*row) for row in rows]
-
-    # cursors --------------------------------------------------------------------------------
-    async def save_cursor(self, source: str, cursor: int) -> None:
-        """Remember a source's position (SQLite integers are 64-bit)."""
-        await self._run(
-            _execute,
-            """INSERT INTO cursors (source, cursor, updated_us) VALUES (?, ?, ?)
-               ON CONFLICT (source) DO UPDATE
-               SET cursor = excluded.cursor, updated_us = excluded.updated_us""",
-            (source, cursor, _now_us()),
-        )
-
-    async def load_cursor(self, source: str) -> int | None:
-        """The saved position, or None if this source never saved one."""
-        rows = await self._run(_fetchall, "SELECT cursor FROM cursors WHERE source = ?", (source,))
-        return rows[0][0] if rows else None
-
-    # opt-outs -------------------------------------------------------------------------------
-    async def add_opt_out(self, did: str, reason: str, time_us: int) -> bool:
-        """Record a permanent opt-out; False if the DID had already opted out."""
-        changed = await self._run(
-            _execute,
-            "INSERT INTO opt_outs (did, reason, time_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            (did, reason, time_us),
-        )
-        return changed == 1
-
-    async def opt_outs(self) -> dict[str, str]:
-        """Every opted-out DID with its reason."""
-        rows = await self._run(
-            _fetchall, "SELECT did, reason FROM opt_outs ORDER BY time_us, did", ()
-        )
-        return {did: reason for did, reason in rows}
-
     # the worker thread ----------------------------------------------------------------------
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        return await self._run(_execute, sql, params)
+
+    async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return await self._run(_fetchall, sql, params)
+
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(connection, *args)`` on the worker thread."""
         if not self._open:
@@ -256,6 +125,9 @@ class SqliteLedger(SqliteFeedMixin):
 
     def _connect(self, _no_connection_yet: None) -> None:
         """The connection's thread: open the file, set it up, migrate."""
+        if self.read_only:
+            self._conn = _connect_read_only(self.path, self.busy_timeout)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -291,6 +163,27 @@ class SqliteLedger(SqliteFeedMixin):
             # SQLite's "unable to open database file" does not say why; the usual reason does.
             return LedgerError(f"{self.path}: {exc}{_why_not_writable(self.path)}")
         return LedgerError(f"{self.path}: {exc}")
+
+
+def _connect_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    if not path.is_file():
+        raise LedgerError(f"no ledger at {path}: nothing has been recorded there yet")
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+    try:
+        try:
+            rows = conn.execute("SELECT version FROM schema_migrations").fetchall()
+        except sqlite3.DatabaseError as exc:  # no such table, or not a database at all
+            raise LedgerError(f"{path} is not a botsky ledger ({exc})") from exc
+        if pending({version for (version,) in rows}):
+            raise LedgerError(
+                f"{path} was written by an older botsky: run botsky (run or simulate) with this "
+                "configuration once to upgrade it, then read it"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _why_not_writable(path: Path) -> str:
@@ -337,11 +230,6 @@ def _switch_to_wal(conn: sqlite3.Connection, patience_s: float) -> str:
             time.sleep(0.01)
 
 
-def _now_us() -> int:
-    """Wall-clock microseconds, for bookkeeping columns the contract gives no time for."""
-    return time.time_ns() // 1000
-
-
 @contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     """A transaction that takes the write lock at BEGIN, so it cannot deadlock on upgrade."""
@@ -360,14 +248,11 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
 def _migrate(conn: sqlite3.Connection) -> None:
     with _immediate(conn):
         conn.execute(SCHEMA_MIGRATIONS)
-        applied = {version for (version,) in conn.execute("SELECT version FROM schema_migrations")}
+        applied = {version for (version,) in conn.execute(_SQL.applied_migrations)}
         for migration in pending(applied):
             for sql in statements(migration, "sqlite"):
                 conn.execute(sql)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, applied_us) VALUES (?, ?)",
-                (migration.version, _now_us()),
-            )
+            conn.execute(_SQL.record_migration, (migration.version, now_us()))
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
@@ -379,33 +264,10 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> li
     return conn.execute(sql, params).fetchall()
 
 
-def _claim(
-    conn: sqlite3.Connection, post_uri: str, owner: str, time_us: int, intent: str | None
-) -> bool:
-    # One statement, so atomic on its own: the UNIQUE key lets exactly one INSERT through,
-    # whichever connection or process it comes from.
-    cursor = conn.execute(
-        """INSERT INTO claims (post_uri, owner, status, created_us, updated_us, intent)
-           VALUES (?, ?, 'posting', ?, ?, ?) ON CONFLICT (post_uri) DO NOTHING""",
-        (post_uri, owner, time_us, time_us, intent),
-    )
-    if cursor.rowcount == 1:
-        return True
-    # A retry of our own claim whose commit went through is still ours; anyone else's is not.
-    row = conn.execute(
-        "SELECT owner, status, intent FROM claims WHERE post_uri = ?", (post_uri,)
-    ).fetchone()
-    return intent is not None and row == (owner, "posting", intent)
-
-
 def _record_mention(conn: sqlite3.Connection, mention: Mention) -> int:
     with _immediate(conn):
-        conn.execute(_INSERT_MENTION, mention_to_row(mention))
-        conn.execute(
-            _MARK_POSTED, (mention.post_uri, mention.bot, mention.created_us, mention.created_us)
-        )
-        # The existing row's id when this post's mention was already recorded (a retry).
-        (mention_id,) = conn.execute(
-            "SELECT id FROM mentions WHERE post_uri = ?", (mention.post_uri,)
-        ).fetchone()
+        conn.execute(_SQL.insert_mention, mention_to_row(mention))
+        m = mention
+        conn.execute(_SQL.mark_posted, (m.post_uri, m.bot, m.created_us, m.created_us))
+        (mention_id,) = conn.execute(_SQL.mention_id, (m.post_uri,)).fetchone()
     return int(mention_id)

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from botsky.events import POST
+from botsky.ids import tid
 
 __all__ = ["Posted", "Poster", "ReplyPost", "StrongRef", "reply_rkey"]
-
-_B32 = "234567abcdefghijklmnopqrstuvwxyz"
 
 
 def reply_rkey(time_us: int, key: str) -> str:
@@ -33,8 +32,7 @@ def reply_rkey(time_us: int, key: str) -> str:
     """
     h = hashlib.sha256(key.encode()).digest()
     micros = (time_us // 1000) * 1000 + int.from_bytes(h[:2], "big") % 1000
-    n = (micros << 10) | (int.from_bytes(h[2:4], "big") & 0x3FF)
-    return "".join(_B32[(n >> (5 * i)) & 31] for i in range(12, -1, -1))
+    return tid(micros, int.from_bytes(h[2:4], "big"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,13 @@
 A checkpoint is two files written at the start of every simulated day (after the previous
 day's events and bot replies have all been handled, which lockstep guarantees):
 
-- ``<path>`` (pickle, version 2): ``{"version": 2, "day": d, "world": World, "pipeline": {...}}``.
+- ``<path>`` (pickle, version 3): ``{"version": 3, "day": d, "world": World, "pipeline": {...}}``.
   The world holds users, hidden states, posts, notifications, the clock and its RNG state; the
-  pipeline part holds what the app keeps in memory: presence, identity, consent sets, the
-  outcome watcher's index, the recommender's cooldowns, the selector's author cooldowns, and the
-  RNG states of the army, selector and dispatcher.
+  pipeline part holds what the app keeps in memory, each component's through its own contract
+  (``snapshot()`` → plain values, ``restore(value)``; see ``Stateful``), never its attributes:
+  presence, identity, audience policy, outcome watcher, and with bots the recommender, selector,
+  army and dispatcher. Each is saved as ``{"version": <its STATE_VERSION>, "state": ...}``, so a
+  component whose snapshot changed refuses an old checkpoint by name.
 - ``<path>.ledger.sqlite3``: a consistent copy of the SQLite ledger (SQLite's backup API).
 
 ``simulate(resume=True)`` restores the ledger copy over the ledger file, rebuilds the app,
@@ -23,7 +25,7 @@ import os
 import pickle
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
 
 from botsky.errors import ConfigError
 from botsky.sim.world import World
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "VERSION",
+    "Stateful",
     "ledger_copy_path",
     "load_checkpoint",
     "restore_ledger",
@@ -40,50 +43,80 @@ __all__ = [
     "save_checkpoint",
 ]
 
-VERSION: Final = 2  # 2: posts know their topic, users pickle without derived fields
+# 2: posts know their topic, users pickle without derived fields. 3: the pipeline is saved
+# through the components' snapshot()/restore() contracts, with a version per component.
+VERSION: Final = 3
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A component whose in-memory state a checkpoint saves and restores.
+
+    ``snapshot()`` returns plain picklable values (built-in types, ``array``, ``bytes``) that no
+    later change of the component affects, documented where it is defined; ``restore(value)``
+    puts that state back into an instance built with the same configuration, in place (other
+    components hold references to it) and without keeping references into ``value``.
+    ``STATE_VERSION`` names the shape of the value: bump it when the keys change.
+    """
+
+    STATE_VERSION: ClassVar[int]
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...
 
 
 def ledger_copy_path(path: Path) -> Path:
     return path.with_name(path.name + ".ledger.sqlite3")
 
 
-def _capture(app: App) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def _components(app: App) -> dict[str, Stateful]:
+    """The stateful components of the app, by the name their state is saved under."""
+    if not isinstance(app.identity, Stateful):
+        raise ConfigError(
+            "a simulation checkpoint needs the in-memory identity (identity.resolve: false)"
+        )
+    out: dict[str, Stateful] = {
         "presence": app.presence,
         "identity": app.identity,
-        "opted_in": app.policy.opted_in,
-        "opted_out": app.policy.opted_out,
-        "outcomes": {k: v for k, v in vars(app.outcomes).items() if k != "ledger"},
+        "policy": app.policy,
+        "outcomes": app.outcomes,
     }
     if app.dispatcher is not None and app.selector is not None:
-        d = app.dispatcher
         out |= {
-            "army_rng": d.army.rng.getstate(),
-            "dispatch_rng": d.rng.getstate(),
-            "dispatch_counts": d.counts,
-            "last_mentioned": d.recommender._last_mentioned,
-            "selector_rng": app.selector.rng.getstate(),
-            "last_answered": app.selector._last_answered,
+            "recommender": app.dispatcher.recommender,
+            "selector": app.selector,
+            "army": app.dispatcher.army,
+            "dispatcher": app.dispatcher,
         }
     return out
 
 
+def _capture(app: App) -> dict[str, Any]:
+    return {
+        name: {"version": c.STATE_VERSION, "state": c.snapshot()}
+        for name, c in _components(app).items()
+    }
+
+
 def restore_pipeline(app: App, saved: dict[str, Any]) -> None:
-    """Put captured pipeline state back into a freshly built app (same configuration)."""
-    # In place: the recommender, dispatcher and policy hold references to these objects.
-    vars(app.presence).update(vars(saved["presence"]))
-    vars(app.identity).update(vars(saved["identity"]))
-    app.policy.opted_in = saved["opted_in"]
-    app.policy.opted_out = saved["opted_out"]
-    vars(app.outcomes).update(saved["outcomes"])
-    if app.dispatcher is not None and app.selector is not None and "army_rng" in saved:
-        d = app.dispatcher
-        d.army.rng.setstate(saved["army_rng"])
-        d.rng.setstate(saved["dispatch_rng"])
-        d.counts = saved["dispatch_counts"]
-        d.recommender._last_mentioned = saved["last_mentioned"]
-        app.selector.rng.setstate(saved["selector_rng"])
-        app.selector._last_answered = saved["last_answered"]
+    """Put captured pipeline state back into a freshly built app (same configuration).
+
+    A component the checkpoint has no state for (an army where the run had none) or whose state
+    has another version is a ``ConfigError``; nothing is restored then.
+    """
+    components = _components(app)
+    for name, component in components.items():
+        entry = saved.get(name)
+        if entry is None:
+            raise ConfigError(f"the checkpoint holds no {name} state (was the bots file changed?)")
+        if entry.get("version") != component.STATE_VERSION:
+            raise ConfigError(
+                f"the checkpoint's {name} state is version {entry.get('version')}, this botsky "
+                f"reads version {component.STATE_VERSION}: start the simulation afresh"
+            )
+    for name, component in components.items():
+        component.restore(saved[name]["state"])
 
 
 def save_checkpoint(path: Path, world: World, app: App, ledger_path: Path) -> None:

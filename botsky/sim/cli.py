@@ -57,7 +57,8 @@ DEFAULT_SIM_CONFIG = Path("configs/sim.yaml")
     "--export",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write every event as Jetstream JSONL (readable by source.kind: replay).",
+    help="Also write every event as Jetstream JSONL (readable by source.kind: replay); the "
+    "file is replaced once the run starts.",
 )
 @click.option(
     "--serve",
@@ -83,7 +84,15 @@ def simulate_cmd(
     serve: bool,
     port: int | None,
 ) -> None:
-    """Simulate a social network and score the bot army against its ground truth."""
+    """Simulate a social network and score the bot army against its ground truth.
+
+    An earlier run in the same data_dir is never deleted: once the new run's checks pass, the
+    earlier run's ledger, log and checkpoint move to data_dir/previous/<UTC time it last
+    wrote>/ (the path is printed). A run that fails or is interrupted before it starts puts
+    them back as they were. With --resume, the ledger that the checkpoint's copy replaces is
+    moved there too, and the log is appended to.
+    """
+    from botsky.lastrun import record_run
     from botsky.logs import configure_logging
     from botsky.sim.run import simulate
     from botsky.sim.world import World
@@ -91,7 +100,6 @@ def simulate_cmd(
 
     loaded, secrets = load_or_exit(config_path or DEFAULT_SIM_CONFIG, live=False)
     st = loaded.settings
-    st.data_dir.mkdir(parents=True, exist_ok=True)
     if serve:
         st.web.enabled = True
         if port is not None:
@@ -100,30 +108,40 @@ def simulate_cmd(
     # Wide enough for the leaderboard when stdout is a pipe (rich assumes 80 columns there).
     console = Console(width=None if sys.stdout.isatty() else 160)
     log_file = st.data_dir / st.logging.file if st.logging.file else None
-    if log_file is not None and not resume:
-        log_file.unlink(missing_ok=True)  # a fresh world, a fresh log (scores --logs reads it)
     with open(os.devnull, "w", encoding="utf-8") as quiet:
-        configure_logging(
-            level=st.logging.level,
-            fmt="json",
-            file=log_file,
-            stream=quiet,
-        )
+        # No log file until the earlier run's files are moved aside (simulate's on_ready):
+        # a run that fails before it starts must not write into the earlier run's log.
+        configure_logging(level=st.logging.level, fmt="json", stream=quiet)
+
+        moved: list[Path] = []
+
+        def open_log(previous: Path | None) -> None:
+            configure_logging(level=st.logging.level, fmt="json", file=log_file, stream=quiet)
+            record_run(loaded.path, "simulate")  # `botsky scores` shows this run
+            if previous is not None:
+                moved.append(previous)
+
+        # Days simulated of the days asked for. After the last day the world runs on until every
+        # mention's outcome window has closed ("settling"); the bar is full by then.
         progress = Progress(
-            TextColumn("[bold]day"),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"),
             TimeElapsedColumn(),
             console=Console(stderr=True),
         )
-        task = progress.add_task("simulate", total=days + 1, counts="")
+        task = progress.add_task("days", total=days, counts="")
 
         def on_day(world: World) -> None:
+            # Shown from the run's first day boundary: a run that fails to start shows no bar.
+            progress.start()
             c = world.counts
+            settling = world.day >= days and not world.finished
             progress.update(
                 task,
-                completed=min(world.day, days + 1) if not world.finished else days + 1,
+                description="settling outcomes" if settling else "days",
+                completed=min(world.day, days),
                 counts=(
                     f"users {len(world.users)}  posts {c['posts']}  mentions {c['mentions']}  "
                     f"replies {c['replies']}  answered mentions {c['mention_replies']}"
@@ -146,7 +164,7 @@ def simulate_cmd(
         # freeze_startup_heap; the app is built inside simulate, after this).
         freeze_startup_heap()
         try:
-            with progress:
+            try:
                 result = asyncio.run(
                     simulate(
                         loaded,
@@ -161,11 +179,19 @@ def simulate_cmd(
                         export=export,
                         on_day=on_day,
                         hold=hold if serve else None,
+                        on_ready=open_log,
                     )
                 )
-        except BotskyError as exc:
-            click.echo(f"botsky: {exc}", err=True)
-            sys.exit(1)
+            finally:
+                progress.stop()
+        except (BotskyError, KeyboardInterrupt) as exc:
+            # A failed or interrupted start has put the earlier run back (see rundir); once
+            # started, it stays in previous/: say where.
+            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            click.echo(f"botsky: {what}", err=True)
+            if moved and moved[0].exists():
+                click.echo(f"the earlier run's files are in {moved[0]}", err=True)
+            sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
         finally:
             # Off the soon-closed null stream; the tables below are not logs.
             configure_logging(level=st.logging.level, fmt="json", stream=sys.stderr)
@@ -204,5 +230,7 @@ def _print_result(console: Console, result: SimResult, seed: int, export: Path |
     console.print(truth)
     console.print(f"ledger: {result.ledger_path}")
     console.print(f"log:    {result.log_path}")
+    if result.previous_run is not None:
+        console.print(f"earlier run moved to {result.previous_run}")
     if export is not None:
         console.print(f"events: {export}")

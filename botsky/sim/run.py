@@ -17,7 +17,6 @@ from typing import IO, Any
 
 import structlog
 
-from botsky.army import Army
 from botsky.config import SourceConfig
 from botsky.configload import LoadedConfig, Secrets
 from botsky.errors import ConfigError
@@ -28,12 +27,14 @@ from botsky.llm.base import Model
 from botsky.runtime import App, RunSummary
 from botsky.scoring import Score, score
 from botsky.sim.checkpoint import (
+    ledger_copy_path,
     load_checkpoint,
     restore_ledger,
     restore_pipeline,
     save_checkpoint,
 )
 from botsky.sim.engines import Engine, LLMEngine, StochasticEngine
+from botsky.sim.rundir import set_aside
 from botsky.sim.world import Truth, World, WorldConfig
 from botsky.sources.base import SourceStats
 from botsky.wiring import build_app, build_bots
@@ -62,6 +63,8 @@ class SimResult:
     ledger_path: Path | None
     log_path: Path | None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the earlier run's files were moved (botsky.sim.rundir); None if there were none.
+    previous_run: Path | None = None
 
     def expected_rate(self, picker: str) -> float | None:
         """The ground-truth upper bound of ``picker``'s picks (no fatigue, no mood)."""
@@ -71,22 +74,34 @@ class SimResult:
 
 
 class _Tee:
-    """The world as a source that also writes every event it emits to a JSONL file."""
+    """The world as a source that also writes every event it emits to a JSONL file.
 
-    def __init__(self, world: World, out: IO[bytes]) -> None:
+    The file is opened when the run starts reading, so a run that fails before it starts
+    leaves an existing file as it was.
+    """
+
+    def __init__(self, world: World, path: Path) -> None:
         self.world = world
-        self.out = out
+        self.path = path
         self.name = world.name
         self.stats: SourceStats = world.stats
+        self._out: IO[bytes] | None = None
 
     async def __aiter__(self) -> Any:
         event: Event
+        self._out = out = self.path.open("wb")
         async for event in self.world:
-            self.out.write(event_to_jetstream(event) + b"\n")
+            out.write(event_to_jetstream(event) + b"\n")
             yield event
 
     async def aclose(self) -> None:
         await self.world.aclose()
+        self.close()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
 
 
 def _settings_for(loaded: LoadedConfig, seed: int) -> LoadedConfig:
@@ -107,21 +122,21 @@ def _settings_for(loaded: LoadedConfig, seed: int) -> LoadedConfig:
     return dataclasses.replace(loaded, settings=st)
 
 
-def _fresh_files(loaded: LoadedConfig) -> None:
-    # A new world reuses post URIs of an earlier run with the same seed, which the old ledger
-    # has claimed: a fresh run starts from an empty ledger. (The CLI also starts a fresh log.)
+def _run_files(
+    loaded: LoadedConfig, ledger_path: Path | None, checkpoint: Path, resume: bool
+) -> tuple[list[Path], list[Path]]:
+    """The files a run writes over (the SQLite ledger; for a new world also the log and the
+    checkpoint), and those it appends to (a resumed run's log)."""
     st = loaded.settings
-    ledger = open_ledger(st.ledger.url, st.data_dir)
-    if isinstance(ledger, SqliteLedger):
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{ledger.path}{suffix}").unlink(missing_ok=True)
-
-
-def _swap_models(army: Army, models: Mapping[str, Model]) -> None:
-    army.bots = tuple(
-        dataclasses.replace(b, model=models[b.name]) if b.name in models else b for b in army.bots
-    )
-    army._by_did = {b.did: b for b in army.bots}
+    files: list[Path] = []
+    if ledger_path is not None:
+        files += [Path(f"{ledger_path}{suffix}") for suffix in ("", "-wal", "-shm")]
+    log_file = [st.data_dir / st.logging.file] if st.logging.file else []
+    if resume:
+        return files, log_file
+    for path in (checkpoint, ledger_copy_path(checkpoint)):
+        files += [path, path.with_name(path.name + ".tmp")]
+    return files + log_file, []
 
 
 def _engine_model(loaded: LoadedConfig, secrets: Secrets, http_client: Any) -> Model:
@@ -151,6 +166,7 @@ async def simulate(
     on_day: Callable[[World], None] | None = None,
     models: Mapping[str, Model] | None = None,
     hold: Callable[[App, SimResult], Awaitable[None]] | None = None,
+    on_ready: Callable[[Path | None], None] | None = None,
 ) -> SimResult:
     """Run the world for ``days`` simulated days through the production pipeline.
 
@@ -161,10 +177,16 @@ async def simulate(
     ``models`` replaces the model of the named bots (tests: a scripted ``FakeModel``).
     ``hold(app, result)`` runs after the results are in and before the app closes: with the
     web app enabled, the page stays up for as long as it waits (``simulate --serve``).
+
+    Files (``botsky.sim.rundir``): everything that can fail before the run starts (settings,
+    the checkpoint, the engine's model) is checked before a file is touched; then the earlier
+    run's files are moved aside to ``data_dir/previous/<stamp>/`` (``SimResult.previous_run``)
+    and ``on_ready(that directory or None)`` is called (the CLI opens the log file there).
+    Should the start still fail or be interrupted (until the app is built), the earlier run's
+    files are put back as they were. Nothing is ever deleted.
     """
     loaded = _settings_for(loaded, seed)
     st = loaded.settings
-    st.data_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint or st.data_dir / CHECKPOINT_FILE
     pipeline: dict[str, Any] | None = None
     ledger = open_ledger(st.ledger.url, st.data_dir)  # not opened: only its file is wanted
@@ -174,9 +196,7 @@ async def simulate(
             raise ConfigError("--resume needs the SQLite ledger (ledger.url: sqlite)")
         world, pipeline = load_checkpoint(checkpoint)
         world.config = dataclasses.replace(world.config, days=days)
-        restore_ledger(checkpoint, ledger_path)
     else:
-        _fresh_files(loaded)
         config = WorldConfig(
             users=users,
             days=days,
@@ -197,15 +217,30 @@ async def simulate(
     world.engine = engine
     start_day = world.day
 
-    out = export.open("wb") if export is not None else None
+    # Checked and built: only now does the run touch files (see rundir).
+    st.data_dir.mkdir(parents=True, exist_ok=True)
+    aside = set_aside(st.data_dir, *_run_files(loaded, ledger_path, checkpoint, resume))
+    tee = _Tee(world, export) if export is not None else None
     try:
-        source = _Tee(world, out) if out is not None else world
-        app = await build_app(loaded, secrets, source=source, poster=world, http_client=http_client)
+        if on_ready is not None:
+            on_ready(aside.previous)
+        if aside.previous is not None:
+            log.info("earlier_run_moved", path=str(aside.previous))
+        if resume:
+            assert ledger_path is not None
+            restore_ledger(checkpoint, ledger_path)
+        app = await build_app(
+            loaded, secrets, source=tee or world, poster=world, http_client=http_client
+        )
+    except BaseException:
+        aside.restore()
+        raise
+    try:
         try:
             if app.dispatcher is not None:
                 world.bot_dids = set(app.dispatcher.army.dids)
                 if models:
-                    _swap_models(app.dispatcher.army, models)
+                    app.dispatcher.army.replace_models(models)
             if pipeline is not None:
                 restore_pipeline(app, pipeline)
 
@@ -238,14 +273,15 @@ async def simulate(
                 user_days=world.user_days,
                 ledger_path=ledger_path,
                 log_path=st.data_dir / st.logging.file if st.logging.file else None,
+                previous_run=aside.previous,
             )
             if hold is not None:
                 await hold(app, result)
         finally:
             await app.aclose()
     finally:
-        if out is not None:
-            out.close()
+        if tee is not None:
+            tee.close()
     log.info(
         "simulation_finished",
         days=world.config.days,

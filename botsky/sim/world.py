@@ -45,13 +45,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from botsky.events import FOLLOW, LIKE, POST, Event, PostRef, at_uri
+from botsky.ids import BASE32_SORTABLE as _B32
+from botsky.ids import synthetic_cid as fake_cid
+from botsky.ids import tid
 from botsky.posting import Posted, ReplyPost
 from botsky.sim.archetypes import Archetype, load_archetypes, mix
 from botsky.sim.engines import Engine, Item, StochasticEngine, main_topic
 from botsky.sim.state import DEFAULT_LIMITS, StateLimits, merge_state
 from botsky.sim.topics import TOPIC_NAMES, fit
 from botsky.sources.base import SourceStats
-from botsky.testing import fake_cid, tid
 
 __all__ = ["FATIGUE", "FLOOR", "SimPost", "SimUser", "Truth", "World", "WorldConfig"]
 
@@ -61,7 +63,6 @@ FATIGUE: Final = 0.8
 _START_US: Final = 1_767_571_200_000_000  # 2026-01-05T00:00:00Z
 _STEP_US: Final = 1_000  # events are at least 1 ms apart: strictly increasing time and TIDs
 _KEEP_DAYS: Final = 3  # posts older than this are forgotten (notifications are read sooner)
-_B32: Final = "234567abcdefghijklmnopqrstuvwxyz"
 # Archetype propensities are relative; these scale them to about one reply and two likes per
 # user and day, in the range of an active small network.
 _REPLY_SCALE: Final = 0.35

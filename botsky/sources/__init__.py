@@ -2,8 +2,8 @@
 
 Backends are imported only when chosen, so a backend's dependencies load only when it runs.
 Live sources (``jetstream``, ``relay``) reconnect forever with the configured backoff; their
-cursors (Jetstream: ``time_us``; relay: ``seq``) are not interchangeable, so each keeps its own
-``cursor_name``.
+cursors (Jetstream: ``time_us``; relay: ``seq``; replay: the byte offset of the next line) are
+not interchangeable, so each keeps its own ``cursor_name``.
 """
 
 from __future__ import annotations

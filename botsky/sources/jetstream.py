@@ -47,7 +47,13 @@ import structlog
 import zstandard
 
 from botsky.errors import FrameError
-from botsky.events import Event, commit_event, parse_jetstream
+from botsky.events import (
+    Event,
+    account_event,
+    identity_event,
+    jetstream_commit,
+    parse_jetstream,
+)
 from botsky.sources._ws import Backoff, LiveSource, Reconnect, iso_time_us
 
 __all__ = ["JetstreamSource"]
@@ -238,56 +244,17 @@ class JetstreamSource(LiveSource):
 
 
 def _v2_event(kind: str, payload: dict[str, Any]) -> Event:
+    """A v2 payload as an event: the same builders (and checks) as every other wire."""
     did = payload.get("did")
-    if not isinstance(did, str) or not did.startswith("did:"):
-        raise FrameError(f"missing or invalid did: {did!r}"[:200])
-    stamp = payload.get("witnessed_at") or payload.get("time")
-    time_us = iso_time_us(stamp)
+    time_us = iso_time_us(payload.get("witnessed_at") or payload.get("time"))
     if kind == "commit":
-        op = payload.get("operation")
-        collection = payload.get("collection")
-        rkey = payload.get("rkey")
-        record = payload.get("record")
-        if op not in ("create", "update", "delete"):
-            raise FrameError(f"unknown operation: {op!r}"[:200])
-        if not isinstance(collection, str) or not isinstance(rkey, str):
-            raise FrameError("commit without collection or rkey")
-        if op != "delete" and not isinstance(record, dict):
-            raise FrameError(f"{op} without a record")
-        cid = payload.get("cid")
-        rev = payload.get("rev")
-        return commit_event(
-            did,
-            time_us,
-            time_us,
-            op,
-            collection,
-            rkey,
-            cid if isinstance(cid, str) else None,
-            record if isinstance(record, dict) else None,
-            rev if isinstance(rev, str) else None,
-        )
+        return jetstream_commit(did, time_us, time_us, payload)
     if kind == "identity":
         upstream = payload.get("identity")
         handle = upstream.get("handle") if isinstance(upstream, dict) else None
-        return Event(
-            did=did,
-            time_us=time_us,
-            kind="identity",
-            cursor=time_us,
-            handle=handle if isinstance(handle, str) else None,
-        )
+        return identity_event(did, time_us, time_us, handle)
     if kind == "account":
         upstream = payload.get("account")
         upstream = upstream if isinstance(upstream, dict) else {}
-        active = upstream.get("active")
-        status = upstream.get("status")
-        return Event(
-            did=did,
-            time_us=time_us,
-            kind="account",
-            cursor=time_us,
-            active=active if isinstance(active, bool) else None,
-            status=status if isinstance(status, str) else None,
-        )
+        return account_event(did, time_us, time_us, upstream.get("active"), upstream.get("status"))
     raise FrameError(f"unknown kind: {kind!r}"[:200])

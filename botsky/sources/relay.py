@@ -59,7 +59,7 @@ import libipld
 import structlog
 
 from botsky.errors import FrameError
-from botsky.events import Event, commit_event
+from botsky.events import Event, account_event, check_operation, commit_event, identity_event
 from botsky.sources._ws import Backoff, LiveSource, Reconnect, iso_time_us
 
 __all__ = ["RelayDecoder", "RelaySource", "subscribe_url"]
@@ -71,7 +71,6 @@ _TAG_CID: Final = b"\xd8\x2a"
 # The CID prefix of every block in a repo CAR: CIDv1, dag-cbor, sha2-256, 32-byte digest.
 _DAG_CBOR_SHA256: Final = b"\x01\x71\x12\x20"
 _RAW_SHA256: Final = b"\x01\x55\x12\x20"  # blobs
-_ACTIONS: Final = frozenset({"create", "update", "delete"})
 
 
 def subscribe_url(base: str, cursor: int | None) -> str:
@@ -143,10 +142,7 @@ class RelayDecoder:
             collection, _, rkey = path.partition("/")
             if wanted is not None and collection not in wanted:
                 continue
-            action = op.get("action")
-            if not isinstance(action, str) or action not in _ACTIONS:
-                raise FrameError(f"invalid commit: unknown action {action!r}"[:200])
-            picked.append((action, collection, rkey, op.get("cid")))
+            picked.append((check_operation(op.get("action")), collection, rkey, op.get("cid")))
         if not picked:
             # The common case on a filtered stream: the CAR is never touched.
             return []
@@ -197,29 +193,10 @@ class RelayDecoder:
 
 
 def _identity_or_account(kind: str, body: dict[str, Any], seq: int) -> Event:
-    did = body.get("did")
-    if not isinstance(did, str):
-        raise FrameError(f"invalid {kind}: no did")
-    time_us = iso_time_us(body.get("time"))
+    did, time_us = body.get("did"), iso_time_us(body.get("time"))
     if kind == "#identity":
-        handle = body.get("handle")
-        return Event(
-            did=did,
-            time_us=time_us,
-            kind="identity",
-            cursor=seq,
-            handle=handle if isinstance(handle, str) else None,
-        )
-    active = body.get("active")
-    status = body.get("status")
-    return Event(
-        did=did,
-        time_us=time_us,
-        kind="account",
-        cursor=seq,
-        active=active if isinstance(active, bool) else None,
-        status=status if isinstance(status, str) else None,
-    )
+        return identity_event(did, time_us, seq, body.get("handle"))
+    return account_event(did, time_us, seq, body.get("active"), body.get("status"))
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -331,35 +308,23 @@ def _record(raw: bytes) -> dict[str, Any]:
         raise FrameError(f"invalid record: {exc}") from exc
     if type(value) is not dict:
         raise FrameError("invalid record: not a map")
-    _render_map(value, _TAG_CID in raw)
+    _render(value, _TAG_CID in raw)
     return value
 
 
-def _render_map(value: dict[str, Any], links: bool) -> None:
+def _render(value: Any, links: bool) -> None:  # a map or a list
     """Render decoded DAG-CBOR in the data model's JSON form (``$link``, ``$bytes``), in place.
 
     The decoded objects are fresh and ours, so rewriting them in place saves rebuilding every
-    map of every record.
+    map of every record. A map's values and a list's items are walked alike (replacing a
+    map's value while iterating it is safe: the keys do not change).
     """
-    for key, item in value.items():
+    for key, item in value.items() if type(value) is dict else enumerate(value):
         kind = type(item)
-        if kind is dict:
-            _render_map(item, links)
-        elif kind is list:
-            _render_list(item, links)
+        if kind is dict or kind is list:
+            _render(item, links)
         elif kind is bytes:
             value[key] = _render_bytes(item, links)
-
-
-def _render_list(value: list[Any], links: bool) -> None:
-    for index, item in enumerate(value):
-        kind = type(item)
-        if kind is dict:
-            _render_map(item, links)
-        elif kind is list:
-            _render_list(item, links)
-        elif kind is bytes:
-            value[index] = _render_bytes(item, links)
 
 
 def _render_bytes(value: bytes, links: bool) -> dict[str, str]:
