@@ -31,10 +31,8 @@ import pytest
 from botsky.ledger.feed import ExposureRow
 from botsky.ledger.sqlite import SqliteLedger
 from tests.pds.harness import LocalPds, TestAccount
-from tests.pds_fixtures import local_pds, unique_name
+from tests.support import unique_name
 from tests.test_ledger import make_mention
-
-__all__ = ["local_pds"]  # the fixture is used by name
 
 pytestmark = pytest.mark.slow
 
