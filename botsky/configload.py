@@ -502,7 +502,8 @@ def _dsn_password(dsn: str) -> str | None:
 def _read_yaml(path: Path, problems: list[str]) -> _Doc | None:
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeError) as exc:
+        # UnicodeEncodeError: a path holding lone surrogates ("\ud800" escapes in YAML).
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problems.append(f"{path}: cannot read: {reason}")
         return None

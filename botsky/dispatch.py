@@ -10,6 +10,12 @@ the queue is full, drops the post and counts the drop. N workers then run, per p
 The claim comes after the model call, right before posting, so a failed model call leaves no
 trace in the ledger; the claim's unique key makes a second reply to the same post impossible
 across restarts and replicas.
+
+Consent and the kill switch are checked before the model call and again after it, right before
+the claim and right before the post (crash recovery included): a model call takes seconds, and
+an author or a chosen user who opted out meanwhile (blocked a bot, asked to stop, ``#nobot``) is
+neither answered nor mentioned. Such a reply is dropped and counted (``author_opted_out``,
+``mention_opted_out``, ``paused_before_post``).
 """
 
 from __future__ import annotations
@@ -154,14 +160,17 @@ class Dispatcher:
         replica: str = "local",
         on_reply: Callable[[str, str, int], None] = lambda author, mentioned, time_us: None,
         paused: Callable[[], bool] = lambda: False,
+        opted_out: Callable[[str], bool] = lambda did: False,
         guard: SecretGuard,
     ) -> None:
         self.army = army
         self.guard = guard  # the process's secrets: a draft holding one is never posted
         self.replica = replica  # written into each claim's intent (who may recover it)
-        # Consent hooks: count replies toward the daily caps; the kill switch pauses posting.
+        # Consent hooks: count replies toward the daily caps; the kill switch pauses posting;
+        # ``opted_out(did)`` is asked again right before each post.
         self.on_reply = on_reply
         self.paused = paused
+        self.opted_out = opted_out
         self.recommender = recommender
         self.presence = presence
         self.identity = identity
@@ -308,6 +317,11 @@ class Dispatcher:
                 log.warning(exc.outcome, bot=bot.name, model=bot.model_name, error=str(exc))
             return exc.outcome
         chosen = next(c for c in offer.candidates if c.did == composed.mention.did)
+        # The model took a while: whoever opted out meanwhile is not answered nor mentioned.
+        refused = self._refusal(event.did, chosen.did)
+        if refused is not None:
+            log.info("reply_dropped", bot=bot.name, reason=refused, mentioned=chosen.did)
+            return refused
 
         now = self.presence.now_us
         root = StrongRef(post.root_uri, post.root_cid) if post.root_uri and post.root_cid else None
@@ -394,6 +408,15 @@ class Dispatcher:
         if find_first:
             posted = await self.poster.lookup(reply.bot_did, reply.rkey, reply.parent.uri)
         if posted is None:
+            # Last look before the post (and, in recovery, before posting a reply composed
+            # before the crash): an opt-out or the kill switch since then drops the reply.
+            refused = self._refusal(mention.post_author, mention.mentioned_did)
+            if refused is not None:
+                await self.ledger.finish_claim(mention.post_uri, "failed")
+                log.info(
+                    "reply_dropped", bot=reply.bot, reason=refused, mentioned=mention.mentioned_did
+                )
+                return refused
             try:
                 posted = await self.poster.reply(reply)
             except (SkipError, RetryableError) as exc:
@@ -408,6 +431,16 @@ class Dispatcher:
         self.on_reply(mention.post_author, mention.mentioned_did, mention.created_us)
         _log_posted(mention)
         return "posted"
+
+    def _refusal(self, author: str, mentioned: str) -> str | None:
+        """Why a reply may no longer be posted, or None."""
+        if self.paused():
+            return "paused_before_post"
+        if self.opted_out(author):
+            return "author_opted_out"
+        if self.opted_out(mentioned):
+            return "mention_opted_out"
+        return None
 
 
 def _log_posted(m: Mention) -> None:

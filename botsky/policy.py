@@ -176,6 +176,10 @@ class AudiencePolicy:
             self._mentions, did, self.mentions_per_target_per_day
         )
 
+    def has_opted_out(self, did: str) -> bool:
+        """``did`` opted out (asked again right before each post: consent can end meanwhile)."""
+        return did in self.opted_out
+
     def posting_paused(self) -> bool:
         """The kill switch: while true, post nothing (reading the stream goes on)."""
         return self._kill_switch()

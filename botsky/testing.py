@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botsky.errors import PostError, PostRateLimited
-from botsky.events import BLOCK, FOLLOW, LIKE, POST, REPOST, Event, at_uri
+from botsky.events import BLOCK, FOLLOW, LIKE, POST, PROFILE, REPOST, Event, at_uri
 from botsky.ids import synthetic_cid, tid
 from botsky.llm.base import Completion, Usage
 from botsky.posting import Posted, ReplyPost
@@ -44,6 +44,7 @@ __all__ = [
     "identity",
     "like",
     "post",
+    "profile",
     "repost",
     "tid",
 ]
@@ -177,6 +178,12 @@ def follow(did: str, time_us: int, subject_did: str) -> Event:
 def block(did: str, time_us: int, subject_did: str) -> Event:
     record = {"$type": BLOCK, "subject": subject_did, "createdAt": _created_at(time_us)}
     return _commit(did, time_us, BLOCK, record)
+
+
+def profile(did: str, time_us: int, description: str) -> Event:
+    """A profile record (``self``) with this description, as created."""
+    record = {"$type": PROFILE, "description": description}
+    return _commit(did, time_us, PROFILE, record, rkey="self")
 
 
 def identity(did: str, time_us: int, handle: str) -> Event:

@@ -279,6 +279,7 @@ async def build_app(
             replica=partitions.member,
             on_reply=policy.note_reply,
             paused=policy.posting_paused,
+            opted_out=policy.has_opted_out,
             guard=secret_guard(loaded, secrets),
         )
     else:

@@ -1,8 +1,9 @@
 """Shared fixtures: real SQLite ledger files, the real PostgreSQL server, the reference PDS.
 
 Shared helpers that are not fixtures (stream times, scenarios, servers) are in ``support.py``.
-Tests that need the reference PDS (the ``local_pds`` fixture) are marked ``slow`` here: starting
-and driving a PDS costs seconds, so ``scripts/test --fast`` leaves them out.
+Tests that need the reference PDS (the ``local_pds`` or ``pds_factory`` fixture) are marked
+``slow`` here: starting and driving a PDS costs seconds, so ``scripts/test --fast`` leaves them
+out.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -34,7 +36,7 @@ if os.environ.get("CI") == "true":
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses the reference PDS ``slow``."""
     for item in items:
-        if "local_pds" in getattr(item, "fixturenames", ()):
+        if {"local_pds", "pds_factory"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -130,3 +132,25 @@ def _stop_shared() -> None:
     if _shared is not None:
         _shared.stop()
         _shared = None
+
+
+@pytest.fixture
+def pds_factory() -> Iterator[Callable[..., LocalPds]]:
+    """A PDS of the test's own, to restart, kill, freeze or rate-limit (the shared ``local_pds``
+    must not be): ``pds_factory(rate_limits=True)``; stopped when the test ends."""
+    started: list[LocalPds] = []
+
+    def start(**kw: Any) -> LocalPds:
+        if _failure is not None:
+            _unavailable(_failure)
+        try:
+            pds = LocalPds.start(ensure_installed(), **kw)
+        except PdsUnavailable as exc:
+            _unavailable(str(exc))
+            raise  # not reached: _unavailable skips or fails
+        started.append(pds)
+        return pds
+
+    yield start
+    for pds in started:
+        pds.stop()

@@ -40,7 +40,7 @@ from botsky.testing import (
     post,
 )
 from botsky.wiring import build_app
-from tests.support import DATA, MIN, T0
+from tests.support import DATA, MIN, T0, link_texts, live_mentions
 
 CORPUS = [json.loads(line) for line in (DATA / "adversarial_posts.jsonl").read_text().splitlines()]
 CANDIDATES = {
@@ -60,16 +60,6 @@ PROMPT_MARKERS = (
     "You are replying to a post on Bluesky",
 )
 
-# What a client would turn into a mention or a link if it detected rich text itself: the
-# @atproto/api detectors (MENTION_REGEX, URL_REGEX), plus any scheme, "www." and host/path.
-_MENTION = re.compile(r"(?:^|\s|\()@([a-zA-Z0-9.-]+)\b", re.ASCII)
-_HANDLE = re.compile(r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z][a-zA-Z0-9-]*$")
-_LINKS = (
-    re.compile(r"[a-z][a-z0-9+.-]*://", re.I),
-    re.compile(r"(?:^|[^a-z0-9.@-])www\.[a-z0-9-]", re.I),
-    re.compile(r"(?:[a-z0-9-]+\.)+[a-z]{2,63}(?::[0-9]+)?[/?#]", re.I),
-)
-_BARE_DOMAIN = re.compile(r"(?:^|[\s(])((?:[a-z0-9-]+\.)+(com|net|org|io|ly|xyz|co|me|info|app))\b")
 _ASKED_HANDLE = re.compile(r"@+\W?([A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2,})")
 _ASKED_LINK = re.compile(
     r"\S+://\S+|www\.\S+|\S+\.(?:com|net|ly|example)(?:[/:]\S*)?|javascript:\S+", re.I
@@ -109,7 +99,6 @@ def _vocabulary() -> str:
     return " ".join(sorted({w for p in CORPUS for w in tokenize(p["text"])}))
 
 
-DEFANGED = {h.lower() for p in CORPUS for h in _ASKED_HANDLE.findall(p["text"])}
 HANDLES = CANDIDATES | {f"did:plc:attacker{i}": f"attacker{i}.test" for i in range(len(CORPUS))}
 
 
@@ -180,14 +169,10 @@ def assert_safe(text: str, facets: list[dict[str, Any]], offered: dict[str, str]
     index = facets[0]["index"]
     assert byte_slice(text, index["byteStart"], index["byteEnd"]) == "@" + offered[did]
     assert grapheme_len(text) <= 300 and len(text.encode()) <= 3000
-    live = [h.rstrip(".") for h in _MENTION.findall(text)]
-    assert [h for h in live if _HANDLE.match(h)] in ([], [offered[did]]), text
-    for pattern in _LINKS:
-        assert not pattern.search(text), (pattern.pattern, text)
-    # An @handle other than the chosen one stays as plain text without its "@" (a handle is a
-    # domain name, and botsky adds no link facet); any other bare domain is a link.
-    for m in _BARE_DOMAIN.finditer(text.lower()):
-        assert m[1] in DEFANGED, text
+    # No second notified user and no link text, as written or as a reader normalizes it
+    # (NFKC, confusable dots, invisible characters): see link_texts in tests/support.py.
+    assert set(live_mentions(text)) <= {offered[did]}, text
+    assert not link_texts(text), (link_texts(text), text)
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069\u200b]", text)
     squeezed = _squeeze(text)
     for marker in PROMPT_MARKERS:
@@ -204,10 +189,11 @@ def assert_no_secret(blobs: Iterable[str | bytes]) -> None:
 
 
 def test_corpus_is_large_and_varied() -> None:
-    """At least 50 hostile posts covering every kind of attack."""
+    """At least 80 hostile posts covering every kind of attack, disguised links included."""
     kinds = Counter(p["kind"] for p in CORPUS)
-    assert len(CORPUS) >= 50
+    assert len(CORPUS) >= 80
     assert set(kinds) >= {"mention", "link", "prompt", "secret", "delim", "facet", "unicode"}
+    assert kinds["confusable"] >= 8 and kinds["idn"] >= 5 and kinds["email"] >= 8
     assert kinds["oversized"] >= 3 and max(len(p["text"]) for p in CORPUS) > 3000
 
 
@@ -305,8 +291,8 @@ ALICE = Offered("did:plc:cand0", "alice.test")
 @pytest.mark.parametrize(
     ("reply", "text"),
     [
-        pytest.param("@@mallory.test hi", "mallory.test hi @alice.test", id="at-run"),
-        pytest.param("go @\u2060mallory.test", "go mallory.test @alice.test", id="word-joiner"),
+        pytest.param("@@mallory.test hi", "mallory hi @alice.test", id="at-run"),
+        pytest.param("go @\u2060mallory.test", "go mallory @alice.test", id="word-joiner"),
         pytest.param("see h\u200bttps://evil.com/x", "see @alice.test", id="zwsp-in-scheme"),
         pytest.param("see @evil.com/malware now", "see now @alice.test", id="handle-path"),
         pytest.param("go @www.scam.net ok", "go ok @alice.test", id="handle-www"),

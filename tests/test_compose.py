@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from botsky.compose import Composed, Offered, byte_slice, compose, grapheme_len
 from botsky.errors import DraftRejected
+from tests.support import link_texts
 
 ALICE = Offered("did:plc:alice", "alice.bsky.social")
 BOB = Offered("did:plc:bob", "Bob.Example.com")  # offered spelling is kept exactly
@@ -128,7 +129,7 @@ CASES: list[Any] = [
         "Ask @alice.bsky.socialite about it",
         "alice.bsky.social",
         {},
-        "Ask alice.bsky.socialite about it @alice.bsky.social",
+        "Ask alice about it @alice.bsky.social",
         ("removed_mention", "inserted_mention"),
         id="longer-handle-is-not-the-mention",
     ),
@@ -136,7 +137,7 @@ CASES: list[Any] = [
         "@carol.bsky.social and @alice.bsky.social should meet",
         "alice.bsky.social",
         {},
-        "carol.bsky.social and @alice.bsky.social should meet",
+        "carol and @alice.bsky.social should meet",
         ("removed_mention",),
         id="second-mention-defanged",
     ),
@@ -152,7 +153,7 @@ CASES: list[Any] = [
         "@alice.bsky.social, yes you @Alice.bsky.social!",
         "alice.bsky.social",
         {"allow_other_mentions": True},
-        "@alice.bsky.social, yes you Alice.bsky.social!",
+        "@alice.bsky.social, yes you Alice!",
         ("removed_mention",),
         id="duplicate-mention-defanged",
     ),
@@ -160,17 +161,25 @@ CASES: list[Any] = [
         "@alice.bsky.social\u0301 hi",
         "alice.bsky.social",
         {},
-        "alice.bsky.social\u0301 hi @alice.bsky.social",
+        "alice hi @alice.bsky.social",
         ("removed_mention", "inserted_mention"),
         id="mark-fused-to-handle-is-not-the-mention",
     ),
     pytest.param(
-        "mail bob@example.org or @3.14, e.g. it.Really ends here. @alice.bsky.social",
+        "pi @3.14, e.g. it.Really ends here. @alice.bsky.social",
         "alice.bsky.social",
         {},
-        "mail bob@example.org or @3.14, e.g. it.Really ends here. @alice.bsky.social",
+        "pi @3.14, e.g. it.Really ends here. @alice.bsky.social",
         (),
         id="not-links-not-mentions",
+    ),
+    pytest.param(
+        "mail bob@example.org or mailto:eve@example.org today @alice.bsky.social",
+        "alice.bsky.social",
+        {},
+        "mail or today @alice.bsky.social",
+        ("removed_link",),
+        id="mail-addresses-removed",
     ),
     pytest.param(
         "Read https://evil.example/x?a=1. Or www.spam.net, or shop.example.com/deal! "
@@ -233,6 +242,167 @@ def test_compose_text_and_repairs(
     assert result.text == text
     assert result.repaired == repaired
     assert_valid(result, result.mention.handle)
+
+
+# --- link text in disguise ------------------------------------------------------------------
+# Each class of link that survived composition before: written with confusable dots, letters
+# or invisible characters, as an internationalized domain, a mail address, or "@host.tld".
+DISGUISED = [
+    pytest.param("go to evil\u3002com now", "go to now", id="ideographic-full-stop"),
+    pytest.param("go to evil\uff61com now", "go to now", id="halfwidth-ideographic-stop"),
+    pytest.param(
+        "go to \uff45\uff56\uff49\uff4c\uff0e\uff43\uff4f\uff4d now", "go to now", id="fullwidth"
+    ),
+    pytest.param("go to evil\ufe52com and evil\u2024com now", "go to and now", id="small-dots"),
+    pytest.param(
+        "go to \U0001d41e\U0001d42f\U0001d422\U0001d425.com now", "go to now", id="math-letters"
+    ),
+    pytest.param("go to \u2488com now", "go to now", id="digit-full-stop"),
+    pytest.param("go to evil\u200d.com now", "go to now", id="zero-width-joiner"),
+    pytest.param("go to evil\u034f.com now", "go to now", id="grapheme-joiner"),
+    pytest.param(
+        "go to https\uff1a\uff0f\uff0fevil.example/x now", "go to now", id="fullwidth-scheme"
+    ),
+    pytest.param("go to evil.Com now", "go to now", id="mixed-case-real-tld"),
+    pytest.param("go to evil.com\u0301 now", "go to now", id="mark-after-tld"),
+    pytest.param("go to evil.com\u00e9 or evil.com\u662f now", "go to or \u662f now", id="glued"),
+    pytest.param(
+        "go to -evil.com or ...evil.com now", "go to - or ... now", id="after-punctuation"
+    ),
+    pytest.param(
+        "go to \u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444 now",
+        "go to now",
+        id="idn-cyrillic",
+    ),
+    pytest.param(
+        "go to \u043f\u0440\u0438\u043c\u0435\u0440\u3002\u0440\u0444 now",
+        "go to now",
+        id="idn-ideographic-stop",
+    ),
+    pytest.param("go to b\u00fccher.de and bu\u0308cher.de now", "go to and now", id="idn-latin"),
+    pytest.param("go to \u4f8b\u3048.\u4e2d\u56fd now", "go to now", id="idn-cjk"),
+    pytest.param("go to xn--bcher-kva.xn--p1ai now", "go to now", id="punycode"),
+    pytest.param("go to //evil.example/x now", "go to now", id="scheme-relative"),
+    pytest.param("mail bob@evil.com now", "mail now", id="user-at-host"),
+    pytest.param("mail bob\uff20evil\uff0ecom now", "mail now", id="fullwidth-user-at-host"),
+    pytest.param("mail mailto:bob@evil.example?subject=hi now", "mail now", id="mailto"),
+    pytest.param("call tel:+15551234 or SMS:+15551234 now", "call or now", id="tel-sms"),
+    pytest.param("ask @evil.com now", "ask evil now", id="at-host-not-bare-domain"),
+    pytest.param("ask @mallory.bsky.social now", "ask mallory now", id="other-handle"),
+    pytest.param("ask \uff20mallory\uff0etest now", "ask mallory now", id="fullwidth-handle"),
+    pytest.param(
+        "ask @\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444 now",
+        "ask \u043f\u0440\u0438\u043c\u0435\u0440 now",
+        id="at-idn",
+    ),
+    pytest.param("ask thanks@alice.bsky.social now", "ask now", id="user-glued-to-chosen"),
+]
+
+
+@pytest.mark.parametrize(("reply", "text"), DISGUISED)
+def test_disguised_links_and_mentions_are_removed(reply: str, text: str) -> None:
+    """Links behind confusable dots and letters, IDN, punycode, mail forms and @host are
+    removed (or de-fanged to the handle's first label); the chosen mention keeps its facet."""
+    result = compose(reply, "alice.bsky.social", OFFERED)
+    assert result.text == f"{text} @alice.bsky.social"
+    assert_valid(result, "alice.bsky.social")
+
+
+@pytest.mark.parametrize(
+    ("reply", "text"),
+    [
+        pytest.param(
+            "Ask \uff20\uff41\uff4c\uff49\uff43\uff45\uff0e\uff42\uff53\uff4b\uff59"
+            "\uff0e\uff53\uff4f\uff43\uff49\uff41\uff4c today",
+            "Ask @alice.bsky.social today",
+            id="fullwidth",
+        ),
+        pytest.param(
+            "Ask @alice\u3002bsky\u3002social today",
+            "Ask @alice.bsky.social today",
+            id="ideographic-stops",
+        ),
+        pytest.param(
+            "Ask @ali\u200dce.bsky.social today", "Ask @alice.bsky.social today", id="joiner"
+        ),
+        pytest.param(
+            "\u8c22\u8c22\uff20alice.bsky.social\uff01",
+            "\u8c22\u8c22@alice.bsky.social\uff01",
+            id="cjk-glued",
+        ),
+    ],
+)
+def test_a_disguised_chosen_mention_keeps_its_place_and_facet(reply: str, text: str) -> None:
+    """The chosen @handle written with confusable characters is the mention: spelled as
+    offered, where the model put it, with its facet (and no second copy appended)."""
+    result = compose(reply, "alice.bsky.social", OFFERED)
+    assert result.text == text
+    assert result.repaired == ("normalized_mention",)
+    assert_valid(result, "alice.bsky.social")
+
+
+# Legitimate text that looks a little like a domain, a mail address or a mention.
+LEGIT = [
+    pytest.param("3.5 stars, and 4.25 out of 5", id="decimals"),
+    pytest.param("e.g. this, i.e. that, etc. and so on", id="latin-abbreviations"),
+    pytest.param("Mr. Smith met Dr.Jones at 5 p.m. in the U.S.A.", id="titles-and-initials"),
+    pytest.param("Wait... what? So…good. Really..?", id="ellipses"),
+    pytest.param("I loved it.Then we left. It rained.Really.", id="sentence-then-sentence"),
+    pytest.param("Version 2.0.1 costs $3.50 (about 3.2 \u20ac)", id="versions-and-prices"),
+    pytest.param(
+        "\u4eca\u65e5\u306f\u6674\u308c\u3002\u660e\u65e5\u306f\u96e8\u3002",
+        id="japanese-full-stops",
+    ),
+    pytest.param("\u3042\u308a\u304c\u3068\u3046\u3002see you soon", id="japanese-then-english"),
+    pytest.param(
+        "\u4f60\u597d\uff0c\u4e16\u754c\uff01\u6211\u7231\u4f60\u3002\u4e16\u754c",
+        id="chinese-fullwidth-punctuation",
+    ),
+    pytest.param("\uff21\uff22\uff23 and \ufb01ne and \u00bd cup", id="compatibility-forms-kept"),
+    pytest.param(
+        "\u041f\u0440\u0438\u0432\u0435\u0442.\u041a\u0430\u043a \u0434\u0435\u043b\u0430",
+        id="cyrillic-sentences",
+    ),
+    pytest.param("ratio 16:9, at 10:30, note: bring data: none", id="colons"),
+    pytest.param("and/or, 1/2 cup, @ 5 dollars, pi @3.14", id="slashes-and-lone-at"),
+]
+
+
+@pytest.mark.parametrize("reply", LEGIT)
+def test_legitimate_text_is_kept_as_written(reply: str) -> None:
+    """Decimals, abbreviations, ellipses, CJK full stops and compatibility characters are
+    neither links nor mentions: the text is posted exactly as written."""
+    result = compose(f"{reply} @alice.bsky.social", "alice.bsky.social", OFFERED)
+    assert result.text == f"{reply} @alice.bsky.social"
+    assert result.repaired == ()
+
+
+@pytest.mark.parametrize(
+    ("reply", "text"),
+    [
+        pytest.param(
+            "see evil dot com or evil[.]com", "see evil dot com or evil[.]com", id="spelled-out"
+        ),
+        pytest.param(
+            "\u4f8b\u3048\u3002\u4e2d\u56fd", "\u4f8b\u3048\u3002\u4e2d\u56fd", id="cjk-full-stop"
+        ),
+        pytest.param("it.Really, Mr.Smith", "it.Really, Mr.Smith", id="mixed-case-no-tld"),
+        pytest.param("ok.fine and Node.js rock", "and rock", id="lower-case-glued"),
+        pytest.param("It was great.Today we rest", "It was we rest", id="capitalized-tld"),
+    ],
+)
+def test_the_documented_edges_of_link_removal(reply: str, text: str) -> None:
+    """Exactly what the README says: spelled-out links, "。" between CJK letters and mixed-case
+    non-TLDs stay; glued lower-case words and capitalized TLDs go."""
+    assert compose(reply, "alice.bsky.social", OFFERED).text == f"{text} @alice.bsky.social"
+
+
+def test_a_word_cut_short_is_scanned_again() -> None:
+    """Trimming "x.Refined" to "x.Re…" would make a link (.re is a TLD): it is removed too."""
+    reply = "x.Refined " + "word " * 20  # cut after "x.Re" with the "…" and the mention
+    result = compose(reply, "alice.bsky.social", OFFERED, max_graphemes=24)
+    assert "x.Re" not in result.text and not link_texts(result.text)
+    assert_valid(result, "alice.bsky.social", max_graphemes=24)
 
 
 @pytest.mark.parametrize(

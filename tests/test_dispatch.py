@@ -20,10 +20,19 @@ from botsky.ledger.retry import RetryingLedger
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm.openai import OpenAIModel
 from botsky.outcomes import OutcomeWatcher
+from botsky.policy import AudiencePolicy
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.secretguard import SecretGuard
-from botsky.testing import FakeModel, RecordingPoster, handles_offered, like, post
+from botsky.testing import (
+    FakeModel,
+    RecordingPoster,
+    block,
+    handles_offered,
+    like,
+    post,
+    profile,
+)
 from tests.support import MIN, T0
 
 BOT_DID = "did:plc:bot"
@@ -424,6 +433,113 @@ async def test_claims_without_intent_are_marked_failed(world: World) -> None:
     assert await world.ledger.claims_with_status("failed") == [
         ("at://did:plc:x/app.bsky.feed.post/1", "b1")
     ]
+
+
+# Consent checked again after the model call -----------------------------------------------
+BAKER = "did:plc:baker"
+
+
+def _consent(world: World) -> tuple[AudiencePolicy, list[bool]]:
+    """An open-audience policy and a kill switch wired into the dispatcher, as build_app does."""
+    switch = [False]
+    policy = AudiencePolicy(
+        mode="open", bot_dids=[BOT_DID], stop_phrases=["stop"], kill_switch=lambda: switch[0]
+    )
+    world.dispatcher.opted_out = policy.has_opted_out
+    world.dispatcher.paused = policy.posting_paused
+    return policy, switch
+
+
+def _meanwhile(kind: str) -> Event:
+    """What the stream delivers while the model is thinking."""
+    if kind == "mentioned_blocks":
+        return block(BAKER, T0 + 11, BOT_DID)
+    if kind == "mentioned_says_stop":
+        return post(BAKER, T0 + 11, "stop", reply_to=post(BOT_DID, T0, "a bot's reply"))
+    if kind == "mentioned_nobot":
+        return profile(BAKER, T0 + 11, "I bake. #nobot")
+    return block(AUTHOR, T0 + 11, BOT_DID)
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "expected"),
+    [
+        ("mentioned_blocks", "mention_opted_out"),
+        ("mentioned_says_stop", "mention_opted_out"),
+        ("mentioned_nobot", "mention_opted_out"),
+        ("author_blocks", "author_opted_out"),
+        ("kill_switch", "paused_before_post"),
+    ],
+)
+async def test_an_opt_out_during_the_model_call_drops_the_reply(
+    world: World, meanwhile: str, expected: str
+) -> None:
+    """Consent and the kill switch are asked again after the model call: a user who opted out
+    while it ran is not mentioned (nor an author answered); nothing is claimed or posted."""
+    policy, switch = _consent(world)
+
+    def slow_model(system: str, user: str) -> dict[str, str]:
+        if meanwhile == "kill_switch":
+            switch[0] = True
+        else:
+            assert policy.observe(_meanwhile(meanwhile)) is not None
+        return {"reply": "Ask @baker.test, a fine baker.", "mention": "baker.test"}
+
+    world.model.script(slow_model)
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == expected
+    assert world.poster.posted == []
+    assert await world.ledger.mentions() == []
+    assert not await world.ledger.is_claimed(ev.uri)
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "expected"),
+    [
+        ("mentioned_blocks", "mention_opted_out"),
+        ("author_blocks", "author_opted_out"),
+        ("kill_switch", "paused_before_post"),
+    ],
+)
+async def test_recovery_does_not_post_what_consent_no_longer_allows(
+    world: World, meanwhile: str, expected: str
+) -> None:
+    """A claim left 'posting' by a crash is not posted once its author or its mentioned user
+    opted out (or the kill switch is on): the claim is closed as failed, nothing is posted."""
+    policy, switch = _consent(world)
+    ev, ref = _post()
+
+    class DiesBeforePosting(RecordingPoster):
+        async def reply(self, p):  # type: ignore[no-untyped-def]
+            raise KeyboardInterrupt
+
+    world.dispatcher.poster = DiesBeforePosting()
+    with pytest.raises(KeyboardInterrupt):
+        await world.dispatcher.handle(ev, ref)
+    # Between the crash and the restart: the opt-out (or the kill switch).
+    if meanwhile == "kill_switch":
+        switch[0] = True
+    else:
+        assert policy.observe(_meanwhile(meanwhile)) is not None
+    world.dispatcher.poster = world.poster
+    assert await world.dispatcher.recover() == {expected: 1}
+    assert world.poster.posted == []
+    assert await world.ledger.mentions() == []
+    assert await world.ledger.claims_with_status("failed") == [(ev.uri, "b1")]
+
+
+async def test_a_reply_found_in_the_repo_is_recorded_even_after_an_opt_out(world: World) -> None:
+    """Recovery records a reply that was already posted before the opt-out: the ledger must
+    agree with the repo (the mention happened); only re-posting is refused."""
+    policy, _ = _consent(world)
+    crashing = CrashingPoster()
+    world.dispatcher.poster = crashing
+    ev, ref = _post()
+    with pytest.raises(KeyboardInterrupt):
+        await world.dispatcher.handle(ev, ref)
+    policy.observe(block(BAKER, T0 + 11, BOT_DID))
+    assert await world.dispatcher.recover() == {"posted": 1}
+    assert len(crashing.posted) == 1
 
 
 def test_selector_memory_is_bounded() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,7 @@ from typing import Any
 import libipld
 import orjson
 import pytest
-import regex
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection
 
@@ -40,7 +38,7 @@ from botsky.sources._ws import Backoff
 from botsky.sources.relay import RelayDecoder, RelaySource
 from botsky.sources.replay import ReplaySource
 from botsky.wiring import build_app
-from tests.support import DATA, FRAMES, frame_server
+from tests.support import DATA, FRAMES, frame_server, link_texts, live_mentions
 
 LINES = [line for line in (DATA / "jetstream" / "expected_v1.jsonl").read_bytes().splitlines()]
 _INT64 = st.integers(-(2**63), 2**63 - 1)  # what DAG-CBOR can encode
@@ -428,27 +426,66 @@ _PIECES = st.sampled_from(
         "@alice.test",
         "@ALICE.TEST",
         "bob.test",
+        # Confusable dots and letters: what a reader or an address bar reads as a link.
+        "\uff0e",  # fullwidth full stop
+        "\u3002",  # ideographic full stop (a dot to IDNA)
+        "\uff61",  # halfwidth ideographic full stop
+        "\ufe52",  # small full stop
+        "\u2024",  # one dot leader
+        "\u2488",  # "1." in one character
+        "\uff45\uff56\uff49\uff4c",  # fullwidth "evil"
+        "\uff43\uff4f\uff4d",  # fullwidth "com"
+        "\U0001d41e\U0001d42f",  # mathematical bold "ev"
+        "\uff1a\uff0f\uff0f",  # fullwidth "://"
+        "\u034f",  # combining grapheme joiner (default-ignorable)
+        "\ufe0f",  # variation selector
+        "Com",
+        "cOM",
+        # Internationalized domains and punycode.
+        "b\u00fccher",
+        "bu\u0308cher",
+        "\u043f\u0440\u0438\u043c\u0435\u0440",  # "пример"
+        "\u0440\u0444",  # "рф"
+        "\u4f8b\u3048",  # "例え"
+        "\u4e2d\u56fd",  # "中国"
+        "xn--p1ai",
+        "xn--bcher-kva",
+        # Mail forms and other schemes without "//".
+        "mailto:",
+        "MAILTO:",
+        "tel:",
+        "javascript:",
+        "bob",
+        "bob@",
+        "//",
     ]
 )
 _HOSTILE = st.lists(st.one_of(_PIECES, st.text(max_size=3)), max_size=80).map("".join)
-# JavaScript's \b (the @atproto/api detectors) is ASCII-only: re.ASCII reads it the same way.
-_LIVE_MENTION = re.compile(r"(?:^|\s|\()@([a-zA-Z0-9.-]+)\b", re.ASCII)
-_VALID_HANDLE = re.compile(
-    r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z][a-zA-Z0-9-]*$"
-)
-_LINKISH: tuple[re.Pattern[str] | regex.Pattern[str], ...] = (
-    # Any scheme with something after it (the letters of another script or an emoji glued to
-    # "://" end a link, as compose reads links in unspaced CJK text).
-    regex.compile(r"[a-z][a-z0-9+.-]*://[^\s\p{Lo}\p{So}]", regex.I),
-    # Where @atproto/api's URL_REGEX starts a link: the line start, a space or "(".
-    re.compile(r"(?:^|\s|\()www\.[a-z0-9-]", re.I),
-    # A host and a path (or user info): its TLD is of one case, as compose reads domains.
-    re.compile(r"(?:^|\s|\()(?:[A-Za-z0-9-]+\.)+(?:[a-z]{2,63}|[A-Z]{2,63})(?::[0-9]*)?[/?#@]"),
-)
 OFFERED = [Offered("did:plc:alice", "alice.test"), Offered("did:plc:bob", "bob.test")]
 
 
 @pytest.mark.slow
+# Bypasses the fuzzer found while compose learned normalization, kept as fixed examples.
+@example(
+    reply="\u0645\u0631\u062d\u0628\u0627\u0301mallory.test",
+    mention="alice.test",
+    max_graphemes=40,
+    max_bytes=60,
+)
+@example(reply="www.\u4e2d\u56fd-", mention="alice.test", max_graphemes=40, max_bytes=60)
+@example(
+    reply=".\uff45\uff56\uff49\uff4c://@", mention="alice.test", max_graphemes=40, max_bytes=60
+)
+@example(reply="8080A\uff1a\uff0f\uff0f@", mention="alice.test", max_graphemes=40, max_bytes=60)
+@example(
+    reply="\uff45\uff56\uff49\uff4c\U00010140\uff0eAA",
+    mention="alice.test",
+    max_graphemes=40,
+    max_bytes=60,
+)
+@example(reply="mallory.test\u0301", mention="alice.test", max_graphemes=40, max_bytes=60)
+@example(reply="alice.test_", mention="alice.test", max_graphemes=40, max_bytes=60)
+@example(reply="-mallory.test", mention="alice.test", max_graphemes=40, max_bytes=60)
 @settings(max_examples=1000, deadline=None)
 @given(
     reply=_HOSTILE,
@@ -459,7 +496,8 @@ OFFERED = [Offered("did:plc:alice", "alice.test"), Offered("did:plc:bob", "bob.t
 def test_compose_never_lets_a_mention_or_link_through(
     reply: str, mention: str, max_graphemes: int, max_bytes: int
 ) -> None:
-    """Adversarial text: exact facet, limits kept, no other live mention, no link."""
+    """Adversarial text: exact facet, limits kept, no other live mention, no link text (also
+    after NFKC, confusable dots and invisible characters)."""
     try:
         result = compose(reply, mention, OFFERED, max_graphemes=max_graphemes, max_bytes=max_bytes)
     except DraftRejected as exc:
@@ -470,12 +508,9 @@ def test_compose_never_lets_a_mention_or_link_through(
     index = facet["index"]
     assert byte_slice(text, index["byteStart"], index["byteEnd"]) == "@" + result.mention.handle
     assert grapheme_len(text) <= max_graphemes and len(text.encode()) <= max_bytes
-    live = [h.rstrip(".") for h in _LIVE_MENTION.findall(text)]
     # The kept mention has its facet; a client's detector may or may not also see it.
-    others = [h for h in live if _VALID_HANDLE.match(h)]
-    assert others in ([], [result.mention.handle]), text
-    for pattern in _LINKISH:
-        assert not pattern.search(text), (pattern.pattern, text)
+    assert set(live_mentions(text)) <= {result.mention.handle}, text
+    assert not link_texts(text), (link_texts(text), text)
     assert not set(text) & {"\u200b", "\u2060", "\ufeff", "\u00ad", "\u202e", "\u2066"}
 
 
@@ -557,6 +592,8 @@ def _yaml_text(tree: Any) -> str:
 
 
 @pytest.mark.slow
+# A bots_file whose JSON escapes become lone surrogates in YAML: the path cannot be encoded.
+@example(main=json.dumps({"bots_file": "\U00010000"}), bots="bots: []", env={})
 @settings(max_examples=300, deadline=None)
 @given(
     main=st.one_of(_TREE.map(_yaml_text), _NOISE, st.text(max_size=200)),
