@@ -34,6 +34,7 @@ class Bot:
     did: str
     weight: float = 1.0
     languages: tuple[str, ...] = ()
+    quality: float = 1.0  # picker noisy_oracle only (the simulation's planted arms)
 
     @property
     def model_name(self) -> str:

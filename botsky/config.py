@@ -36,12 +36,14 @@ __all__ = [
     "ScaleConfig",
     "ScoringConfig",
     "Settings",
+    "SimConfig",
+    "SimEngineConfig",
     "SourceConfig",
     "WebConfig",
 ]
 
 Provider = Literal["openai", "anthropic", "openai_compatible", "template"]
-Picker = Literal["llm", "similar", "random"]
+Picker = Literal["llm", "similar", "random", "noisy_oracle"]
 
 
 class _Strict(BaseModel):
@@ -352,6 +354,43 @@ class AudienceConfig(_Strict):
         return self
 
 
+class SimEngineConfig(_Strict):
+    """Who plays the simulated users under ``botsky simulate --engine llm``: a model of its own,
+    configured like a bot's (provider, model, base_url, key variable), never a model under test
+    unless ``allow_arm_model`` says so (a model would then be graded by itself)."""
+
+    provider: Literal["openai", "anthropic", "openai_compatible"] | None = None
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None  # default: OPENAI_API_KEY / ANTHROPIC_API_KEY
+    temperature: float = Field(default=0.9, ge=0, le=2)
+    max_tokens: int = Field(default=600, ge=16, le=8192)
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    allow_arm_model: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> SimEngineConfig:
+        if (self.provider is None) != (self.model is None):
+            raise ValueError("sim.engine needs both provider and model (or neither)")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise ValueError("sim.engine provider 'openai_compatible' needs base_url")
+        return self
+
+    @property
+    def default_key_env(self) -> str | None:
+        if self.api_key_env:
+            return self.api_key_env
+        return {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}.get(
+            self.provider or ""
+        )
+
+
+class SimConfig(_Strict):
+    """``botsky simulate`` only (the rest of botsky ignores it)."""
+
+    engine: SimEngineConfig = Field(default_factory=SimEngineConfig)
+
+
 class PriceConfig(_Strict):
     input_per_mtok: float = Field(default=0.0, ge=0)
     output_per_mtok: float = Field(default=0.0, ge=0)
@@ -386,6 +425,7 @@ class Settings(BaseSettings):
     feed: FeedConfig = Field(default_factory=FeedConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    sim: SimConfig = Field(default_factory=SimConfig)
 
     @model_validator(mode="after")
     def _feed_needs_web(self) -> Settings:
@@ -416,6 +456,9 @@ class BotConfig(_Strict):
     weight: float = Field(default=1.0, gt=0)
     languages: list[str] = Field(default_factory=lambda: ["en"])
     picker: Picker = "llm"
+    # noisy_oracle only (a planted arm of the simulation): the chance of mentioning the
+    # best-fitting candidate by the world's truth; otherwise a uniformly random one.
+    quality: float | None = Field(default=None, ge=0, le=1)
     # openai_compatible servers differ: json_schema, json_object, or none (prompt + lenient parse).
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
 
@@ -425,8 +468,13 @@ class BotConfig(_Strict):
             raise ValueError("provider 'openai_compatible' needs base_url")
         if self.provider == "template" and self.picker == "llm":
             raise ValueError(
-                "provider 'template' has no model to pick with; use picker similar or random"
+                "provider 'template' has no model to pick with; use picker similar, random or "
+                "noisy_oracle"
             )
+        if self.picker == "noisy_oracle" and self.quality is None:
+            raise ValueError("picker 'noisy_oracle' needs quality (0 to 1)")
+        if self.picker != "noisy_oracle" and self.quality is not None:
+            raise ValueError("quality is a setting of picker 'noisy_oracle' only")
         return self
 
     @property

@@ -177,6 +177,8 @@ def _attempt(path: Path | None, env: Mapping[str, str]) -> _Attempt:
         except ValidationError as exc:
             found += _explain(exc, bots_doc, BotsFile, None)
             bots = _valid_items(data)
+        if settings is not None:
+            found += _sim_only_pickers(settings, bots, bots_doc)
         problems += _by_line(found)
         if bots_path is not None:
             bots = [(i, _resolve_password_file(bot, bots_path.parent)) for i, bot in bots]
@@ -266,6 +268,28 @@ def account_password(
     if password is None:
         raise ConfigError([f"{what}.{key or 'account'}: {reason}" for key, reason in misses])
     return password
+
+
+def _sim_only_pickers(
+    settings: Settings, bots: list[tuple[int, BotConfig]], doc: _Doc
+) -> list[tuple[int, str]]:
+    """``noisy_oracle`` asks the simulated world for the truth: only a simulation has one."""
+    if settings.source.kind == "sim":
+        return []
+    found: list[tuple[int, str]] = []
+    for i, bot in bots:
+        if bot.picker == "noisy_oracle":
+            loc: _Loc = ("bots", i, "picker")
+            found.append(
+                (
+                    doc.line(loc),
+                    f"{doc.name}:{doc.line(loc)} {_field_path(loc)}: 'noisy_oracle' is a planted "
+                    "arm of the simulation (it needs the simulated world's truth); it works only "
+                    f"under `botsky simulate` (source.kind 'sim'), not with source.kind "
+                    f"{settings.source.kind!r}",
+                )
+            )
+    return found
 
 
 def check_config(

@@ -281,7 +281,16 @@ class Dispatcher:
         bot = self.army.pick(event.uri, post.langs)
         if bot is None:
             return "no_bot_for_language"
-        offer = self.recommender.offer(bot.picker, post.text, event.did, post.langs, self.rng)
+        offer = self.recommender.offer(
+            bot.picker,
+            post.text,
+            event.did,
+            post.langs,
+            self.rng,
+            post_uri=event.uri,
+            bot_did=bot.did,
+            quality=bot.quality,
+        )
         if not offer.candidates:
             log.info("no_candidates", bot=bot.name)
             return "no_candidates"

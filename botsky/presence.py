@@ -295,9 +295,10 @@ class Presence:
     def online(self) -> Iterator[Profile]:
         """Online users, most recently active first.
 
-        No pipeline stage walks every online user (the recommender goes through ``matches``
-        and ``sample``); this stays as the one readable view of the recency order, which the
-        tests check window expiry, the ``max_users`` cap and checkpoints against.
+        Only the simulation's planted ``noisy_oracle`` picker walks every online user (the
+        other pickers go through ``matches`` and ``sample``); this is also the one readable view
+        of the recency order, which the tests check window expiry, the ``max_users`` cap and
+        checkpoints against.
         """
         cutoff = self.now_us - self.window_us
         log, seq, last = self._log, self._seq, self._last

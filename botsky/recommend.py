@@ -8,6 +8,10 @@ has a known handle. Pickers decide what the bot is offered:
 - ``llm``: the top-k; the model chooses one.
 - ``similar``: the top-1, no model in the choice (control arm).
 - ``random``: one uniformly random online user that passes the filter (control arm).
+- ``noisy_oracle``: a planted arm for the simulation only. With probability ``quality`` the
+  eligible online user who fits the post best by the simulated world's truth (the ``truth``
+  hook the world sets), otherwise a uniformly random eligible one, so its true expected rate is
+  a known mix of the oracle's and random's. Anywhere else (no hook) it raises ``ConfigError``.
 
 The control arms make every model's score interpretable: an LLM that cannot beat ``similar``
 adds nothing as a recommender.
@@ -20,11 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from botsky.errors import ConfigError
 from botsky.identity import Identity
 from botsky.llm.reply import Candidate
 from botsky.presence import Presence, Profile, tokenize, weigh
 
-__all__ = ["PICKERS", "Offer", "Recommender"]
+__all__ = ["PICKERS", "Offer", "Recommender", "TruthHook"]
+
+TruthHook = Callable[[str, str, list[str]], list[float]]
+"""(post URI, bot DID, candidate DIDs) → how well each candidate fits a mention by that bot
+under that post, by the simulated world's truth (``World.fits``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,8 @@ class Recommender:
         # 20k online users already (BENCHMARKS.md). Scoring costs about 5 µs a user.
         self.max_candidates = max_candidates
         self._last_mentioned: dict[str, int] = {}
+        # Set by the simulation only (``noisy_oracle``): a real network has no truth to ask.
+        self.truth: TruthHook | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """``{"last_mentioned": {did: time_us}}``: the mention cooldowns (the rest is config)."""
@@ -142,10 +153,31 @@ class Recommender:
         )
 
     def offer(
-        self, picker: str, text: str, author: str, langs: tuple[str, ...], rng: random.Random
+        self,
+        picker: str,
+        text: str,
+        author: str,
+        langs: tuple[str, ...],
+        rng: random.Random,
+        *,
+        post_uri: str = "",
+        bot_did: str = "",
+        quality: float = 1.0,
     ) -> Offer:
-        """What ``picker`` offers for this post; an empty offer means nobody fits."""
-        return PICKERS[picker](self, self._rank(text, author, langs), author, langs, rng)
+        """What ``picker`` offers for this post; an empty offer means nobody fits.
+
+        ``post_uri``, ``bot_did`` and ``quality`` are read by ``noisy_oracle`` only.
+        """
+        return PICKERS[picker](
+            self,
+            self._rank(text, author, langs),
+            author,
+            langs,
+            rng,
+            post_uri=post_uri,
+            bot_did=bot_did,
+            quality=quality,
+        )
 
 
 def _offered(rec: Recommender, ranked: list[tuple[float, str]]) -> list[tuple[float, Profile]]:
@@ -153,12 +185,12 @@ def _offered(rec: Recommender, ranked: list[tuple[float, str]]) -> list[tuple[fl
     return [(s, p) for s, did in ranked if (p := profile(did)) is not None]
 
 
-def _llm(rec: Recommender, ranked: list[tuple[float, str]], *_: object) -> Offer:
+def _llm(rec: Recommender, ranked: list[tuple[float, str]], *_: object, **__: object) -> Offer:
     top = _offered(rec, ranked[: rec.top_k])
     return Offer(tuple(rec.candidate(p, i, s) for i, (s, p) in enumerate(top)), True)
 
 
-def _similar(rec: Recommender, ranked: list[tuple[float, str]], *_: object) -> Offer:
+def _similar(rec: Recommender, ranked: list[tuple[float, str]], *_: object, **__: object) -> Offer:
     top = _offered(rec, ranked[:1])
     if not top:
         return Offer((), False)
@@ -172,6 +204,7 @@ def _random(
     author: str,
     langs: tuple[str, ...],
     rng: random.Random,
+    **__: object,
 ) -> Offer:
     for _ in range(32):
         p = rec.presence.sample(rng)
@@ -187,4 +220,41 @@ def _random(
     return Offer((), False)
 
 
-PICKERS: dict[str, Callable[..., Offer]] = {"llm": _llm, "similar": _similar, "random": _random}
+def _noisy_oracle(
+    rec: Recommender,
+    ranked: list[tuple[float, str]],
+    author: str,
+    langs: tuple[str, ...],
+    rng: random.Random,
+    *,
+    post_uri: str,
+    bot_did: str,
+    quality: float,
+) -> Offer:
+    if rec.truth is None:
+        raise ConfigError(
+            "picker 'noisy_oracle' needs the simulated world's truth: it runs only under "
+            "`botsky simulate`"
+        )
+    # Every eligible online user, most recently active first (a deterministic order).
+    pool = [p for p in rec.presence.online() if rec.eligible(p, author, langs)]
+    if not pool:
+        return Offer((), False)
+    # One draw decides, before anything else, so the arm's quality is exactly ``quality``.
+    if rng.random() < quality:
+        fits = rec.truth(post_uri, bot_did, [p.did for p in pool])
+        p = pool[max(range(len(pool)), key=fits.__getitem__)]  # the first of equal fits
+    else:
+        p = pool[rng.randrange(len(pool))]
+    for i, (s, did) in enumerate(ranked):
+        if did == p.did:
+            return Offer((rec.candidate(p, i, s),), False)
+    return Offer((rec.candidate(p, len(ranked), 0.0),), False)
+
+
+PICKERS: dict[str, Callable[..., Offer]] = {
+    "llm": _llm,
+    "similar": _similar,
+    "random": _random,
+    "noisy_oracle": _noisy_oracle,
+}

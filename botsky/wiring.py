@@ -81,6 +81,7 @@ def build_bots(
                 did=did,
                 weight=cfg.weight,
                 languages=tuple(cfg.languages),
+                quality=cfg.quality if cfg.quality is not None else 1.0,
             )
         )
     return bots

@@ -93,9 +93,44 @@ def test_shipped_configs_have_no_problems() -> None:
     assert {bot.model for bot in loaded.bots if bot.provider != "template"} <= priced
     corpus = REPO / "tests" / "data" / "jetstream" / "expected_v1.jsonl"
     assert loaded.settings.source.path == corpus
+    sim = REPO / "configs" / "sim.yaml"
+    assert check_config(sim, environ={}) == []
+    engine = load_config(sim, environ={}).settings.sim.engine
+    assert engine.provider is not None and engine.model is not None  # the user model
 
 
 ERROR_CASES = [
+    pytest.param(
+        BOTSKY,
+        _edit(
+            BOTS,
+            "    model: gpt-4.1-mini\n",
+            "    model: gpt-4.1-mini\n    picker: noisy_oracle\n    quality: 0.5\n",
+        ),
+        {},
+        [
+            "configs/bots.yaml:6 bots[0].picker: 'noisy_oracle' is a planted arm of the "
+            "simulation (it needs the simulated world's truth); it works only under `botsky "
+            "simulate` (source.kind 'sim'), not with source.kind 'replay'"
+        ],
+        id="noisy-oracle-outside-the-simulation",
+    ),
+    pytest.param(
+        _edit(BOTSKY, "  kind: replay\n  path: events.jsonl", "  kind: sim"),
+        _edit(
+            BOTS, "    model: gpt-4.1-mini\n", "    model: gpt-4.1-mini\n    picker: noisy_oracle\n"
+        ),
+        {},
+        ["configs/bots.yaml:2 bots[0]: picker 'noisy_oracle' needs quality (0 to 1)"],
+        id="noisy-oracle-without-quality",
+    ),
+    pytest.param(
+        BOTSKY,
+        _edit(BOTS, "    model: gpt-4.1-mini\n", "    model: gpt-4.1-mini\n    quality: 0.5\n"),
+        {},
+        ["configs/bots.yaml:2 bots[0]: quality is a setting of picker 'noisy_oracle' only"],
+        id="quality-without-noisy-oracle",
+    ),
     pytest.param(
         BOTSKY,
         _edit(BOTS, "provider: anthropic", "provider: opena1"),

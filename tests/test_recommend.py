@@ -1,4 +1,4 @@
-"""Recommender: similarity ranking, the candidate filter, and the three pickers."""
+"""Recommender: similarity ranking, the candidate filter, and the pickers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from botsky.errors import ConfigError
 from botsky.identity import MemoryIdentity
 from botsky.presence import Presence
 from botsky.recommend import Recommender
@@ -118,8 +119,64 @@ def test_random_picker_draws_eligible_users_and_records_their_rank() -> None:
 def test_no_one_online_gives_an_empty_offer() -> None:
     """With nobody eligible every picker offers nothing."""
     rec = Recommender(Presence(), MemoryIdentity())
-    for picker in ("llm", "similar", "random"):
+    rec.truth = lambda post, bot, dids: [0.0] * len(dids)
+    for picker in ("llm", "similar", "random", "noisy_oracle"):
         assert rec.offer(picker, POST_TEXT, AUTHOR, ("en",), random.Random(1)).candidates == ()
+
+
+# The world's truth in these tests: the runner fits best, although they share no word.
+_FIT = {"did:plc:baker": 0.3, "did:plc:runner": 0.9, "did:plc:cook": 0.5}
+
+
+def _oracle_world() -> tuple[Recommender, list[tuple[str, str, list[str]]]]:
+    asked: list[tuple[str, str, list[str]]] = []
+
+    def truth(post_uri: str, bot_did: str, dids: list[str]) -> list[float]:
+        asked.append((post_uri, bot_did, list(dids)))
+        return [_FIT.get(d, 0.0) for d in dids]
+
+    rec = _world()
+    rec.truth = truth
+    return rec, asked
+
+
+def test_noisy_oracle_at_quality_one_picks_the_best_fit_by_the_truth() -> None:
+    """Quality 1 always offers the eligible user the truth hook rates best, whatever the words
+    say, and asks the hook about eligible users only, for this post and bot."""
+    rec, asked = _oracle_world()
+    for seed in range(20):
+        offer = rec.offer(
+            "noisy_oracle", POST_TEXT, AUTHOR, ("en",), random.Random(seed),
+            post_uri="at://p", bot_did="did:web:b", quality=1.0,
+        )  # fmt: skip
+        assert not offer.model_chooses
+        assert [c.did for c in offer.candidates] == ["did:plc:runner"]
+    post_uri, bot_did, dids = asked[0]
+    assert (post_uri, bot_did) == ("at://p", "did:web:b")
+    assert set(dids) == {"did:plc:baker", "did:plc:runner", "did:plc:cook"}
+
+
+def test_noisy_oracle_picks_the_best_with_probability_quality() -> None:
+    """At quality q the best fit comes up with probability q + (1 - q) / 3 (three eligible
+    users), the others uniformly. 4,000 draws: each share is within 0.035 of its expectation
+    unless a binomial count strays 4.5 sd (sd <= 0.0079): below 1e-4 for the three together."""
+    rec, _ = _oracle_world()
+    rng = random.Random()  # seeded from the OS: any seed must pass
+    q, n = 0.4, 4000
+    counts: dict[str, int] = {}
+    for _ in range(n):
+        (c,) = rec.offer("noisy_oracle", POST_TEXT, AUTHOR, ("en",), rng, quality=q).candidates
+        counts[c.did] = counts.get(c.did, 0) + 1
+    assert set(counts) == {"did:plc:baker", "did:plc:runner", "did:plc:cook"}
+    assert abs(counts["did:plc:runner"] / n - (q + (1 - q) / 3)) < 0.035
+    for other in ("did:plc:baker", "did:plc:cook"):
+        assert abs(counts[other] / n - (1 - q) / 3) < 0.035
+
+
+def test_noisy_oracle_without_the_worlds_truth_is_a_config_error() -> None:
+    """Outside the simulation (no truth hook) the planted picker refuses to pick."""
+    with pytest.raises(ConfigError, match="botsky simulate"):
+        _world().offer("noisy_oracle", POST_TEXT, AUTHOR, ("en",), random.Random(1))
 
 
 def test_ranking_matches_a_brute_force_over_online_profiles() -> None:

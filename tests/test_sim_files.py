@@ -67,7 +67,7 @@ async def test_an_engine_without_a_model_changes_no_file(tmp_path: Path) -> None
     """--engine llm with no API key fails before the run starts and leaves every file as is."""
     before = await _earlier_run(tmp_path, days=1, users=20, seed=2)
     loaded = sim_config(tmp_path, LLM_BOTS)
-    with pytest.raises(ConfigError, match="--engine llm needs a model"):
+    with pytest.raises(ConfigError, match="set the environment variable OPENAI_API_KEY"):
         await simulate(
             loaded, resolve_secrets(loaded, environ={}, live=False), days=1, users=20,
             engine="llm", export=tmp_path / "data" / "sim.log.jsonl",
@@ -154,7 +154,7 @@ async def test_the_command_without_a_key_leaves_the_earlier_run(tmp_path: Path) 
     proc = _simulate_cli(tmp_path, "--engine", "llm", "--days", "1", "--users", "20")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
-    assert "--engine llm needs a model" in err
+    assert "set the environment variable OPENAI_API_KEY" in err
     assert "day" not in err and "Traceback" not in err
     assert snapshot(tmp_path / "data") == before
 
@@ -166,13 +166,17 @@ def _runs(data: Path) -> tuple[dict[str, str], dict[Path, dict[str, str]]]:
 
 
 async def test_resume_keeps_the_replaced_ledger_and_appends_to_the_log(tmp_path: Path) -> None:
-    """`simulate --resume` moves the ledger it replaces aside and appends to the log."""
+    """`simulate --resume` moves the ledger and truth.json it replaces aside and appends to the
+    log."""
     before = await _earlier_run(tmp_path, days=1, users=20, seed=2)
     proc = _simulate_cli(tmp_path, "--resume", "--days", "2", "--users", "20", "--seed", "2")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     (kept,) = (tmp_path / "data" / PREVIOUS_DIR).iterdir()
-    assert snapshot(kept) == {"botsky.sqlite3": before["botsky.sqlite3"]}
+    assert snapshot(kept) == {
+        "botsky.sqlite3": before["botsky.sqlite3"],
+        "truth.json": before["truth.json"],
+    }
     assert f"earlier run moved to {kept}" in out.replace("\n", "")
     log = (tmp_path / "data" / "sim.log.jsonl").read_text()
     assert log.startswith('{"event": "earlier"}\n') and "simulation_finished" in log

@@ -10,7 +10,7 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from botsky.config import BotConfig
+from botsky.config import BotConfig, SimEngineConfig
 from botsky.errors import ConfigError
 from botsky.llm.base import Completion, Model, Price, Usage
 from botsky.llm.reply import (
@@ -58,25 +58,27 @@ def _backend(module: str, sdk: str, provider: str) -> ModuleType:
 
 
 def make_model(
-    bot: BotConfig,
+    bot: BotConfig | SimEngineConfig,
     *,
     api_key: str | None,
     price: Price,
     http_client: httpx2.AsyncClient | None = None,
 ) -> Model:
-    """Build the model backend for ``bot``; ``ConfigError`` if a key or an SDK is missing.
+    """Build the model backend for ``bot`` (a bot, or the simulation's user model);
+    ``ConfigError`` if a key or an SDK is missing.
 
     ``api_key`` is the resolved secret (the composition root reads ``bot.default_key_env``).
     """
+    who = f"bot {bot.name!r}" if isinstance(bot, BotConfig) else "sim.engine"
+    if bot.provider is None or bot.model is None:
+        raise ConfigError(f"{who}: set provider and model")
     if bot.provider == "template":
         return TemplateWriter(bot.model)
     key = api_key
     if not key:
         env = bot.default_key_env
         if env:
-            raise ConfigError(
-                f"bot {bot.name!r} ({bot.provider}): set the environment variable {env}"
-            )
+            raise ConfigError(f"{who} ({bot.provider}): set the environment variable {env}")
         key = _NO_KEY  # openai_compatible without api_key_env: a keyless local server
     if bot.provider == "anthropic":
         module = _backend("botsky.llm.anthropic", "anthropic", bot.provider)

@@ -1,11 +1,14 @@
 """The simulated network ("Mock Threads"): a world that is the pipeline's source and poster.
 
-- ``world``: users (hidden interests and state), follows, posts, threads, notifications, a
-  simulated clock, growth and churn; the ground truth and the oracle.
-- ``archetypes`` (+ ``archetypes.yaml``), ``topics``, ``state``: personas, vocabularies and the
-  bounded hidden state.
-- ``engines``: ``stochastic`` (no model) and ``llm`` (any ``botsky.llm`` Model).
-- ``run``: ``simulate``, the production pipeline (``app.build_app``) on the world, in lockstep.
+- ``world``: users (hidden interests and state), follows, posts, threads, notifications,
+  several logons a day, a simulated clock, growth and churn; the truth behind every decision,
+  the upper bound and the oracle.
+- ``archetypes`` (+ ``archetypes.yaml``), ``topics``, ``text``, ``state``: personas, topic
+  registers, what users write (templates, names, bios) and the bounded hidden state.
+- ``engines``: ``stochastic`` (no model) and ``llm`` (any ``botsky.llm`` Model, never an arm's).
+- ``truth``: the truth per arm beside the estimates (``truth.json``).
+- ``run``: ``simulate``, the production pipeline (``wiring.build_app``) on the world, in
+  lockstep; ``simulate_many``/``run_worlds`` for many worlds.
 - ``checkpoint``: day-boundary checkpoints for ``--resume``; ``cli``: ``botsky simulate``.
 """
 

@@ -2,8 +2,9 @@
 
 Registered on the ``botsky`` group by ``botsky.cli`` (``cli.add_command(simulate_cmd)``).
 Logs go to the JSON log file under ``data_dir`` only (the terminal shows a progress bar); the
-leaderboard by picker and by model, the ground truth (expected and oracle rates) and where the
-ledger, log and checkpoint are go to stdout.
+leaderboard by picker and by model, each arm's estimates beside the world's truth (true expected
+rate, upper bound, oracle; likes and engagement), a legend saying what each number is, and where
+``truth.json``, the ledger and the log are go to stdout.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ DEFAULT_SIM_CONFIG = Path("configs/sim.yaml")
     type=click.Choice(["stochastic", "llm"]),
     default="stochastic",
     show_default=True,
-    help="llm: the first LLM bot's model writes posts and replies and rates interest.",
+    help="llm: the model in sim.engine plays the users (writes, reads, rates interest).",
+)
+@click.option(
+    "--allow-arm-model",
+    is_flag=True,
+    help="With --engine llm: let the user model be an arm's model too (graded by itself).",
 )
 @click.option("--new-per-day", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--churn", type=click.FloatRange(0, 1), default=0.0, show_default=True)
@@ -77,6 +83,7 @@ def simulate_cmd(
     users: int,
     seed: int | None,
     engine: str,
+    allow_arm_model: bool,
     new_per_day: int,
     churn: float,
     resume: bool,
@@ -173,6 +180,7 @@ def simulate_cmd(
                         users=users,
                         seed=seed,
                         engine=engine,
+                        allow_arm_model=allow_arm_model,
                         new_per_day=new_per_day,
                         churn=churn,
                         resume=resume,
@@ -200,34 +208,95 @@ def simulate_cmd(
         _print_result(console, result, seed, export)
 
 
+_LEGEND = (
+    ("estimate", "the pipeline's success rate: answered / decided mentions (Wilson 95% interval)"),
+    (
+        "true rate",
+        "what the estimate estimates: the mean probability the world used when each mentioned "
+        "user decided (0 if they did not read the mention within the outcome window)",
+    ),
+    (
+        "upper bound",
+        "the same users had they read the mention at once, unfatigued, in the best mood "
+        "(not an estimate: a ceiling on the true rate)",
+    ),
+    (
+        "oracle",
+        "the best-fitting online user for the same posts, as an upper bound: no pick does better",
+    ),
+    (
+        "likes, engagement",
+        "per bot reply, within the outcome window: measured, then the world's true expectation",
+    ),
+)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _truth_table(result: SimResult, by: str) -> Table:
+    """Per arm: the pipeline's estimates beside the world's truth."""
+    truth = result.arm_truth(by)
+    table = Table(title=f"estimate vs truth by {by}")
+    table.add_column(by)
+    for name in ("mentions", "decided", "estimate", "95% interval", "true rate"):
+        table.add_column(name, justify="right")
+    table.add_column("upper bound", justify="right", style="dim")
+    table.add_column("oracle", justify="right", style="dim")
+    for name in ("likes/reply", "true", "engagement/reply", "true"):
+        table.add_column(name, justify="right")
+    for s in result.scores(by):
+        t = truth.get(s.group)
+        table.add_row(
+            s.group,
+            str(s.mentions),
+            str(s.matured),
+            _pct(s.success_rate),
+            f"{s.ci_low:.1%}–{s.ci_high:.1%}",
+            _pct(t.true_rate if t else None),
+            _pct(t.upper_bound if t else None),
+            _pct(t.oracle if t else None),
+            _num(s.likes_per_reply),
+            _num(t.likes_per_reply if t else None),
+            _num(s.engagement_per_reply),
+            _num(t.engagement_per_reply if t else None),
+        )
+    return table
+
+
 def _print_result(console: Console, result: SimResult, seed: int, export: Path | None) -> None:
-    """The leaderboards next to the world's ground truth, and where the files are."""
+    """The leaderboards, the estimates beside the world's truth, and where the files are."""
     from botsky.scoring import render_table
 
     world = result.world
+    hours = world.config.outcome_window_s / 3600
     console.print(
         f"simulated {world.config.days} days, {len(world.users)} users, seed {seed}, "
-        f"engine {world.engine.name}: {result.user_days} user-days in {result.elapsed_s:.1f} s "
-        f"({result.user_days / max(result.elapsed_s, 1e-9):.0f} user-days/s)"
+        f"engine {world.engine.name}, outcome window {hours:g} h: {result.user_days} user-days "
+        f"in {result.elapsed_s:.1f} s ({result.user_days / max(result.elapsed_s, 1e-9):.0f} "
+        "user-days/s)"
     )
+    if result.user_model is not None:
+        style = "bold red" if result.user_model.shared_with else ""
+        console.print(result.user_model.describe(), style=style)
     for title, rows in (("by picker", result.by_picker), ("by model", result.by_model)):
         table = render_table(rows)
         table.title = f"leaderboard {title}"
         console.print(table)
-    truth = Table(title="ground truth (upper bounds: no fatigue, no mood)")
-    truth.add_column("picker")
-    truth.add_column("mentions", justify="right")
-    truth.add_column("expected rate of its picks", justify="right")
-    for picker in sorted({p for p in result.picker_of.values()}):
-        rate = result.expected_rate(picker)
-        if rate is not None:
-            n = sum(
-                t.mentions for b, t in result.truth.items() if result.picker_of.get(b) == picker
-            )
-            truth.add_row(picker, str(n), f"{rate:.1%}")
-    oracle = result.oracle_rate
-    truth.add_row("oracle (best-fitting online user)", "", f"{oracle:.1%}" if oracle else "-")
-    console.print(truth)
+    for by in ("picker", "model"):
+        console.print(_truth_table(result, by))
+    legend = Table.grid(padding=(0, 2))
+    legend.add_column(style="bold")
+    legend.add_column()
+    for name, text in _LEGEND:
+        legend.add_row(name, text)
+    console.print(legend)
+    console.print(f"truth:  {result.truth_path}")
     console.print(f"ledger: {result.ledger_path}")
     console.print(f"log:    {result.log_path}")
     if result.previous_run is not None:

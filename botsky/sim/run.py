@@ -8,13 +8,18 @@ world, the army's bot draws, the random picker and the selector all draw from RN
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 import structlog
 
 from botsky.config import SourceConfig
@@ -23,7 +28,9 @@ from botsky.errors import ConfigError
 from botsky.events import Event, event_to_jetstream
 from botsky.ledger import open_ledger
 from botsky.ledger.sqlite import SqliteLedger
-from botsky.llm.base import Model
+from botsky.llm import make_model
+from botsky.llm.base import Model, Price
+from botsky.logs import register_secret
 from botsky.runtime import App, RunSummary
 from botsky.scoring import Score, score
 from botsky.sim.checkpoint import (
@@ -35,42 +42,82 @@ from botsky.sim.checkpoint import (
 )
 from botsky.sim.engines import Engine, LLMEngine, StochasticEngine
 from botsky.sim.rundir import set_aside
+from botsky.sim.truth import GROUPINGS, Arm, ArmTruth, arm_truths, truth_document, write_truth
 from botsky.sim.world import Truth, World, WorldConfig
 from botsky.sources.base import SourceStats
-from botsky.wiring import build_app, build_bots
+from botsky.wiring import build_app
 
-__all__ = ["CHECKPOINT_FILE", "SimResult", "simulate"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "TRUTH_FILE",
+    "SimResult",
+    "UserModel",
+    "WorldOutcome",
+    "run_worlds",
+    "simulate",
+    "simulate_many",
+]
 
 log = structlog.get_logger("botsky.sim")
 
 CHECKPOINT_FILE = "sim-checkpoint.pkl"  # under data_dir
+TRUTH_FILE = "truth.json"  # under data_dir
+
+
+@dataclass(frozen=True)
+class UserModel:
+    """Who played the users under ``--engine llm``, and which arms share that model."""
+
+    provider: str
+    model: str
+    shared_with: tuple[str, ...] = ()  # arms (bot names) on the same model: acknowledged
+
+    def describe(self) -> str:
+        who = f"{self.provider} {self.model}"
+        if not self.shared_with:
+            return f"users played by {who} (not a model under test)"
+        return (
+            f"WARNING: users played by {who}, which is also the model of arm(s) "
+            f"{', '.join(self.shared_with)}: those arms were graded by their own model "
+            "(acknowledged)"
+        )
 
 
 @dataclass
 class SimResult:
-    """What a simulation did and how every arm scored against the ground truth."""
+    """What a simulation did and how every arm scored, beside the world's truth."""
 
     world: World
     summary: RunSummary
     by_picker: list[Score]
     by_model: list[Score]
     by_bot: list[Score]
-    truth: dict[str, Truth]  # per bot name
-    picker_of: Mapping[str, str]  # bot name → picker
+    by_persona: list[Score]
+    truth: dict[str, Truth]  # per bot name (sums)
+    arms: list[Arm]  # what each bot is, per grouping
     oracle_rate: float | None
     elapsed_s: float
     user_days: int
     ledger_path: Path | None
     log_path: Path | None
+    truth_path: Path | None = None
+    user_model: UserModel | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # Where the earlier run's files were moved (botsky.sim.rundir); None if there were none.
     previous_run: Path | None = None
 
-    def expected_rate(self, picker: str) -> float | None:
-        """The ground-truth upper bound of ``picker``'s picks (no fatigue, no mood)."""
-        bots = [b for b, p in self.picker_of.items() if p == picker and b in self.truth]
-        n = sum(self.truth[b].mentions for b in bots)
-        return sum(self.truth[b].expected for b in bots) / n if n else None
+    def arm_truth(self, by: str) -> dict[str, ArmTruth]:
+        """The truth of each arm of grouping ``by`` (bot, model, persona, picker)."""
+        return {a.group: a for a in arm_truths(self.truth, self.arms, by)}
+
+    def scores(self, by: str) -> list[Score]:
+        """The pipeline's scoreboard grouped by ``by`` (bot, model, persona, picker)."""
+        return {
+            "bot": self.by_bot,
+            "model": self.by_model,
+            "persona": self.by_persona,
+            "picker": self.by_picker,
+        }[by]
 
 
 class _Tee:
@@ -125,10 +172,10 @@ def _settings_for(loaded: LoadedConfig, seed: int) -> LoadedConfig:
 def _run_files(
     loaded: LoadedConfig, ledger_path: Path | None, checkpoint: Path, resume: bool
 ) -> tuple[list[Path], list[Path]]:
-    """The files a run writes over (the SQLite ledger; for a new world also the log and the
-    checkpoint), and those it appends to (a resumed run's log)."""
+    """The files a run writes over (truth.json and the SQLite ledger; for a new world also the
+    log and the checkpoint), and those it appends to (a resumed run's log)."""
     st = loaded.settings
-    files: list[Path] = []
+    files: list[Path] = [st.data_dir / TRUTH_FILE]  # rewritten at the end of every run
     if ledger_path is not None:
         files += [Path(f"{ledger_path}{suffix}") for suffix in ("", "-wal", "-shm")]
     log_file = [st.data_dir / st.logging.file] if st.logging.file else []
@@ -139,13 +186,64 @@ def _run_files(
     return files + log_file, []
 
 
-def _engine_model(loaded: LoadedConfig, secrets: Secrets, http_client: Any) -> Model:
-    for bot in build_bots(loaded, secrets, http_client=http_client):
-        if bot.provider != "template":
-            return bot.model
-    raise ConfigError(
-        "--engine llm needs a model: enable an LLM bot in the bots file (set its API key)"
+def _same_model(a: str, b: str) -> bool:
+    """One model under two spellings: case, and a vendor prefix ("openai/gpt-4o") aside."""
+    return a.casefold().rsplit("/", 1)[-1] == b.casefold().rsplit("/", 1)[-1]
+
+
+def _arm_models(loaded: LoadedConfig, secrets: Secrets) -> dict[str, str]:
+    """bot name → model, for the bots that will run (keyless LLM bots are left out)."""
+    out = {}
+    for cfg in loaded.bots:
+        has_key = cfg.name in secrets and secrets[cfg.name].api_key is not None
+        if cfg.provider != "template" and (cfg.default_key_env is None or has_key):
+            out[cfg.name] = cfg.model
+    return out
+
+
+def _user_model(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    model_name: str,
+    provider: str,
+    allow_arm_model: bool,
+) -> UserModel:
+    """The user model, checked against the arms: a model must not grade itself."""
+    shared = tuple(
+        name for name, m in _arm_models(loaded, secrets).items() if _same_model(m, model_name)
     )
+    if shared and not allow_arm_model:
+        raise ConfigError(
+            f"--engine llm: the user model {model_name!r} is also the model of arm(s) "
+            f"{', '.join(shared)}, which would then be graded by itself. Set sim.engine.model "
+            "to another model, or acknowledge with --allow-arm-model (or "
+            "sim.engine.allow_arm_model: true)"
+        )
+    return UserModel(provider, model_name, shared)
+
+
+def _engine_model(loaded: LoadedConfig, environ: Mapping[str, str], http_client: Any) -> Model:
+    """The model that plays the users: ``sim.engine`` (provider, model, base URL, key)."""
+    cfg = loaded.settings.sim.engine
+    if cfg.provider is None or cfg.model is None:
+        raise ConfigError(
+            "--engine llm needs a user model of its own: set sim.engine.provider and "
+            f"sim.engine.model in {loaded.path} (or the environment variables "
+            "BOTSKY_SIM__ENGINE__PROVIDER and BOTSKY_SIM__ENGINE__MODEL)"
+        )
+    env = cfg.default_key_env
+    key = environ.get(env) if env else None
+    if env and not key:
+        raise ConfigError(
+            f"--engine llm: the user model ({cfg.provider} {cfg.model}) needs an API key: set "
+            f"the environment variable {env}"
+            + ("" if cfg.api_key_env else " (or name another one in sim.engine.api_key_env)")
+        )
+    if key:
+        register_secret(key)  # scrubbed from every log line, like the bots' keys
+    price_cfg = loaded.settings.prices.get(cfg.model)
+    price = Price(price_cfg.input_per_mtok, price_cfg.output_per_mtok) if price_cfg else Price()
+    return make_model(cfg, api_key=key, price=price, http_client=http_client)
 
 
 async def simulate(
@@ -157,6 +255,7 @@ async def simulate(
     seed: int = 1,
     engine: str | Engine = "stochastic",
     engine_model: Model | None = None,
+    allow_arm_model: bool = False,
     new_per_day: int = 1,
     churn: float = 0.0,
     resume: bool = False,
@@ -167,6 +266,7 @@ async def simulate(
     models: Mapping[str, Model] | None = None,
     hold: Callable[[App, SimResult], Awaitable[None]] | None = None,
     on_ready: Callable[[Path | None], None] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> SimResult:
     """Run the world for ``days`` simulated days through the production pipeline.
 
@@ -175,8 +275,12 @@ async def simulate(
     the world emits (bot replies included) as Jetstream JSONL, which ``ReplaySource`` reads.
     ``on_day`` is called with the world at each day boundary and at the end (progress).
     ``models`` replaces the model of the named bots (tests: a scripted ``FakeModel``).
+    ``engine="llm"`` plays the users with ``engine_model`` or else ``sim.engine`` (its API key
+    from ``environ``, default ``os.environ``); either must differ from every arm's model unless
+    ``allow_arm_model`` (or ``sim.engine.allow_arm_model``).
     ``hold(app, result)`` runs after the results are in and before the app closes: with the
     web app enabled, the page stays up for as long as it waits (``simulate --serve``).
+    The world's truth per arm is written to ``data_dir/truth.json``.
 
     Files (``botsky.sim.rundir``): everything that can fail before the run starts (settings,
     the checkpoint, the engine's model) is checked before a file is touched; then the earlier
@@ -188,6 +292,24 @@ async def simulate(
     loaded = _settings_for(loaded, seed)
     st = loaded.settings
     checkpoint = checkpoint or st.data_dir / CHECKPOINT_FILE
+    user_model: UserModel | None = None
+    if engine == "llm":
+        # Checked before anything is touched: a refused run leaves the data directory alone.
+        model = engine_model or _engine_model(
+            loaded, os.environ if environ is None else environ, http_client
+        )
+        user_model = _user_model(
+            loaded,
+            secrets,
+            model.model,
+            model.provider,
+            allow_arm_model or st.sim.engine.allow_arm_model,
+        )
+        engine = LLMEngine(model)
+    elif engine == "stochastic":
+        engine = StochasticEngine()
+    elif isinstance(engine, str):
+        raise ConfigError(f"unknown engine {engine!r}: use stochastic or llm")
     pipeline: dict[str, Any] | None = None
     ledger = open_ledger(st.ledger.url, st.data_dir)  # not opened: only its file is wanted
     ledger_path = ledger.path if isinstance(ledger, SqliteLedger) else None
@@ -207,15 +329,11 @@ async def simulate(
             outcome_window_s=st.outcomes.window_s,
         )
         world = World(config)
-    if isinstance(engine, str):
-        if engine == "llm":
-            engine = LLMEngine(engine_model or _engine_model(loaded, secrets, http_client))
-        elif engine == "stochastic":
-            engine = StochasticEngine()
-        else:
-            raise ConfigError(f"unknown engine {engine!r}: use stochastic or llm")
     world.engine = engine
     start_day = world.day
+    if user_model is not None:
+        log.info("sim_user_model", provider=user_model.provider, model=user_model.model,
+                 shared_with=list(user_model.shared_with))  # fmt: skip
 
     # Checked and built: only now does the run touch files (see rundir).
     st.data_dir.mkdir(parents=True, exist_ok=True)
@@ -237,10 +355,15 @@ async def simulate(
         raise
     try:
         try:
+            arms: list[Arm] = []
             if app.dispatcher is not None:
-                world.bot_dids = set(app.dispatcher.army.dids)
+                army = app.dispatcher.army
+                world.bot_dids = set(army.dids)
                 if models:
-                    app.dispatcher.army.replace_models(models)
+                    army.replace_models(models)
+                # The noisy_oracle picker's truth hook: only the world has one.
+                app.dispatcher.recommender.truth = world.fits
+                arms = [Arm(b.name, b.model_name, b.persona[:200], b.picker) for b in army.bots]
             if pipeline is not None:
                 restore_pipeline(app, pipeline)
 
@@ -259,20 +382,33 @@ async def simulate(
             if on_day is not None:
                 on_day(world)
             mentions, outcomes = await app.ledger.mentions(), await app.ledger.outcomes()
-            bots = {b.name: b.picker for b in loaded.bots}
+            truth_path = st.data_dir / TRUTH_FILE
+            about = {
+                "seed": seed,
+                "days": world.config.days,
+                "users": len(world.users),
+                "engine": world.engine.name,
+                "user_model": dataclasses.asdict(user_model) if user_model else None,
+                "outcome_window_s": world.config.outcome_window_s,
+                "presence_window_s": world.config.presence_window_s,
+            }
+            write_truth(truth_path, truth_document(world.truth, arms, about))
             result = SimResult(
                 world=world,
                 summary=summary,
                 by_picker=score(mentions, outcomes, by="picker"),
                 by_model=score(mentions, outcomes, by="model"),
                 by_bot=score(mentions, outcomes, by="bot"),
+                by_persona=score(mentions, outcomes, by="persona"),
                 truth=dict(world.truth),
-                picker_of=bots,
+                arms=arms,
                 oracle_rate=world.oracle_rate(),
                 elapsed_s=elapsed,
                 user_days=world.user_days,
                 ledger_path=ledger_path,
                 log_path=st.data_dir / st.logging.file if st.logging.file else None,
+                truth_path=truth_path,
+                user_model=user_model,
                 previous_run=aside.previous,
             )
             if hold is not None:
@@ -291,3 +427,91 @@ async def simulate(
         **world.counts,
     )
     return result
+
+
+@dataclass(frozen=True)
+class WorldOutcome:
+    """One world of many (``simulate_many``/``run_worlds``): its truth and scoreboards only,
+    so that hundreds of them fit in memory and cross process boundaries."""
+
+    seed: int
+    truth: dict[str, Any]  # truth.json's content
+    scores: dict[str, list[Score]]  # grouping → the pipeline's scoreboard
+    counts: dict[str, int]
+    elapsed_s: float
+
+    def arm(self, by: str, group: str) -> tuple[dict[str, Any], Score]:
+        """(truth row, score) of one arm."""
+        row = next(r for r in self.truth["arms"][by] if r["group"] == group)
+        return row, next(s for s in self.scores[by] if s.group == group)
+
+
+def _in(loaded: LoadedConfig, data_dir: Path) -> LoadedConfig:
+    # Many worlds write no log file: it would only cost time.
+    st = loaded.settings.model_copy(
+        update={
+            "data_dir": data_dir,
+            "logging": loaded.settings.logging.model_copy(update={"file": None}),
+        }
+    )
+    return dataclasses.replace(loaded, settings=st)
+
+
+async def simulate_many(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    seeds: Sequence[int],
+    *,
+    workdir: Path,
+    **kwargs: Any,
+) -> list[WorldOutcome]:
+    """One world per seed, one after the other in this process, each in its own data
+    directory under ``workdir``; ``kwargs`` go to ``simulate`` (days, users, models...)."""
+    out = []
+    for seed in seeds:
+        result = await simulate(_in(loaded, workdir / f"seed-{seed}"), secrets, seed=seed, **kwargs)
+        assert result.truth_path is not None
+        out.append(
+            WorldOutcome(
+                seed=seed,
+                truth=orjson.loads(result.truth_path.read_bytes()),
+                scores={by: result.scores(by) for by in GROUPINGS},
+                counts=dict(result.world.counts),
+                elapsed_s=result.elapsed_s,
+            )
+        )
+    return out
+
+
+def _one_world(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    seed: int,
+    workdir: Path,
+    kwargs: dict[str, Any],
+    worker: bool = False,
+) -> WorldOutcome:
+    if worker:  # a worker process logs warnings only: thousands of info lines per world
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    return asyncio.run(simulate_many(loaded, secrets, [seed], workdir=workdir, **kwargs))[0]
+
+
+def run_worlds(
+    loaded: LoadedConfig,
+    secrets: Secrets,
+    seeds: Sequence[int],
+    *,
+    workdir: Path,
+    processes: int = 1,
+    **kwargs: Any,
+) -> list[WorldOutcome]:
+    """``simulate_many`` over ``processes`` worker processes (one world each at a time), in
+    the order of ``seeds``. ``kwargs`` must pickle (no scripted models: use
+    ``simulate_many`` in-process for those)."""
+    if processes <= 1:
+        return [_one_world(loaded, secrets, s, workdir, kwargs) for s in seeds]
+    with ProcessPoolExecutor(max_workers=processes) as pool:
+        futures = [
+            pool.submit(_one_world, loaded, secrets, s, workdir, kwargs, True) for s in seeds
+        ]
+        return [f.result() for f in futures]

@@ -1,84 +1,113 @@
-"""Topic vocabularies: what simulated users talk about, so lexical similarity means something.
+"""Topics and their vocabularies: what simulated users talk about, in more than one way.
 
-Each topic has its own words; posts draw most words from one topic and a few from a shared
-filler list. The fillers give every pair of users some overlap (as real small talk does), so
-the recommender ranks nearly every online user, and the topic words decide who ranks first.
+Every topic has three *registers*, the words of one corner of it (baking: home bread, pastry,
+casual cakes), so two people who care about the same topic need not share a word. Each user
+speaks one register per topic (drawn when they join) and borrows from the topic's other
+registers now and then; a few words belong to two topics at once ("pitch", "score", "stars",
+"route"), as real words do. Lexical similarity therefore finds people who *write* alike, which
+is a good but imperfect proxy for who *cares* about a thread: that is what makes recommending a
+real task here (the hidden interests, not the words, decide who answers).
+
+Within a register, word frequencies follow Zipf's law (the i-th word has weight 1/(i+1)), as in
+real text: the head words recur, so people who write alike share words.
 """
 
 from __future__ import annotations
 
+from itertools import accumulate
 from operator import mul
 from typing import Final
 
-__all__ = ["FILLER", "TOPICS", "TOPIC_NAMES", "TOXIC", "fit"]
+__all__ = ["REGISTERS", "TOPICS", "TOPIC_NAMES", "fit", "register_words"]
 
 
-def _words(text: str) -> tuple[str, ...]:
+def _r(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-TOPICS: Final[dict[str, tuple[str, ...]]] = {
-    "baking": _words(
-        "sourdough starter flour dough oven crust loaf yeast proofing bakery croissant butter "
-        "pastry knead rye baguette crumb levain scones brioche"
+# topic -> its registers, each a tuple of words, most frequent first. Words shared by two
+# topics on purpose: pitch, score, stars, route, project, mount, season, opening, rating,
+# pipeline, cluster, cast, scales, record.
+TOPICS: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
+    "baking": (
+        _r("sourdough loaf starter crust crumb levain proofing banneton rye scoring"),
+        _r("croissant butter lamination brioche pastry ganache choux tempering macarons glaze"),
+        _r("cookies cake brownies frosting cupcakes muffins oven recipe sprinkles pancakes"),
     ),
-    "running": _words(
-        "marathon trail pace tempo intervals mileage sneakers stride splits halfmarathon "
-        "hillrepeats racebib taper longrun parkrun ultra fartlek cadence finishline"
+    "running": (
+        _r("marathon pace tempo intervals splits taper racebib stopwatch halfmarathon record"),
+        _r("trail ultra elevation switchbacks headlamp singletrack descent mud vest route"),
+        _r("jogging sneakers treadmill parkrun stretching cardio shins couchto5k steps sweat"),
     ),
-    "chess": _words(
-        "opening gambit sicilian endgame rook bishop knight checkmate blitz elo tactics "
-        "castling pawn grandmaster stalemate queen lichess puzzle"
+    "chess": (
+        _r("opening sicilian gambit najdorf repertoire catalan dragon theory novelty tabiya"),
+        _r("blitz bullet lichess rating puzzles premove streak tilt arena elo"),
+        _r("endgame rook pawn bishop knight zugzwang stalemate fortress checkmate opposition"),
     ),
-    "astronomy": _words(
-        "telescope nebula galaxy eclipse meteor jupiter saturn rings comet exoplanet "
-        "observatory stargazing orion andromeda astrophotography aurora supernova"
+    "astronomy": (
+        _r("telescope eyepiece nebula galaxy stargazing darksky binoculars messier seeing stars"),
+        _r("astrophotography exposure stacking guiding mount narrowband subframes pipeline sensor"),
+        _r("exoplanet jwst redshift supernova launch rocket orbit blackhole cosmology cluster"),
     ),
-    "gardening": _words(
-        "tomatoes seedlings compost mulch raised beds pruning perennials roses soil "
-        "greenhouse harvest zucchini herbs weeding bulbs orchard pollinators"
+    "gardening": (
+        _r("tomatoes seedlings zucchini compost beans harvest potatoes garlic kale season"),
+        _r("roses perennials pruning bulbs dahlias borders hedges peonies lavender hydrangeas"),
+        _r("monstera pothos repotting propagation humidity succulents fern cuttings terracotta"),
     ),
-    "programming": _words(
-        "python rust compiler refactor debugging async kernel database framework "
-        "typescript repository pullrequest linter benchmark api deploy regex"
+    "programming": (
+        _r("rust compiler kernel allocator linker concurrency segfault assembly borrow cluster"),
+        _r("typescript react frontend css javascript framework deploy npm webpack api"),
+        _r("python pandas notebook dataframe regression dataset jupyter numpy plotting pipeline"),
     ),
-    "music": _words(
-        "guitar synth vinyl album chords drummer setlist concert bassline jazz choir "
-        "melody songwriting playlist amplifier orchestra riff"
+    "music": (
+        _r("guitar chords riff fretboard bassline amp pedalboard drummer capo scales"),
+        _r("vinyl album turntable playlist tracklist reissue discography headphones record pitch"),
+        _r("choir orchestra symphony concerto rehearsal conductor sonata soprano cello score"),
     ),
-    "cinema": _words(
-        "director screenplay festival trailer cinematography sequel noir documentary "
-        "premiere oscars actor soundtrack arthouse criterion editing remake"
+    "cinema": (
+        _r("arthouse criterion auteur cinematography director festival retrospective subtitles"),
+        _r("sequel trailer franchise superhero boxoffice premiere popcorn imax spoilers stars"),
+        _r("screenplay editing storyboard dialogue montage soundtrack casting cast opening rating"),
     ),
-    "birding": _words(
-        "warbler heron binoculars migration raptor owl sparrow kingfisher wetland "
-        "birdsong ebird plumage nesting falcon finch hummingbird"
+    "birding": (
+        _r(
+            "warbler migration heron sparrow wetland flycatcher shorebirds estuary lifer binoculars"
+        ),
+        _r("feeder finches chickadee suet birdbath robin cardinal nestbox titmouse wrens"),
+        _r("raptor falcon osprey owl hawk telephoto eagle kestrel harrier buzzard"),
     ),
-    "climbing": _words(
-        "bouldering crag belay carabiner chalk overhang crimp topo sendtrain rappel "
-        "harness quickdraw multipitch boulderproblem gym dyno"
+    "climbing": (
+        _r("bouldering crimp dyno chalk pads overhang sloper heelhook gym project"),
+        _r("trad multipitch belay cams rappel anchors alpine ridge harness approach"),
+        _r("quickdraws redpoint onsight crag bolts beta whipper grade lead route"),
     ),
-    "knitting": _words(
-        "yarn sweater needles wool stitches purl cardigan pattern skein mohair "
-        "cableknit mittens scarf fairisle gauge blocking"
+    "knitting": (
+        _r("sweater cardigan yoke raglan gauge swatch colorwork fairisle cables sleeves"),
+        _r("yarn skein wool mohair merino alpaca handdyed fiber spinning roving"),
+        _r("socks mittens scarf crochet amigurumi stitches purl needles cast project"),
     ),
-    "football": _words(
-        "striker goalkeeper penalty midfield derby league transfer offside formation "
-        "stadium kickoff matchday header freekick relegation"
+    "football": (
+        _r("formation pressing midfield fullback striker possession counterattack lineup xg"),
+        _r("derby matchday stadium chants away ticket kit relegation season score"),
+        _r("transfer signing loan contract rumours medical fee deadline agent pitch"),
     ),
 }
 
 TOPIC_NAMES: Final[tuple[str, ...]] = tuple(TOPICS)
+REGISTERS: Final = 3  # registers per topic
 
-# Shared small talk (not in presence's stopword list, so it really is shared vocabulary).
-FILLER: Final[tuple[str, ...]] = _words(
-    "today week morning thinking people friends favorite feeling"
-)
 
-# Words an "incredibly toxic" persona sprinkles in.
-TOXIC: Final[tuple[str, ...]] = _words(
-    "idiots pathetic clowns garbage morons trash nonsense losers clueless"
-)
+def _zipf(words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    # Cumulative weights, as ``random.choices`` would otherwise accumulate them on every call.
+    return words, tuple(accumulate(1.0 / (i + 1) for i in range(len(words))))
+
+
+_ZIPF: Final = tuple(tuple(_zipf(reg) for reg in TOPICS[name]) for name in TOPIC_NAMES)
+
+
+def register_words(topic: int, register: int) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """(words, cumulative Zipf weights) of one register of ``topic``."""
+    return _ZIPF[topic][register]
 
 
 def fit(interests: tuple[float, ...], topics: tuple[float, ...]) -> float:
