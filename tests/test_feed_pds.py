@@ -117,10 +117,12 @@ def _forge(token: str, **claims: Any) -> str:
     return f"{head}.{forged}.{sig}"
 
 
-def test_feed_on_the_reference_pds(local_pds: LocalPds, tmp_path: Path) -> None:
+def test_feed_on_the_reference_pds(pds_factory: Callable[..., LocalPds], tmp_path: Path) -> None:
     """Tokens minted by the viewer's PDS get bot replies and an exposure under the viewer;
     bad tokens get the anonymous feed; seen and likes join; publish and check work."""
-    pds = local_pds
+    # A PDS of its own: tests that replay the shared PDS's firehose from cursor 0
+    # (test_pds_integration) would otherwise also see, and verify, this test's accounts.
+    pds = pds_factory()
     bot = pds.create_account(unique_name("feedbot"))
     asker = pds.create_account(unique_name("asker"))
     viewer = pds.create_account(unique_name("viewer"))
