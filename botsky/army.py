@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -91,9 +91,18 @@ class Army:
     def by_did(self, did: str) -> Bot | None:
         return self._by_did.get(did)
 
-    def pick(self, post_uri: str, langs: Sequence[str] = ()) -> Bot | None:
-        """Draw a bot for ``post_uri`` by weight; None when no bot speaks the language."""
-        eligible = [b for b in self.bots if b.speaks(langs)]
+    def pick(
+        self,
+        post_uri: str,
+        langs: Sequence[str] = (),
+        among: Callable[[Bot], bool] | None = None,
+    ) -> Bot | None:
+        """Draw a bot for ``post_uri`` by weight; None when no bot speaks the language.
+
+        ``among`` limits the draw (a re-draw among the bots that are not paused); the weights
+        of the bots left keep their proportions.
+        """
+        eligible = [b for b in self.bots if b.speaks(langs) and (among is None or among(b))]
         if not eligible:
             return None
         bot = self.rng.choices(eligible, weights=[b.weight for b in eligible], k=1)[0]

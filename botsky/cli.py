@@ -101,7 +101,11 @@ def run_cmd(config_path: Path | None) -> None:
         finally:
             await app.aclose()
         if for_people:
-            _print_summary(summary.as_dict())
+            _print_summary(summary.as_dict(), audience_mode=st.audience.mode)
+        elif _isatty(sys.stderr):
+            # The log is JSON for a file or a pipe, a person watches stderr: why posts went
+            # unanswered still reaches them (the table stays in the run_summary line).
+            _print_unanswered(Console(stderr=True), summary.as_dict(), st.audience.mode)
 
     try:
         asyncio.run(_main())
@@ -265,7 +269,7 @@ def _shown(path: Path) -> Path:
         return path
 
 
-def _print_summary(summary: dict[str, object]) -> None:
+def _print_summary(summary: dict[str, object], *, audience_mode: str) -> None:
     console = Console(stderr=True)
     table = Table(title="botsky run summary", show_header=True)
     table.add_column("what")
@@ -279,6 +283,22 @@ def _print_summary(summary: dict[str, object]) -> None:
     table.add_row("skipped lines", str(summary["skipped"]))
     table.add_row("opt-outs", str(summary["opt_outs"]))
     console.print(table)
+    _print_unanswered(console, summary, audience_mode)
+
+
+def _print_unanswered(console: Console, summary: dict[str, object], audience_mode: str) -> None:
+    """Why posts went unanswered, with a hint each (botsky.summary; simulate prints the same)."""
+    from botsky.summary import unanswered_lines
+
+    for line in unanswered_lines(summary, audience_mode=audience_mode):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
 
 
 def _register() -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "IdentityConfig",
     "LedgerConfig",
     "LoggingConfig",
+    "ModelsConfig",
     "OutcomesConfig",
     "PostingConfig",
     "PresenceConfig",
@@ -174,6 +175,20 @@ class DispatchConfig(_Strict):
     # On SIGTERM, how long replies already in flight may take to finish before they are
     # cancelled (a cancelled reply's claim is settled on the next start).
     shutdown_deadline_s: float = Field(default=30.0, ge=0)
+
+
+class ModelsConfig(_Strict):
+    """The bots' model endpoints: a free check at start, a circuit breaker during the run."""
+
+    # At start, list each bot's models (free) and leave out a bot whose server does not answer
+    # within check_timeout_s or refuses its key.
+    check_at_start: bool = True
+    check_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    # During the run: pause a bot after this many consecutive unavailability failures (after
+    # the client's own retries); probe it again after pause_s, doubling up to max_pause_s.
+    pause_after_failures: int = Field(default=3, ge=1)
+    pause_s: float = Field(default=30.0, gt=0)
+    max_pause_s: float = Field(default=600.0, gt=0)
 
 
 class OutcomesConfig(_Strict):
@@ -415,6 +430,7 @@ class Settings(BaseSettings):
     presence: PresenceConfig = Field(default_factory=PresenceConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     outcomes: OutcomesConfig = Field(default_factory=OutcomesConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     compose: ComposeConfig = Field(default_factory=ComposeConfig)

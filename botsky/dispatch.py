@@ -3,9 +3,14 @@
 The reader never waits on a model: ``Dispatcher.offer`` puts a post on a bounded queue and, when
 the queue is full, drops the post and counts the drop. N workers then run, per post::
 
-    bot = army.pick()  →  offer = recommender.offer(bot.picker)  →  draft = write_reply(model)
-    →  compose (validate, facets, limits)  →  ledger.claim(post)  →  poster.reply
-    →  ledger.record_mention  →  outcomes.track
+    bot = army.pick()  [re-drawn if paused]  →  offer = recommender.offer(bot.picker)
+    →  draft = write_reply(model)  →  compose (validate, facets, limits)  →  ledger.claim(post)
+    →  poster.reply  →  ledger.record_mention  →  outcomes.track
+
+A bot whose model keeps failing is paused by its circuit breaker (``botsky.health``); a post
+drawn for a paused bot is re-drawn among the bots that are not, and the re-draw is logged
+(``bot_redrawn``: the post, the bot drawn, the bot answering, why), counted (``redraws``) and
+kept on the mention (``extra.redrawn_from``), so the trial's assignment stays on record.
 
 The claim comes after the model call, right before posting, so a failed model call leaves no
 trace in the ledger; the claim's unique key makes a second reply to the same post impossible
@@ -14,8 +19,9 @@ across restarts and replicas.
 Consent and the kill switch are checked before the model call and again after it, right before
 the claim and right before the post (crash recovery included): a model call takes seconds, and
 an author or a chosen user who opted out meanwhile (blocked a bot, asked to stop, ``#nobot``) is
-neither answered nor mentioned. Such a reply is dropped and counted (``author_opted_out``,
-``mention_opted_out``, ``paused_before_post``).
+neither answered nor mentioned, nor is an account deactivated or taken down meanwhile (an
+``#account`` event). Such a reply is dropped and counted (``author_opted_out``,
+``mention_opted_out``, ``author_inactive``, ``mention_inactive``, ``paused_before_post``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from botsky.army import Army
 from botsky.compose import Offered, compose
 from botsky.errors import DraftRejected, FatalError, RetryableError, SkipError
 from botsky.events import Event, PostRef, uri_authority
+from botsky.health import UNAVAILABLE, BotHealth
 from botsky.identity import Identity
 from botsky.ledger.base import Ledger, Mention, mention_log_fields
 from botsky.llm.reply import ReplyRequest, write_reply
@@ -59,6 +66,7 @@ class Selector:
         *,
         is_bot: Callable[[str], bool],
         may_answer: Callable[[str], bool] = lambda did: True,
+        is_active: Callable[[str], bool] = lambda did: True,
         sample_rate: float = 1.0,
         author_cooldown_s: float = 3600.0,
         reply_to_bots: bool = False,
@@ -69,6 +77,8 @@ class Selector:
         self.is_bot = is_bot
         # The consent hook: the audience policy says whose posts may be answered.
         self.may_answer = may_answer
+        # Whether the author's account is active (deactivated, taken down... are never answered).
+        self.is_active = is_active
         self.sample_rate = sample_rate
         self.author_cooldown_us = int(author_cooldown_s * 1e6)
         self.reply_to_bots = reply_to_bots
@@ -105,6 +115,8 @@ class Selector:
             return "reply_to_bot"
         if self.languages and post.langs and not self.languages & set(post.langs):
             return "language"
+        if not self.is_active(event.did):
+            return "inactive_account"
         if not self.may_answer(event.did):
             return "no_consent"
         last = self._last_answered.get(event.did)
@@ -161,9 +173,12 @@ class Dispatcher:
         on_reply: Callable[[str, str, int], None] = lambda author, mentioned, time_us: None,
         paused: Callable[[], bool] = lambda: False,
         opted_out: Callable[[str], bool] = lambda did: False,
+        is_active: Callable[[str], bool] = lambda did: True,
         guard: SecretGuard,
+        health: BotHealth | None = None,
     ) -> None:
         self.army = army
+        self.health = health or BotHealth()
         self.guard = guard  # the process's secrets: a draft holding one is never posted
         self.replica = replica  # written into each claim's intent (who may recover it)
         # Consent hooks: count replies toward the daily caps; the kill switch pauses posting;
@@ -171,6 +186,9 @@ class Dispatcher:
         self.on_reply = on_reply
         self.paused = paused
         self.opted_out = opted_out
+        # Asked again right before each post too: an account deactivated or taken down while
+        # the model ran is neither answered nor mentioned.
+        self.is_active = is_active
         self.recommender = recommender
         self.presence = presence
         self.identity = identity
@@ -185,17 +203,24 @@ class Dispatcher:
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._room = asyncio.Event()  # set whenever a worker takes a job off the queue
         self.counts: Counter[str] = Counter()
+        self.redraws: Counter[str] = Counter()  # posts re-drawn away from each paused bot
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"rng": ..., "counts": {outcome: n}}``: the RNG the pickers draw from and what the
-        workers did so far. Not the queue: snapshots are taken with it empty (lockstep, at a
-        day boundary); nor the army, which has its own."""
-        return {"rng": self.rng.getstate(), "counts": dict(self.counts)}
+        """``{"rng": ..., "counts": {outcome: n}, "redraws": {bot: n}}``: the RNG the pickers
+        draw from and what the workers did so far. Not the queue: snapshots are taken with it
+        empty (lockstep, at a day boundary); nor the army, which has its own; nor the bots'
+        circuit breakers, which run on the wall clock (a resumed run starts with all closed)."""
+        return {
+            "rng": self.rng.getstate(),
+            "counts": dict(self.counts),
+            "redraws": dict(self.redraws),
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (a ``snapshot``): same RNG draws, counts going on."""
         self.rng.setstate(state["rng"])
         self.counts = Counter(state["counts"])
+        self.redraws = Counter(state.get("redraws", {}))
 
     def offer(self, event: Event, post: PostRef) -> bool:
         """Queue a post without waiting; False (and a counted drop) when the queue is full."""
@@ -281,6 +306,15 @@ class Dispatcher:
         bot = self.army.pick(event.uri, post.langs)
         if bot is None:
             return "no_bot_for_language"
+        drawn = bot
+        if not await self.health.ready(bot):
+            bot = self.army.pick(event.uri, post.langs, among=self.health.available)
+            reason = self.health.reason(drawn.name)
+            if bot is None:
+                log.warning("no_bot_available", drawn=drawn.name, reason=reason)
+                return "no_bot_available"
+            self.redraws[drawn.name] += 1
+            log.info("bot_redrawn", drawn=drawn.name, bot=bot.name, reason=reason)
         offer = self.recommender.offer(
             bot.picker,
             post.text,
@@ -307,7 +341,20 @@ class Dispatcher:
         )
         started = time.perf_counter()
         try:
-            draft = await write_reply(bot.model, req, guard=self.guard)
+            try:
+                draft = await write_reply(bot.model, req, guard=self.guard)
+            except asyncio.CancelledError:
+                self.health.abandoned(bot)
+                raise
+            except Exception as exc:
+                # Only unavailability counts toward a pause: a refusal or a broken answer
+                # still means the model is there.
+                if isinstance(exc, UNAVAILABLE):
+                    self.health.failed(bot, exc)
+                else:
+                    self.health.succeeded(bot)
+                raise
+            self.health.succeeded(bot)
             composed = compose(
                 draft.reply,
                 draft.mention,
@@ -369,7 +416,7 @@ class Dispatcher:
             completion_tokens=draft.usage.completion_tokens,
             cost_usd=draft.usage.cost_usd,
             latency_ms=round((time.perf_counter() - started) * 1000, 1),
-            extra={"repaired": list(composed.repaired)} if composed.repaired else {},
+            extra=_extra(composed.repaired, drawn.name if drawn is not bot else None),
         )
         # The intent goes in with the claim, so a crash before record_mention loses nothing.
         # The ledgers encode it with orjson, which writes dataclasses as objects natively
@@ -449,12 +496,25 @@ class Dispatcher:
             return "author_opted_out"
         if self.opted_out(mentioned):
             return "mention_opted_out"
+        if not self.is_active(author):
+            return "author_inactive"
+        if not self.is_active(mentioned):
+            return "mention_inactive"
         return None
 
 
 def _log_posted(m: Mention) -> None:
     # The canonical line per handled post; `botsky scores --logs` rebuilds scores from it.
     log.info("reply_posted", **mention_log_fields(m))
+
+
+def _extra(repaired: tuple[str, ...] | list[str], redrawn_from: str | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if repaired:
+        extra["repaired"] = list(repaired)
+    if redrawn_from is not None:
+        extra["redrawn_from"] = redrawn_from  # the bot first drawn for this post was paused
+    return extra
 
 
 def _rfc3339(time_us: int) -> str:

@@ -9,10 +9,13 @@ process does about it, and the handlers catch branches, not leaves::
     │   │                        (the source skips it: SourceStats.skip_reasons)
     │   ├── DraftRejected      a model answer that breaks the rules (dispatch: rejected_<reason>)
     │   ├── ModelError         a model call that failed for good (dispatch: model_error)
+    │   │   └── ModelAccessError  the vendor refused the key (401/403) or the account has no
+    │   │                           quota (dispatch: model_access_denied; pauses the bot)
     │   └── PostError          the PDS refused the reply (dispatch: claim failed, post_failed)
     ├── RetryableError         retried with backoff where it is raised; past the bound the item
     │   │                        is skipped and counted like a SkipError
-    │   ├── ModelUnavailable   429/5xx/timeout after the client's retries (model_unavailable)
+    │   ├── ModelUnavailable   429/5xx/timeout after the client's retries (model_unavailable);
+    │   │                        consecutive ones pause the bot (botsky.health)
     │   ├── PostRateLimited    the write budget stayed spent past max_wait_s, or a 429
     │   │                        (dispatch: claim failed, post_failed)
     │   └── LedgerUnavailable  the database is unreachable or locked: RetryingLedger pauses
@@ -47,6 +50,7 @@ __all__ = [
     "FrameError",
     "LedgerError",
     "LedgerUnavailable",
+    "ModelAccessError",
     "ModelError",
     "ModelUnavailable",
     "PostError",
@@ -86,6 +90,13 @@ class ModelError(SkipError):
     """A model call failed for good (bad request, refusal, auth); retrying will not help."""
 
     outcome = "model_error"
+
+
+class ModelAccessError(ModelError):
+    """The vendor refuses this key (401, 403) or the account has no quota left: no call will
+    succeed until the key or the account is fixed, so the bot is paused (``botsky.health``)."""
+
+    outcome = "model_access_denied"
 
 
 class PostError(SkipError):

@@ -7,6 +7,12 @@ given, receives the same JSON lines as a JSON stream would (``botsky scores --lo
 
 The logger is structlog's own (no stdlib ``logging``): a filtering bound logger over a small
 writer that flushes every line to the stream and the file.
+
+**Notices**: a few events need a person to act (a bot left out at start, a bot paused, no bot
+left). With ``notices`` on, each of them is also written as one plain sentence to standard error
+(``NOTICES`` holds the sentences), so they reach the terminal even when the log lines go to a
+file only (``botsky simulate``) or to stdout as JSON (``botsky run > run.jsonl``). They are
+redacted like every other line.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pydantic import SecretBytes, SecretStr
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
+    "NOTICES",
     "REDACTED",
     "configure_logging",
     "is_console",
@@ -221,6 +228,32 @@ class _Render:
         return (self._console(logger, method_name, event_dict), line), {}
 
 
+# The events a person must see, as one sentence each (``str.format`` over the event's fields).
+NOTICES: Final[dict[str, str]] = {
+    "bot_disabled": "bot {bot} left out: {reason}. Fix: {hint}.",
+    "bot_paused": "bot {bot} paused for {pause_s} s: {reason}; {hint}.",
+    "bot_resumed": "bot {bot} answers again.",
+    "no_bots_enabled": "no bot can answer: {reason}. Fix: {hint}.",
+}
+
+
+class _Notices:
+    """Processor: write the ``NOTICES`` events as sentences to standard error, looked up at
+    each write (a progress display may have redirected it to print above itself)."""
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        template = NOTICES.get(str(event_dict.get("event")))
+        if template is not None:
+            try:
+                text = template.format(**event_dict)
+            except (KeyError, IndexError, ValueError):
+                text = " ".join(f"{k}={v}" for k, v in event_dict.items() if k != "timestamp")
+            stream = sys.stderr
+            stream.write(f"botsky: {text}\n")
+            stream.flush()
+        return event_dict
+
+
 _open_file: IO[str] | None = None
 
 
@@ -242,15 +275,18 @@ def configure_logging(
     file: Path | None = None,
     stream: IO[str] | None = None,
     file_only: Collection[str] = (),
+    notices: bool | None = None,
 ) -> None:
     """Configure structlog for the whole process; calling it again replaces the configuration.
 
     ``fmt``: ``json`` (one JSON object a line), ``console`` (for people) or ``auto`` (console
     on a TTY, JSON otherwise). ``file``: also append JSON lines there, flushed per line.
     ``stream`` defaults to standard output. ``file_only``: events not shown on a console stream
-    (the CLI prints them for people its own way; JSON streams and the file keep them). Loggers
-    already handed out follow the new configuration, and ``structlog.testing.capture_logs``
-    keeps working.
+    (the CLI prints them for people its own way; JSON streams and the file keep them).
+    ``notices``: also write the ``NOTICES`` events to standard error as sentences; None (the
+    default) does so when standard error is a terminal and the log lines are not already shown
+    there as a console view. Loggers already handed out follow the new configuration, and
+    ``structlog.testing.capture_logs`` keeps working.
     """
     global _open_file
     if fmt not in ("auto", "json", "console"):
@@ -266,6 +302,8 @@ def configure_logging(
         file.parent.mkdir(parents=True, exist_ok=True)
         _open_file = file.open("a", encoding="utf-8")
 
+    if notices is None:
+        notices = _isatty(sys.stderr) and not (console and tty)
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -275,12 +313,16 @@ def configure_logging(
         # Tracebacks become a plain string here, before redaction, so they are scrubbed too.
         structlog.processors.format_exc_info,
         redact_secrets,
+    ]
+    if notices:
+        processors.append(_Notices())
+    processors.append(
         _Render(
             structlog.dev.ConsoleRenderer(colors=tty) if console else None,
             file is not None,
             frozenset(file_only),
-        ),
-    ]
+        )
+    )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level.lower()),

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from botsky.errors import ModelUnavailable, PostRateLimited
 from botsky.ledger.base import Ledger, Mention, Outcome
-from botsky.llm.base import Completion, Model
+from botsky.llm.base import Checkable, Completion, Model
 from botsky.posting import Posted, Poster, ReplyPost
 from botsky.scoring import Score, score
 from botsky.sources.base import SourceStats
@@ -459,6 +459,10 @@ class InstrumentedModel:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    async def check(self, timeout_s: float) -> bool:
+        """The inner model's check; False (nothing checked) when it has none."""
+        return await self.inner.check(timeout_s) if isinstance(self.inner, Checkable) else False
 
     def __repr__(self) -> str:
         return f"InstrumentedModel({self.inner!r})"

@@ -5,7 +5,10 @@ default is ``opt_in``: a user opts in by following a bot, by mentioning a bot in
 being on the configured allow list. ``open`` answers anyone and is only for networks you
 operate (configuration requires an explicit acknowledgement). In every mode an opt-out wins and
 is permanent (recorded in the ledger by the app): blocking any bot, replying to a bot with a
-stop phrase, or ``#nobot`` in the profile description.
+stop phrase, or ``#nobot`` in the profile description. An account that its host says is not
+active (an ``#account`` event with ``active: false``: deactivated, taken down, suspended,
+deleted...) is neither answered nor mentioned until an ``#account`` event reactivates it; the app
+records each change in the ledger, so the status survives restarts.
 
 On top of consent: daily caps (mentions per target, replies per author) on a sliding 24 h
 window of the stream clock, and a kill switch (a file or an environment variable) that pauses
@@ -24,8 +27,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from botsky.events import BLOCK, FOLLOW, POST, PROFILE, Event, uri_authority
+from botsky.ledger.base import AccountStatus
 
-__all__ = ["DAY_US", "OPT_OUT_REASONS", "AudiencePolicy", "KillSwitch", "OptOut"]
+__all__ = [
+    "DAY_US",
+    "INACTIVE_STATUSES",
+    "OPT_OUT_REASONS",
+    "AccountStatus",
+    "AudiencePolicy",
+    "KillSwitch",
+    "OptOut",
+    "account_status",
+]
 
 DAY_US = 86_400_000_000
 
@@ -42,6 +55,29 @@ class OptOut:
 
     did: str
     reason: str
+
+
+# Account statuses that mean "not active" even on an event that leaves ``active`` out (the
+# lexicon's known values; ``desynchronized`` and ``throttled`` are host states that come with
+# ``active: false`` when they apply, so they need no entry here).
+INACTIVE_STATUSES = frozenset({"deactivated", "takendown", "suspended", "deleted"})
+
+
+def account_status(event: Event) -> AccountStatus | None:
+    """What an ``#account`` event says about its DID, or None when it says nothing usable.
+
+    ``active: false`` is inactive whatever the status (an unknown status included: the host
+    says the account is not active); ``active: true`` is active. Without ``active``, a known
+    inactive status still counts.
+    """
+    if event.kind != "account":
+        return None
+    status = (event.status or "").strip().lower()
+    if event.active is True:
+        return AccountStatus(event.did, True, "active", event.time_us)
+    if event.active is False or status in INACTIVE_STATUSES:
+        return AccountStatus(event.did, False, status or "inactive", event.time_us)
+    return None
 
 
 # How long a kill-switch reading is trusted: posting stops within this (plus one post).
@@ -108,6 +144,7 @@ class AudiencePolicy:
         bot_dids: Iterable[str] = (),
         allow_list: Iterable[str] = (),
         opted_out: Iterable[str] = (),
+        inactive: Iterable[AccountStatus] = (),
         handle_of: Callable[[str], str | None] = lambda did: None,
         stop_phrases: Iterable[str] = (),
         nobot_tag: str = "#nobot",
@@ -126,6 +163,11 @@ class AudiencePolicy:
         self.allowed_handles = frozenset(a.lstrip("@") for a in allowed if not a.startswith("did:"))
         self.handle_of = handle_of
         self.opted_out: set[str] = set(opted_out)
+        # DID → (status, time of the event that said so). Only inactive accounts are kept: on
+        # the whole network they are a small share of the accounts #account events name.
+        self.inactive: dict[str, tuple[str, int]] = {
+            s.did: (s.status, s.time_us) for s in inactive if not s.active
+        }
         self._stop = _phrase_pattern(stop_phrases)
         self._nobot = _tag_pattern(nobot_tag)
         # Caps: None is unlimited, 0 allows nothing.
@@ -141,14 +183,16 @@ class AudiencePolicy:
     def snapshot(self) -> dict[str, Any]:
         """What the policy learned, as plain values for ``restore`` (checkpoints).
 
-        Keys: ``opted_in`` and ``opted_out`` (sorted DIDs), and the daily caps' counts:
-        ``latest_us`` (the newest reply time, the clock without one) and ``mentions``/``replies``
-        (DID → posting times, oldest first). Not the mode, lists, phrases or caps themselves
-        (configuration), nor the kill switch (read live).
+        Keys: ``opted_in`` and ``opted_out`` (sorted DIDs), ``inactive`` (DID → [status, time
+        of the event], accounts whose host says they are not active), and the daily caps'
+        counts: ``latest_us`` (the newest reply time, the clock without one) and
+        ``mentions``/``replies`` (DID → posting times, oldest first). Not the mode, lists,
+        phrases or caps themselves (configuration), nor the kill switch (read live).
         """
         return {
             "opted_in": sorted(self.opted_in),
             "opted_out": sorted(self.opted_out),
+            "inactive": {did: [st, t] for did, (st, t) in sorted(self.inactive.items())},
             "latest_us": self._latest_us,
             "mentions": {did: list(times) for did, times in self._mentions.items()},
             "replies": {did: list(times) for did, times in self._replies.items()},
@@ -158,6 +202,7 @@ class AudiencePolicy:
         """Know what ``state`` (a ``snapshot``) holds, in place of what was learned so far."""
         self.opted_in = set(state["opted_in"])
         self.opted_out = set(state["opted_out"])
+        self.inactive = {did: (st, t) for did, (st, t) in state.get("inactive", {}).items()}
         self._latest_us = state["latest_us"]
         self._mentions = {did: deque(times) for did, times in state["mentions"].items()}
         self._replies = {did: deque(times) for did, times in state["replies"].items()}
@@ -176,6 +221,10 @@ class AudiencePolicy:
             self._mentions, did, self.mentions_per_target_per_day
         )
 
+    def is_active(self, did: str) -> bool:
+        """False while ``did``'s host says the account is not active (see ``observe_account``)."""
+        return did not in self.inactive
+
     def has_opted_out(self, did: str) -> bool:
         """``did`` opted out (asked again right before each post: consent can end meanwhile)."""
         return did in self.opted_out
@@ -185,7 +234,7 @@ class AudiencePolicy:
         return self._kill_switch()
 
     def _consents(self, did: str) -> bool:
-        if did in self.opted_out or did in self.bot_dids:
+        if did in self.opted_out or did in self.bot_dids or did in self.inactive:
             return False
         if self.mode == "open" or did in self.opted_in:
             return True
@@ -217,6 +266,27 @@ class AudiencePolicy:
         return len(times) < cap
 
     # -- learning from the stream ----------------------------------------------------------
+
+    def observe_account(self, event: Event) -> AccountStatus | None:
+        """Learn an account's status from an ``#account`` event; return it when it changes
+        whether the account may be answered (for the app to record), else None.
+
+        An event older than the deactivation already known does not reactivate the account (a
+        rewound stream replays events); a deactivation is always taken (the safe direction).
+        """
+        status = account_status(event)
+        if status is None:
+            return None
+        known = self.inactive.get(status.did)
+        if status.active:
+            if known is None or status.time_us < known[1]:
+                return None
+            del self.inactive[status.did]
+            return status
+        if known is not None and (known[1] > status.time_us or known[0] == status.status):
+            return None
+        self.inactive[status.did] = (status.status, status.time_us)
+        return status
 
     def observe(self, event: Event) -> OptOut | None:
         """Learn opt-ins (follow or mention of a bot) and opt-outs; return a new opt-out.

@@ -62,6 +62,12 @@ class RunSummary:
     dispatch: Counter[str] = field(default_factory=Counter)
     outcomes: dict[str, int] = field(default_factory=dict)
     opt_outs: int = 0
+    # #account events that changed whether an account may be answered: deactivated, reactivated.
+    accounts: Counter[str] = field(default_factory=Counter)
+    # Bots left out at start (bot → why: no key, no server, key refused), and posts re-drawn
+    # away from each bot while its circuit breaker had it paused.
+    left_out: dict[str, str] = field(default_factory=dict)
+    redrawn: Counter[str] = field(default_factory=Counter)
     cursor: int | None = None
     interrupted: bool = False
 
@@ -77,6 +83,9 @@ class RunSummary:
             "dispatch": dict(self.dispatch),
             "outcomes": dict(self.outcomes),
             "opt_outs": self.opt_outs,
+            "accounts": dict(self.accounts),
+            "left_out": dict(self.left_out),
+            "redrawn": dict(self.redrawn),
             "cursor": self.cursor,
             "interrupted": self.interrupted,
         }
@@ -107,6 +116,7 @@ class App:
         web: WebConfig | None = None,
         partitions: Partitions | None = None,
         handover_buffer: int = 10_000,
+        left_out: dict[str, str] | None = None,
         feed: FeedService | None = None,
     ) -> None:
         self.source = source
@@ -133,7 +143,7 @@ class App:
         # Eligible posts of partitions owned elsewhere, to answer if this replica takes over.
         self._handover: deque[tuple[Event, PostRef]] = deque(maxlen=handover_buffer or None)
         self.partitions.on_acquire = self._took_over
-        self.summary = RunSummary()
+        self.summary = RunSummary(left_out=dict(left_out or {}))
         self._cursor: int | None = None
         self._failure: Exception | None = None  # what ended a task of the run, re-raised
         self.feed = feed  # the fair-exposure feed (botsky.feed), served by the web app
@@ -265,6 +275,8 @@ class App:
                 s.opt_outs += 1
                 await self.ledger.add_opt_out(opt_out.did, opt_out.reason, event.time_us)
                 log.info("opted_out", did=opt_out.did, reason=opt_out.reason)
+            if event.kind == "account":
+                await self._note_account(event)
             self.presence.observe(event)
             await self.outcomes.observe(event)
             if self.feed is not None:
@@ -293,6 +305,20 @@ class App:
             # A bug: isolated to this event, counted, logged with its traceback.
             s.skip_reasons["route_error"] += 1
             log.exception("route_failed", uri=_where(event))
+
+    async def _note_account(self, event: Event) -> None:
+        """An ``#account`` event: a deactivated account is neither answered nor mentioned from
+        this event on, and stays so across restarts (the ledger) until it is reactivated."""
+        change = self.policy.observe_account(event)
+        if change is None:
+            return
+        await self.ledger.set_account_status(change)
+        self.summary.accounts["reactivated" if change.active else "deactivated"] += 1
+        log.info(
+            "account_reactivated" if change.active else "account_deactivated",
+            did=change.did,
+            status=change.status,
+        )
 
     def _recoverable(self, post_uri: str, intent: dict[str, Any] | None) -> bool:
         """Which crashed claims this process settles: all of them when it runs alone; with
@@ -357,6 +383,7 @@ class App:
                     with contextlib.suppress(asyncio.CancelledError):
                         await workers
             self.summary.dispatch = self.dispatcher.counts
+            self.summary.redrawn = self.dispatcher.redraws
         scorer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await scorer

@@ -7,8 +7,9 @@
 - ``FakeModel``: a Model with scripted answers that records every prompt.
 - ``RecordingPoster``: a Poster that records replies and can be told to fail.
 - ``FakeVendorServer``: a loopback HTTP server answering OpenAI ``/v1/chat/completions`` and
-  Anthropic ``/v1/messages`` with the vendors' real JSON shapes, for end-to-end runs of the
-  ``botsky`` command in a subprocess (where an in-process ``MockTransport`` cannot reach).
+  Anthropic ``/v1/messages`` (and both vendors' ``GET /v1/models``) with the vendors' real JSON
+  shapes, for end-to-end runs of the ``botsky`` command in a subprocess (where an in-process
+  ``MockTransport`` cannot reach).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import http.server
 import json
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -291,23 +293,37 @@ class RecordingPoster:
 __all__ += ["PostError", "PostRateLimited"]  # re-exported for scripting poster failures
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timeout under test) leaves a broken pipe: not an error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class FakeVendorServer:
     """OpenAI- and Anthropic-shaped model API on 127.0.0.1, in a thread.
 
     ``choose(system, user)`` returns the answer object (default: mention the first candidate).
-    ``fail_next`` holds ``(status, headers, body)`` tuples answered before normal replies;
-    ``delay`` makes every answer slow.
-    Every request body is kept in ``requests``.
+    ``fail_next`` holds ``(status, headers, body)`` tuples answered before normal replies (the
+    models list included); ``delay`` makes every answer slow. ``port`` binds a given port (a
+    server that comes back where a client expects it). Every completion request is kept in
+    ``requests`` (``path``, ``body``), every models listing (a health check) in ``checks``.
     """
 
     def __init__(
-        self, choose: Callable[[str, str], dict[str, Any]] = _default_answer, delay: float = 0.0
+        self,
+        choose: Callable[[str, str], dict[str, Any]] = _default_answer,
+        delay: float = 0.0,
+        port: int = 0,
     ) -> None:
         self.choose = choose
         self.delay = delay  # seconds before each answer: a slow model
         self.fail_next: deque[tuple[int, dict[str, str], dict[str, Any]]] = deque()
         self.requests: list[dict[str, Any]] = []
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.checks: list[str] = []
+        self._server = _QuietServer(("127.0.0.1", port), self._handler())
+        self._server.daemon_threads = True  # a client that hangs up must not block shutdown
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -323,6 +339,16 @@ class FakeVendorServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def _list_models(self, path: str, anthropic: bool) -> tuple[int, dict[str, str], Any]:
+        self.checks.append(path)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_next:
+            return self.fail_next.popleft()
+        if not path.split("?")[0].endswith("/models"):
+            return 404, {}, {"error": {"message": "not found", "type": "invalid_request_error"}}
+        return 200, {}, _anthropic_models() if anthropic else _openai_models()
 
     def _answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         self.requests.append({"path": path, "body": body})
@@ -358,10 +384,17 @@ class FakeVendorServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                # Anthropic's SDK sends anthropic-version; OpenAI's does not.
+                anthropic = "anthropic-version" in self.headers
+                self._send(*server._list_models(self.path, anthropic))
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                status, headers, payload = server._answer(self.path, body)
+                self._send(*server._answer(self.path, body))
+
+            def _send(self, status: int, headers: dict[str, str], payload: Any) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -375,6 +408,31 @@ class FakeVendorServer:
                 return None
 
         return Handler
+
+
+def _openai_models() -> dict[str, Any]:
+    # The shape of GET /v1/models (a list object of model objects).
+    return {
+        "object": "list",
+        "data": [{"id": "fake-1", "object": "model", "created": 1700000000, "owned_by": "fake"}],
+    }
+
+
+def _anthropic_models() -> dict[str, Any]:
+    # The shape of Anthropic's GET /v1/models (a page of model infos).
+    return {
+        "data": [
+            {
+                "type": "model",
+                "id": "fake-1",
+                "display_name": "Fake 1",
+                "created_at": "2025-01-01T00:00:00Z",
+            }
+        ],
+        "has_more": False,
+        "first_id": "fake-1",
+        "last_id": "fake-1",
+    }
 
 
 def _openai_completion(model: str, answer: dict[str, Any]) -> dict[str, Any]:

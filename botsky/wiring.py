@@ -11,7 +11,7 @@ import dataclasses
 import gc
 import random
 import time
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -21,12 +21,13 @@ from pydantic import SecretStr
 from botsky.army import Army, Bot
 from botsky.configload import LoadedConfig, Secrets
 from botsky.dispatch import ComposeRules, Dispatcher, Selector
-from botsky.errors import ConfigError
+from botsky.errors import ConfigError, ModelAccessError
+from botsky.health import BotHealth, check_models, fix_hint
 from botsky.identity import Identity, MemoryIdentity, ResolvingIdentity
 from botsky.ledger import open_ledger
 from botsky.ledger.retry import RetryingLedger
 from botsky.llm import make_model
-from botsky.llm.base import Price
+from botsky.llm.base import Model, Price
 from botsky.metrics import Metrics
 from botsky.outcomes import OutcomeWatcher
 from botsky.partition import Partitions, PgPartitions, SinglePartition
@@ -39,7 +40,15 @@ from botsky.secretguard import SecretGuard
 from botsky.sources import open_source
 from botsky.sources.base import Source
 
-__all__ = ["build_app", "build_bots", "freeze_startup_heap", "live_accounts", "secret_guard"]
+__all__ = [
+    "build_app",
+    "build_bots",
+    "check_bots",
+    "freeze_startup_heap",
+    "live_accounts",
+    "missing_keys",
+    "secret_guard",
+]
 
 log = structlog.get_logger("botsky.app")
 
@@ -54,10 +63,16 @@ def build_bots(
     """Bots whose model can run: a bot without its API key is left out, with a warning."""
     bots: list[Bot] = []
     prices = loaded.settings.prices
+    missing = missing_keys(loaded, secrets)
     for cfg in loaded.bots:
         key = secrets[cfg.name].api_key if cfg.name in secrets else None
-        if cfg.default_key_env is not None and key is None:
-            log.warning("bot_disabled", bot=cfg.name, reason=f"{cfg.default_key_env} is not set")
+        if cfg.name in missing:
+            log.warning(
+                "bot_disabled",
+                bot=cfg.name,
+                reason=missing[cfg.name],
+                hint=f"set {cfg.default_key_env} to include {cfg.name}",
+            )
             continue
         price_cfg = prices.get(cfg.model)
         price = Price(price_cfg.input_per_mtok, price_cfg.output_per_mtok) if price_cfg else Price()
@@ -85,6 +100,46 @@ def build_bots(
             )
         )
     return bots
+
+
+def missing_keys(loaded: LoadedConfig, secrets: Secrets) -> dict[str, str]:
+    """Bots left out for want of an API key: bot name → why."""
+    missing = {}
+    for cfg in loaded.bots:
+        key = secrets[cfg.name].api_key if cfg.name in secrets else None
+        if cfg.default_key_env is not None and key is None:
+            missing[cfg.name] = f"{cfg.default_key_env} is not set"
+    return missing
+
+
+async def check_bots(
+    loaded: LoadedConfig, bots: list[Bot], *, skip: Container[str] = ()
+) -> tuple[list[Bot], dict[str, str]]:
+    """The start-up check (``botsky.health``): the bots whose endpoint answered, and bot name →
+    why for those left out, each logged as ``bot_disabled`` with how to fix it. Bots named in
+    ``skip`` are not checked (their model was replaced, e.g. by a test's)."""
+    st = loaded.settings.models
+    if not st.check_at_start:
+        return bots, {}
+    _, failed = await check_models(
+        [b for b in bots if b.name not in skip], timeout_s=st.check_timeout_s
+    )
+    gone = {f.bot.name for f in failed}
+    cfgs = {c.name: c for c in loaded.bots}
+    left_out = {}
+    for f in failed:
+        cfg = cfgs[f.bot.name]
+        hint = fix_hint(
+            bot=cfg.name,
+            provider=cfg.provider,
+            base_url=cfg.base_url,
+            key_env=cfg.default_key_env,
+            access=isinstance(f.error, ModelAccessError),
+        )
+        left_out[cfg.name] = str(f.error)
+        log.warning("bot_disabled", bot=cfg.name, reason=str(f.error), hint=hint)
+        await f.bot.model.aclose()
+    return [b for b in bots if b.name not in gone], left_out
 
 
 def live_accounts(
@@ -133,12 +188,17 @@ async def build_app(
     source: Source | None = None,
     known_handles: dict[str, str] | None = None,
     metrics: Metrics | None = None,
+    models: Mapping[str, Model] | None = None,
 ) -> App:
     """Wire every component from the loaded configuration; the ledger is opened here.
 
     ``source`` and ``poster`` replace the configured ones (the simulation is both);
     ``known_handles`` seeds the identity map (DID → handle); ``metrics`` is the registry the
-    models and the poster report to (a fresh one by default).
+    models and the poster report to (a fresh one by default); ``models`` replaces the model
+    of the named bots (tests: a scripted ``FakeModel``; not checked at start).
+
+    Every bot's model endpoint is checked first (``models.check_at_start``): a bot whose
+    server does not answer or refuses its key is left out, with one ``bot_disabled`` line.
     """
     st = loaded.settings
     st.data_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +237,13 @@ async def build_app(
     metrics = metrics or Metrics()
     kill_switch = KillSwitch(file=st.posting.kill_switch_file, env=st.posting.kill_switch_env)
     bots = build_bots(loaded, secrets, http_client=http_client, metrics=metrics)
+    if models:
+        for b in bots:
+            if b.name in models:
+                await b.model.aclose()
+        bots = [dataclasses.replace(b, model=models.get(b.name, b.model)) for b in bots]
+    bots, left_out = await check_bots(loaded, bots, skip=models or {})
+    left_out = {**missing_keys(loaded, secrets), **left_out}
     if st.posting.mode == "live" and poster is None:
         from botsky.posting import WriteBudget, open_live_poster
 
@@ -224,6 +291,7 @@ async def build_app(
         bot_dids=[b.did for b in bots],
         allow_list=st.audience.allow_list,
         opted_out=await ledger.opt_outs(),
+        inactive=await ledger.inactive_accounts(),
         handle_of=identity.handle,
         stop_phrases=st.audience.stop_phrases,
         nobot_tag=st.audience.nobot_tag,
@@ -253,6 +321,7 @@ async def build_app(
         selector = Selector(
             is_bot=army.is_bot,
             may_answer=policy.may_answer,
+            is_active=policy.is_active,
             sample_rate=st.dispatch.sample_rate,
             author_cooldown_s=st.dispatch.author_cooldown_s,
             reply_to_bots=st.dispatch.reply_to_bots,
@@ -281,10 +350,21 @@ async def build_app(
             on_reply=policy.note_reply,
             paused=policy.posting_paused,
             opted_out=policy.has_opted_out,
+            is_active=policy.is_active,
             guard=secret_guard(loaded, secrets),
+            health=BotHealth(
+                failures=st.models.pause_after_failures,
+                pause_s=st.models.pause_s,
+                max_pause_s=st.models.max_pause_s,
+                probe_timeout_s=st.models.check_timeout_s,
+            ),
         )
     else:
-        log.warning("no_bots_enabled", hint="set the bots' API key variables or add template bots")
+        log.warning(
+            "no_bots_enabled",
+            reason="every bot was left out (see the bot_disabled lines)",
+            hint="set the bots' API key variables, start their model servers, or add template bots",
+        )
     feed = None
     if st.feed.enabled:
         from botsky.feed import open_feed
@@ -320,5 +400,6 @@ async def build_app(
         web=st.web,
         partitions=partitions,
         handover_buffer=st.scale.handover_buffer,
+        left_out=left_out,
         feed=feed,
     )

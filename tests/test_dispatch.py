@@ -62,6 +62,7 @@ BOT_POST = post(BOT_DID, T0, "a bot post")
         (post(AUTHOR, T0, "bonjour", langs=("fr",)), {"languages": ("en",)}, "language"),
         (post(AUTHOR, T0, "no langs", langs=()), {"languages": ("en",)}, None),
         (post(AUTHOR, T0, "hi"), {"may_answer": lambda d: False}, "no_consent"),
+        (post(AUTHOR, T0, "hi"), {"is_active": lambda d: False}, "inactive_account"),
         (post(AUTHOR, T0, "hi"), {"sample_rate": 0.0}, "sampled_out"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -446,6 +447,7 @@ def _consent(world: World) -> tuple[AudiencePolicy, list[bool]]:
         mode="open", bot_dids=[BOT_DID], stop_phrases=["stop"], kill_switch=lambda: switch[0]
     )
     world.dispatcher.opted_out = policy.has_opted_out
+    world.dispatcher.is_active = policy.is_active
     world.dispatcher.paused = policy.posting_paused
     return policy, switch
 
@@ -458,7 +460,17 @@ def _meanwhile(kind: str) -> Event:
         return post(BAKER, T0 + 11, "stop", reply_to=post(BOT_DID, T0, "a bot's reply"))
     if kind == "mentioned_nobot":
         return profile(BAKER, T0 + 11, "I bake. #nobot")
+    if kind == "mentioned_deactivated":
+        return Event(did=BAKER, time_us=T0 + 11, kind="account", active=False, status="takendown")
+    if kind == "author_deactivated":
+        return Event(did=AUTHOR, time_us=T0 + 11, kind="account", active=False)
     return block(AUTHOR, T0 + 11, BOT_DID)
+
+
+def _learn(policy: AudiencePolicy, event: Event) -> None:
+    """The router's consent step for ``event``: an opt-out or an account status."""
+    learned = policy.observe_account(event) if event.kind == "account" else policy.observe(event)
+    assert learned is not None
 
 
 @pytest.mark.parametrize(
@@ -468,21 +480,24 @@ def _meanwhile(kind: str) -> Event:
         ("mentioned_says_stop", "mention_opted_out"),
         ("mentioned_nobot", "mention_opted_out"),
         ("author_blocks", "author_opted_out"),
+        ("mentioned_deactivated", "mention_inactive"),
+        ("author_deactivated", "author_inactive"),
         ("kill_switch", "paused_before_post"),
     ],
 )
 async def test_an_opt_out_during_the_model_call_drops_the_reply(
     world: World, meanwhile: str, expected: str
 ) -> None:
-    """Consent and the kill switch are asked again after the model call: a user who opted out
-    while it ran is not mentioned (nor an author answered); nothing is claimed or posted."""
+    """Consent, account status and the kill switch are asked again after the model call: a
+    user who opted out or whose account was deactivated while it ran is not mentioned (nor an
+    author answered); nothing is claimed or posted."""
     policy, switch = _consent(world)
 
     def slow_model(system: str, user: str) -> dict[str, str]:
         if meanwhile == "kill_switch":
             switch[0] = True
         else:
-            assert policy.observe(_meanwhile(meanwhile)) is not None
+            _learn(policy, _meanwhile(meanwhile))
         return {"reply": "Ask @baker.test, a fine baker.", "mention": "baker.test"}
 
     world.model.script(slow_model)
@@ -498,6 +513,7 @@ async def test_an_opt_out_during_the_model_call_drops_the_reply(
     [
         ("mentioned_blocks", "mention_opted_out"),
         ("author_blocks", "author_opted_out"),
+        ("mentioned_deactivated", "mention_inactive"),
         ("kill_switch", "paused_before_post"),
     ],
 )
@@ -520,7 +536,7 @@ async def test_recovery_does_not_post_what_consent_no_longer_allows(
     if meanwhile == "kill_switch":
         switch[0] = True
     else:
-        assert policy.observe(_meanwhile(meanwhile)) is not None
+        _learn(policy, _meanwhile(meanwhile))
     world.dispatcher.poster = world.poster
     assert await world.dispatcher.recover() == {expected: 1}
     assert world.poster.posted == []

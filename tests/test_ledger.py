@@ -15,6 +15,7 @@ import pytest
 
 from botsky.errors import ConfigError, LedgerError, LedgerUnavailable
 from botsky.ledger import Ledger, Mention, Outcome, open_ledger
+from botsky.ledger.base import AccountStatus
 from botsky.ledger.postgres import PostgresLedger
 from botsky.ledger.sqlite import SqliteLedger
 
@@ -290,6 +291,39 @@ class TestLedgerContract:
         assert not await ledger.add_opt_out("did:plc:a", "said stop", T0 + 1)
         assert await ledger.add_opt_out("did:plc:b", "#nobot", T0 + 2)
         assert await ledger.opt_outs() == {"did:plc:a": "blocked bot-a", "did:plc:b": "#nobot"}
+
+    async def test_account_status_newest_event_wins(self, ledger: Ledger) -> None:
+        """An inactive status is listed until a newer event reactivates it; older events are
+        ignored (a rewound stream replaying a deactivation cannot undo a later reactivation)."""
+        off = AccountStatus("did:plc:a", False, "deactivated", T0 + 10)
+        assert await ledger.set_account_status(off)
+        assert await ledger.set_account_status(AccountStatus("did:plc:b", False, "takendown", T0))
+        assert await ledger.inactive_accounts() == [
+            AccountStatus("did:plc:b", False, "takendown", T0),
+            off,
+        ]
+        # An older reactivation does not undo the newer deactivation.
+        assert not await ledger.set_account_status(AccountStatus("did:plc:a", True, "active", T0))
+        assert [s.did for s in await ledger.inactive_accounts()] == ["did:plc:b", "did:plc:a"]
+        # A newer one does; then the older deactivation, replayed, changes nothing.
+        on = AccountStatus("did:plc:a", True, "active", T0 + 20)
+        assert await ledger.set_account_status(on)
+        assert not await ledger.set_account_status(off)
+        assert [s.did for s in await ledger.inactive_accounts()] == ["did:plc:b"]
+
+    async def test_account_status_survives_reopen(self, store: Callable[[], Ledger]) -> None:
+        """An inactive account is still inactive for the next process."""
+        ledger = store()
+        await ledger.open()
+        status = AccountStatus("did:plc:gone", False, "suspended", 2**60)
+        await ledger.set_account_status(status)
+        await ledger.close()
+        reopened = store()
+        await reopened.open()
+        try:
+            assert await reopened.inactive_accounts() == [status]
+        finally:
+            await reopened.close()
 
 
 # SQLite only --------------------------------------------------------------------------------

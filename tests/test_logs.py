@@ -262,3 +262,53 @@ def test_unknown_format_rejected() -> None:
     """An unknown format is a ``ValueError``, not a silent default."""
     with pytest.raises(ValueError, match="unknown log format"):
         configure_logging(fmt="xml")
+
+
+# -- notices: what a person must see on the terminal -----------------------------------------
+
+
+def test_notices_reach_standard_error_as_sentences(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A left-out bot is one plain, redacted sentence on stderr; other events are not."""
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    out = io.StringIO()
+    configure_logging(stream=out, notices=True)
+    register_secret("sk-notice-secret-77")
+    log = structlog.get_logger()
+    log.info("reply_posted", bot="cleo")
+    log.warning(
+        "bot_disabled",
+        bot="cleo",
+        reason="http://127.0.0.1:11434/v1 is not reachable (connection refused)",
+        hint="start the server (sk-notice-secret-77)",
+    )
+    assert err.getvalue() == (
+        "botsky: bot cleo left out: http://127.0.0.1:11434/v1 is not reachable (connection "
+        f"refused). Fix: start the server ({REDACTED}).\n"
+    )
+    assert [r["event"] for r in lines(out)] == ["reply_posted", "bot_disabled"]
+
+
+@pytest.mark.parametrize(
+    ("stderr_tty", "stdout", "fmt", "shown"),
+    [
+        (True, io.StringIO, "auto", True),  # JSON on stdout (a pipe): the terminal needs them
+        (True, FakeTTY, "json", True),
+        (True, FakeTTY, "auto", False),  # the console view shows them already
+        (False, io.StringIO, "auto", False),  # nobody is watching stderr
+    ],
+)
+def test_notices_by_default_only_where_a_person_would_miss_them(
+    monkeypatch: pytest.MonkeyPatch,
+    stderr_tty: bool,
+    stdout: type[io.StringIO],
+    fmt: str,
+    shown: bool,
+) -> None:
+    """Without ``notices``, sentences go to stderr when it is a terminal that does not already
+    show the log as a console view."""
+    err = FakeTTY() if stderr_tty else io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    configure_logging(fmt=fmt, stream=stdout())
+    structlog.get_logger().warning("bot_paused", bot="b", reason="r", pause_s=30, hint="h")
+    assert (err.getvalue() != "") is shown

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from botsky.accounts import accounts
-from botsky.ledger.base import Mention, Outcome
+from botsky.ledger.base import AccountStatus, Mention, Outcome
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.testing import FakeVendorServer, handles_offered
 from tests.pds.harness import LocalPds, TestAccount
@@ -113,11 +113,30 @@ def _write_config(
     return path
 
 
+async def _inactive(path: Path) -> list[AccountStatus]:
+    led = SqliteLedger(path)
+    await led.open()
+    try:
+        return await led.inactive_accounts()
+    finally:
+        await led.close()
+
+
 async def _ledger_state(path: Path) -> tuple[list[Mention], list[Outcome], dict[str, str]]:
     led = SqliteLedger(path)
     await led.open()
     try:
         return await led.mentions(), await led.outcomes(), await led.opt_outs()
+    finally:
+        await led.close()
+
+
+async def _seed_cursor(path: Path) -> None:
+    """Seed the relay cursor at 0 so botsky replays the firehose from the first event."""
+    led = SqliteLedger(path)
+    await led.open()
+    try:
+        await led.save_cursor(SOURCE_NAME, 0)
     finally:
         await led.close()
 
@@ -144,6 +163,9 @@ class Botsky:
 
     def state(self) -> tuple[list[Mention], list[Outcome], dict[str, str]]:
         return asyncio.run(_ledger_state(self.ledger))
+
+    def inactive(self) -> list[AccountStatus]:
+        return asyncio.run(_inactive(self.ledger))
 
     def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float = WAIT_S) -> T:
         """Poll ``probe`` until it returns something; fail fast if botsky died."""
@@ -209,17 +231,8 @@ def test_live_run_on_the_reference_pds(local_pds: LocalPds, tmp_path: Path) -> N
             profile = pds.get_record(f"at://{bot.did}/app.bsky.actor.profile/self")["value"]
             assert {"val": "bot"} in profile["labels"]["values"]
 
-        # Seed the relay cursor at 0 so botsky replays the firehose from the first event.
-        async def _seed() -> None:
-            led = SqliteLedger(tmp_path / "data" / "botsky.sqlite3")
-            await led.open()
-            try:
-                await led.save_cursor(SOURCE_NAME, 0)
-            finally:
-                await led.close()
-
         (tmp_path / "data").mkdir(exist_ok=True)
-        asyncio.run(_seed())
+        asyncio.run(_seed_cursor(tmp_path / "data" / "botsky.sqlite3"))
 
         resolved_before = pds.counts().get(RESOLVE_HANDLE, 0)
         run = Botsky(cfg, env, tmp_path)
@@ -319,3 +332,63 @@ def test_live_run_on_the_reference_pds(local_pds: LocalPds, tmp_path: Path) -> N
     rows = json.loads(scores.stdout)
     assert sum(r["mentions"] for r in rows) == 2
     assert sum(r["successes"] for r in rows) == 1
+
+
+def test_deactivated_account_is_not_mentioned_until_reactivated(
+    local_pds: LocalPds, tmp_path: Path
+) -> None:
+    """The PDS's own #account event (com.atproto.server.deactivateAccount) makes botsky stop
+    offering that user; activateAccount's event makes the user mentionable again."""
+    pds = local_pds
+    bot = pds.create_account(unique_name("botthree"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTSKY_")}
+    env |= {"IT_PW_THREE": pds.app_password(bot)}
+    a, b, d = (pds.create_account(unique_name(n)) for n in ("askera", "bakerb", "bakerd"))
+    _post(pds, b, "Sourdough baking: my rye starter doubles overnight, crusty loaves every day")
+    _post(pds, d, "Sourdough bread with a rye starter, baking loaves every weekend")
+    for who in (a, b, d):
+        _graph(pds, who, "follow", bot.did)
+
+    def choose(system: str, user: str) -> dict[str, Any]:
+        offered = handles_offered(user)
+        chosen = next((h for h in offered if h == b.handle), offered[0] if offered else "x.test")
+        return {"reply": f"Ask @{chosen}, a keen baker.", "mention": chosen}
+
+    with FakeVendorServer(choose=choose) as model:
+        cfg = _write_config(tmp_path, pds, model.url, [("three", bot)])
+        (tmp_path / "data").mkdir(exist_ok=True)
+        asyncio.run(_seed_cursor(tmp_path / "data" / "botsky.sqlite3"))
+        resolved_before = pds.counts().get(RESOLVE_HANDLE, 0)
+        run = Botsky(cfg, env, tmp_path)
+        try:
+
+            def verified() -> bool | None:
+                return pds.counts().get(RESOLVE_HANDLE, 0) - resolved_before >= 2 or None
+
+            run.wait_for("botsky to verify the handles of B and D", verified)
+            pds.xrpc("com.atproto.server.deactivateAccount", body={}, jwt=b.access_jwt)
+            (gone,) = run.wait_for("B's deactivation", lambda: run.inactive() or None)
+            assert gone.did == b.did and not gone.active and gone.status == "deactivated"
+
+            first = _post(pds, a, "Any tips for a sourdough rye starter? My loaves come out flat")
+
+            def mention_of(uri: str) -> Callable[[], Mention | None]:
+                def probe() -> Mention | None:
+                    mentions, _, _ = run.state()
+                    return next((m for m in mentions if m.post_uri == uri), None)
+
+                return probe
+
+            m1 = run.wait_for("the reply to A", mention_of(first["uri"]))
+            assert m1.mentioned_did == d.did and b.did not in m1.candidates
+
+            pds.xrpc("com.atproto.server.activateAccount", post=True, jwt=b.access_jwt)
+            run.wait_for("B's reactivation", lambda: run.inactive() == [] or None)
+            # B is back and posts again (online); A asks again: B is offered and chosen.
+            _post(pds, b, "Back to sourdough baking: the rye starter survived my break")
+            second = _post(pds, a, "Rye sourdough again: how warm should the starter be?")
+            m2 = run.wait_for("the reply to A's second post", mention_of(second["uri"]))
+            assert m2.mentioned_did == b.did
+        finally:
+            code = run.stop()
+        assert code == 0, run.output()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from botsky.events import PROFILE, Event
-from botsky.policy import AudiencePolicy, KillSwitch, OptOut
+from botsky.policy import AccountStatus, AudiencePolicy, KillSwitch, OptOut, account_status
 from botsky.testing import FakeClock, block, follow, post
 from tests.support import T0
 
@@ -53,6 +53,71 @@ def test_allow_list_accepts_dids_and_handles() -> None:
     pol = AudiencePolicy(allow_list=["@Alice.test", "did:plc:d"], handle_of=handles.get)
     assert pol.may_answer("did:plc:h") and pol.may_answer("did:plc:d")
     assert not pol.may_answer("did:plc:x")
+
+
+# -- account status (#account events) ---------------------------------------------------------
+
+
+def _account(did: str, time_us: int, active: bool | None, status: str | None = None) -> Event:
+    return Event(did=did, time_us=time_us, kind="account", active=active, status=status)
+
+
+@pytest.mark.parametrize(
+    ("active", "status", "expected"),
+    [
+        (False, "deactivated", AccountStatus("did:plc:u", False, "deactivated", T0)),
+        (False, "takendown", AccountStatus("did:plc:u", False, "takendown", T0)),
+        (False, "Suspended", AccountStatus("did:plc:u", False, "suspended", T0)),
+        (False, "deleted", AccountStatus("did:plc:u", False, "deleted", T0)),
+        (False, "desynchronized", AccountStatus("did:plc:u", False, "desynchronized", T0)),
+        (False, None, AccountStatus("did:plc:u", False, "inactive", T0)),
+        (None, "takendown", AccountStatus("did:plc:u", False, "takendown", T0)),
+        (True, None, AccountStatus("did:plc:u", True, "active", T0)),
+        (None, None, None),
+        (None, "throttled", None),
+    ],
+)
+def test_account_status_reads_an_account_event(
+    active: bool | None, status: str | None, expected: AccountStatus | None
+) -> None:
+    """active=false is inactive whatever the status; a known inactive status counts without
+    ``active``; active=true is active; an event saying neither is no status."""
+    assert account_status(_account("did:plc:u", T0, active, status)) == expected
+
+
+def test_account_status_ignores_other_events() -> None:
+    """Commits and identity events say nothing about an account's status."""
+    assert account_status(post("did:plc:u", T0, "hi")) is None
+    assert account_status(Event(did="did:plc:u", time_us=T0, kind="identity")) is None
+
+
+def test_an_inactive_account_is_neither_answered_nor_mentioned_until_reactivated() -> None:
+    """Deactivation removes consent in any mode (an allow list included); reactivation restores
+    it; each change is reported once."""
+    pol = AudiencePolicy(mode="open", bot_dids=[BOT], allow_list=["did:plc:u"])
+    off = pol.observe_account(_account("did:plc:u", T0, False, "deactivated"))
+    assert off == AccountStatus("did:plc:u", False, "deactivated", T0)
+    assert not pol.is_active("did:plc:u")
+    assert not pol.may_answer("did:plc:u") and not pol.may_mention("did:plc:u")
+    assert pol.observe_account(_account("did:plc:u", T0 + 1, False, "deactivated")) is None
+    taken = pol.observe_account(_account("did:plc:u", T0 + 2, False, "takendown"))
+    assert taken == AccountStatus("did:plc:u", False, "takendown", T0 + 2)
+    on = pol.observe_account(_account("did:plc:u", T0 + 3, True))
+    assert on == AccountStatus("did:plc:u", True, "active", T0 + 3)
+    assert pol.is_active("did:plc:u") and pol.may_answer("did:plc:u")
+    # Creating an account (active from the start) changes nothing.
+    assert pol.observe_account(_account("did:plc:new", T0, True)) is None
+
+
+def test_an_older_reactivation_does_not_undo_a_newer_deactivation() -> None:
+    """A rewound stream replays old events: a reactivation older than the known deactivation
+    is ignored, so a status loaded from the ledger holds."""
+    loaded = AccountStatus("did:plc:u", False, "suspended", T0 + 10)
+    pol = AudiencePolicy(mode="open", inactive=[loaded])
+    assert not pol.may_mention("did:plc:u")
+    assert pol.observe_account(_account("did:plc:u", T0, True)) is None
+    assert pol.observe_account(_account("did:plc:u", T0 + 5, False, "deactivated")) is None
+    assert not pol.is_active("did:plc:u")
 
 
 # -- opt-outs beyond blocks -------------------------------------------------------------------
@@ -246,8 +311,8 @@ def test_no_kill_switch_never_pauses() -> None:
 
 
 def test_a_pickled_snapshot_keeps_consent_and_the_daily_caps() -> None:
-    """Opt-ins, opt-outs and the caps' counts survive ``snapshot``/``restore`` through pickle;
-    the configuration stays the new policy's."""
+    """Opt-ins, opt-outs, inactive accounts and the caps' counts survive ``snapshot``/``restore``
+    through pickle; the configuration stays the new policy's."""
     import pickle
 
     def make() -> AudiencePolicy:
@@ -258,11 +323,13 @@ def test_a_pickled_snapshot_keeps_consent_and_the_daily_caps() -> None:
     p.observe(follow("did:plc:fan", T0, BOT))
     p.observe(block("did:plc:foe", T0, BOT))
     p.note_reply("did:plc:fan", "did:plc:target", T0)
+    p.observe_account(_account("did:plc:gone", T0, False, "takendown"))
     fresh = make()
     fresh.restore(pickle.loads(pickle.dumps(p.snapshot())))
     assert fresh.snapshot() == p.snapshot()
     assert fresh.may_answer("did:plc:fan") and not fresh.may_answer("did:plc:foe")
     assert not fresh.may_mention("did:plc:target")  # the cap of 1 is used
+    assert not fresh.is_active("did:plc:gone")
     fresh.note_reply("did:plc:fan", "did:plc:other", T0 + 1)
     assert not fresh.may_answer("did:plc:fan")  # the second reply of the day
     assert p.may_answer("did:plc:fan")  # the original is not affected by the copy

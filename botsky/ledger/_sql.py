@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from botsky.ledger.base import CLAIM_STATUSES, Mention, Outcome
+from botsky.ledger.base import CLAIM_STATUSES, AccountStatus, Mention, Outcome
 from botsky.ledger.migrations import (
     CLOSED_STATUSES,
     MENTION_COLUMNS,
@@ -81,6 +81,15 @@ class Statements:
         "INSERT INTO opt_outs (did, reason, time_us) VALUES (?, ?, ?) ON CONFLICT (did) DO NOTHING"
     )
     opt_outs: str = "SELECT did, reason FROM opt_outs ORDER BY time_us, did"
+    # Newest event wins: an older status (a rewound stream replaying it) changes nothing.
+    set_account_status: str = """
+        INSERT INTO account_status (did, active, status, time_us) VALUES (?, ?, ?, ?)
+        ON CONFLICT (did) DO UPDATE
+        SET active = excluded.active, status = excluded.status, time_us = excluded.time_us
+        WHERE excluded.time_us >= account_status.time_us"""
+    inactive_accounts: str = (
+        "SELECT did, status, time_us FROM account_status WHERE active = 0 ORDER BY time_us, did"
+    )
     applied_migrations: str = "SELECT version FROM schema_migrations"
     record_migration: str = "INSERT INTO schema_migrations (version, applied_us) VALUES (?, ?)"
 
@@ -191,6 +200,18 @@ class SqlLedger:
     async def opt_outs(self) -> dict[str, str]:
         """Every opted-out DID with its reason."""
         return {did: reason for did, reason in await self._fetchall(self.sql.opt_outs, ())}
+
+    # account status -------------------------------------------------------------------------
+    async def set_account_status(self, status: AccountStatus) -> bool:
+        """Store a DID's account status; False (nothing changed) if the stored one is newer."""
+        s = status
+        params = (s.did, int(s.active), s.status, s.time_us)
+        return await self._execute(self.sql.set_account_status, params) == 1
+
+    async def inactive_accounts(self) -> list[AccountStatus]:
+        """Every DID whose stored status is inactive, oldest first."""
+        rows = await self._fetchall(self.sql.inactive_accounts, ())
+        return [AccountStatus(did, False, status, t) for did, status, t in rows]
 
 
 def now_us() -> int:

@@ -12,6 +12,9 @@ Tables (numbered migrations in each backend):
   ``(mention_id, kind, uri)`` so replaying the same event records it once.
 - ``cursors``: source name → last cursor.
 - ``opt_outs``: DIDs that must never be answered or mentioned again (permanent).
+- ``account_status``: the last ``#account`` status seen for a DID that was ever inactive
+  (deactivated, taken down, suspended, deleted...): never answered or mentioned while inactive,
+  until an ``#account`` event reactivates it. Newer events win; an older one is ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = [
     "MENTION_LOG_FIELDS",
     "MENTION_STATUSES",
     "OUTCOME_KINDS",
+    "AccountStatus",
     "Ledger",
     "Mention",
     "Outcome",
@@ -105,6 +109,8 @@ def mention_log_fields(m: Mention) -> dict[str, Any]:
         out[name] = getattr(m, name)
     out["candidates"] = len(m.candidates)
     out["repaired"] = m.extra.get("repaired", [])
+    if "redrawn_from" in m.extra:  # the bot first drawn for the post was paused (health.py)
+        out["redrawn_from"] = m.extra["redrawn_from"]
     return out
 
 
@@ -117,14 +123,18 @@ def mention_from_log(rec: Mapping[str, Any]) -> Mention | None:
     mention_id, created_us = _log_value(rec, "mention_id", int), _log_value(rec, "created_us", int)
     if mention_id is None or created_us is None:
         return None
-    repaired = rec.get("repaired")
+    repaired, redrawn_from = rec.get("repaired"), rec.get("redrawn_from")
+    extra: dict[str, object] = {}
+    if isinstance(repaired, list) and repaired:
+        extra["repaired"] = repaired
+    if isinstance(redrawn_from, str):
+        extra["redrawn_from"] = redrawn_from
     # Empty, then filled from the line's fields.
     m = Mention(
         post_uri="", post_cid="", post_author="", root_uri="", root_cid="", bot="", model="",
         provider="", persona="", picker="", reply_uri="", reply_cid="", reply_text="",
         mentioned_did="", mentioned_handle="", candidates=[], rank=0, created_us=created_us,
-        id=mention_id,
-        extra={"repaired": repaired} if isinstance(repaired, list) and repaired else {},
+        id=mention_id, extra=extra,
     )  # fmt: skip
     for name, kind in MENTION_LOG_FIELDS:
         value = _log_value(rec, name, kind)
@@ -151,6 +161,16 @@ class Outcome:
     actor: str  # DID that did it
     uri: str  # the record that did it (reply post, like, block)
     time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    """What an ``#account`` event said about a DID: active or not, and why not."""
+
+    did: str
+    active: bool
+    status: str  # "active", or the reason: deactivated, takendown, suspended, deleted...
+    time_us: int  # the event's time: a newer status replaces an older one, never the reverse
 
 
 @runtime_checkable
@@ -231,3 +251,10 @@ class Ledger(Protocol):
 
     async def opt_outs(self) -> dict[str, str]:
         """Every opted-out DID with its reason."""
+
+    # account status -------------------------------------------------------------------------
+    async def set_account_status(self, status: AccountStatus) -> bool:
+        """Store a DID's account status; False (nothing changed) if the stored one is newer."""
+
+    async def inactive_accounts(self) -> list[AccountStatus]:
+        """Every DID whose stored status is inactive, oldest first."""

@@ -146,6 +146,22 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "account_status",
+        (
+            # The last #account status of every DID that was ever inactive: a deactivated or
+            # taken-down account stays unanswered across restarts until an event reactivates
+            # it. ``active`` is 0/1 (an INTEGER in both dialects); ``time_us`` orders events.
+            """CREATE TABLE account_status (
+                did TEXT PRIMARY KEY,
+                active INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                time_us BIGINT NOT NULL
+            )""",
+            "CREATE INDEX account_status_active ON account_status (active)",
+        ),
+    ),
+    Migration(
+        5,
         "feed_exposures",
         (
             # The fair-exposure feed (botsky.feed): every page served, with its reqId; one row

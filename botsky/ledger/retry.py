@@ -28,7 +28,7 @@ from tenacity import (
 )
 
 from botsky.errors import LedgerError, LedgerUnavailable
-from botsky.ledger.base import Ledger, Mention, Outcome
+from botsky.ledger.base import AccountStatus, Ledger, Mention, Outcome
 from botsky.ledger.feed import RetryingFeedMixin
 
 __all__ = ["RetryingLedger"]
@@ -124,6 +124,14 @@ class RetryingLedger(RetryingFeedMixin):
 
     async def opt_outs(self) -> dict[str, str]:
         return await self._retry("opt_outs", lambda: self.inner.opt_outs())
+
+    async def set_account_status(self, status: AccountStatus) -> bool:
+        return await self._retry(
+            "set_account_status", lambda: self.inner.set_account_status(status)
+        )
+
+    async def inactive_accounts(self) -> list[AccountStatus]:
+        return await self._retry("inactive_accounts", lambda: self.inner.inactive_accounts())
 
     # -- retrying --------------------------------------------------------------------------
 

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from botsky.errors import ModelError, ModelUnavailable
+from botsky.errors import ModelAccessError, ModelError, ModelUnavailable
 
 __all__ = [
     "Sleep",
     "Transient",
     "call_with_retry",
+    "connection_failure",
     "is_transient_status",
     "retry_after_seconds",
     "status_failure",
@@ -88,10 +90,32 @@ def retry_after_seconds(
 
 
 def status_failure(status: int, headers: Mapping[str, str] | None, message: str) -> Exception:
-    """Translate an HTTP error status into ``Transient`` or ``ModelError``, to raise ``from``."""
+    """Translate an HTTP error status into ``Transient``, ``ModelAccessError`` (401, 403: the
+    key is refused) or ``ModelError``, to raise ``from``."""
     if is_transient_status(status):
         return Transient(f"HTTP {status}: {message}", retry_after=retry_after_seconds(headers))
+    if status in (401, 403):
+        return ModelAccessError(f"HTTP {status}: {message}")
     return ModelError(f"HTTP {status}: {message}")
+
+
+def connection_failure(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: the SDKs say "Connection error." and keep the
+    reason (refused, unknown host, reset) at the bottom of their exception chain."""
+    inner: BaseException | None = exc
+    seen = 0
+    while inner is not None and seen < 16:
+        if isinstance(inner, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(inner, socket.gaierror):
+            return f"unknown host: {inner.strerror or inner}"
+        if isinstance(inner, TimeoutError):
+            return "timed out"
+        if isinstance(inner, ConnectionResetError):
+            return "connection reset"
+        inner = inner.__cause__ or inner.__context__
+        seen += 1
+    return str(exc) or type(exc).__name__
 
 
 def _wait(state: RetryCallState) -> float:

@@ -20,8 +20,14 @@ from typing import Any
 import anthropic
 import httpx2
 
-from botsky.errors import ModelError
-from botsky.llm._retry import Sleep, Transient, call_with_retry, status_failure
+from botsky.errors import ModelAccessError, ModelError, ModelUnavailable
+from botsky.llm._retry import (
+    Sleep,
+    Transient,
+    call_with_retry,
+    connection_failure,
+    status_failure,
+)
 from botsky.llm.base import Completion, Price, Usage
 from botsky.llm.parse import parse_json_object
 
@@ -65,6 +71,23 @@ class AnthropicModel:
     async def aclose(self) -> None:
         """Close the HTTP client (also one passed in as ``http_client``)."""
         await self._client.close()
+
+    async def check(self, timeout_s: float) -> bool:
+        """List the models (``GET /v1/models``, free) within ``timeout_s``: raises
+        ``ModelUnavailable`` when nothing answers, ``ModelAccessError`` for a refused key."""
+        where = str(self._client.base_url).rstrip("/")
+        try:
+            await self._client.models.list(limit=1, timeout=timeout_s)
+        except anthropic.APIStatusError as exc:
+            if exc.status_code in (401, 403):
+                raise ModelAccessError(
+                    f"{where} refused the API key (HTTP {exc.status_code})"
+                ) from exc
+        except anthropic.APITimeoutError as exc:
+            raise ModelUnavailable(f"{where} did not answer within {timeout_s:g} s") from exc
+        except anthropic.APIConnectionError as exc:
+            raise ModelUnavailable(f"{where} is not reachable ({connection_failure(exc)})") from exc
+        return True
 
     async def complete_json(
         self, *, system: str, user: str, schema: dict[str, Any], schema_name: str
@@ -112,7 +135,7 @@ class AnthropicModel:
         except anthropic.APIStatusError as exc:
             raise status_failure(exc.status_code, exc.response.headers, exc.message) from exc
         except anthropic.APIConnectionError as exc:  # includes APITimeoutError
-            raise Transient(f"{type(exc).__name__}: {exc.message}") from exc
+            raise Transient(f"{type(exc).__name__}: {connection_failure(exc)}") from exc
         except anthropic.AnthropicError as exc:
             raise ModelError(f"{type(exc).__name__}: {exc}") from exc
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Completion", "Model", "Price", "Usage"]
+__all__ = ["Checkable", "Completion", "Model", "Price", "Usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +62,18 @@ class Model(Protocol):
 
     async def aclose(self) -> None:
         """Release the HTTP client."""
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """A model whose endpoint can be checked without paying for a completion."""
+
+    async def check(self, timeout_s: float) -> bool:
+        """Ask the endpoint something free (its list of models) within ``timeout_s``.
+
+        True once the server answered and did not refuse the key; False when there is nothing
+        to check (a wrapper around a model without an endpoint). Raises ``ModelUnavailable``
+        when nothing answered (refused connection, unknown host, timeout) and
+        ``ModelAccessError`` when the key was refused (401, 403). Any other answer (a server
+        without the models route, a 5xx) counts as reachable: the calls themselves will tell.
+        """

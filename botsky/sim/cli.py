@@ -1,10 +1,12 @@
 """``botsky simulate``: run the simulated network through the production pipeline.
 
 Registered on the ``botsky`` group by ``botsky.cli`` (``cli.add_command(simulate_cmd)``).
-Logs go to the JSON log file under ``data_dir`` only (the terminal shows a progress bar); the
-leaderboard by picker and by model, each arm's estimates beside the world's truth (true expected
-rate, upper bound, oracle; likes and engagement), a legend saying what each number is, and where
-``truth.json``, the ledger and the log are go to stdout.
+Logs go to the JSON log file under ``data_dir`` only. The terminal shows a progress bar and
+the warnings a person must act on (a bot left out for a missing or refused key or an
+unreachable server, a bot paused: ``botsky.logs.NOTICES``); stdout gets the leaderboard by
+picker and by model, each arm's estimates beside the world's truth (true expected rate, upper
+bound, oracle; likes and engagement), a legend saying what each number is, why posts went
+unanswered (``botsky.summary``), and where ``truth.json``, the ledger and the log are.
 """
 
 from __future__ import annotations
@@ -118,12 +120,15 @@ def simulate_cmd(
     with open(os.devnull, "w", encoding="utf-8") as quiet:
         # No log file until the earlier run's files are moved aside (simulate's on_ready):
         # a run that fails before it starts must not write into the earlier run's log.
-        configure_logging(level=st.logging.level, fmt="json", stream=quiet)
+        # Notices: the terminal sees only these; everything else is in the file.
+        configure_logging(level=st.logging.level, fmt="json", stream=quiet, notices=True)
 
         moved: list[Path] = []
 
         def open_log(previous: Path | None) -> None:
-            configure_logging(level=st.logging.level, fmt="json", file=log_file, stream=quiet)
+            configure_logging(
+                level=st.logging.level, fmt="json", file=log_file, stream=quiet, notices=True
+            )
             record_run(loaded.path, "simulate")  # `botsky scores` shows this run
             if previous is not None:
                 moved.append(previous)
@@ -157,7 +162,7 @@ def simulate_cmd(
 
         async def hold(app: App, result: SimResult) -> None:
             progress.stop()
-            _print_result(console, result, seed, export)
+            _print_result(console, result, seed, export, st.audience.mode)
             url = app.web_server.url if app.web_server is not None else "(web app not running)"
             # A line of its own, flushed: scripts and tests wait for it.
             print(f"leaderboard page: {url}  (Ctrl-C to stop)", flush=True)
@@ -202,10 +207,10 @@ def simulate_cmd(
             sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
         finally:
             # Off the soon-closed null stream; the tables below are not logs.
-            configure_logging(level=st.logging.level, fmt="json", stream=sys.stderr)
+            configure_logging(level=st.logging.level, fmt="json", stream=sys.stderr, notices=False)
 
     if not serve:  # with --serve the results were printed before serving
-        _print_result(console, result, seed, export)
+        _print_result(console, result, seed, export, st.audience.mode)
 
 
 _LEGEND = (
@@ -269,9 +274,13 @@ def _truth_table(result: SimResult, by: str) -> Table:
     return table
 
 
-def _print_result(console: Console, result: SimResult, seed: int, export: Path | None) -> None:
-    """The leaderboards, the estimates beside the world's truth, and where the files are."""
+def _print_result(
+    console: Console, result: SimResult, seed: int, export: Path | None, audience_mode: str
+) -> None:
+    """The leaderboards, the estimates beside the world's truth, why posts went unanswered,
+    and where the files are."""
     from botsky.scoring import render_table
+    from botsky.summary import unanswered_lines
 
     world = result.world
     hours = world.config.outcome_window_s / 3600
@@ -296,6 +305,9 @@ def _print_result(console: Console, result: SimResult, seed: int, export: Path |
     for name, text in _LEGEND:
         legend.add_row(name, text)
     console.print(legend)
+    # Why posts went unanswered, with a hint each (botsky.summary; `botsky run` prints the same).
+    for line in unanswered_lines(result.summary.as_dict(), audience_mode=audience_mode):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"truth:  {result.truth_path}")
     console.print(f"ledger: {result.ledger_path}")
     console.print(f"log:    {result.log_path}")

@@ -348,7 +348,12 @@ async def simulate(
             assert ledger_path is not None
             restore_ledger(checkpoint, ledger_path)
         app = await build_app(
-            loaded, secrets, source=tee or world, poster=world, http_client=http_client
+            loaded,
+            secrets,
+            source=tee or world,
+            poster=world,
+            http_client=http_client,
+            models=models,
         )
     except BaseException:
         aside.restore()
@@ -359,8 +364,6 @@ async def simulate(
             if app.dispatcher is not None:
                 army = app.dispatcher.army
                 world.bot_dids = set(army.dids)
-                if models:
-                    army.replace_models(models)
                 # The noisy_oracle picker's truth hook: only the world has one.
                 app.dispatcher.recommender.truth = world.fits
                 arms = [Arm(b.name, b.model_name, b.persona[:200], b.picker) for b in army.bots]

@@ -355,25 +355,36 @@ class LocalPds:
         jwt: str = "",
         bypass: bool = True,
         base_url: str = "",
+        post: bool = False,
     ) -> httpx.Response:
         """Call an XRPC method (GET without ``body``, else POST) and return the raw response.
 
         ``bypass`` sends the rate-limit bypass key (the harness's own calls do not count);
-        ``base_url`` sends it elsewhere (a fault proxy) instead of to the PDS.
+        ``base_url`` sends it elsewhere (a fault proxy) instead of to the PDS; ``post``: a POST
+        without a body, for procedures that take none (activateAccount).
         """
         headers = {"authorization": f"Bearer {jwt}"} if jwt else {}
         if bypass:
             headers["x-ratelimit-bypass"] = self.bypass_key
         url = f"{base_url or self.pds_url}/xrpc/{method}"
-        if body is None:
+        if body is None and not post:
             return httpx.get(url, params=params, headers=headers, timeout=10)
+        if body is None:
+            return httpx.post(url, headers=headers, timeout=10)
         return httpx.post(url, json=body, headers=headers, timeout=10)
 
     def xrpc(
-        self, method: str, *, params: dict[str, Any] | None = None, body: Any = None, jwt: str = ""
+        self,
+        method: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        jwt: str = "",
+        post: bool = False,
     ) -> Any:
-        """Call an XRPC method synchronously (GET without ``body``, else POST)."""
-        resp = self.call(method, params=params, body=body, jwt=jwt)
+        """Call an XRPC method synchronously (GET without ``body``, else POST; ``post``: a
+        POST without a body, for procedures that take none, such as activateAccount)."""
+        resp = self.call(method, params=params, body=body, jwt=jwt, post=post)
         if resp.status_code != 200:
             raise RuntimeError(f"{method}: {resp.status_code} {resp.text}")
         return resp.json() if resp.content else None
