@@ -213,13 +213,26 @@ class PostingConfig(_Strict):
     # dry_run keeps what it would post here (relative to data_dir); replicas may share it.
     dry_run_file: Path = Path("dry_run_posts.jsonl")
     pds_url: str = "https://bsky.social"  # the bots' PDS (entryway); a bot may not override yet
-    # The PDS write budget (points; a create costs 3) and the share of it botsky may use.
+    # The PDS write budget per account (points; a create costs 3) and the share of it botsky
+    # may use (all replicas together).
     points_per_hour: int = Field(default=5000, gt=0)
     points_per_day: int = Field(default=35_000, gt=0)
     budget_headroom: float = Field(default=0.8, gt=0, le=1)
     posts_per_minute: float = Field(default=10.0, gt=0)  # across all bots
-    # How long a reply may wait for the write budget before it is skipped as rate limited.
+    # How long a reply may wait for the write budget before it is refused (its claim fails
+    # with the reason budget_spent, rate_limited or posts_per_minute). The budget's spends and
+    # any 429 block live in the ledger: restarts and replicas share them.
     max_wait_s: float = Field(default=30.0, ge=0)
+    # Every call to the PDS gives up after this many seconds. A create that times out, gets a
+    # 5xx or loses its connection has an unknown outcome: its claim waits as 'retry' and is
+    # settled later (looked up by its record key, posted again under it if absent).
+    timeout_s: float = Field(default=10.0, gt=0)
+    # Settling such a reply: the first attempt after retry_initial_s, doubling up to
+    # retry_max_s; after retry_attempts no more creates (the claim fails once the PDS says the
+    # reply is not there). Due claims are looked at every retry_initial_s.
+    retry_attempts: int = Field(default=8, ge=1)
+    retry_initial_s: float = Field(default=5.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
     # Stop all posting (not ingestion) while this file exists or this env var is set non-empty.
     kill_switch_file: Path | None = None
     kill_switch_env: str | None = "BOTSKY_KILL_SWITCH"

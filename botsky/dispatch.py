@@ -17,11 +17,25 @@ trace in the ledger; the claim's unique key makes a second reply to the same pos
 across restarts and replicas.
 
 Consent and the kill switch are checked before the model call and again after it, right before
-the claim and right before the post (crash recovery included): a model call takes seconds, and
-an author or a chosen user who opted out meanwhile (blocked a bot, asked to stop, ``#nobot``) is
-neither answered nor mentioned, nor is an account deactivated or taken down meanwhile (an
-``#account`` event). Such a reply is dropped and counted (``author_opted_out``,
+the claim and right before the post (crash recovery and retries included): a model call takes
+seconds, and an author or a chosen user who opted out meanwhile (blocked a bot, asked to stop,
+``#nobot``) is neither answered nor mentioned, nor is an account deactivated or taken down
+meanwhile (an ``#account`` event). Such a reply is dropped and counted (``author_opted_out``,
 ``mention_opted_out``, ``author_inactive``, ``mention_inactive``, ``paused_before_post``).
+
+Unknown is not failed. A create that timed out, got a 5xx or lost its connection may have landed.
+Its claim stays claimed, as ``retry`` with the number of attempts and the time of the next one
+(``RetryPolicy``: exponential backoff), and is settled the way crash recovery settles a claim
+left ``posting``: look the reply up in the bot's repo by its record key, record it if it is there,
+otherwise post it again under the same key (the PDS refuses a second record under one key, so a
+reply is never posted twice; the mention is recorded once, by post). The worker is free at once;
+``settle_due``, run by the runtime's settle loop, takes due claims one at a time (a compare and
+set in the ledger, so two replicas never settle the same one). Only a definite refusal (a 4xx
+that means no) fails a claim at once; a reply refused before anything was sent for it (write
+budget spent, account blocked by a 429, kill switch) fails with that reason. After
+``RetryPolicy.attempts`` unknown outcomes no more creates are sent: the claim fails
+(``gave_up``) as soon as the PDS says the reply is not there, and is looked up every
+``max_s`` until it can say.
 """
 
 from __future__ import annotations
@@ -39,19 +53,26 @@ import structlog
 
 from botsky.army import Army
 from botsky.compose import Offered, compose
-from botsky.errors import DraftRejected, FatalError, RetryableError, SkipError
+from botsky.errors import (
+    DraftRejected,
+    FatalError,
+    PostError,
+    PostRateLimited,
+    RetryableError,
+    SkipError,
+)
 from botsky.events import Event, PostRef, uri_authority
 from botsky.health import UNAVAILABLE, BotHealth
 from botsky.identity import Identity
-from botsky.ledger.base import Ledger, Mention, mention_log_fields
+from botsky.ledger.base import Claim, Ledger, Mention, mention_log_fields
 from botsky.llm.reply import ReplyRequest, write_reply
 from botsky.outcomes import OutcomeWatcher
-from botsky.posting import Poster, ReplyPost, StrongRef, reply_rkey
+from botsky.posting import Posted, Poster, ReplyPost, StrongRef, reply_rkey
 from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.secretguard import SecretGuard
 
-__all__ = ["ComposeRules", "Dispatcher", "Selector"]
+__all__ = ["ComposeRules", "Dispatcher", "RetryPolicy", "Selector"]
 
 log = structlog.get_logger("botsky.dispatch")
 
@@ -144,6 +165,20 @@ class ComposeRules:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a reply whose outcome is unknown is settled again: the n-th attempt waits
+    ``min(max_s, initial_s · 2^(n-1))``; after ``attempts`` of them no more creates are sent."""
+
+    attempts: int = 8
+    initial_s: float = 5.0
+    max_s: float = 300.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds before the next attempt, after ``attempts`` unknown outcomes (≥ 1)."""
+        return min(self.max_s, self.initial_s * 2 ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True, slots=True)
 class _Job:
     event: Event
     post: PostRef
@@ -176,6 +211,8 @@ class Dispatcher:
         is_active: Callable[[str], bool] = lambda did: True,
         guard: SecretGuard,
         health: BotHealth | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.army = army
         self.health = health or BotHealth()
@@ -196,6 +233,8 @@ class Dispatcher:
         self.poster = poster
         self.outcomes = outcomes
         self.rules = rules
+        self.retry = retry
+        self.clock = clock  # wall-clock seconds: when a retry is due survives restarts
         self.workers = workers
         self.rng = rng or random.Random()
         # Unbounded underneath so the stop markers never wait; ``offer`` enforces the bound.
@@ -430,56 +469,80 @@ class Dispatcher:
         self, only: Callable[[str, dict[str, Any] | None], bool] | None = None
     ) -> Counter[str]:
         """Settle claims left ``posting`` by a crash: record the reply if the bot's repo has
-        it, post it (under the same record key) if it does not. Run before reading events.
+        it, post it (under the same record key) if it does not, or leave it to a retry when
+        the PDS cannot tell. Run before reading events.
 
         ``only(post_uri, intent)`` limits it to some claims (with replicas: those of dead
         replicas in partitions this one owns, so no two replicas settle the same claim).
         """
         done: Counter[str] = Counter()
-        for post_uri, owner, intent in await self.ledger.pending_claims():
-            if only is not None and not only(post_uri, intent):
-                continue
-            if intent is None:
-                await self.ledger.finish_claim(post_uri, "failed")
-                done["no_intent"] += 1
-                continue
-            r, m = intent["reply"], intent["mention"]
-            reply = ReplyPost(
-                **{**r, "root": StrongRef(**r["root"]), "parent": StrongRef(**r["parent"])}
-            )
-            try:
-                outcome = await self._settle(reply, Mention(**m), find_first=True)
-            except (SkipError, RetryableError) as exc:
-                # The PDS cannot tell now whether the reply landed: the claim stays 'posting'
-                # and is settled on the next start (or takeover).
-                outcome = "unsettled"
-                log.warning("claim_unsettled", post=post_uri, bot=owner, error=str(exc))
-            done[outcome] += 1
-            log.info("claim_recovered", post=post_uri, bot=owner, outcome=outcome)
+        for claim in await self.ledger.claims("posting"):
+            if only is None or only(claim.post_uri, claim.intent):
+                done[await self._settle_claim(claim, claim.intent)] += 1
         return done
 
-    async def _settle(self, reply: ReplyPost, mention: Mention, *, find_first: bool) -> str:
-        """Post (or, after a crash, find) the reply, then record the mention."""
-        posted = None
-        if find_first:
-            posted = await self.poster.lookup(reply.bot_did, reply.rkey, reply.parent.uri)
-        if posted is None:
-            # Last look before the post (and, in recovery, before posting a reply composed
-            # before the crash): an opt-out or the kill switch since then drops the reply.
-            refused = self._refusal(mention.post_author, mention.mentioned_did)
-            if refused is not None:
-                await self.ledger.finish_claim(mention.post_uri, "failed")
-                log.info(
-                    "reply_dropped", bot=reply.bot, reason=refused, mentioned=mention.mentioned_did
-                )
-                return refused
-            try:
-                posted = await self.poster.reply(reply)
-            except (SkipError, RetryableError) as exc:
-                # Refused, or rate limited past the budget's wait: this post is given up.
-                await self.ledger.finish_claim(mention.post_uri, "failed")
-                log.warning("post_failed", bot=reply.bot, error=str(exc))
-                return "post_failed"
+    async def settle_due(
+        self, only: Callable[[str, dict[str, Any] | None], bool] | None = None, limit: int = 100
+    ) -> Counter[str]:
+        """Settle the ``retry`` claims that are due (the runtime's settle loop calls this).
+
+        Each is taken in the ledger first (a compare and set: a claim another replica took is
+        skipped). After a bot's PDS fails to answer, that bot's other claims wait for the next
+        round rather than each waiting out a timeout now.
+        """
+        done: Counter[str] = Counter()
+        held_back: set[str] = set()
+        for claim in await self.ledger.due_claims(int(self.clock() * 1e6), limit):
+            if claim.owner in held_back or (only and not only(claim.post_uri, claim.intent)):
+                continue
+            intent = await self.ledger.take_claim(claim.post_uri, claim.attempts, self.replica)
+            if intent is None:
+                continue
+            outcome = await self._settle_claim(claim, intent)
+            if outcome == "post_unknown":
+                held_back.add(claim.owner)
+            done[outcome] += 1
+            self.counts[f"settled_{outcome}"] += 1
+        return done
+
+    async def _settle_claim(self, claim: Claim, intent: dict[str, Any] | None) -> str:
+        if intent is None:
+            await self.ledger.finish_claim(claim.post_uri, "failed", "no_intent")
+            return "no_intent"
+        r, m = intent["reply"], intent["mention"]
+        reply = ReplyPost(
+            **{**r, "root": StrongRef(**r["root"]), "parent": StrongRef(**r["parent"])}
+        )
+        outcome = await self._settle(reply, Mention(**m), find_first=True, attempts=claim.attempts)
+        log.info("claim_settled", post=claim.post_uri, bot=claim.owner, outcome=outcome)
+        return outcome
+
+    async def _settle(
+        self, reply: ReplyPost, mention: Mention, *, find_first: bool, attempts: int = 0
+    ) -> str:
+        """Post (or, when an earlier create may have landed, first find) the reply, then
+        record the mention; or fail the claim with its reason; or leave it to a retry.
+
+        ``find_first`` is set when a create may have been sent before (a crash, an unknown
+        outcome); ``attempts`` is how many settle attempts ended unknown so far.
+        """
+        uri = mention.post_uri
+        try:
+            posted = await self._find_or_post(
+                reply, mention, find_first=find_first, attempts=attempts
+            )
+        except PostError as exc:  # a definite refusal
+            return await self._fail(reply, mention, exc.reason, exc, outcome="post_failed")
+        except PostRateLimited as exc:
+            if find_first or attempts:
+                # An earlier create may have landed: settle later, never fail it unseen.
+                return await self._retry_later(uri, attempts + 1, exc, exc.retry_after or 0.0)
+            # Nothing was ever sent for this reply: refused (budget, 429 block, kill switch).
+            return await self._fail(reply, mention, exc.reason, exc, outcome=exc.reason)
+        except RetryableError as exc:  # PostOutcomeUnknown: of a create or of a lookup
+            return await self._retry_later(uri, attempts + 1, exc, 0.0)
+        if isinstance(posted, str):
+            return await self._fail(reply, mention, posted, None, outcome=posted)
         mention.reply_uri, mention.reply_cid = posted.uri, posted.cid
         await self.ledger.record_mention(mention)
         self.outcomes.track(mention)
@@ -487,6 +550,55 @@ class Dispatcher:
         self.on_reply(mention.post_author, mention.mentioned_did, mention.created_us)
         _log_posted(mention)
         return "posted"
+
+    async def _find_or_post(
+        self, reply: ReplyPost, mention: Mention, *, find_first: bool, attempts: int
+    ) -> Posted | str:
+        """Where the reply is (found, or posted now), or why it is not posted."""
+        if find_first:
+            found = await self.poster.lookup(reply.bot_did, reply.rkey, reply.parent.uri)
+            if found is not None:
+                return found
+        if attempts >= self.retry.attempts:
+            return "gave_up"  # the PDS says it is not there, after the last attempt
+        # Last look before the post (and, in recovery or a retry, before posting a reply
+        # composed a while ago): an opt-out or the kill switch since then drops it.
+        refused = self._refusal(mention.post_author, mention.mentioned_did)
+        if refused is not None:
+            return refused
+        return await self.poster.reply(reply)
+
+    async def _fail(
+        self,
+        reply: ReplyPost,
+        mention: Mention,
+        reason: str,
+        error: Exception | None,
+        *,
+        outcome: str,
+    ) -> str:
+        """Close the claim as failed, with why; returns ``outcome``."""
+        await self.ledger.finish_claim(mention.post_uri, "failed", reason)
+        fields = {"bot": reply.bot, "reason": reason, "mentioned": mention.mentioned_did}
+        if error is None:
+            log.info("reply_dropped", **fields)
+        else:
+            log.warning("post_failed", error=str(error), **fields)
+        return outcome
+
+    async def _retry_later(
+        self, post_uri: str, attempts: int, error: Exception, at_least_s: float
+    ) -> str:
+        """Park the claim as ``retry``: its outcome is unknown (or it waits for a block)."""
+        delay = max(self.retry.delay(attempts), at_least_s)
+        reason = f"{type(error).__name__}: {error}"[:300]
+        due_us = int((self.clock() + delay) * 1e6)
+        if not await self.ledger.retry_claim(post_uri, attempts, due_us, reason):
+            log.warning("claim_not_posting", post=post_uri)  # another process settled it
+        log.warning(
+            "post_unsettled", post=post_uri, attempts=attempts, retry_in_s=delay, error=reason
+        )
+        return "post_unknown"
 
     def _refusal(self, author: str, mentioned: str) -> str | None:
         """Why a reply may no longer be posted, or None."""

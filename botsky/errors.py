@@ -11,13 +11,20 @@ process does about it, and the handlers catch branches, not leaves::
     │   ├── ModelError         a model call that failed for good (dispatch: model_error)
     │   │   └── ModelAccessError  the vendor refused the key (401/403) or the account has no
     │   │                           quota (dispatch: model_access_denied; pauses the bot)
-    │   └── PostError          the PDS refused the reply (dispatch: claim failed, post_failed)
+    │   └── PostError          the PDS refused the reply: a 4xx that means no (invalid record,
+    │                            parent gone, account taken down); dispatch: claim failed with
+    │                            the error as its reason, post_failed
     ├── RetryableError         retried with backoff where it is raised; past the bound the item
     │   │                        is skipped and counted like a SkipError
     │   ├── ModelUnavailable   429/5xx/timeout after the client's retries (model_unavailable);
     │   │                        consecutive ones pause the bot (botsky.health)
-    │   ├── PostRateLimited    the write budget stayed spent past max_wait_s, or a 429
-    │   │                        (dispatch: claim failed, post_failed)
+    │   ├── PostRateLimited    nothing was sent: the write budget stayed spent past max_wait_s,
+    │   │                        the account is blocked after a 429, or a 429 now (dispatch: a
+    │   │                        new reply is refused, its claim failed with ``reason``; a reply
+    │   │                        whose earlier create may have landed is retried later)
+    │   ├── PostOutcomeUnknown a create timed out, got a 5xx or a network error, or the PDS
+    │   │                        cannot say whether a reply is there: dispatch keeps the claim
+    │   │                        (status ``retry``) and settles it later, like crash recovery
     │   └── LedgerUnavailable  the database is unreachable or locked: RetryingLedger pauses
     │                            the caller and retries until ledger.retry_deadline_s, then
     │                            raises LedgerError (a ledger that stays away stops the process)
@@ -54,6 +61,7 @@ __all__ = [
     "ModelError",
     "ModelUnavailable",
     "PostError",
+    "PostOutcomeUnknown",
     "PostRateLimited",
     "RetryableError",
     "SkipError",
@@ -100,9 +108,14 @@ class ModelAccessError(ModelError):
 
 
 class PostError(SkipError):
-    """Posting a reply failed for good (the parent was deleted, the account is suspended)."""
+    """Posting a reply failed for good (the parent was deleted, the account is suspended).
+    ``reason`` is short and machine-friendly (the XRPC error name where there is one)."""
 
     outcome = "post_failed"
+
+    def __init__(self, message: str = "", reason: str = "refused") -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class RetryableError(BotskyError):
@@ -129,9 +142,24 @@ class LedgerUnavailable(RetryableError):
 
 
 class PostRateLimited(RetryableError):
-    """The PDS answered 429, or the account's local write budget is spent."""
+    """Nothing was sent: the PDS answered 429, the account is blocked until a 429's reset, or
+    its write budget is spent. ``reason`` says which (``budget_spent``, ``rate_limited``,
+    ``paused``): a refused reply's claim records it."""
 
     outcome = "post_failed"
+
+    def __init__(
+        self, message: str = "", retry_after: float | None = None, reason: str = "rate_limited"
+    ) -> None:
+        self.reason = reason
+        super().__init__(message, retry_after)
+
+
+class PostOutcomeUnknown(RetryableError):
+    """A create timed out, got a 5xx or a network error (it may or may not have landed), or a
+    lookup could not tell: settle it later by the record key, never count it as failed."""
+
+    outcome = "post_unknown"
 
 
 class FatalError(BotskyError):

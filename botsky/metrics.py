@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from botsky.errors import ModelUnavailable, PostRateLimited
+from botsky.errors import ModelUnavailable, PostOutcomeUnknown, PostRateLimited
 from botsky.ledger.base import Ledger, Mention, Outcome
 from botsky.llm.base import Checkable, Completion, Model
 from botsky.posting import Posted, Poster, ReplyPost
@@ -67,6 +67,7 @@ METRIC_NAMES: Final = (
     "botsky_posts_total",
     "botsky_post_rate_limited_total",
     "botsky_post_failures_total",
+    "botsky_post_unknown_total",
     # read from the App at scrape time
     "botsky_events_total",
     "botsky_commit_events_total",
@@ -386,6 +387,13 @@ class Metrics:
         self.post_failures = Counter(
             "botsky_post_failures", "Replies that failed otherwise, by bot.", ["bot"], registry=r
         )
+        self.post_unknown = Counter(
+            "botsky_post_unknown",
+            "Creates whose outcome was unknown (timeout, 5xx, lost connection), by bot: their"
+            " claims wait as 'retry' and are settled later.",
+            ["bot"],
+            registry=r,
+        )
         self.cache: ScoreCache | None = None
         self._collector: AppCollector | None = None
 
@@ -481,6 +489,9 @@ class InstrumentedPoster:
             posted = await self.inner.reply(post)
         except PostRateLimited:
             m.post_rate_limited.labels(post.bot).inc()
+            raise
+        except PostOutcomeUnknown:
+            m.post_unknown.labels(post.bot).inc()
             raise
         except asyncio.CancelledError:
             raise

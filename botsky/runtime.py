@@ -3,9 +3,11 @@
 ``App.run`` reads the source, routes each event to its sinks (identity, consent, presence,
 outcomes, the selector), lets the dispatch workers answer queued posts, saves the cursor every
 ``cursor_every`` events and at exit, logs scores every ``score_interval_s`` seconds and at
-shutdown, and returns a summary. Every long-running task (reader, dispatch workers, scorer,
-identity resolution, partition rebalancing) runs in one ``asyncio.TaskGroup``, so none outlives
-the run. The components are built by ``botsky.wiring``; this module never reads ``Settings``.
+shutdown, settles replies whose outcome was unknown every ``settle_interval_s`` (their claims
+wait in the ledger as ``retry``; see ``botsky.dispatch``), and returns a summary. Every
+long-running task (reader, dispatch workers, scorer, settle loop, identity resolution,
+partition rebalancing) runs in one ``asyncio.TaskGroup``, so none outlives the run. The
+components are built by ``botsky.wiring``; this module never reads ``Settings``.
 
 Shutdown: the source ends (a finite source: queued posts are answered unless
 ``drain_on_eof`` is off) or a stop is requested (queued posts are dropped; replies in flight get
@@ -117,6 +119,7 @@ class App:
         partitions: Partitions | None = None,
         handover_buffer: int = 10_000,
         left_out: dict[str, str] | None = None,
+        settle_interval_s: float = 5.0,
         feed: FeedService | None = None,
     ) -> None:
         self.source = source
@@ -130,6 +133,7 @@ class App:
         self.cursor_name = cursor_name
         self.cursor_every = cursor_every
         self.score_interval_s = score_interval_s
+        self.settle_interval_s = settle_interval_s
         self.drain_on_eof = drain_on_eof
         self.lockstep = lockstep
         self.shutdown_deadline_s = shutdown_deadline_s
@@ -208,6 +212,8 @@ class App:
             if self.dispatcher
             else None
         )
+        if self.dispatcher is not None:
+            services.append(tg.create_task(self._guard(self._settle_loop()), name="settle"))
         scorer = tg.create_task(self._guard(self._score_loop()), name="scorer")
         reader = tg.create_task(self._guard(self._read()), name="reader")
         stopper = tg.create_task(stop.wait(), name="stop")
@@ -392,6 +398,12 @@ class App:
             if self._cursor is not None:
                 await self.ledger.save_cursor(self.cursor_name, self._cursor)
             await self.log_scores()
+            if self.dispatcher is not None:
+                # Replies whose outcome is still unknown wait in the ledger for the next start
+                # (or another replica): the summary says how many, never "answered".
+                waiting = len(await self.ledger.claims("retry"))
+                if waiting:
+                    self.summary.dispatch["unsettled"] = waiting
         except Exception as exc:
             # The ledger may be what stopped the run (a full disk): the summary is still
             # logged and the source closed; the run raises the first error.
@@ -417,6 +429,25 @@ class App:
                 log.warning("scoring_skipped", outcome=exc.outcome, error=str(exc))
             except Exception:
                 log.exception("scoring_failed")  # a bug: this round only, the next one runs
+
+    async def _settle_loop(self) -> None:
+        """Settle the due ``retry`` claims of the partitions this replica owns, every
+        ``settle_interval_s``; a round that fails is logged and the next one runs."""
+        assert self.dispatcher is not None
+        while True:
+            await asyncio.sleep(self.settle_interval_s)
+            try:
+                done = await self.dispatcher.settle_due(lambda uri, _: self.partitions.owns(uri))
+            except FatalError:
+                raise
+            except (SkipError, RetryableError) as exc:
+                log.warning("settle_skipped", outcome=exc.outcome, error=str(exc))
+                continue
+            except Exception:
+                log.exception("settle_failed")  # a bug: this round only, the next one runs
+                continue
+            if done:
+                log.info("claims_settled", **done)
 
     async def log_scores(self) -> None:
         """One ``recommender_score`` line per model."""

@@ -22,7 +22,19 @@ __all__ = ["HINTS", "Unanswered", "bot_notes", "unanswered_lines", "why_unanswer
 
 # Outcomes that are not reasons for an unanswered post: the work went on, or the post is one
 # nobody expects answered (the bots' own replies).
-_NOT_REASONS = frozenset({"queued", "posted", "by_bot", "not_a_new_post"})
+# A create whose outcome was unknown is not a final reason: its claim is settled later (the
+# settle loop's settled_* counts), and what is still waiting at the end is ``unsettled``.
+_NOT_REASONS = frozenset(
+    {
+        "queued",
+        "posted",
+        "by_bot",
+        "not_a_new_post",
+        "post_unknown",
+        "settled_posted",
+        "settled_post_unknown",
+    }
+)
 
 # reason → hint. "{audience}" is filled with the audience mode's own hint.
 HINTS: dict[str, str] = {
@@ -60,7 +72,29 @@ HINTS: dict[str, str] = {
     ),
     "model_access_denied": "the vendor refused the API key, or the account has no quota left",
     "model_error": "the model call failed for good (a bad request, a refusal, a broken answer)",
-    "post_failed": "the PDS refused the reply or the write budget was spent (post_failed lines)",
+    "post_failed": (
+        "the PDS refused the reply (a 4xx such as InvalidRequest for a deleted parent): the "
+        "claim records the error (post_failed lines)"
+    ),
+    # posting: limits, and creates whose outcome was unknown
+    "budget_spent": (
+        "the bot account's write budget (posting.points_per_hour / points_per_day x "
+        "budget_headroom, shared by restarts and replicas) stayed spent past posting.max_wait_s"
+    ),
+    "posts_per_minute": "posting.posts_per_minute (all bots) stayed reached past max_wait_s",
+    "rate_limited": (
+        "the PDS answered 429 for this account: no write before its ratelimit-reset "
+        "(pds_rate_limited lines)"
+    ),
+    "unsettled": (
+        "replies whose create had an unknown outcome (timeout, 5xx, lost connection) and that "
+        "are not settled yet: their claims wait in the ledger and are settled after the "
+        "restart, found in the repo or posted under the same record key (post_unsettled lines)"
+    ),
+    "gave_up": (
+        "posting.retry_attempts creates had an unknown outcome, then the PDS said the reply is "
+        "not there"
+    ),
     # consent asked again right before the post (a model call takes seconds)
     "author_opted_out": "the author opted out while the model was writing: the reply was dropped",
     "mention_opted_out": (
@@ -98,6 +132,9 @@ class Unanswered:
 
 
 def _hint(reason: str, audience_mode: str) -> str:
+    if reason.startswith("settled_"):
+        # What became of a reply whose create had an unknown outcome, when it was settled.
+        return "settled later: " + _hint(reason.removeprefix("settled_"), audience_mode)
     if reason.startswith("rejected_"):
         return _REJECTED.format(rule=reason.removeprefix("rejected_"))
     template = HINTS.get(reason)

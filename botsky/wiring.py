@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from botsky.army import Army, Bot
 from botsky.configload import LoadedConfig, Secrets
-from botsky.dispatch import ComposeRules, Dispatcher, Selector
+from botsky.dispatch import ComposeRules, Dispatcher, RetryPolicy, Selector
 from botsky.errors import ConfigError, ModelAccessError
 from botsky.health import BotHealth, check_models, fix_hint
 from botsky.identity import Identity, MemoryIdentity, ResolvingIdentity
@@ -253,8 +253,8 @@ async def build_app(
             headroom=st.posting.budget_headroom,
             posts_per_minute=st.posting.posts_per_minute,
             max_wait_s=st.posting.max_wait_s,
-            # Replicas share the bot accounts: each uses its share of their write budgets.
-            share=lambda: 1.0 / max(1, len(partitions.alive())),
+            # Spends and 429 blocks live in the ledger: restarts and replicas share one budget.
+            store=ledger,
         )
         poster = await open_live_poster(
             pds_url=st.posting.pds_url,
@@ -262,6 +262,7 @@ async def build_app(
             data_dir=st.data_dir,
             budget=budget,
             paused=kill_switch,
+            timeout_s=st.posting.timeout_s,
         )
         # Live bots are who their PDS says they are: the DID comes from the login.
         bots = [dataclasses.replace(b, did=poster.did_of(b.name)) for b in bots]
@@ -352,6 +353,11 @@ async def build_app(
             opted_out=policy.has_opted_out,
             is_active=policy.is_active,
             guard=secret_guard(loaded, secrets),
+            retry=RetryPolicy(
+                attempts=st.posting.retry_attempts,
+                initial_s=st.posting.retry_initial_s,
+                max_s=st.posting.retry_max_s,
+            ),
             health=BotHealth(
                 failures=st.models.pause_after_failures,
                 pause_s=st.models.pause_s,
@@ -401,5 +407,6 @@ async def build_app(
         partitions=partitions,
         handover_buffer=st.scale.handover_buffer,
         left_out=left_out,
+        settle_interval_s=st.posting.retry_initial_s,
         feed=feed,
     )

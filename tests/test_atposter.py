@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -17,7 +18,8 @@ from pydantic import SecretStr
 
 from botsky.accounts import accounts, add_bot_label, check_sessions, label_bots
 from botsky.config import AccountConfig
-from botsky.errors import PostError, PostRateLimited
+from botsky.errors import PostError, PostOutcomeUnknown, PostRateLimited
+from botsky.ledger.sqlite import SqliteLedger
 from botsky.posting import (
     AtprotoPoster,
     BotSession,
@@ -32,11 +34,13 @@ from botsky.testing import FakeClock
 from tests.pds.harness import LocalPds, TestAccount
 from tests.support import unique_name
 
+WALL = 1_800_000_000.0  # a realistic wall-clock time, in seconds
+
 
 def _budget(clock: FakeClock, **kw: Any) -> WriteBudget:
     opts: dict[str, Any] = {"posts_per_minute": 1000.0, "max_wait_s": 5.0}
     opts.update(kw)
-    return WriteBudget(clock=clock, wall=lambda: 1_800_000_000.0, sleep=clock.sleep, **opts)
+    return WriteBudget(clock=clock, sleep=clock.sleep, **opts)
 
 
 async def _spend(budget: WriteBudget, account: str, n: int) -> None:
@@ -50,35 +54,21 @@ async def _spend(budget: WriteBudget, account: str, n: int) -> None:
 
 async def test_hour_budget_with_headroom_raises_past_the_cap() -> None:
     """30 points/h at 80% headroom is 24 usable points: 8 creates, the 9th raises."""
-    clock = FakeClock()
+    clock = FakeClock(WALL)
     budget = _budget(clock, points_per_hour=30, points_per_day=10_000)
     await _spend(budget, "did:plc:a", 8)
     with pytest.raises(PostRateLimited) as info:
         async with budget.slot("did:plc:a"):
             pytest.fail("the body must not run past the cap")
     assert info.value.retry_after == pytest.approx(3600.0)
-    assert budget.counts["local_limited"] == 1 and budget.remaining("did:plc:a")[0] == 0
-
-
-async def test_replicas_share_an_account_budget() -> None:
-    """With 3 live replicas each uses a third of the budget; when one leaves, half."""
-    clock = FakeClock()
-    replicas = [3]
-    budget = _budget(
-        clock, points_per_hour=90, points_per_day=10_000, share=lambda: 1 / replicas[0]
-    )
-    await _spend(budget, "did:plc:a", 8)  # 90 × 0.8 / 3 = 24 points: 8 creates
-    with pytest.raises(PostRateLimited):
-        async with budget.slot("did:plc:a"):
-            pytest.fail("past this replica's share")
-    replicas[0] = 2  # 36 points now: 4 more creates
-    await _spend(budget, "did:plc:a", 4)
-    assert budget.remaining("did:plc:a")[0] == 0
+    assert info.value.reason == "budget_spent"
+    assert budget.counts["refused_budget_spent"] == 1
+    assert (await budget.remaining("did:plc:a"))[0] == 0
 
 
 async def test_budget_is_per_account_and_frees_up_after_the_window() -> None:
     """Another account has its own budget; an hour later the first has room again."""
-    clock = FakeClock()
+    clock = FakeClock(WALL)
     budget = _budget(clock, points_per_hour=30, points_per_day=10_000)
     await _spend(budget, "did:plc:a", 8)
     await _spend(budget, "did:plc:b", 8)
@@ -88,17 +78,17 @@ async def test_budget_is_per_account_and_frees_up_after_the_window() -> None:
 
 async def test_sliding_window_frees_points_as_old_writes_age_out() -> None:
     """Room comes back write by write, exactly an hour after each was spent."""
-    clock = FakeClock()
+    clock = FakeClock(WALL)
     budget = _budget(clock, points_per_hour=15, points_per_day=10_000, headroom=1.0)
     for _ in range(5):
         await _spend(budget, "did:plc:a", 1)
         clock.now += 600.0
-    assert budget.wait_time("did:plc:a") == pytest.approx(600.0)  # 3600 - 3000 since the first
+    assert await budget.wait_time("did:plc:a") == pytest.approx(600.0)  # 3600 - 3000
 
 
 async def test_day_budget_caps_even_when_the_hour_has_room() -> None:
     """The daily budget binds independently of the hourly one."""
-    clock = FakeClock()
+    clock = FakeClock(WALL)
     budget = _budget(clock, points_per_hour=5000, points_per_day=30, headroom=0.5)
     await _spend(budget, "did:plc:a", 5)
     with pytest.raises(PostRateLimited) as info:
@@ -108,7 +98,7 @@ async def test_day_budget_caps_even_when_the_hour_has_room() -> None:
 
 async def test_global_posts_per_minute_waits_within_max_wait() -> None:
     """Over the per-minute cap across accounts, a post waits (on the clock) instead of failing."""
-    clock = FakeClock()
+    clock = FakeClock(WALL)
     budget = _budget(clock, posts_per_minute=2.0, max_wait_s=60.0)
     await _spend(budget, "did:plc:a", 1)
     await _spend(budget, "did:plc:b", 1)
@@ -118,30 +108,84 @@ async def test_global_posts_per_minute_waits_within_max_wait() -> None:
 
 async def test_global_cap_below_one_per_minute_and_wait_past_max_raises() -> None:
     """0.5 posts/min is one post per 120 s; waiting longer than max_wait_s raises."""
-    clock = FakeClock()
+    clock = FakeClock(WALL)
     budget = _budget(clock, posts_per_minute=0.5, max_wait_s=30.0)
     await _spend(budget, "did:plc:a", 1)
     with pytest.raises(PostRateLimited) as info:
         await _spend(budget, "did:plc:b", 1)
     assert info.value.retry_after == pytest.approx(120.0)
+    assert info.value.reason == "posts_per_minute"
 
 
 async def test_server_429_blocks_only_that_account_until_reset() -> None:
-    """A 429's ratelimit-reset (epoch seconds) blocks the account on the monotonic clock."""
-    clock = FakeClock()
+    """A 429's ratelimit-reset (epoch seconds) blocks the account until then."""
+    clock = FakeClock(WALL)
     budget = _budget(clock)
-    assert budget.server_limited("did:plc:a", 1_800_000_000.0 + 90) == pytest.approx(90.0)
-    assert budget.wait_time("did:plc:a") == pytest.approx(90.0)
-    assert budget.wait_time("did:plc:b") == 0
+    assert await budget.server_limited("did:plc:a", WALL + 90) == pytest.approx(90.0)
+    assert await budget.wait_time("did:plc:a") == pytest.approx(90.0)
+    assert await budget.wait_time("did:plc:b") == 0
+    with pytest.raises(PostRateLimited) as info:
+        await _spend(budget, "did:plc:a", 1)
+    assert info.value.reason == "rate_limited"
     clock.now += 90.0
-    assert budget.wait_time("did:plc:a") == 0
+    assert await budget.wait_time("did:plc:a") == 0
     assert budget.counts["server_limited"] == 1
 
 
 async def test_a_cost_above_the_whole_budget_never_fits() -> None:
     """A cost larger than the usable budget is refused at once with an infinite wait."""
-    budget = _budget(FakeClock(), points_per_hour=2)
-    assert math.isinf(budget.wait_time("did:plc:a", cost=3))
+    budget = _budget(FakeClock(WALL), points_per_hour=2)
+    assert math.isinf(await budget.wait_time("did:plc:a", cost=3))
+
+
+async def test_the_budget_and_blocks_survive_a_restart_in_the_ledger(tmp_path: Path) -> None:
+    """Spends and a 429's block are in the ledger: a budget built after a restart (a new
+    process, a new ledger connection) has no more room than the first left, and still waits
+    for the reset."""
+    clock = FakeClock(WALL)
+    led = SqliteLedger(tmp_path / "ledger.sqlite3")
+    await led.open()
+    first = _budget(clock, points_per_hour=30, headroom=1.0, store=led)
+    await _spend(first, "did:plc:a", 6)
+    await first.server_limited("did:plc:b", WALL + 600, "429 createRecord")
+    await led.close()
+
+    clock.now += 60.0
+    led = SqliteLedger(tmp_path / "ledger.sqlite3")
+    await led.open()
+    try:
+        again = _budget(clock, points_per_hour=30, headroom=1.0, store=led)
+        await _spend(again, "did:plc:a", 4)  # 30 points / 3 = 10 creates in the hour
+        with pytest.raises(PostRateLimited) as info:
+            await _spend(again, "did:plc:a", 1)
+        assert info.value.retry_after == pytest.approx(3600.0 - 60.0)
+        assert await again.wait_time("did:plc:b") == pytest.approx(540.0)
+    finally:
+        await led.close()
+
+
+async def test_replicas_draw_on_one_budget(tmp_path: Path) -> None:
+    """Three processes (three ledger connections, three budgets) spending on one account at
+    once spend exactly the budget together, not a guessed share each."""
+    clock = FakeClock(WALL)
+    ledgers = [SqliteLedger(tmp_path / "ledger.sqlite3") for _ in range(3)]
+    for led in ledgers:
+        await led.open()
+    try:
+        budgets = [_budget(clock, points_per_hour=60, headroom=1.0, store=led) for led in ledgers]
+
+        async def take(budget: WriteBudget) -> bool:
+            try:
+                await _spend(budget, "did:plc:a", 1)
+            except PostRateLimited:
+                return False
+            return True
+
+        got = await asyncio.gather(*(take(b) for _ in range(12) for b in budgets))
+        assert got.count(True) == 20
+    finally:
+        for led in ledgers:
+            await led.close()
 
 
 # -- error translation, with the PDS's real JSON shapes on a mock transport -------------------
@@ -157,10 +201,34 @@ def _jwt(scope: str, sub: str = DID) -> str:
     return f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64(claims)}.c2ln"
 
 
-def _pds_mock(create_record: tuple[int, dict[str, str], dict[str, Any]]) -> httpx.MockTransport:
+Answer = tuple[int, dict[str, str], dict[str, Any]] | Exception
+"""What the mock PDS does for a call: (status, headers, JSON body), or an httpx error raised."""
+
+RECORD_NOT_FOUND: Answer = (400, {}, {"error": "RecordNotFound", "message": "not found"})
+
+
+def _pds_mock(
+    create_record: Answer,
+    *,
+    get_record: Answer = RECORD_NOT_FOUND,
+    create_session: Answer | None = None,
+    calls: list[str] | None = None,
+) -> httpx.MockTransport:
+    """A PDS speaking the real JSON shapes; ``calls`` collects the XRPC methods it was sent."""
+
+    def answer(request: httpx.Request, what: Answer) -> httpx.Response:
+        if isinstance(what, Exception):
+            raise what
+        status, headers, body = what
+        return httpx.Response(status, headers=headers, json=body)
+
     def handler(request: httpx.Request) -> httpx.Response:
         method = request.url.path.removeprefix("/xrpc/")
+        if calls is not None:
+            calls.append(method)
         if method == "com.atproto.server.createSession":
+            if create_session is not None:
+                return answer(request, create_session)
             return httpx.Response(
                 200,
                 json={
@@ -172,74 +240,216 @@ def _pds_mock(create_record: tuple[int, dict[str, str], dict[str, Any]]) -> http
                 },
             )
         if method == "com.atproto.repo.createRecord":
-            status, headers, body = create_record
-            return httpx.Response(status, headers=headers, json=body)
+            return answer(request, create_record)
+        if method == "com.atproto.repo.getRecord":
+            return answer(request, get_record)
         return httpx.Response(404, json={"error": "MethodNotImplemented"})
 
     return httpx.MockTransport(handler)
 
 
-def _reply(bot: str = "mock", bot_did: str = DID) -> ReplyPost:
-    parent = StrongRef("at://did:plc:u/app.bsky.feed.post/3abc", "bafyparent")
+PARENT = StrongRef("at://did:plc:u/app.bsky.feed.post/3abc", "bafyparent")
+
+
+def _reply(bot: str = "mock", bot_did: str = DID, rkey: str = "3mptbyplj5d2a") -> ReplyPost:
     return ReplyPost(
         bot=bot,
         bot_did=bot_did,
         text="hi",
         facets=[],
         langs=["en"],
-        root=parent,
-        parent=parent,
+        root=PARENT,
+        parent=PARENT,
         created_at="2026-07-04T12:00:00.000Z",
+        rkey=rkey,
     )
 
 
 async def _mock_poster(
-    tmp_path: Path, answer: tuple[int, dict[str, str], dict[str, Any]], **kw: Any
+    tmp_path: Path,
+    answer: Answer,
+    *,
+    get_record: Answer = RECORD_NOT_FOUND,
+    create_session: Answer | None = None,
+    calls: list[str] | None = None,
+    **kw: Any,
 ) -> AtprotoPoster:
     return await open_live_poster(
         pds_url="http://pds.invalid",
         accounts=[("mock", AccountConfig(handle="mockbot.test"), SecretStr("pw"))],
         data_dir=tmp_path,
-        transport=_pds_mock(answer),
+        transport=_pds_mock(
+            answer, get_record=get_record, create_session=create_session, calls=calls
+        ),
         **kw,
     )
 
 
-async def test_server_429_raises_rate_limited_with_reset() -> None:
-    """A 429 becomes PostRateLimited with retry_after from ratelimit-reset; the account waits."""
-    import tempfile
+def _limited(reset: int) -> Answer:
+    """The PDS's real 429 for a write over the hour's points."""
+    headers = {
+        "ratelimit-limit": "5000",
+        "ratelimit-remaining": "0",
+        "ratelimit-reset": str(reset),
+        "ratelimit-policy": "5000;w=3600",
+        "retry-after": str(reset - int(time.time())),
+    }
+    return (429, headers, {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"})
 
+
+async def test_a_server_429_is_recorded_and_honoured_after_a_restart(tmp_path: Path) -> None:
+    """A write 429 becomes PostRateLimited (retry_after from ratelimit-reset) and a block in the
+    ledger: after a restart (new poster, new budget, same ledger) nothing is sent for that
+    account until the reset; after it, the create goes out again."""
     reset = int(time.time()) + 120
-    with tempfile.TemporaryDirectory() as d:
-        poster = await _mock_poster(
-            Path(d),
-            (429, {"ratelimit-reset": str(reset)}, {"error": "RateLimitExceeded", "message": "x"}),
-        )
+    clock = FakeClock(time.time())
+    led = SqliteLedger(tmp_path / "ledger.sqlite3")
+    await led.open()
+    try:
+        first = await _mock_poster(tmp_path, _limited(reset), budget=_budget(clock, store=led))
         try:
             with pytest.raises(PostRateLimited) as info:
-                await poster.reply(_reply())
+                await first.reply(_reply())
             assert info.value.retry_after == pytest.approx(120, abs=3)
-            with pytest.raises(PostRateLimited):  # blocked locally now, nothing is sent
-                await poster.reply(_reply())
-            assert poster.counts["rate_limited"] == 1
-            assert poster.budget.counts["server_limited"] == 1
+            assert info.value.reason == "rate_limited"
+            assert first.counts["rate_limited"] == 1
         finally:
-            await poster.aclose()
+            await first.aclose()
+        until_us, why = (await led.account_blocks())[DID]
+        assert until_us == reset * 1_000_000 and why == "429 createRecord 5000;w=3600"
+
+        calls: list[str] = []
+        ok: Answer = (200, {}, {"uri": f"at://{DID}/app.bsky.feed.post/3x", "cid": "bafy"})
+        again = await _mock_poster(tmp_path, ok, calls=calls, budget=_budget(clock, store=led))
+        try:
+            with pytest.raises(PostRateLimited):
+                await again.reply(_reply())
+            assert "com.atproto.repo.createRecord" not in calls
+            clock.now = reset + 1.0
+            assert (await again.reply(_reply())).cid == "bafy"
+            assert calls.count("com.atproto.repo.createRecord") == 1
+        finally:
+            await again.aclose()
+    finally:
+        await led.close()
 
 
 @pytest.mark.parametrize(
-    ("status", "error"),
-    [(400, "InvalidRequest"), (400, "InvalidSwap"), (500, "InternalServerError"), (502, "")],
+    ("answer", "refused"),
+    [
+        ((400, {}, {"error": "InvalidRequest", "message": "parent deleted"}), "InvalidRequest"),
+        ((400, {}, {"error": "InvalidSwap", "message": "nope"}), "InvalidSwap"),
+        ((401, {}, {"error": "AccountTakedown", "message": "gone"}), "AccountTakedown"),
+        ((413, {}, {"error": "PayloadTooLarge", "message": "big"}), "PayloadTooLarge"),
+        ((500, {}, {"error": "InternalServerError", "message": "x"}), None),
+        ((502, {}, {"error": "", "message": "bad gateway"}), None),
+        ((503, {}, {"error": "", "message": "unavailable"}), None),
+        ((504, {}, {"error": "", "message": "gateway timeout"}), None),
+        (httpx.ConnectError("connection refused"), None),
+        (httpx.ReadTimeout("timed out"), None),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), None),
+    ],
+    ids=[
+        "invalid",
+        "swap",
+        "takedown",
+        "too-large",
+        "500",
+        "502",
+        "503",
+        "504",
+        "refused",
+        "timeout",
+        "cut",
+    ],
 )
-async def test_other_xrpc_errors_become_post_error(tmp_path: Path, status: int, error: str) -> None:
-    """A parent that is gone, a bad swap or a server failure is PostError (give up)."""
-    poster = await _mock_poster(tmp_path, (status, {}, {"error": error, "message": "nope"}))
+async def test_refusals_fail_and_unknown_outcomes_do_not(
+    tmp_path: Path, answer: Answer, refused: str | None
+) -> None:
+    """A 4xx that means no is PostError with the error's name as its reason; a 5xx, a timeout
+    or a cut or refused connection is PostOutcomeUnknown (the reply may have landed), once the
+    repo was looked up under the record key and did not have it."""
+    calls: list[str] = []
+    poster = await _mock_poster(tmp_path, answer, calls=calls)
     try:
-        with pytest.raises(PostError):
-            await poster.reply(_reply())
-        assert poster.counts["failed"] == 1
+        if refused is not None:
+            with pytest.raises(PostError) as info:
+                await poster.reply(_reply())
+            assert info.value.reason == refused and poster.counts["refused"] == 1
+        else:
+            with pytest.raises(PostOutcomeUnknown):
+                await poster.reply(_reply())
+            assert poster.counts["unknown"] == 1
+        assert calls[-1] == "com.atproto.repo.getRecord"
     finally:
         await poster.aclose()
+
+
+async def test_a_lookup_the_pds_cannot_answer_is_an_unknown_outcome(tmp_path: Path) -> None:
+    """lookup raises PostOutcomeUnknown when the PDS fails to answer, and None only when it
+    says the record is not there."""
+    cut = httpx.ConnectError("connection refused")
+    poster = await _mock_poster(tmp_path, cut, get_record=cut)
+    try:
+        with pytest.raises(PostOutcomeUnknown):
+            await poster.lookup(DID, "3mptbyplj5d2a", PARENT.uri)
+        with pytest.raises(PostOutcomeUnknown):
+            await poster.reply(_reply())
+    finally:
+        await poster.aclose()
+
+
+async def test_a_create_refused_for_a_taken_key_is_the_reply_already_posted(
+    tmp_path: Path,
+) -> None:
+    """A retry of a create that had landed: the PDS answers 500 for the taken record key, the
+    repo holds the reply to this parent under it, and that is the result (no error)."""
+    uri = f"at://{DID}/app.bsky.feed.post/3mptbyplj5d2a"
+    ref = {"uri": PARENT.uri, "cid": PARENT.cid}
+    stored = {
+        "uri": uri,
+        "cid": "bafystored",
+        "value": {"text": "hi", "reply": {"root": ref, "parent": ref}},
+    }
+    poster = await _mock_poster(
+        tmp_path,
+        (500, {}, {"error": "InternalServerError", "message": "Internal Server Error"}),
+        get_record=(200, {}, stored),
+    )
+    try:
+        posted = await poster.reply(_reply())
+        assert (posted.uri, posted.cid) == (uri, "bafystored")
+        assert poster.counts["already_posted"] == 1
+    finally:
+        await poster.aclose()
+
+
+async def test_a_login_429_is_recorded_and_no_login_is_tried_until_its_reset(
+    tmp_path: Path,
+) -> None:
+    """createSession answered 429 (30 per 5 minutes per identifier): the start fails with
+    PostRateLimited and the block is in the ledger; the next start does not call createSession
+    at all before the reset."""
+    reset = int(time.time()) + 300
+    headers = {
+        "ratelimit-limit": "30",
+        "ratelimit-reset": str(reset),
+        "ratelimit-policy": "30;w=300",
+    }
+    limited: Answer = (429, headers, {"error": "RateLimitExceeded", "message": "Rate Limit"})
+    led = SqliteLedger(tmp_path / "ledger.sqlite3")
+    await led.open()
+    try:
+        ok: Answer = (200, {}, {"uri": "at://x/y/z", "cid": "bafy"})
+        with pytest.raises(PostRateLimited):
+            await _mock_poster(tmp_path, ok, create_session=limited, budget=WriteBudget(store=led))
+        assert (await led.account_blocks())["login:mockbot.test"][0] == reset * 1_000_000
+        calls: list[str] = []
+        with pytest.raises(PostRateLimited, match="will not try again"):
+            await _mock_poster(tmp_path, ok, calls=calls, budget=WriteBudget(store=led))
+        assert calls == []
+    finally:
+        await led.close()
 
 
 async def test_unknown_bot_or_wrong_did_is_refused(tmp_path: Path) -> None:
@@ -260,9 +470,10 @@ async def test_kill_switch_stops_posting_before_anything_is_sent(tmp_path: Path)
         tmp_path, (200, {}, {"uri": "at://x/y/z", "cid": "bafy"}), paused=lambda: True
     )
     try:
-        with pytest.raises(PostRateLimited):
+        with pytest.raises(PostRateLimited) as info:
             await poster.reply(_reply())
-        assert poster.counts["paused"] == 1 and poster.budget.remaining(DID)[0] == 4000
+        assert info.value.reason == "paused" and poster.counts["paused"] == 1
+        assert (await poster.budget.remaining(DID))[0] == 4000
     finally:
         await poster.aclose()
 

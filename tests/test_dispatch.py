@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx2
 import orjson
 import pytest
 
 from botsky.army import Army, Bot
-from botsky.dispatch import ComposeRules, Dispatcher, Selector
-from botsky.errors import LedgerUnavailable, ModelError, ModelUnavailable, PostError
+from botsky.dispatch import ComposeRules, Dispatcher, RetryPolicy, Selector
+from botsky.errors import (
+    LedgerUnavailable,
+    ModelError,
+    ModelUnavailable,
+    PostError,
+    PostOutcomeUnknown,
+    PostRateLimited,
+)
 from botsky.events import Event, PostRef
 from botsky.identity import MemoryIdentity
 from botsky.ledger.base import MENTION_LOG_FIELDS, mention_from_log
@@ -25,6 +35,7 @@ from botsky.presence import Presence
 from botsky.recommend import Recommender
 from botsky.secretguard import SecretGuard
 from botsky.testing import (
+    FakeClock,
     FakeModel,
     RecordingPoster,
     block,
@@ -404,9 +415,10 @@ async def test_a_crash_before_posting_is_completed_by_recovery(world: World) -> 
 async def test_a_claim_the_pds_cannot_settle_yet_waits_for_the_next_recovery(
     world: World,
 ) -> None:
-    """When the PDS cannot tell whether a reply landed (lookup fails), recovery skips that
-    claim (counted, left 'posting') instead of failing start-up; the next recovery settles it."""
+    """When the PDS cannot tell whether a reply landed (lookup fails), recovery parks that
+    claim as 'retry' (counted) instead of failing start-up; once due, it is settled."""
     ev, ref = _post()
+    clock = _wall(world)
 
     class DiesBeforePosting(RecordingPoster):
         async def reply(self, p):  # type: ignore[no-untyped-def]
@@ -414,16 +426,201 @@ async def test_a_claim_the_pds_cannot_settle_yet_waits_for_the_next_recovery(
 
     class PdsCannotTell(RecordingPoster):
         async def lookup(self, bot_did, rkey, parent_uri):  # type: ignore[no-untyped-def]
-            raise PostError(f"looking up {rkey}: 502 Bad Gateway")
+            raise PostOutcomeUnknown(f"looking up {rkey}: 502 Bad Gateway")
 
     world.dispatcher.poster = DiesBeforePosting()
     with pytest.raises(KeyboardInterrupt):
         await world.dispatcher.handle(ev, ref)
     world.dispatcher.poster = PdsCannotTell()
-    assert await world.dispatcher.recover() == {"unsettled": 1}
-    assert [uri for uri, _, _ in await world.ledger.pending_claims()] == [ev.uri]
+    assert await world.dispatcher.recover() == {"post_unknown": 1}
+    (waiting,) = await world.ledger.claims("retry")
+    assert waiting.post_uri == ev.uri and waiting.attempts == 1
+    assert "502 Bad Gateway" in waiting.reason
     world.dispatcher.poster = world.poster
-    assert await world.dispatcher.recover() == {"posted": 1}
+    clock.advance(5.0)
+    assert await world.dispatcher.settle_due() == {"posted": 1}
+    assert len(world.poster.posted) == 1 and len(await world.ledger.mentions()) == 1
+
+
+# Unknown is not failed ---------------------------------------------------------------------
+def _wall(world: World) -> FakeClock:
+    """A wall clock for the dispatcher's retry times."""
+    clock = FakeClock(1_800_000_000.0)
+    world.dispatcher.clock = clock
+    return clock
+
+
+class LandsButAnswerIsLost(RecordingPoster):
+    """The create is committed, then the answer is lost (a dropped connection, a 502)."""
+
+    async def reply(self, p):  # type: ignore[no-untyped-def]
+        await super().reply(p)
+        raise PostOutcomeUnknown("RemoteProtocolError: Server disconnected")
+
+
+class NeverReaches(RecordingPoster):
+    """Creates time out before reaching the PDS; lookups answer (optionally not at all)."""
+
+    lookups_fail = False
+
+    async def reply(self, p):  # type: ignore[no-untyped-def]
+        raise PostOutcomeUnknown("InvokeTimeoutError")
+
+    async def lookup(self, bot_did, rkey, parent_uri):  # type: ignore[no-untyped-def]
+        if self.lookups_fail:
+            raise PostOutcomeUnknown("InvokeTimeoutError")
+        return await super().lookup(bot_did, rkey, parent_uri)
+
+
+async def test_a_create_whose_answer_was_lost_is_found_and_recorded_once(world: World) -> None:
+    """A create with an unknown outcome keeps its claim ('retry', the worker is free at once);
+    when due, the reply is found in the repo by its record key and recorded, not re-posted."""
+    clock = _wall(world)
+    lossy = LandsButAnswerIsLost()
+    world.dispatcher.poster = lossy
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "post_unknown"
+    (waiting,) = await world.ledger.claims("retry")
+    assert waiting.attempts == 1 and waiting.next_try_us == int((clock.now + 5.0) * 1e6)
+    assert await world.dispatcher.handle(ev, ref) == "already_claimed"
+    assert await world.dispatcher.settle_due() == {}  # not due yet
+    clock.advance(5.0)
+    assert await world.dispatcher.settle_due() == {"posted": 1}
+    assert len(lossy.posted) == 1
+    (m,) = await world.ledger.mentions()
+    assert m.reply_uri.endswith("/" + lossy.posted[0].rkey)
+    assert await world.ledger.claims("retry") == [] and await world.ledger.pending_claims() == []
+    assert world.dispatcher.counts["settled_posted"] == 1
+
+
+async def test_a_create_that_never_landed_is_posted_again_under_its_record_key(
+    world: World,
+) -> None:
+    """A create that never reached the PDS is posted again, once, under the planned key."""
+    clock = _wall(world)
+    world.dispatcher.poster = NeverReaches()
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "post_unknown"
+    [claim] = await world.ledger.claims("retry")
+    assert claim.intent is not None
+    world.dispatcher.poster = world.poster
+    clock.advance(5.0)
+    assert await world.dispatcher.settle_due() == {"posted": 1}
+    (sent,) = world.poster.posted
+    assert sent.rkey == claim.intent["reply"]["rkey"]
+    assert len(await world.ledger.mentions()) == 1
+
+
+async def test_retries_back_off_and_give_up_only_when_the_pds_says_it_is_not_there(
+    world: World,
+) -> None:
+    """Each unknown outcome doubles the wait (capped); after the bound no create is sent: the
+    claim waits while the PDS cannot answer, and fails (gave_up) once it says 'not there'."""
+    clock = _wall(world)
+    world.dispatcher.retry = RetryPolicy(attempts=4, initial_s=5.0, max_s=15.0)
+    never = NeverReaches()
+    world.dispatcher.poster = never
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "post_unknown"
+    waits = []
+    for _ in range(3):
+        (c,) = await world.ledger.claims("retry")
+        waits.append(c.next_try_us / 1e6 - clock.now)
+        clock.now = c.next_try_us / 1e6
+        assert await world.dispatcher.settle_due() == {"post_unknown": 1}
+    (c,) = await world.ledger.claims("retry")
+    assert waits == [5.0, 10.0, 15.0] and c.attempts == 4
+    # The bound is reached: while lookups fail, the claim keeps waiting (max_s apart).
+    never.lookups_fail = True
+    clock.now = c.next_try_us / 1e6
+    assert await world.dispatcher.settle_due() == {"post_unknown": 1}
+    (c,) = await world.ledger.claims("retry")
+    assert c.attempts == 5 and c.next_try_us / 1e6 - clock.now == 15.0
+    never.lookups_fail = False
+    clock.now = c.next_try_us / 1e6
+    assert await world.dispatcher.settle_due() == {"gave_up": 1}
+    (failed,) = await world.ledger.claims("failed")
+    assert failed.reason == "gave_up" and await world.ledger.mentions() == []
+
+
+async def test_a_definite_refusal_fails_at_once_with_its_reason(world: World) -> None:
+    """A 4xx that means no (here InvalidRequest: the parent is gone) fails the claim with the
+    error's name as its reason; nothing is retried."""
+    world.poster.fail_with.append(PostError("InvalidRequest: parent deleted", "InvalidRequest"))
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "post_failed"
+    (failed,) = await world.ledger.claims("failed")
+    assert failed.reason == "InvalidRequest"
+    assert await world.ledger.claims("retry") == []
+
+
+@pytest.mark.parametrize("reason", ["budget_spent", "rate_limited", "posts_per_minute"])
+async def test_a_reply_beyond_the_budget_is_refused_with_its_reason(
+    world: World, reason: str
+) -> None:
+    """A new reply the write budget (or a 429's block) does not allow is refused, not dropped
+    silently: its claim fails with the reason, and the outcome is counted under it."""
+    world.poster.fail_with.append(PostRateLimited("spent", retry_after=3000.0, reason=reason))
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == reason
+    (failed,) = await world.ledger.claims("failed")
+    assert failed.reason == reason and world.poster.posted == []
+
+
+async def test_a_retry_that_meets_a_spent_budget_waits_instead_of_failing(world: World) -> None:
+    """A reply whose earlier create may have landed is never failed unseen: a spent budget
+    postpones its retry by at least the budget's wait."""
+    clock = _wall(world)
+    world.dispatcher.poster = NeverReaches()
+    ev, ref = _post()
+    await world.dispatcher.handle(ev, ref)
+    world.dispatcher.poster = world.poster
+    world.poster.fail_with.append(
+        PostRateLimited("spent", retry_after=600.0, reason="budget_spent")
+    )
+    clock.advance(5.0)
+    assert await world.dispatcher.settle_due() == {"post_unknown": 1}
+    (c,) = await world.ledger.claims("retry")
+    assert c.next_try_us / 1e6 - clock.now == 600.0 and c.reason.startswith("PostRateLimited")
+    clock.now = c.next_try_us / 1e6
+    assert await world.dispatcher.settle_due() == {"posted": 1}
+
+
+async def test_a_retry_asks_consent_again_before_posting(world: World) -> None:
+    """Between an unknown outcome and its retry the mentioned user blocked a bot: the reply,
+    not in the repo, is not posted again (and the claim fails with that reason)."""
+    clock = _wall(world)
+    policy, _ = _consent(world)
+    world.dispatcher.poster = NeverReaches()
+    ev, ref = _post()
+    assert await world.dispatcher.handle(ev, ref) == "post_unknown"
+    assert policy.observe(block(BAKER, T0 + 11, BOT_DID)) is not None
+    world.dispatcher.poster = world.poster
+    clock.advance(5.0)
+    assert await world.dispatcher.settle_due() == {"mention_opted_out": 1}
+    assert world.poster.posted == []
+    (failed,) = await world.ledger.claims("failed")
+    assert failed.reason == "mention_opted_out"
+
+
+async def test_two_dispatchers_never_settle_the_same_claim(world: World, tmp_path: Path) -> None:
+    """Two processes on one ledger run their settle loops at once: the due claim is taken by
+    one of them, posted once and recorded once."""
+    clock = _wall(world)
+    world.dispatcher.poster = NeverReaches()
+    ev, ref = _post()
+    await world.dispatcher.handle(ev, ref)
+    other_ledger = SqliteLedger(world.ledger.path)
+    await other_ledger.open()
+    try:
+        other = copy.copy(world.dispatcher)
+        other.ledger, other.replica = other_ledger, "other"
+        world.dispatcher.poster = other.poster = world.poster
+        clock.advance(5.0)
+        done = await asyncio.gather(world.dispatcher.settle_due(), other.settle_due())
+        assert sum(d["posted"] for d in done) == 1
+    finally:
+        await other_ledger.close()
     assert len(world.poster.posted) == 1 and len(await world.ledger.mentions()) == 1
 
 

@@ -1,4 +1,4 @@
-"""The feed's ledger contract (migration 5), run against SQLite and PostgreSQL alike."""
+"""The feed's ledger contract (migration 6), run against SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 
 from botsky.errors import ConfigError, LedgerError, LedgerUnavailable
 from botsky.ledger import Ledger, Mention, Outcome, open_ledger
-from botsky.ledger.base import AccountStatus
+from botsky.ledger.base import AccountStatus, WriteSpends
 from botsky.ledger.postgres import PostgresLedger
 from botsky.ledger.sqlite import SqliteLedger
 
@@ -522,6 +522,161 @@ class TestClaimIntent:
             ("at://p/1", "bot-a", intent),
             ("at://p/2", "bot-b", None),
         ]
+
+
+class TestRetryClaims:
+    """A claim whose create had an unknown outcome waits as 'retry' until it is settled."""
+
+    async def test_a_claim_waits_as_retry_and_is_taken_back_once(self, ledger: Ledger) -> None:
+        """retry_claim parks a posting claim with its attempts, due time and reason; it is
+        still claimed (no second claim), not pending, due from its time on, and take_claim
+        moves it back to posting under the taker's replica, once (a retried take by the same
+        replica is answered as taken)."""
+        intent = {"replica": "r1", "reply": {"rkey": "3abc"}}
+        assert await ledger.claim("at://p/1", "bot-a", T0, intent)
+        assert await ledger.retry_claim("at://p/1", 1, T0 + 5_000_000, "unknown: timeout")
+        assert not await ledger.retry_claim("at://p/1", 2, T0, "not posting any more")
+        (waiting,) = await ledger.claims("retry")
+        assert (waiting.post_uri, waiting.owner, waiting.intent) == ("at://p/1", "bot-a", intent)
+        assert (waiting.attempts, waiting.next_try_us) == (1, T0 + 5_000_000)
+        assert waiting.reason == "unknown: timeout"
+        assert await ledger.is_claimed("at://p/1")
+        assert not await ledger.claim("at://p/1", "bot-b", T0, {"replica": "r2"})
+        assert await ledger.pending_claims() == []
+        assert await ledger.due_claims(T0 + 4_999_999) == []
+        assert [c.post_uri for c in await ledger.due_claims(T0 + 5_000_000)] == ["at://p/1"]
+
+        assert await ledger.take_claim("at://p/1", 0, "r2") is None  # stale attempt count
+        taken = await ledger.take_claim("at://p/1", 1, "r2")
+        assert taken == {**intent, "replica": "r2"}
+        assert await ledger.take_claim("at://p/1", 1, "r3") is None
+        # The same take again (a retry after a lost commit acknowledgement) is still r2's.
+        assert await ledger.take_claim("at://p/1", 1, "r2") == taken
+        assert await ledger.pending_claims() == [("at://p/1", "bot-a", taken)]
+        (posting,) = await ledger.claims("posting")
+        assert posting.attempts == 1 and posting.status == "posting"
+
+    async def test_racing_takers_on_separate_connections_get_one_claim(
+        self, ledgers: Callable[[], Awaitable[Ledger]]
+    ) -> None:
+        """Two processes seeing the same due claim: exactly one takes it."""
+        a, b = await ledgers(), await ledgers()
+        for n in range(20):
+            uri = f"at://p/{n}"
+            assert await a.claim(uri, "bot", T0, {"replica": "dead"})
+            assert await a.retry_claim(uri, 3, T0, "unknown")
+            got = await asyncio.gather(a.take_claim(uri, 3, "a"), b.take_claim(uri, 3, "b"))
+            assert sum(g is not None for g in got) == 1, got
+
+    async def test_due_claims_come_longest_waiting_first_up_to_the_limit(
+        self, ledger: Ledger
+    ) -> None:
+        """Due claims are ordered by due time and bounded by ``limit``."""
+        for n, due in enumerate([30, 10, 20, 99]):
+            await ledger.claim(f"at://p/{n}", "bot", T0 + n, {"n": n})
+            await ledger.retry_claim(f"at://p/{n}", 1, T0 + due, "unknown")
+        assert [c.post_uri for c in await ledger.due_claims(T0 + 50)] == [
+            "at://p/1",
+            "at://p/2",
+            "at://p/0",
+        ]
+        assert [c.post_uri for c in await ledger.due_claims(T0 + 50, limit=1)] == ["at://p/1"]
+
+    async def test_a_failed_claim_keeps_its_reason(self, ledger: Ledger) -> None:
+        """finish_claim records why a claim failed (a refusal, a spent budget)."""
+        await ledger.claim("at://p/1", "bot", T0, {"x": 1})
+        await ledger.finish_claim("at://p/1", "failed", "budget_spent")
+        (failed,) = await ledger.claims("failed")
+        assert failed.reason == "budget_spent"
+        with pytest.raises(ValueError):
+            await ledger.claims("done")
+
+
+def _fits(limit: int) -> Callable[[WriteSpends], float]:
+    """A decision: the account may spend up to ``limit`` points in its window."""
+    return lambda s: 0.0 if sum(c for _, c in s.account) + 3 <= limit else 60.0
+
+
+class TestWriteBudgets:
+    """Write-budget spends and server blocks: shared, atomic and durable."""
+
+    async def test_a_spend_is_recorded_only_when_it_fits(self, ledger: Ledger) -> None:
+        """decide sees the account's spends in its window, everyone's in the global window and
+        the account's block; a spend that does not fit is not recorded."""
+        seen: list[WriteSpends] = []
+
+        def decide(spends: WriteSpends) -> float:
+            seen.append(spends)
+            return _fits(6)(spends)
+
+        kw = {"since_us": T0, "everyone_since_us": T0 + 15}
+        assert await ledger.spend_write("did:a", 3, T0 + 10, decide=decide, **kw) == 0
+        assert await ledger.spend_write("did:b", 3, T0 + 20, decide=decide, **kw) == 0
+        assert await ledger.spend_write("did:a", 3, T0 + 30, decide=decide, **kw) == 0
+        assert await ledger.spend_write("did:a", 3, T0 + 40, decide=decide, **kw) == 60.0
+        assert seen[-1] == WriteSpends(
+            account=[(T0 + 10, 3), (T0 + 30, 3)], everyone=[T0 + 20, T0 + 30]
+        )
+        assert await ledger.write_spends("did:a", T0 + 10, T0) == WriteSpends(
+            account=[(T0 + 30, 3)], everyone=[T0 + 10, T0 + 20, T0 + 30]
+        )
+
+    async def test_spends_older_than_both_windows_are_dropped(self, ledger: Ledger) -> None:
+        """A spend prunes its account's rows that no window can see any more."""
+        for t in (1, 2, 3):
+            await ledger.spend_write(
+                "did:a", 3, T0 + t, since_us=T0, everyone_since_us=T0, decide=lambda s: 0
+            )
+        await ledger.spend_write(
+            "did:a", 3, T0 + 9, since_us=T0 + 2, everyone_since_us=T0 + 5, decide=lambda s: 0
+        )
+        assert (await ledger.write_spends("did:a", 0, 0)).account == [(T0 + 3, 3), (T0 + 9, 3)]
+
+    async def test_racing_spenders_on_separate_connections_never_overspend(
+        self, ledgers: Callable[[], Awaitable[Ledger]]
+    ) -> None:
+        """Three processes spending at once on one account: exactly the budget is spent
+        (the read, the decision and the write are one transaction)."""
+        spenders = [await ledgers() for _ in range(3)]
+
+        async def spend(ledger: Ledger, n: int) -> float:
+            return await ledger.spend_write(
+                "did:a", 3, T0 + n, since_us=T0 - 1, everyone_since_us=T0 - 1, decide=_fits(21)
+            )
+
+        waits = await asyncio.gather(*(spend(led, n) for n in range(10) for led in spenders))
+        assert sum(w <= 0 for w in waits) == 7
+        assert len((await spenders[0].write_spends("did:a", 0, 0)).account) == 7
+
+    async def test_blocks_keep_the_later_reset_and_reach_the_decision(self, ledger: Ledger) -> None:
+        """block_account keeps the latest reset per key; the decision sees the account's."""
+        await ledger.block_account("did:a", T0 + 100, "429 createRecord")
+        await ledger.block_account("did:a", T0 + 50, "an earlier reset")
+        await ledger.block_account("login:bot.test", T0 + 7, "429 createSession")
+        assert await ledger.account_blocks() == {
+            "did:a": (T0 + 100, "429 createRecord"),
+            "login:bot.test": (T0 + 7, "429 createSession"),
+        }
+        assert (await ledger.write_spends("did:a", 0, 0)).blocked_until_us == T0 + 100
+        assert (await ledger.write_spends("did:b", 0, 0)).blocked_until_us == 0
+
+    async def test_spends_and_blocks_survive_a_restart(self, store: Callable[[], Ledger]) -> None:
+        """What one process spent and was blocked for is there for the next."""
+        first = store()
+        await first.open()
+        await first.spend_write(
+            "did:a", 3, T0, since_us=T0 - 1, everyone_since_us=T0 - 1, decide=lambda s: 0
+        )
+        await first.block_account("did:a", T0 + 9, "429")
+        await first.close()
+        second = store()
+        await second.open()
+        try:
+            assert await second.write_spends("did:a", T0 - 1, T0 - 1) == WriteSpends(
+                account=[(T0, 3)], everyone=[T0], blocked_until_us=T0 + 9
+            )
+        finally:
+            await second.close()
 
 
 def test_both_backends_run_one_set_of_statements() -> None:

@@ -11,7 +11,13 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from botsky.errors import ModelError, ModelUnavailable, PostError, PostRateLimited
+from botsky.errors import (
+    ModelError,
+    ModelUnavailable,
+    PostError,
+    PostOutcomeUnknown,
+    PostRateLimited,
+)
 from botsky.ledger.base import Ledger, Mention
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm.template import TemplateWriter
@@ -103,13 +109,14 @@ def _reply(bot: str) -> ReplyPost:
 
 
 async def test_instrumented_poster_counts_posts_and_429s_by_bot() -> None:
-    """Posts, 429s and other failures are counted per bot; errors still reach the caller."""
+    """Posts, 429s, unknown outcomes and other failures are counted per bot; errors still
+    reach the caller."""
     metrics = Metrics()
     inner = RecordingPoster()
-    inner.fail_with.extend([PostRateLimited("429"), PostError("bad")])
+    inner.fail_with.extend([PostRateLimited("429"), PostError("bad"), PostOutcomeUnknown("504")])
     poster = metrics.poster(inner)
-    for _ in range(2):
-        with pytest.raises((PostRateLimited, PostError)):
+    for _ in range(3):
+        with pytest.raises((PostRateLimited, PostError, PostOutcomeUnknown)):
             await poster.reply(_reply("ada"))
     await poster.reply(_reply("ada"))
     await poster.reply(_reply("basil"))
@@ -118,6 +125,7 @@ async def test_instrumented_poster_counts_posts_and_429s_by_bot() -> None:
     assert s[("botsky_posts_total", (("bot", "basil"),))] == 1
     assert s[("botsky_post_rate_limited_total", (("bot", "ada"),))] == 1
     assert s[("botsky_post_failures_total", (("bot", "ada"),))] == 1
+    assert s[("botsky_post_unknown_total", (("bot", "ada"),))] == 1
     # lookup (crash recovery) is passed through untouched.
     assert await poster.lookup("did:plc:ada", "nope", "at://x") is None
 
@@ -175,6 +183,7 @@ async def test_collector_reads_a_real_run_at_scrape_time(tmp_path: Path) -> None
         not in (
             "botsky_post_rate_limited_total",
             "botsky_post_failures_total",
+            "botsky_post_unknown_total",
             "botsky_source_skipped_frames_total",
         )
     ]

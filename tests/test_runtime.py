@@ -16,13 +16,15 @@ import pytest
 import structlog
 
 from botsky.configload import load_config, resolve_secrets
-from botsky.errors import LedgerError, ModelError
+from botsky.errors import LedgerError, ModelError, PostOutcomeUnknown
 from botsky.events import Event
 from botsky.ledger.sqlite import SqliteLedger
+from botsky.posting import Posted, ReplyPost
 from botsky.runtime import App
-from botsky.testing import FakeModel, ListSource, identity, post
+from botsky.summary import why_unanswered
+from botsky.testing import FakeModel, ListSource, RecordingPoster, identity, post
 from botsky.wiring import build_app
-from tests.support import T0
+from tests.support import T0, ScriptedSource
 
 _HOLD_LOCK = textwrap.dedent(
     """
@@ -225,3 +227,80 @@ async def test_a_bug_costs_one_event_and_is_counted(
     assert summary.dispatch["posted"] == len(ASKERS) - 1
     failures = [e for e in captured if e["event"] in ("route_failed", "dispatch_failed")]
     assert len(failures) == 2 and all(e.get("exc_info") for e in failures)
+
+
+class _FirstCreateLost(RecordingPoster):
+    """Every reply's first create times out without reaching the PDS; a second one lands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tried: set[str] = set()
+
+    async def reply(self, p: ReplyPost) -> Posted:
+        if p.rkey not in self.tried:
+            self.tried.add(p.rkey)
+            raise PostOutcomeUnknown("InvokeTimeoutError")
+        return await super().reply(p)
+
+
+async def test_the_settle_loop_finishes_replies_whose_outcome_was_unknown(
+    tmp_path: Path,
+) -> None:
+    """Each create times out once: the workers go on (claims wait as 'retry'), and the
+    runtime's settle loop posts every reply again under its record key, once, while the
+    run goes on."""
+    poster = _FirstCreateLost()
+    loaded = load_config(
+        _config(tmp_path, "posting: {retry_initial_s: 0.05, retry_max_s: 0.1}\n"), environ={}
+    )
+    app: App | None = None
+
+    async def settled() -> list[Event]:
+        assert app is not None
+        for _ in range(400):  # the source stays open until the loop has settled every claim
+            if not await app.ledger.claims("retry"):
+                return []
+            await asyncio.sleep(0.05)
+        pytest.fail("the settle loop left claims waiting")
+
+    app = await build_app(
+        loaded,
+        resolve_secrets(loaded, environ={}, live=False),
+        source=ScriptedSource(_events(), settled),
+        poster=poster,
+    )
+    try:
+        summary = await app.run()
+        mentions = await app.ledger.mentions()
+    finally:
+        await app.aclose()
+    assert summary.dispatch["post_unknown"] == len(ASKERS)
+    assert summary.dispatch["settled_posted"] == len(ASKERS)
+    assert "unsettled" not in summary.dispatch
+    assert sorted(m.post_author for m in mentions) == sorted(ASKERS)
+    assert len(poster.posted) == len(ASKERS)  # one landed create per reply
+
+
+class _NeverAnswers(RecordingPoster):
+    async def reply(self, p: ReplyPost) -> Posted:
+        raise PostOutcomeUnknown("InvokeTimeoutError")
+
+
+async def test_replies_still_unsettled_at_exit_are_in_the_summary(tmp_path: Path) -> None:
+    """A run that ends while creates wait for settlement says so (``unsettled``, with a hint
+    among the reasons), and the claims stay in the ledger for the next start."""
+    loaded = load_config(_config(tmp_path), environ={})
+    app = await build_app(
+        loaded,
+        resolve_secrets(loaded, environ={}, live=False),
+        source=ListSource(_events()),
+        poster=_NeverAnswers(),
+    )
+    try:
+        summary = await app.run()
+        waiting = await app.ledger.claims("retry")
+    finally:
+        await app.aclose()
+    assert summary.dispatch["unsettled"] == len(waiting) == len(ASKERS)
+    reasons = {u.reason: u.count for u in why_unanswered(summary.as_dict())}
+    assert reasons["unsettled"] == len(ASKERS) and "post_unknown" not in reasons

@@ -48,6 +48,10 @@ def test_reasons_come_from_both_stages_most_frequent_first() -> None:
         ("rejected_too_long", "opt_in", "broke a rule (too_long)"),
         ("model_access_denied", "opt_in", "refused the API key"),
         ("no_bot_available", "opt_in", "bot_paused"),
+        ("budget_spent", "opt_in", "posting.points_per_hour"),
+        ("rate_limited", "opt_in", "ratelimit-reset"),
+        ("unsettled", "opt_in", "settled after the restart"),
+        ("settled_gave_up", "opt_in", "settled later: posting.retry_attempts"),
         ("something_new", "opt_in", "see the log lines"),
     ],
 )
@@ -72,8 +76,11 @@ def test_bot_notes_name_left_out_and_paused_bots() -> None:
 
 
 def test_nothing_to_say_prints_nothing() -> None:
-    """A run that answered every post it queued prints no reasons section."""
+    """A run that answered every post it queued prints no reasons section (a reply posted by
+    the settle loop is answered too)."""
     assert unanswered_lines({"selector": {"queued": 2}, "dispatch": {"posted": 2}}) == []
+    settled = {"posted": 1, "post_unknown": 2, "settled_post_unknown": 1, "settled_posted": 2}
+    assert unanswered_lines({"dispatch": settled}) == []
 
 
 # --- the commands -----------------------------------------------------------------------------

@@ -17,7 +17,14 @@ from typing import Any, ClassVar
 
 import orjson
 
-from botsky.ledger.base import CLAIM_STATUSES, AccountStatus, Mention, Outcome
+from botsky.ledger.base import (
+    CLAIM_STATUSES,
+    AccountStatus,
+    Claim,
+    Mention,
+    Outcome,
+    WriteSpends,
+)
 from botsky.ledger.migrations import (
     CLOSED_STATUSES,
     MENTION_COLUMNS,
@@ -29,6 +36,7 @@ from botsky.ledger.migrations import (
 __all__ = ["SqlLedger", "Statements", "now_us"]
 
 _COLUMNS = ", ".join(MENTION_COLUMNS)
+_CLAIM_COLUMNS = "post_uri, owner, status, intent, attempts, next_try_us, reason"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +48,9 @@ class Statements:
         VALUES (?, ?, 'posting', ?, ?, ?) ON CONFLICT (post_uri) DO NOTHING"""
     claim_row: str = "SELECT owner, status, intent FROM claims WHERE post_uri = ?"
     is_claimed: str = "SELECT 1 FROM claims WHERE post_uri = ? LIMIT 1"
-    finish_claim: str = "UPDATE claims SET status = ?, updated_us = ? WHERE post_uri = ?"
+    finish_claim: str = (
+        "UPDATE claims SET status = ?, reason = ?, updated_us = ? WHERE post_uri = ?"
+    )
     claims_with_status: str = (
         "SELECT post_uri, owner FROM claims WHERE status = ? ORDER BY created_us, post_uri"
     )
@@ -48,6 +58,37 @@ class Statements:
         "SELECT post_uri, owner, intent FROM claims WHERE status = 'posting' "
         "ORDER BY created_us, post_uri"
     )
+    claims: str = (
+        f"SELECT {_CLAIM_COLUMNS} FROM claims WHERE status = ? ORDER BY created_us, post_uri"
+    )
+    retry_claim: str = """
+        UPDATE claims SET status = 'retry', attempts = ?, next_try_us = ?, reason = ?,
+            updated_us = ?
+        WHERE post_uri = ? AND status = 'posting'"""
+    due_claims: str = (
+        f"SELECT {_CLAIM_COLUMNS} FROM claims WHERE status = 'retry' AND next_try_us <= ? "
+        "ORDER BY next_try_us, post_uri LIMIT ?"
+    )
+    # A compare-and-set: only the process that still sees the claim waiting, after as many
+    # attempts as it read, takes it.
+    take_claim: str = """
+        UPDATE claims SET status = 'posting', intent = ?, updated_us = ?
+        WHERE post_uri = ? AND status = 'retry' AND attempts = ?"""
+    account_spends: str = (
+        "SELECT time_us, cost FROM write_spends WHERE account = ? AND time_us > ? "
+        "ORDER BY time_us, id"
+    )
+    everyone_spends: str = "SELECT time_us FROM write_spends WHERE time_us > ? ORDER BY time_us, id"
+    blocked_until: str = "SELECT until_us FROM account_blocks WHERE account = ?"
+    insert_spend: str = "INSERT INTO write_spends (account, time_us, cost) VALUES (?, ?, ?)"
+    prune_spends: str = "DELETE FROM write_spends WHERE account = ? AND time_us <= ?"
+    block_account: str = """
+        INSERT INTO account_blocks (account, until_us, reason, updated_us) VALUES (?, ?, ?, ?)
+        ON CONFLICT (account) DO UPDATE
+        SET until_us = excluded.until_us, reason = excluded.reason,
+            updated_us = excluded.updated_us
+        WHERE excluded.until_us > account_blocks.until_us"""
+    account_blocks: str = "SELECT account, until_us, reason FROM account_blocks ORDER BY account"
     insert_mention: str = (
         f"INSERT INTO mentions ({_COLUMNS}) VALUES ({', '.join('?' for _ in MENTION_COLUMNS)})"
         " ON CONFLICT (post_uri) DO NOTHING"
@@ -133,10 +174,10 @@ class SqlLedger:
         """Whether any claim exists for the post."""
         return bool(await self._fetchall(self.sql.is_claimed, (post_uri,)))
 
-    async def finish_claim(self, post_uri: str, status: str) -> None:
-        """Set a claim's status (``posted`` or ``failed``)."""
+    async def finish_claim(self, post_uri: str, status: str, reason: str = "") -> None:
+        """Set a claim's status (``posted`` or ``failed``) and why."""
         check_status(status, CLAIM_STATUSES)
-        await self._execute(self.sql.finish_claim, (status, now_us(), post_uri))
+        await self._execute(self.sql.finish_claim, (status, reason, now_us(), post_uri))
 
     async def claims_with_status(self, status: str) -> list[tuple[str, str]]:
         """``(post_uri, owner)`` of every claim in ``status``, oldest first."""
@@ -149,6 +190,58 @@ class SqlLedger:
         return [
             (uri, owner, orjson.loads(intent) if intent else None) for uri, owner, intent in rows
         ]
+
+    async def claims(self, status: str) -> list[Claim]:
+        """Every claim in ``status``, oldest first."""
+        check_status(status, CLAIM_STATUSES)
+        return [_claim(row) for row in await self._fetchall(self.sql.claims, (status,))]
+
+    async def retry_claim(
+        self, post_uri: str, attempts: int, next_try_us: int, reason: str
+    ) -> bool:
+        """Move a ``posting`` claim to ``retry``; False if it was not ``posting``."""
+        params = (attempts, next_try_us, reason, now_us(), post_uri)
+        return await self._execute(self.sql.retry_claim, params) == 1
+
+    async def due_claims(self, now_us: int, limit: int = 100) -> list[Claim]:
+        """``retry`` claims due at ``now_us``, the longest-waiting first."""
+        return [_claim(row) for row in await self._fetchall(self.sql.due_claims, (now_us, limit))]
+
+    async def take_claim(self, post_uri: str, attempts: int, replica: str) -> dict[str, Any] | None:
+        """Move a waiting ``retry`` claim back to ``posting``, held by ``replica``."""
+        rows = await self._fetchall(self.sql.claim_row, (post_uri,))
+        if not rows or rows[0][1] not in ("retry", "posting") or not rows[0][2]:
+            return None
+        intent = {**orjson.loads(rows[0][2]), "replica": replica}
+        encoded = orjson.dumps(intent).decode()
+        if await self._execute(self.sql.take_claim, (encoded, now_us(), post_uri, attempts)) == 1:
+            return intent
+        # A retry of our own take whose commit went through is still ours (as in claim).
+        rows = await self._fetchall(self.sql.claim_row, (post_uri,))
+        return intent if rows and tuple(rows[0])[1:] == ("posting", encoded) else None
+
+    # write budgets ----------------------------------------------------------------------------
+    async def write_spends(
+        self, account: str, since_us: int, everyone_since_us: int
+    ) -> WriteSpends:
+        """The spends a decision for ``account`` reads (nothing is spent)."""
+        mine = await self._fetchall(self.sql.account_spends, (account, since_us))
+        everyone = await self._fetchall(self.sql.everyone_spends, (everyone_since_us,))
+        blocked = await self._fetchall(self.sql.blocked_until, (account,))
+        return WriteSpends(
+            account=[(t, c) for t, c in mine],
+            everyone=[t for (t,) in everyone],
+            blocked_until_us=blocked[0][0] if blocked else 0,
+        )
+
+    async def block_account(self, key: str, until_us: int, reason: str) -> None:
+        """Remember a server block until ``until_us``; a later one wins."""
+        await self._execute(self.sql.block_account, (key, until_us, reason, now_us()))
+
+    async def account_blocks(self) -> dict[str, tuple[int, str]]:
+        """Every block as ``key -> (until_us, reason)``."""
+        rows = await self._fetchall(self.sql.account_blocks, ())
+        return {key: (until_us, reason) for key, until_us, reason in rows}
 
     # mentions -------------------------------------------------------------------------------
     async def open_mentions(self) -> list[Mention]:
@@ -212,6 +305,13 @@ class SqlLedger:
         """Every DID whose stored status is inactive, oldest first."""
         rows = await self._fetchall(self.sql.inactive_accounts, ())
         return [AccountStatus(did, False, status, t) for did, status, t in rows]
+
+
+def _claim(row: Any) -> Claim:
+    uri, owner, status, intent, attempts, next_try_us, reason = row
+    return Claim(
+        uri, owner, status, orjson.loads(intent) if intent else None, attempts, next_try_us, reason
+    )
 
 
 def now_us() -> int:

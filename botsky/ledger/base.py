@@ -6,12 +6,16 @@ contract test suite runs against both. All times are microseconds in the stream'
 Tables (numbered migrations in each backend):
 - ``claims``: one row per post botsky decided to answer; ``post_uri`` is UNIQUE, which is what
   makes a second reply impossible across restarts and replicas. ``status``: ``posting`` (intent
-  recorded, post call not yet confirmed), ``posted``, ``failed``.
+  recorded, post call not yet confirmed: in flight, or left by a crash), ``retry`` (a create or
+  lookup whose outcome is unknown: ``attempts`` so far, the next one due at ``next_try_us``,
+  wall-clock µs), ``posted``, ``failed`` (with its ``reason``).
 - ``mentions``: one row per posted bot reply and the user it @-mentioned.
 - ``outcomes``: success / engagement / negative events tied to a mention; UNIQUE on
   ``(mention_id, kind, uri)`` so replaying the same event records it once.
 - ``cursors``: source name → last cursor.
 - ``opt_outs``: DIDs that must never be answered or mentioned again (permanent).
+- ``write_spends`` and ``account_blocks``: each account's write-budget spends (wall-clock µs)
+  and the server's 429 resets, shared by restarts and replicas (``botsky.posting.budget``).
 - ``account_status``: the last ``#account`` status seen for a DID that was ever inactive
   (deactivated, taken down, suspended, deleted...): never answered or mentioned while inactive,
   until an ``#account`` event reactivates it. Newer events win; an older one is ignored.
@@ -19,7 +23,7 @@ Tables (numbered migrations in each backend):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -29,14 +33,17 @@ __all__ = [
     "MENTION_STATUSES",
     "OUTCOME_KINDS",
     "AccountStatus",
+    "Claim",
     "Ledger",
     "Mention",
     "Outcome",
+    "SpendDecision",
+    "WriteSpends",
     "mention_from_log",
     "mention_log_fields",
 ]
 
-CLAIM_STATUSES = ("posting", "posted", "failed")
+CLAIM_STATUSES = ("posting", "retry", "posted", "failed")
 MENTION_STATUSES = ("open", "succeeded", "expired")
 # success: the mentioned user posted in the thread. like/repost/quote: of the bot's reply.
 # author_reply: the original author replied to the bot. block: a negative (either party blocked).
@@ -164,6 +171,34 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """One claim as stored: who answers the post, where it stands, what it was about to post."""
+
+    post_uri: str
+    owner: str  # the bot's name
+    status: str  # one of CLAIM_STATUSES
+    intent: dict[str, Any] | None
+    attempts: int = 0  # settle attempts whose outcome was unknown
+    next_try_us: int = 0  # wall-clock µs when a 'retry' claim is due
+    reason: str = ""  # why it waits ('retry') or why it failed
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSpends:
+    """What a write-budget decision reads, in one transaction: ``account``'s spends
+    ``(time_us, cost)`` since the account window's start, the times of every account's spends
+    since the global window's start (both oldest first), and the account's block (0: none)."""
+
+    account: list[tuple[int, int]]
+    everyone: list[int]
+    blocked_until_us: int = 0
+
+
+SpendDecision = Callable[[WriteSpends], float]
+"""Given the spends, how many seconds until the new spend fits (0 or less: it fits now)."""
+
+
+@dataclass(frozen=True, slots=True)
 class AccountStatus:
     """What an ``#account`` event said about a DID: active or not, and why not."""
 
@@ -196,14 +231,58 @@ class Ledger(Protocol):
     async def is_claimed(self, post_uri: str) -> bool:
         """Whether any claim exists for the post (a cheap check before paying for a model)."""
 
-    async def finish_claim(self, post_uri: str, status: str) -> None:
-        """Set a claim's status (``posted`` or ``failed``); ValueError for an unknown status."""
+    async def finish_claim(self, post_uri: str, status: str, reason: str = "") -> None:
+        """Set a claim's status (``posted`` or ``failed``) and why; ValueError for an unknown
+        status."""
 
     async def claims_with_status(self, status: str) -> list[tuple[str, str]]:
         """``(post_uri, owner)`` of every claim in ``status`` (e.g. ``posting`` after a crash)."""
 
     async def pending_claims(self) -> list[tuple[str, str, dict[str, Any] | None]]:
         """``(post_uri, owner, intent)`` of every claim still ``posting``, oldest first."""
+
+    async def claims(self, status: str) -> list[Claim]:
+        """Every claim in ``status``, oldest first, with its intent, attempts and reason."""
+
+    async def retry_claim(
+        self, post_uri: str, attempts: int, next_try_us: int, reason: str
+    ) -> bool:
+        """Move a ``posting`` claim to ``retry``: its outcome is unknown, settle it again at
+        ``next_try_us`` (wall-clock µs). False if the claim was not ``posting``."""
+
+    async def due_claims(self, now_us: int, limit: int = 100) -> list[Claim]:
+        """``retry`` claims due at ``now_us``, the longest-waiting first, at most ``limit``."""
+
+    async def take_claim(self, post_uri: str, attempts: int, replica: str) -> dict[str, Any] | None:
+        """Atomically move a ``retry`` claim that still has ``attempts`` back to ``posting``,
+        held by ``replica`` (written into its intent, so recovery knows whose it is); its
+        intent, or None if another process took or settled it first."""
+
+    # write budgets ----------------------------------------------------------------------------
+    async def write_spends(
+        self, account: str, since_us: int, everyone_since_us: int
+    ) -> WriteSpends:
+        """The spends a decision for ``account`` reads (a snapshot; nothing is spent)."""
+
+    async def spend_write(
+        self,
+        account: str,
+        cost: int,
+        time_us: int,
+        *,
+        since_us: int,
+        everyone_since_us: int,
+        decide: SpendDecision,
+    ) -> float:
+        """Atomically, across processes and replicas: read the spends, ask ``decide`` how long
+        until ``cost`` fits, and record the spend at ``time_us`` if it fits now. Returns that
+        wait (0 or less: spent). Spends of ``account`` older than both windows are dropped."""
+
+    async def block_account(self, key: str, until_us: int, reason: str) -> None:
+        """Remember a server block (a 429's reset, wall-clock µs); a later one wins."""
+
+    async def account_blocks(self) -> dict[str, tuple[int, str]]:
+        """Every block as ``key -> (until_us, reason)``, past ones included."""
 
     # mentions -------------------------------------------------------------------------------
     async def record_mention(self, mention: Mention) -> int:

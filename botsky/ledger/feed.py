@@ -1,7 +1,7 @@
 """The feed's part of the ledger: pages served, exposures, interactions (see ``botsky.feed``).
 
 Both backends implement ``FeedLedger`` (``feed_sqlite.SqliteFeedMixin``,
-``feed_postgres.PostgresFeedMixin``) over the tables of migration 5, with the SQL written once
+``feed_postgres.PostgresFeedMixin``) over the tables of migration 6, with the SQL written once
 here (``?`` placeholders; PostgreSQL's ``%s`` is substituted by its mixin).
 
 - ``feed_pages``: one row per ``getFeedSkeleton`` answer, keyed by its ``reqId``, with the

@@ -162,6 +162,36 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
+        "retries_and_write_budgets",
+        (
+            # A create whose outcome is unknown (timeout, 5xx, network error) keeps its claim,
+            # as status 'retry', until it is settled: how many settle attempts ended unknown,
+            # when the next one is due (wall-clock µs), and why it is waiting or why it failed.
+            "ALTER TABLE claims ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE claims ADD COLUMN next_try_us BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE claims ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX claims_due ON claims (status, next_try_us)",
+            # Each account's write-budget spends (wall-clock µs, PDS points), so the hour and
+            # day windows survive restarts and every replica draws on the same budget.
+            """CREATE TABLE write_spends (
+                {id},
+                account TEXT NOT NULL,
+                time_us BIGINT NOT NULL,
+                cost INTEGER NOT NULL
+            )""",
+            "CREATE INDEX write_spends_account ON write_spends (account, time_us)",
+            "CREATE INDEX write_spends_time ON write_spends (time_us)",
+            # A server 429's ratelimit-reset: no call of that kind for that key before it.
+            """CREATE TABLE account_blocks (
+                account TEXT PRIMARY KEY,
+                until_us BIGINT NOT NULL,
+                reason TEXT NOT NULL,
+                updated_us BIGINT NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        6,
         "feed_exposures",
         (
             # The fair-exposure feed (botsky.feed): every page served, with its reqId; one row

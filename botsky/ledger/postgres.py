@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from botsky.errors import BotskyError, ConfigError, LedgerError, LedgerUnavailable
 from botsky.ledger._sql import SqlLedger, Statements, now_us
-from botsky.ledger.base import Mention
+from botsky.ledger.base import Mention, SpendDecision, WriteSpends
 from botsky.ledger.feed_postgres import PostgresFeedMixin
 from botsky.ledger.migrations import SCHEMA_MIGRATIONS, mention_to_row, pending, statements
 
@@ -112,6 +112,36 @@ class PostgresLedger(PostgresFeedMixin, SqlLedger):
         assert row is not None  # inserted just now or earlier
         mention.id = row[0]
         return mention.id
+
+    async def spend_write(
+        self,
+        account: str,
+        cost: int,
+        time_us: int,
+        *,
+        since_us: int,
+        everyone_since_us: int,
+        decide: SpendDecision,
+    ) -> float:
+        """Read the spends, decide, and spend if it fits, in one transaction that first locks
+        ``write_spends`` against other spenders (SHARE ROW EXCLUSIVE conflicts with itself and
+        with inserts, not with plain reads): replicas draw on one budget, one at a time. A
+        table lock is scoped to the schema, unlike an advisory lock key."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE write_spends IN SHARE ROW EXCLUSIVE MODE")
+            row = await (await conn.execute(_SQL.blocked_until, (account,))).fetchone()
+            mine = await (await conn.execute(_SQL.account_spends, (account, since_us))).fetchall()
+            cur = await conn.execute(_SQL.everyone_spends, (everyone_since_us,))
+            spends = WriteSpends(
+                account=[(t, c) for t, c in mine],
+                everyone=[t for (t,) in await cur.fetchall()],
+                blocked_until_us=row[0] if row else 0,
+            )
+            wait = decide(spends)
+            if wait <= 0:
+                await conn.execute(_SQL.insert_spend, (account, time_us, cost))
+                await conn.execute(_SQL.prune_spends, (account, min(since_us, everyone_since_us)))
+        return wait
 
     # plumbing -------------------------------------------------------------------------------
     @asynccontextmanager

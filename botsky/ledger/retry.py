@@ -28,7 +28,15 @@ from tenacity import (
 )
 
 from botsky.errors import LedgerError, LedgerUnavailable
-from botsky.ledger.base import AccountStatus, Ledger, Mention, Outcome
+from botsky.ledger.base import (
+    AccountStatus,
+    Claim,
+    Ledger,
+    Mention,
+    Outcome,
+    SpendDecision,
+    WriteSpends,
+)
 from botsky.ledger.feed import RetryingFeedMixin
 
 __all__ = ["RetryingLedger"]
@@ -77,8 +85,8 @@ class RetryingLedger(RetryingFeedMixin):
     async def is_claimed(self, post_uri: str) -> bool:
         return await self._retry("is_claimed", lambda: self.inner.is_claimed(post_uri))
 
-    async def finish_claim(self, post_uri: str, status: str) -> None:
-        await self._retry("finish_claim", lambda: self.inner.finish_claim(post_uri, status))
+    async def finish_claim(self, post_uri: str, status: str, reason: str = "") -> None:
+        await self._retry("finish_claim", lambda: self.inner.finish_claim(post_uri, status, reason))
 
     async def claims_with_status(self, status: str) -> list[tuple[str, str]]:
         return await self._retry(
@@ -87,6 +95,63 @@ class RetryingLedger(RetryingFeedMixin):
 
     async def pending_claims(self) -> list[tuple[str, str, dict[str, Any] | None]]:
         return await self._retry("pending_claims", lambda: self.inner.pending_claims())
+
+    async def claims(self, status: str) -> list[Claim]:
+        return await self._retry("claims", lambda: self.inner.claims(status))
+
+    async def retry_claim(
+        self, post_uri: str, attempts: int, next_try_us: int, reason: str
+    ) -> bool:
+        return await self._retry(
+            "retry_claim",
+            lambda: self.inner.retry_claim(post_uri, attempts, next_try_us, reason),
+        )
+
+    async def due_claims(self, now_us: int, limit: int = 100) -> list[Claim]:
+        return await self._retry("due_claims", lambda: self.inner.due_claims(now_us, limit))
+
+    async def take_claim(self, post_uri: str, attempts: int, replica: str) -> dict[str, Any] | None:
+        return await self._retry(
+            "take_claim", lambda: self.inner.take_claim(post_uri, attempts, replica)
+        )
+
+    async def write_spends(
+        self, account: str, since_us: int, everyone_since_us: int
+    ) -> WriteSpends:
+        return await self._retry(
+            "write_spends",
+            lambda: self.inner.write_spends(account, since_us, everyone_since_us),
+        )
+
+    async def spend_write(
+        self,
+        account: str,
+        cost: int,
+        time_us: int,
+        *,
+        since_us: int,
+        everyone_since_us: int,
+        decide: SpendDecision,
+    ) -> float:
+        # A retry after a lost commit acknowledgement may record the spend twice: the budget
+        # then errs on the safe side (it counts a create that was sent once as two).
+        return await self._retry(
+            "spend_write",
+            lambda: self.inner.spend_write(
+                account,
+                cost,
+                time_us,
+                since_us=since_us,
+                everyone_since_us=everyone_since_us,
+                decide=decide,
+            ),
+        )
+
+    async def block_account(self, key: str, until_us: int, reason: str) -> None:
+        await self._retry("block_account", lambda: self.inner.block_account(key, until_us, reason))
+
+    async def account_blocks(self) -> dict[str, tuple[int, str]]:
+        return await self._retry("account_blocks", lambda: self.inner.account_blocks())
 
     async def record_mention(self, mention: Mention) -> int:
         return await self._retry("record_mention", lambda: self.inner.record_mention(mention))

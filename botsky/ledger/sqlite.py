@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from botsky.errors import BotskyError, LedgerError, LedgerUnavailable
 from botsky.ledger._sql import SqlLedger, Statements, now_us
-from botsky.ledger.base import Mention
+from botsky.ledger.base import Mention, SpendDecision, WriteSpends
 from botsky.ledger.feed_sqlite import SqliteFeedMixin
 from botsky.ledger.migrations import SCHEMA_MIGRATIONS, mention_to_row, pending, statements
 
@@ -99,6 +99,22 @@ class SqliteLedger(SqliteFeedMixin, SqlLedger):
         """Store a mention and mark its post's claim ``posted``, in one transaction."""
         mention.id = await self._run(_record_mention, mention)
         return mention.id
+
+    async def spend_write(
+        self,
+        account: str,
+        cost: int,
+        time_us: int,
+        *,
+        since_us: int,
+        everyone_since_us: int,
+        decide: SpendDecision,
+    ) -> float:
+        """Read the spends, decide, and spend if it fits, in one BEGIN IMMEDIATE transaction
+        (the write lock is taken first, so concurrent spenders on the file queue up)."""
+        return await self._run(
+            _spend_write, account, cost, time_us, since_us, everyone_since_us, decide
+        )
 
     # the worker thread ----------------------------------------------------------------------
     async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
@@ -262,6 +278,29 @@ def _execute(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int
 
 def _fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
     return conn.execute(sql, params).fetchall()
+
+
+def _spend_write(
+    conn: sqlite3.Connection,
+    account: str,
+    cost: int,
+    time_us: int,
+    since_us: int,
+    everyone_since_us: int,
+    decide: SpendDecision,
+) -> float:
+    with _immediate(conn):
+        blocked = conn.execute(_SQL.blocked_until, (account,)).fetchone()
+        spends = WriteSpends(
+            account=conn.execute(_SQL.account_spends, (account, since_us)).fetchall(),
+            everyone=[t for (t,) in conn.execute(_SQL.everyone_spends, (everyone_since_us,))],
+            blocked_until_us=blocked[0] if blocked else 0,
+        )
+        wait = decide(spends)
+        if wait <= 0:
+            conn.execute(_SQL.insert_spend, (account, time_us, cost))
+            conn.execute(_SQL.prune_spends, (account, min(since_us, everyone_since_us)))
+    return wait
 
 
 def _record_mention(conn: sqlite3.Connection, mention: Mention) -> int:

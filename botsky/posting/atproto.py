@@ -7,23 +7,33 @@ whenever the SDK creates or refreshes it (``on_session_change``). The SDK refres
 access token by itself; if the refresh itself fails (refresh token expired or revoked), the bot
 logs in again once and the request is retried.
 
-Budgets: every create first takes a slot of the write budget (``botsky.posting.budget``). A
-server 429 raises ``PostRateLimited`` with ``retry_after`` from ``ratelimit-reset`` and blocks
-that account in the budget until then.
+Budgets: every create first takes a slot of the write budget (``botsky.posting.budget``, kept
+in the ledger). A server 429 raises ``PostRateLimited`` with ``retry_after`` from
+``ratelimit-reset`` and records the block, so no process writes for that account (on a 429 of
+``createRecord``) or logs in as that identifier (``createSession``) before the reset, even
+after a restart. Reads (``getSession``, ``getRecord``) count against neither and still go.
 
-Errors from the SDK are translated here, once: 429 → ``PostRateLimited``; everything else
-(parent deleted → ``InvalidRequest``, account taken down, network failure) → ``PostError``.
-Replies carry a record key chosen at claim time (``ReplyPost.rkey``), so a failed create is
-checked with ``lookup`` before it is reported: if the bot's repo has the reply (it landed but
-the answer was lost, or this is a retry after a crash) the create counts as done. The create
-itself is retried only after a re-login (an auth failure means the PDS refused it).
+Errors from the SDK and httpx are translated here, once, by what they say about the reply:
+
+- a 429 → ``PostRateLimited``: the PDS did not create it;
+- a 4xx that means no (``InvalidRequest``: a bad record or a deleted parent; an account taken
+  down; auth refused even after a fresh login) → ``PostError``, a definite refusal;
+- a timeout, a 5xx, a connection cut or refused → the outcome is unknown: the create may have
+  been committed (a PDS frozen with the request in its socket commits it when it wakes; an
+  answer lost after the commit). Replies carry a record key chosen at claim time
+  (``ReplyPost.rkey``), so such a create is checked with ``lookup`` at once: if the bot's repo
+  has the reply, the create counts as done; if the PDS cannot say, ``PostOutcomeUnknown`` is
+  raised and dispatch settles it later, never as a failure. A second create under the same
+  key cannot post twice (the PDS refuses a taken key with a 500, which ``lookup`` resolves).
+
+``timeout_s`` bounds every call to the PDS (default 10 s).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -32,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import SecretStr
 
-from botsky.errors import PostError, PostRateLimited
+from botsky.errors import PostError, PostOutcomeUnknown, PostRateLimited
 from botsky.events import POST
 from botsky.posting.base import Posted, ReplyPost
-from botsky.posting.budget import WriteBudget
+from botsky.posting.budget import WriteBudget, login_key
 
 if TYPE_CHECKING:
     import httpx
@@ -95,6 +105,28 @@ def _status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def _is_refusal(exc: BaseException) -> bool:
+    """A 4xx that means no. 408 (timeout) and 425 say nothing about the record; 429 is handled
+    apart; no status at all is a transport failure (unknown)."""
+    status = _status(exc)
+    return status is not None and 400 <= status < 500 and status not in (408, 425, 429)
+
+
+def _describe(exc: BaseException) -> str:
+    name = _error_name(exc) or type(exc).__name__
+    status = _status(exc)
+    return f"{name} ({status})" if status is not None else name
+
+
+def _reset_of(exc: Any, wall: float) -> float | None:
+    """A 429's ``ratelimit-reset`` (epoch seconds), else now + ``retry-after``, else None."""
+    if exc.reset_at is not None:
+        return float(exc.reset_at.timestamp())
+    if exc.retry_after is not None:
+        return wall + float(exc.retry_after)
+    return None
+
+
 def _is_auth_error(exc: BaseException) -> bool:
     from atproto_client.exceptions import LoginRequiredError, UnauthorizedError
 
@@ -116,6 +148,8 @@ class BotSession:
         data_dir: Path,
         expected_did: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 10.0,
+        limits: WriteBudget | None = None,
     ) -> None:
         try:
             from atproto import AsyncClient
@@ -128,7 +162,12 @@ class BotSession:
         self.pds_url = pds_url.rstrip("/")
         self.path = session_path(data_dir, bot)
         self._password = password
-        request = AsyncRequest(transport=transport) if transport is not None else AsyncRequest()
+        # Where a createSession 429 is recorded and honoured (None: not at all, e.g. `accounts`).
+        self.limits = limits
+        options: dict[str, Any] = {"timeout": timeout_s}
+        if transport is not None:
+            options["transport"] = transport
+        request = AsyncRequest(**options)
         self.client: AsyncClient = AsyncClient(base_url=self.pds_url, request=request)
         self.client.on_session_change(self._persist)
         self.did = ""
@@ -181,12 +220,35 @@ class BotSession:
         self.status = "created"
 
     async def login(self) -> None:
-        """createSession with the app password (counted: it is rate limited)."""
+        """createSession with the app password (counted: it is rate limited). Refused with
+        ``PostRateLimited``, without calling the PDS, while a 429's block of this identifier
+        lasts; a new 429 records one."""
+        from atproto_client.exceptions import RateLimitExceededError
+
+        key = login_key(self.handle)
+        if self.limits is not None and (wait := await self.limits.blocked_for(key)) > 0:
+            raise PostRateLimited(
+                f"bot {self.bot}: the PDS refused logins as {self.handle} (429); botsky will "
+                f"not try again for {wait:.0f} s",
+                retry_after=wait,
+            )
         self.logins += 1
         self._generation += 1
-        await self.client.login(
-            self.handle, self._password.get_secret_value(), fetch_bsky_profile=False
-        )
+        try:
+            await self.client.login(
+                self.handle, self._password.get_secret_value(), fetch_bsky_profile=False
+            )
+        except RateLimitExceededError as exc:
+            if self.limits is None:
+                raise
+            wait = await self.limits.server_limited(
+                key, _reset_of(exc, time.time()), f"429 createSession {exc.policy or ''}".strip()
+            )
+            log.warning("pds_rate_limited", bot=self.bot, call="createSession", retry_after=wait)
+            raise PostRateLimited(
+                f"bot {self.bot}: the PDS rate-limited logins as {self.handle} for {wait:.0f} s",
+                retry_after=wait,
+            ) from exc
         self.did = self.client.export_session_string().split(":::")[1]
         if self.expected_did and self.did != self.expected_did:
             raise PostError(
@@ -260,12 +322,17 @@ class AtprotoPoster:
     async def reply(self, post: ReplyPost) -> Posted:
         session = self.sessions.get(post.bot)
         if session is None:
-            raise PostError(f"no account is logged in for bot {post.bot!r}")
+            raise PostError(f"no account is logged in for bot {post.bot!r}", reason="no_session")
         if post.bot_did and post.bot_did != session.did:
-            raise PostError(f"bot {post.bot} posts as {session.did}, not {post.bot_did}")
+            raise PostError(
+                f"bot {post.bot} posts as {session.did}, not {post.bot_did}", reason="wrong_did"
+            )
         if self.paused():
             self.counts["paused"] += 1
-            raise PostRateLimited("posting is paused by the kill switch", retry_after=1.0)
+            raise PostRateLimited(
+                "posting is paused by the kill switch", retry_after=1.0, reason="paused"
+            )
+        import httpx
         from atproto_client.exceptions import AtProtocolError, RateLimitExceededError
 
         data: dict[str, Any] = {"repo": session.did, "collection": POST, "record": post.record()}
@@ -275,47 +342,60 @@ class AtprotoPoster:
             try:
                 out = await session.procedure("com.atproto.repo.createRecord", data)
             except RateLimitExceededError as exc:
-                reset = exc.reset_at.timestamp() if exc.reset_at else None
-                if reset is None and exc.retry_after is not None:
-                    reset = self.budget.wall() + exc.retry_after
-                wait = self.budget.server_limited(session.did, reset)
+                reset = _reset_of(exc, self.budget.clock())
+                policy = f"429 createRecord {exc.policy or ''}".strip()
+                wait = await self.budget.server_limited(session.did, reset, policy)
                 self.counts["rate_limited"] += 1
                 log.warning("pds_rate_limited", bot=post.bot, retry_after=round(wait, 1))
-                raise PostRateLimited(f"the PDS rate-limited {post.bot}", retry_after=wait) from exc
-            except AtProtocolError as exc:
-                # With a chosen record key a failure is checkable: the reply may have landed
-                # before (a retry after a crash: the PDS answers 500 for a taken key) or the
-                # answer was lost on the network. If the bot's repo has it, that is a success.
-                found = None
-                if post.rkey:
-                    with contextlib.suppress(PostError):
-                        found = await self.lookup(session.did, post.rkey, post.parent.uri)
-                if found is not None:
-                    self.counts["already_posted"] += 1
-                    return found
-                self.counts["failed"] += 1
-                name = _error_name(exc) or type(exc).__name__
-                raise PostError(f"{name}: {exc}") from exc
+                raise PostRateLimited(
+                    f"the PDS rate-limited {post.bot}", retry_after=wait, reason="rate_limited"
+                ) from exc
+            except (AtProtocolError, httpx.HTTPError) as exc:
+                return await self._after_failure(session, post, exc)
         self.counts["posted"] += 1
         return Posted(uri=str(out["uri"]), cid=str(out["cid"]))
+
+    async def _after_failure(self, session: BotSession, post: ReplyPost, exc: Exception) -> Posted:
+        """A create failed: the reply if it is in the repo after all, else the failure sorted
+        into a refusal (``PostError``) or an unknown outcome (``PostOutcomeUnknown``)."""
+        # With a chosen record key a failure is checkable: the reply may have landed (the
+        # answer was lost, or this is a retry and the PDS answered 500 for the taken key).
+        found = None
+        if post.rkey:
+            try:
+                found = await self.lookup(session.did, post.rkey, post.parent.uri)
+            except (PostOutcomeUnknown, PostError) as missed:
+                log.info("lookup_failed", bot=post.bot, rkey=post.rkey, error=str(missed))
+        if found is not None:
+            self.counts["already_posted"] += 1
+            return found
+        what = _describe(exc)
+        if _is_refusal(exc):
+            self.counts["refused"] += 1
+            raise PostError(f"{what}: {exc}", reason=_error_name(exc) or "refused") from exc
+        self.counts["unknown"] += 1
+        log.warning("post_outcome_unknown", bot=post.bot, rkey=post.rkey, error=what)
+        raise PostOutcomeUnknown(f"{what}: {exc}") from exc
 
     async def lookup(self, bot_did: str, rkey: str, parent_uri: str) -> Posted | None:
         """The reply under ``rkey`` in the bot's repo if it answers ``parent_uri``, else None.
 
-        Reads are public (no budget). Raises ``PostError`` when the PDS cannot tell.
+        Reads are not write-limited (no budget). Raises ``PostOutcomeUnknown`` when the PDS
+        cannot tell (unreachable, timeout, 5xx).
         """
+        import httpx
         from atproto_client.exceptions import AtProtocolError
 
         session = next((s for s in self.sessions.values() if s.did == bot_did), None)
         if session is None:
-            raise PostError(f"no bot is logged in as {bot_did}")
+            raise PostError(f"no bot is logged in as {bot_did}", reason="no_session")
         params = {"repo": bot_did, "collection": POST, "rkey": rkey}
         try:
             got = await session.query("com.atproto.repo.getRecord", params)
-        except AtProtocolError as exc:
+        except (AtProtocolError, httpx.HTTPError) as exc:
             if _error_name(exc) == "RecordNotFound":
                 return None
-            raise PostError(f"looking up {rkey}: {exc}") from exc
+            raise PostOutcomeUnknown(f"looking up {rkey}: {_describe(exc)} {exc}") from exc
         reply = (got.get("value") or {}).get("reply") or {}
         if (reply.get("parent") or {}).get("uri") != parent_uri:
             return None
@@ -336,8 +416,10 @@ def bot_sessions(
     pds_url: str,
     data_dir: Path,
     transport: httpx.AsyncBaseTransport | None = None,
+    timeout_s: float = 10.0,
+    limits: WriteBudget | None = None,
 ) -> list[BotSession]:
-    """One (not yet opened) session per account."""
+    """One (not yet opened) session per account; ``limits`` records and honours login 429s."""
     return [
         BotSession(
             bot=name,
@@ -347,6 +429,8 @@ def bot_sessions(
             data_dir=data_dir,
             expected_did=account.did,
             transport=transport,
+            timeout_s=timeout_s,
+            limits=limits,
         )
         for name, account, password in accounts
     ]
@@ -360,16 +444,26 @@ async def open_live_poster(
     budget: WriteBudget | None = None,
     paused: Callable[[], bool] = lambda: False,
     transport: httpx.AsyncBaseTransport | None = None,
+    timeout_s: float = 10.0,
 ) -> AtprotoPoster:
     """Log every bot in (reusing saved sessions) and return the poster, which spends
-    ``budget`` (default: the PDS's limits with the default headroom).
+    ``budget`` (default: the PDS's limits with the default headroom, in memory).
 
-    A bot that cannot log in fails the whole call with ``PostError``: a live run with a
-    silently missing bot would skew the randomized assignment.
+    A bot that cannot log in fails the whole call with ``PostError`` (``PostRateLimited``
+    while a 429 of its logins lasts, without asking the PDS again): a live run with a silently
+    missing bot would skew the randomized assignment.
     """
     from atproto_client.exceptions import AtProtocolError
 
-    sessions = bot_sessions(accounts, pds_url=pds_url, data_dir=data_dir, transport=transport)
+    budget = budget or WriteBudget()
+    sessions = bot_sessions(
+        accounts,
+        pds_url=pds_url,
+        data_dir=data_dir,
+        transport=transport,
+        timeout_s=timeout_s,
+        limits=budget,
+    )
     try:
         for s in sessions:
             try:
@@ -380,4 +474,4 @@ async def open_live_poster(
         for s in sessions:
             await s.aclose()
         raise
-    return AtprotoPoster(sessions, budget or WriteBudget(), paused=paused)
+    return AtprotoPoster(sessions, budget, paused=paused)
