@@ -40,6 +40,7 @@ ORDER = (
     "presence_memory",
     "outcomes_memory",
     "sim",
+    "feed",
 )
 
 

@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -88,6 +88,10 @@ def run_cmd(config_path: Path | None) -> None:
         app = await build_app(loaded, secrets)
         record_run(loaded.path, "run")  # `botsky scores` shows this run (botsky.lastrun)
         freeze_startup_heap()
+        if st.feed.enabled:
+            from botsky.feed import tune_interpreter
+
+            tune_interpreter()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,7 +137,7 @@ def scores_cmd(
     from botsky.stats_cli import Rows, show_scores
     from botsky.wiring import scoring_options
 
-    if log_file is not None:
+    if log_file is not None:  # the feed's counts live in the ledger only
         # The same reading options as the ledger path when a config is there; defaults if not.
         options = ScoringOptions()
         if config_path is not None or _default_config_exists():
@@ -144,10 +148,16 @@ def scores_cmd(
             lines = fh.readlines()
         mentions, outcomes = rebuild_from_log(lines)
         rows = Rows(mentions, outcomes, log_clock_us(lines))
-    else:
-        loaded, rows = ledger_rows(config_path)
+    feed: tuple[list[Any], str] | None = None  # the feed's per-arm counts and arm field
+    if log_file is None:
+        loaded, rows, feed = ledger_rows(config_path)
         options = scoring_options(loaded.settings)
     show_scores(rows, options, by=by, as_json=as_json, plot_file=plot_file, as_of=as_of, wide=wide)
+    if feed is not None and feed[0] and not as_json and "," not in by:
+        # The fair-exposure feed's engagement per seen impression (botsky.feed.scores).
+        from botsky.feed.scores import feed_scores, render_feed
+
+        Console().print(render_feed(feed_scores(feed[0]), feed[1]))
 
 
 def _default_config_exists() -> bool:
@@ -198,11 +208,12 @@ def schema_cmd(out_dir: Path, check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
-def ledger_rows(config_path: Path | None) -> tuple[LoadedConfig, Rows]:
-    """The config and the rows ``scores`` reads (mentions, outcomes and the stream clock the
-    runtime saved), from the ledger of ``-c``'s config; without ``-c``, of the last run started
-    in this directory (said on stderr; ``botsky.lastrun``), else of configs/botsky.yaml. Opened
-    read-only: reading scores never creates or changes a ledger."""
+def ledger_rows(config_path: Path | None) -> tuple[LoadedConfig, Rows, tuple[list[Any], str]]:
+    """The config, the rows ``scores`` reads (mentions, outcomes and the stream clock the
+    runtime saved) and the feed's per-arm counts with its arm field, from the ledger of
+    ``-c``'s config; without ``-c``, of the last run started in this directory (said on
+    stderr; ``botsky.lastrun``), else of configs/botsky.yaml. Opened read-only: reading scores
+    never creates or changes a ledger."""
     from botsky.configload import load_config
     from botsky.lastrun import last_run
     from botsky.ledger import open_ledger
@@ -225,19 +236,20 @@ def ledger_rows(config_path: Path | None) -> tuple[LoadedConfig, Rows]:
         click.echo(hint, err=True)
         sys.exit(1)
 
-    async def _rows() -> Rows:
+    async def _rows() -> tuple[Rows, list[Any]]:
         await ledger.open()
         try:
-            return Rows(
+            rows = Rows(
                 await ledger.mentions(),
                 await ledger.outcomes(),
                 await ledger.load_cursor(CLOCK_CURSOR),
             )
+            return rows, await ledger.feed_arm_counts()  # type: ignore[attr-defined]
         finally:
             await ledger.close()
 
     try:
-        rows = asyncio.run(_rows())
+        rows, feed_counts = asyncio.run(_rows())
     except BotskyError as exc:
         click.echo(f"botsky: {exc}", err=True)
         if "yet" in str(exc):
@@ -245,7 +257,7 @@ def ledger_rows(config_path: Path | None) -> tuple[LoadedConfig, Rows]:
         sys.exit(1)
     if not rows.mentions:
         click.echo(f"no mentions recorded yet in the ledger of {_shown(loaded.path)}", err=True)
-    return loaded, rows
+    return loaded, rows, (feed_counts, st.feed.arm_by)
 
 
 def _shown(path: Path) -> Path:
@@ -291,12 +303,14 @@ def _isatty(stream: object) -> bool:
 def _register() -> None:
     # Imported here, not at the top: each module imports only click until its command runs.
     from botsky.accounts import accounts
+    from botsky.feed.cli import feed
     from botsky.sim.cli import simulate_cmd
     from botsky.stats_cli import plan_cmd
 
     cli.add_command(accounts)
     cli.add_command(simulate_cmd)
     cli.add_command(plan_cmd)
+    cli.add_command(feed)
 
 
 _register()

@@ -24,6 +24,7 @@ __all__ = [
     "BotsFile",
     "ComposeConfig",
     "DispatchConfig",
+    "FeedConfig",
     "IdentityConfig",
     "LedgerConfig",
     "LoggingConfig",
@@ -280,6 +281,92 @@ class WebConfig(_Strict):
         return self
 
 
+class FeedConfig(_Strict):
+    """The fair-exposure feed generator (``botsky.feed``), served by the web app.
+
+    ``service_did`` is the feed service's ``did:web`` (its document is served at
+    ``/.well-known/did.json``); ``publisher`` is the account whose repository holds the
+    ``app.bsky.feed.generator`` record ``rkey`` (``botsky feed publish``).
+    """
+
+    enabled: bool = False
+    service_did: str | None = None  # did:web:feed.example.com
+    # Where the AppView reaches the service; default https://<the did:web host>.
+    service_endpoint: str | None = None
+    publisher: AccountConfig | None = None
+    rkey: str = Field(default="botsky-fair", pattern=r"^[A-Za-z0-9._:~-]{1,512}$")
+    display_name: str = "botsky: fair replies"
+    description: str = (
+        "Recent replies of botsky's bots (LLMs and control arms), shown equally: every page "
+        "interleaves the bots' arms in a random round-robin, so engagement is measured per "
+        "view without any ranking bias."
+    )
+    accepts_interactions: bool = True
+    content_mode: Literal["unspecified", "video"] = "unspecified"
+    # The mention field that makes an arm: the leaderboard's headline grouping by default.
+    arm_by: Literal["model", "persona", "bot", "picker", "provider"] = "model"
+    max_age_s: float = Field(default=48 * 3600.0, gt=0)  # replies older than this leave
+    max_impressions_per_item: int = Field(default=200, ge=1)  # the per-item serve cap
+    # Viewer DIDs are personal data: kept this long (to join engagement), then nulled.
+    viewer_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    # An engagement joins the actor's latest exposure of the item served this long before it.
+    attribution_window_s: float = Field(default=86400.0, gt=0)
+    viewer_rate_per_s: float = Field(default=5.0, gt=0)
+    viewer_burst: int = Field(default=30, ge=1)
+    ip_rate_per_s: float = Field(default=20.0, gt=0)  # requests without a valid token
+    ip_burst: int = Field(default=60, ge=1)
+    refresh_s: float = Field(default=5.0, gt=0)
+    session_ttl_s: float = Field(default=3600.0, gt=0)
+    max_sessions: int = Field(default=20_000, ge=1)
+    record_timeout_s: float = Field(default=5.0, gt=0)
+    # Seconds of clock skew allowed on exp/iat; 0 like the reference verifyJwt.
+    jwt_leeway_s: int = Field(default=0, ge=0, le=300)
+    privacy_policy_url: str | None = None
+    terms_of_service_url: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> FeedConfig:
+        from botsky.compose import grapheme_len
+
+        if grapheme_len(self.display_name) > 24 or len(self.display_name.encode()) > 240:
+            raise ValueError("feed.display_name must be at most 24 graphemes (240 bytes)")
+        if not self.display_name.strip():
+            raise ValueError("feed.display_name must not be empty")
+        if grapheme_len(self.description) > 300 or len(self.description.encode()) > 3000:
+            raise ValueError("feed.description must be at most 300 graphemes (3000 bytes)")
+        if self.viewer_retention_s < self.attribution_window_s:
+            raise ValueError(
+                "feed.viewer_retention_s must be at least feed.attribution_window_s: engagement "
+                "is joined to viewers until the window closes"
+            )
+        if self.service_did is not None and not self.service_did.startswith("did:web:"):
+            raise ValueError("feed.service_did must be a did:web (e.g. did:web:feed.example.com)")
+        if self.enabled:
+            if self.service_did is None:
+                raise ValueError("feed.enabled needs feed.service_did (a did:web)")
+            if self.publisher is None or not self.publisher.did:
+                raise ValueError(
+                    "feed.enabled needs feed.publisher with its did (the repo of the record)"
+                )
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """The service endpoint: configured, or https://<host> of the did:web."""
+        if self.service_endpoint:
+            return self.service_endpoint.rstrip("/")
+        assert self.service_did is not None
+        host = self.service_did.removeprefix("did:web:").replace("%3A", ":")
+        scheme = "http" if host == "localhost" or host.startswith("localhost:") else "https"
+        return f"{scheme}://{host}"
+
+    @property
+    def feed_uri(self) -> str:
+        """``at://<publisher did>/app.bsky.feed.generator/<rkey>``."""
+        did = self.publisher.did if self.publisher is not None else None
+        return f"at://{did}/app.bsky.feed.generator/{self.rkey}"
+
+
 class AudienceConfig(_Strict):
     """Consent. ``opt_in`` answers and mentions only users who opted in."""
 
@@ -374,9 +461,16 @@ class Settings(BaseSettings):
     audience: AudienceConfig = Field(default_factory=AudienceConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    feed: FeedConfig = Field(default_factory=FeedConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     sim: SimConfig = Field(default_factory=SimConfig)
+
+    @model_validator(mode="after")
+    def _feed_needs_web(self) -> Settings:
+        if self.feed.enabled and not self.web.enabled:
+            raise ValueError("feed.enabled needs web.enabled: the feed is served by the web app")
+        return self
 
 
 class AccountConfig(_Strict):

@@ -52,6 +52,7 @@ __all__ = [
     "ConfigReport",
     "LoadedConfig",
     "Secrets",
+    "account_password",
     "check_config",
     "env_warnings",
     "inspect_config",
@@ -257,6 +258,16 @@ def _secrets(
                     f"{where(loc)} {_field_path(loc)}: {reason} (needed for live posting)"
                 )
     return secrets, problems
+
+
+def account_password(
+    account: AccountConfig, what: str, *, environ: Mapping[str, str] | None = None
+) -> SecretStr:
+    """The app password of a non-bot account (``what`` names it in errors), or ConfigError."""
+    password, misses = _password(account, os.environ if environ is None else environ)
+    if password is None:
+        raise ConfigError([f"{what}.{key or 'account'}: {reason}" for key, reason in misses])
+    return password
 
 
 def _sim_only_pickers(

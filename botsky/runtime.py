@@ -23,7 +23,7 @@ import contextlib
 from collections import Counter, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -42,6 +42,9 @@ from botsky.presence import Presence
 from botsky.scoring import ScoringOptions, log_reading
 from botsky.sources.base import Source
 from botsky.web import WebServer, serve
+
+if TYPE_CHECKING:
+    from botsky.feed import FeedService
 
 __all__ = ["App", "RunSummary"]
 
@@ -119,6 +122,7 @@ class App:
         left_out: dict[str, str] | None = None,
         settle_interval_s: float = 5.0,
         scoring: ScoringOptions | None = None,
+        feed: FeedService | None = None,
     ) -> None:
         self.source = source
         self.scoring = scoring or ScoringOptions()
@@ -149,6 +153,7 @@ class App:
         self.summary = RunSummary(left_out=dict(left_out or {}))
         self._cursor: int | None = None
         self._failure: Exception | None = None  # what ended a task of the run, re-raised
+        self.feed = feed  # the fair-exposure feed (botsky.feed), served by the web app
 
     async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
         """Run until the source ends or ``stop`` is set; always saves the cursor and scores.
@@ -159,8 +164,10 @@ class App:
         """
         stop = self._stop = stop or asyncio.Event()
         self._failure = None
-        # The web server is the one task outside the group: `simulate --serve` keeps the page
-        # up after the run; ``aclose`` stops it.
+        # The web server (with the feed it serves, and the feed's refresh loop) is outside the
+        # group: `simulate --serve` keeps the page up after the run; ``aclose`` stops both.
+        if self.feed is not None:
+            await self.feed.start()
         if self.web is not None and self.web.enabled:
             self.web_server = await serve(
                 self,
@@ -169,6 +176,7 @@ class App:
                 token=self.web.token,
                 metrics=self.metrics,
                 refresh_s=self.web.refresh_s,
+                feed=self.feed,
             )
             log.info("web_started", url=self.web_server.url)
         try:
@@ -241,9 +249,12 @@ class App:
         self._stop.set()
 
     async def aclose(self) -> None:
-        """Stop the web server, close the models, the poster, identity and the ledger."""
+        """Stop the web server and the feed, close the models, the poster, identity and the
+        ledger."""
         if self.web_server is not None:
             await self.web_server.stop()
+        if self.feed is not None:
+            await self.feed.stop()
         for model in self.models:
             await model.aclose()
         if self.dispatcher is not None:
@@ -278,6 +289,8 @@ class App:
                 await self._note_account(event)
             self.presence.observe(event)
             await self.outcomes.observe(event)
+            if self.feed is not None:
+                self.feed.observe(event)
             if self.selector is not None and self.dispatcher is not None and event.is_post_create:
                 post = event.post
                 reason = self.selector.reason(event, post)

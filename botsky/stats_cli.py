@@ -512,7 +512,7 @@ def _observed(
     from botsky.cli import ledger_rows
     from botsky.wiring import scoring_options
 
-    loaded, rows = ledger_rows(config_path)
+    loaded, rows, _feed = ledger_rows(config_path)
     options = scoring_options(loaded.settings)
     board = leaderboard(
         rows.mentions,

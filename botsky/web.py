@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import uvicorn
@@ -61,6 +61,9 @@ from botsky.scoring import (
     leaderboard_json,
     score_log_fields,
 )
+
+if TYPE_CHECKING:
+    from botsky.feed.service import FeedService
 
 __all__ = ["LEADERBOARD_GROUPS", "WebServer", "bsky_url", "create_app", "serve"]
 
@@ -98,10 +101,12 @@ def create_app(
     metrics: Metrics | None = None,
     token: str | SecretStr | None = None,
     refresh_s: float = 5.0,
+    feed: FeedService | None = None,
 ) -> Starlette:
     """The ASGI app over ``view``; ``metrics`` is created (and attached) if not given.
 
     Ledger numbers are reloaded at most every ``refresh_s`` seconds, shared by every route.
+    ``feed``: also serve the fair-exposure feed's public routes (``botsky.feed.routes``).
     """
     metrics = metrics or Metrics()
     cache = metrics.watch(view, max_age_s=refresh_s)
@@ -119,6 +124,7 @@ def create_app(
         # A ledger outage must not hide the live counters: the scores are just older (their
         # age is botsky_scores_age_seconds).
         await refresh()
+        await _feed_scores(feed, refresh_s)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     async def refresh() -> Response | None:
@@ -154,7 +160,12 @@ def create_app(
         failed = await refresh()
         if failed is not None:
             return failed
-        page = _render_page(view, cache, conversations=20)
+        extra = ""
+        if feed is not None:
+            from botsky.feed.render import feed_section
+
+            extra = feed_section(await _feed_scores(feed, refresh_s), feed.arm_by)
+        page = _render_page(view, cache, conversations=20, extra=extra)
         return HTMLResponse(page, headers=_SECURITY_HEADERS)
 
     routes = [
@@ -165,9 +176,15 @@ def create_app(
         Route("/api/leaderboard", leaderboard_api),
         Route("/api/conversations", conversations_api),
     ]
+    open_paths = _OPEN_PATHS
+    if feed is not None:
+        from botsky.feed.routes import OPEN_PATHS, feed_routes
+
+        routes += feed_routes(feed)
+        open_paths = open_paths | OPEN_PATHS
     app = Starlette(routes=routes)
     if secret is not None:
-        app.add_middleware(_BearerAuth, token=secret)
+        app.add_middleware(_BearerAuth, token=secret, open_paths=open_paths)
     return app
 
 
@@ -208,6 +225,7 @@ async def serve(
     token: str | SecretStr | None = None,
     metrics: Metrics | None = None,
     refresh_s: float = 5.0,
+    feed: FeedService | None = None,
 ) -> WebServer:
     """Start the web app on ``host:port`` (0: any free port) and return once it accepts.
 
@@ -220,7 +238,7 @@ async def serve(
             f"web.host {host!r} is not loopback and web.token is unset: refusing to publish "
             "the leaderboard without authentication (set BOTSKY_WEB__TOKEN, or bind 127.0.0.1)"
         )
-    app = create_app(view, metrics=metrics, token=secret, refresh_s=refresh_s)
+    app = create_app(view, metrics=metrics, token=secret, refresh_s=refresh_s, feed=feed)
     config = uvicorn.Config(
         app,
         lifespan="off",  # nothing to start or stop: the App owns every resource
@@ -247,7 +265,10 @@ async def serve(
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and accepted sockets inherit a 0 here. Without it, Nagle held back the body write until
+    # the client's delayed ACK: +44 ms on every keep-alive request (bench/bench_feed.py).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -276,12 +297,13 @@ def _secret(token: str | SecretStr | None) -> str | None:
 class _BearerAuth:
     """Every path but the health checks needs ``Authorization: Bearer <token>``."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = _OPEN_PATHS) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in _OPEN_PATHS:
+        if scope["type"] == "http" and scope["path"] not in self.open_paths:
             given = Headers(scope=scope).get("authorization", "").encode()
             if not secrets.compare_digest(given, self.expected):
                 response = PlainTextResponse(
@@ -584,7 +606,20 @@ def _health(view: AppView) -> list[tuple[str, str]]:
     return rows
 
 
-def _render_page(view: AppView, cache: ScoreCache, *, conversations: int) -> str:
+async def _feed_scores(feed: FeedService | None, max_age_s: float) -> list[Any]:
+    """The feed's per-arm figures, reloaded if stale; the last ones if the ledger fails."""
+    if feed is None:
+        return []
+    try:
+        return await feed.load_scores(max_age_s=max_age_s)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("web_feed_scores_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return feed.scores
+
+
+def _render_page(view: AppView, cache: ScoreCache, *, conversations: int, extra: str = "") -> str:
     sections = "\n".join(_leaderboard_section(by, cache.board(by)) for by in LEADERBOARD_GROUPS)
     as_of = _time(cache.board("model").as_of_us) or "–"
     convs = list(_conversations(cache, conversations))
@@ -615,6 +650,7 @@ docs/statistics.md.</p>
 </header>
 <main>
 {sections}
+{extra}
 <section id="conversations">
 <h2>Recent conversations</h2>
 <table class="conversations">

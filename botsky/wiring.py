@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import random
+import time
 from collections.abc import Container, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import structlog
@@ -383,6 +384,21 @@ async def build_app(
             reason="every bot was left out (see the bot_disabled lines)",
             hint="set the bots' API key variables, start their model servers, or add template bots",
         )
+    feed = None
+    if st.feed.enabled:
+        from botsky.feed import open_feed
+        from botsky.feed.metrics import FeedCollector
+
+        feed = open_feed(
+            st.feed,
+            ledger=cast(Any, ledger),  # RetryingLedger passes the FeedLedger methods through
+            plc_url=st.identity.plc_url,
+            # The stream clock, like every other window; the wall clock before the first event.
+            clock=lambda: presence.now_us or time.time_ns() // 1000,
+            opted_out=policy.opted_out.__contains__,
+            score_interval_s=st.scoring.interval_s,
+        )
+        metrics.registry.register(FeedCollector(feed))
     return App(
         source=source,
         ledger=ledger,
@@ -406,4 +422,5 @@ async def build_app(
         left_out=left_out,
         settle_interval_s=st.posting.retry_initial_s,
         scoring=scoring_options(st),
+        feed=feed,
     )

@@ -11,7 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # The benchmarks with a row in BENCHMARKS.md (scripts/bench runs the same list).
-NAMES = ("relay", "jetstream", "router", "latency", "replies", "presence", "outcomes", "sim")
+NAMES = (
+    "relay",
+    "jetstream",
+    "router",
+    "latency",
+    "replies",
+    "presence",
+    "outcomes",
+    "sim",
+    "feed",
+)
 BENCHES = [ROOT / "bench" / f"bench_{name}.py" for name in NAMES]
 
 

@@ -190,6 +190,56 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        6,
+        "feed_exposures",
+        (
+            # The fair-exposure feed (botsky.feed): every page served, with its reqId; one row
+            # per item on it (an exposure: served, and seen once the client says so), with the
+            # engagement joined to it; the raw sendInteractions log. ``viewer`` is a DID, or
+            # NULL for an anonymous request and after the retention purge.
+            """CREATE TABLE feed_pages (
+                req_id TEXT PRIMARY KEY,
+                session_id TEXT NOT NULL,
+                viewer TEXT,
+                first_slot INTEGER NOT NULL,
+                items INTEGER NOT NULL,
+                served_us BIGINT NOT NULL
+            )""",
+            "CREATE INDEX feed_pages_session ON feed_pages (session_id)",
+            "CREATE INDEX feed_pages_served_us ON feed_pages (served_us)",
+            """CREATE TABLE feed_exposures (
+                {id},
+                req_id TEXT NOT NULL REFERENCES feed_pages (req_id),
+                mention_id BIGINT NOT NULL REFERENCES mentions (id),
+                item_uri TEXT NOT NULL,
+                arm TEXT NOT NULL,
+                viewer TEXT,
+                pos INTEGER NOT NULL,
+                slot INTEGER NOT NULL,
+                served_us BIGINT NOT NULL,
+                seen_us BIGINT,
+                like_us BIGINT,
+                repost_us BIGINT,
+                reply_us BIGINT,
+                quote_us BIGINT,
+                UNIQUE (req_id, pos)
+            )""",
+            "CREATE INDEX feed_exposures_item_viewer ON feed_exposures "
+            "(item_uri, viewer, served_us)",
+            "CREATE INDEX feed_exposures_served_us ON feed_exposures (served_us)",
+            """CREATE TABLE feed_interactions (
+                {id},
+                req_id TEXT,
+                item_uri TEXT NOT NULL,
+                viewer TEXT,
+                event TEXT NOT NULL,
+                feed_context TEXT,
+                time_us BIGINT NOT NULL
+            )""",
+            "CREATE INDEX feed_interactions_time_us ON feed_interactions (time_us)",
+        ),
+    ),
 )
 
 

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from botsky.errors import BotskyError, ConfigError, LedgerError, LedgerUnavailable
 from botsky.ledger._sql import SqlLedger, Statements, now_us
 from botsky.ledger.base import Mention, SpendDecision, WriteSpends
+from botsky.ledger.feed_postgres import PostgresFeedMixin
 from botsky.ledger.migrations import SCHEMA_MIGRATIONS, mention_to_row, pending, statements
 
 __all__ = ["PostgresLedger"]
@@ -31,7 +32,7 @@ _MIGRATION_LOCK = int.from_bytes(b"botskymg", "big")
 _SQL = Statements().spelled("postgres")
 
 
-class PostgresLedger(SqlLedger):
+class PostgresLedger(PostgresFeedMixin, SqlLedger):
     """The ledger in the PostgreSQL database at ``dsn``, through a pool of connections.
 
     ``timeout`` is how many seconds ``open()`` and each call wait for a connection before

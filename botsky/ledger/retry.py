@@ -37,6 +37,7 @@ from botsky.ledger.base import (
     SpendDecision,
     WriteSpends,
 )
+from botsky.ledger.feed import RetryingFeedMixin
 
 __all__ = ["RetryingLedger"]
 
@@ -45,7 +46,7 @@ log = structlog.get_logger("botsky.ledger")
 _T = TypeVar("_T")
 
 
-class RetryingLedger:
+class RetryingLedger(RetryingFeedMixin):
     """A ``Ledger`` that retries ``LedgerUnavailable`` around another; everything else passes
     through. Each method names the inner call it retries, so a method added to the contract
     is a type error here until it is wrapped too."""

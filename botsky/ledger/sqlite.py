@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from botsky.errors import BotskyError, LedgerError, LedgerUnavailable
 from botsky.ledger._sql import SqlLedger, Statements, now_us
 from botsky.ledger.base import Mention, SpendDecision, WriteSpends
+from botsky.ledger.feed_sqlite import SqliteFeedMixin
 from botsky.ledger.migrations import SCHEMA_MIGRATIONS, mention_to_row, pending, statements
 
 __all__ = ["SqliteLedger"]
@@ -37,7 +38,7 @@ _T = TypeVar("_T")
 _SQL = Statements()
 
 
-class SqliteLedger(SqlLedger):
+class SqliteLedger(SqliteFeedMixin, SqlLedger):
     """The ledger in one SQLite file at ``path`` (its directory is created if missing).
 
     ``busy_timeout`` is how many seconds a write waits for another connection's lock before the
