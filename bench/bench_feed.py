@@ -100,6 +100,7 @@ def serve_main(db: str, keys_file: str) -> None:
     from botsky.feed.limits import RateLimiter
     from botsky.feed.service import FeedService
     from botsky.ledger.sqlite import SqliteLedger
+    from botsky.scoring import ScoringOptions
     from botsky.sources.base import SourceStats
     from botsky.web import serve
     from botsky.wiring import freeze_startup_heap
@@ -119,6 +120,7 @@ def serve_main(db: str, keys_file: str) -> None:
             self.dispatcher = None
             self.summary = None
             self.cursor_name = "bench"
+            self.scoring = ScoringOptions()
 
     async def main() -> None:
         ledger = SqliteLedger(Path(db))
