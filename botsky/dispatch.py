@@ -183,6 +183,7 @@ class _Job:
     event: Event
     post: PostRef
     queued_at: float
+    token: int | None = None  # the runtime's hold on the cursor (botsky.watermark)
 
 
 class Dispatcher:
@@ -241,6 +242,9 @@ class Dispatcher:
         self.queue_size = queue_size
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._room = asyncio.Event()  # set whenever a worker takes a job off the queue
+        # Called with a job's token once its worker is done with it (not when it is cancelled
+        # or discarded): the runtime's low-water mark then moves past it (botsky.watermark).
+        self.release: Callable[[int], None] = lambda token: None
         self.counts: Counter[str] = Counter()
         self.redraws: Counter[str] = Counter()  # posts re-drawn away from each paused bot
 
@@ -261,21 +265,22 @@ class Dispatcher:
         self.counts = Counter(state["counts"])
         self.redraws = Counter(state.get("redraws", {}))
 
-    def offer(self, event: Event, post: PostRef) -> bool:
-        """Queue a post without waiting; False (and a counted drop) when the queue is full."""
+    def offer(self, event: Event, post: PostRef, token: int | None = None) -> bool:
+        """Queue a post without waiting; False (and a counted drop) when the queue is full.
+        ``token`` is released once a worker is done with the post."""
         if self.queue.qsize() >= self.queue_size:
             self.counts["dropped_queue_full"] += 1
             return False
-        self.queue.put_nowait(_Job(event, post, time.perf_counter()))
+        self.queue.put_nowait(_Job(event, post, time.perf_counter(), token))
         self.counts["queued"] += 1
         return True
 
-    async def put(self, event: Event, post: PostRef) -> None:
+    async def put(self, event: Event, post: PostRef, token: int | None = None) -> None:
         """Queue a post, waiting for room (for handover work, never for the reader)."""
         while self.queue.qsize() >= self.queue_size:
             self._room.clear()
             await self._room.wait()
-        self.queue.put_nowait(_Job(event, post, time.perf_counter()))
+        self.queue.put_nowait(_Job(event, post, time.perf_counter(), token))
         self.counts["queued"] += 1
 
     async def run(self) -> None:
@@ -293,7 +298,9 @@ class Dispatcher:
             self.queue.put_nowait(None)
 
     def discard_pending(self) -> int:
-        """Forget queued posts (on shutdown without draining); returns how many."""
+        """Take the queued posts off the queue (on shutdown without draining); returns how
+        many. Their tokens are not released: the runtime's mark stays before them, so the
+        next start reads them again (botsky.watermark)."""
         n = 0
         while True:
             try:
@@ -322,6 +329,10 @@ class Dispatcher:
                 log.exception("dispatch_failed", post=job.event.uri)
             finally:
                 self.queue.task_done()
+            # Done with it (a cancellation or a FatalError never gets here: kept for the next
+            # start, which reads the post again).
+            if job.token is not None:
+                self.release(job.token)
             self.counts[outcome] += 1
 
     async def wait_idle(self) -> None:

@@ -32,10 +32,12 @@ from botsky.ledger.base import AccountStatus
 __all__ = [
     "DAY_US",
     "INACTIVE_STATUSES",
+    "OPT_IN_REASONS",
     "OPT_OUT_REASONS",
     "AccountStatus",
     "AudiencePolicy",
     "KillSwitch",
+    "OptIn",
     "OptOut",
     "account_status",
 ]
@@ -47,6 +49,20 @@ BLOCKED = "blocked a bot"
 ASKED_TO_STOP = "asked a bot to stop"
 NOBOT_PROFILE = "nobot in profile"
 OPT_OUT_REASONS = (BLOCKED, ASKED_TO_STOP, NOBOT_PROFILE)
+
+# The reasons an ``OptIn`` gives (kept in the ledger's ``opt_ins``).
+FOLLOWED = "followed a bot"
+MENTIONED = "mentioned a bot"
+ALLOW_LIST = "allow list"
+OPT_IN_REASONS = (FOLLOWED, MENTIONED, ALLOW_LIST)
+
+
+@dataclass(frozen=True, slots=True)
+class OptIn:
+    """A user who just opted in, and why (one of ``OPT_IN_REASONS``)."""
+
+    did: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +159,7 @@ class AudiencePolicy:
         mode: str = "opt_in",
         bot_dids: Iterable[str] = (),
         allow_list: Iterable[str] = (),
+        opted_in: Iterable[str] = (),
         opted_out: Iterable[str] = (),
         inactive: Iterable[AccountStatus] = (),
         handle_of: Callable[[str], str | None] = lambda did: None,
@@ -159,7 +176,9 @@ class AudiencePolicy:
         self.bot_dids = frozenset(bot_dids)
         # The allow list may name DIDs or handles; handles are checked through identity.
         allowed = [a.strip().lower() for a in allow_list]
-        self.opted_in: set[str] = {a for a in allowed if a.startswith("did:")}
+        self.allowed_dids = frozenset(a for a in allowed if a.startswith("did:"))
+        # Consent given so far: the allow list's DIDs and the opt-ins kept in the ledger.
+        self.opted_in: set[str] = set(self.allowed_dids) | set(opted_in)
         self.allowed_handles = frozenset(a.lstrip("@") for a in allowed if not a.startswith("did:"))
         self.handle_of = handle_of
         self.opted_out: set[str] = set(opted_out)
@@ -288,11 +307,13 @@ class AudiencePolicy:
         self.inactive[status.did] = (status.status, status.time_us)
         return status
 
-    def observe(self, event: Event) -> OptOut | None:
-        """Learn opt-ins (follow or mention of a bot) and opt-outs; return a new opt-out.
+    def observe(self, event: Event) -> OptOut | OptIn | None:
+        """Learn opt-ins (follow or mention of a bot) and opt-outs; return a new one (for the
+        app to record in the ledger), or None.
 
         Opt-outs: a block of a bot, a reply to a bot containing a stop phrase, ``#nobot`` in a
-        profile description (create or update). A user already opted out gives None.
+        profile description (create or update). A user already opted out gives None; so does
+        an opt-in of a user who already opted in or out (an opt-out wins, for good).
         """
         if event.kind != "commit" or event.operation not in ("create", "update"):
             return None
@@ -308,16 +329,22 @@ class AudiencePolicy:
                 reason = BLOCKED
         elif event.collection == FOLLOW:
             if event.subject_did() in self.bot_dids:
-                self.opted_in.add(event.did)
+                return self._opt_in(event.did, FOLLOWED)
         elif event.collection == POST:
             post = event.post
             to_bot = uri_authority(post.parent_uri) in self.bot_dids
             if to_bot and self._stop is not None and self._stop.search(post.text):
                 reason = ASKED_TO_STOP
             if reason is None and any(d in self.bot_dids for d in post.mention_dids):
-                self.opted_in.add(event.did)
+                return self._opt_in(event.did, MENTIONED)
         if reason is None or event.did in self.opted_out or event.did in self.bot_dids:
             return None
         self.opted_out.add(event.did)
         self.opted_in.discard(event.did)
         return OptOut(event.did, reason)
+
+    def _opt_in(self, did: str, reason: str) -> OptIn | None:
+        if did in self.opted_in or did in self.opted_out or did in self.bot_dids:
+            return None
+        self.opted_in.add(did)
+        return OptIn(did, reason)
