@@ -76,6 +76,9 @@ __all__ = ["ComposeRules", "Dispatcher", "RetryPolicy", "Selector"]
 
 log = structlog.get_logger("botsky.dispatch")
 
+# How long after a start a post without candidates waits for handles being resolved.
+_HANDLES_WAIT_AFTER_START_S = 120.0
+
 
 class Selector:
     """Decides which new posts are worth a reply. ``reason`` returns None for eligible posts."""
@@ -245,6 +248,10 @@ class Dispatcher:
         # Called with a job's token once its worker is done with it (not when it is cancelled
         # or discarded): the runtime's low-water mark then moves past it (botsky.watermark).
         self.release: Callable[[int], None] = lambda token: None
+        # A post with no candidate waits this long for handles being resolved (see
+        # ``_handles_resolved``): after a start, nobody has a verified handle yet.
+        self.handles_wait_s = 5.0
+        self._started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.redraws: Counter[str] = Counter()  # posts re-drawn away from each paused bot
 
@@ -375,6 +382,18 @@ class Dispatcher:
             bot_did=bot.did,
             quality=bot.quality,
         )
+        if not offer.candidates and await self._handles_resolved():
+            # Candidates may have been waiting for their handles (a start, a new user).
+            offer = self.recommender.offer(
+                bot.picker,
+                post.text,
+                event.did,
+                post.langs,
+                self.rng,
+                post_uri=event.uri,
+                bot_did=bot.did,
+                quality=bot.quality,
+            )
         if not offer.candidates:
             log.info("no_candidates", bot=bot.name)
             return "no_candidates"
@@ -480,6 +499,22 @@ class Dispatcher:
         if not await self.ledger.claim(event.uri, bot.name, now, intent):
             return "already_claimed"
         return await self._settle(reply, mention, find_first=False)
+
+    async def _handles_resolved(self) -> bool:
+        """Wait (at most ``handles_wait_s``) for the handles identity is resolving; True if
+        there were any (a post's candidates may be among them), False at once if none, or
+        once the process has run for two minutes."""
+        pending = getattr(self.identity, "resolving", None)
+        drain = getattr(self.identity, "drain", None)
+        if time.monotonic() - self._started > _HANDLES_WAIT_AFTER_START_S:
+            return False  # a busy stream always has DIDs resolving: only right after a start
+        if pending is None or drain is None or not pending():
+            return False
+        try:
+            await asyncio.wait_for(drain(), self.handles_wait_s)
+        except TimeoutError:
+            log.info("handles_still_resolving", waited_s=self.handles_wait_s)
+        return True
 
     async def recover(
         self, only: Callable[[str, dict[str, Any] | None], bool] | None = None

@@ -3,7 +3,7 @@
 ``App.run`` reads the source, routes each event to its sinks (identity, consent, presence,
 outcomes, the selector), lets the dispatch workers answer queued posts, saves the low-water
 mark (``botsky.watermark``: the position before the oldest post whose work is unfinished)
-every ``cursor_every`` events or ``cursor_interval_s`` and at exit, logs a reading of the scores every ``score_interval_s``
+every ``cursor_every`` events, every ``cursor_interval_s`` (when it moved) and at exit, logs a reading of the scores every ``score_interval_s``
 seconds of stream time and at shutdown, settles replies whose outcome was unknown every
 ``settle_interval_s`` (their claims wait in the ledger as ``retry``; see ``botsky.dispatch``),
 and returns a summary. Every
@@ -143,7 +143,7 @@ class App:
         feed: FeedService | None = None,
         resume: Resume | None = None,
         warm_start_s: float = 0.0,
-        cursor_interval_s: float = 5.0,
+        cursor_interval_s: float = 1.0,
     ) -> None:
         self.source = source
         self.scoring = scoring or ScoringOptions()
@@ -181,7 +181,8 @@ class App:
             window_us=int(warm_start_s * 1e6),
         )
         self.cursor_interval_s = cursor_interval_s
-        self._saved_at = 0.0
+        self.handles_timeout_s = 10.0
+        self._saved: dict[str, int] = {}  # what this run saved last, per ledger key
         self._warming = self.resume.warm
         if self.dispatcher is not None:
             self.dispatcher.release = self.watermark.release
@@ -255,6 +256,7 @@ class App:
         if self.dispatcher is not None:
             services.append(tg.create_task(self._guard(self._settle_loop()), name="settle"))
         scorer = tg.create_task(self._guard(self._score_loop()), name="scorer")
+        services.append(tg.create_task(self._guard(self._mark_loop()), name="mark"))
         reader = tg.create_task(self._guard(self._read()), name="reader")
         stopper = tg.create_task(stop.wait(), name="stop")
         try:
@@ -299,34 +301,47 @@ class App:
         await self.ledger.close()
 
     async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
         async for event in self.source:
             await self.route(event)
             self._cursor = event.cursor
-            now = loop.time()
-            if (
-                self.summary.events % self.cursor_every == 0
-                or now - self._saved_at >= self.cursor_interval_s
-            ):
-                self._saved_at = now
+            if self.summary.events % self.cursor_every == 0:
                 await self.save_mark()
+
+    async def _mark_loop(self) -> None:
+        """Save the mark every ``cursor_interval_s`` when it moved: work finishes between
+        events too, and a quiet stream may not bring the next ``cursor_every`` for long."""
+        while True:
+            await asyncio.sleep(self.cursor_interval_s)
+            try:
+                await self.save_mark()
+            except FatalError:
+                raise
+            except (SkipError, RetryableError) as exc:
+                log.warning("cursor_save_skipped", outcome=exc.outcome, error=str(exc))
 
     async def save_mark(self) -> int | None:
         """Save the low-water mark (one per owned partition with replicas) and the warm-start
-        position beside it; returns the mark (the lowest one saved)."""
+        position beside it; returns the mark (the lowest one saved). Nothing while a warm
+        start reads before its mark: the saved mark and warm position stay as loaded."""
         w = self.watermark
+        if self._warming:
+            return self.resume.default
+        saves: dict[str, int] = {}
         if self.partitions.single:
             mark = w.mark()
             if mark is not None:
-                await self.ledger.save_cursor(self.cursor_name, mark)
+                saves[self.cursor_name] = mark
         else:
             marks = w.marks(sorted(self.partitions.owned))
-            for p, m in marks.items():
-                await self.ledger.save_cursor(partition_key(self.cursor_name, p), m)
+            saves |= {partition_key(self.cursor_name, p): m for p, m in marks.items()}
             mark = min(marks.values(), default=w.mark())
         warm = w.warm_position(mark)
         if warm is not None:
-            await self.ledger.save_cursor(warm_key(self.cursor_name), warm)
+            saves[warm_key(self.cursor_name)] = warm
+        for key, value in saves.items():
+            if self._saved.get(key) != value:
+                await self.ledger.save_cursor(key, value)
+                self._saved[key] = value
         return mark
 
     async def route(self, event: Event) -> None:
@@ -339,6 +354,8 @@ class App:
             s.by_operation[event.operation or ""] += 1
             s.by_collection[event.collection or ""] += 1
         before = self.watermark.advance(event)
+        if self._warming and self.resume.past_marks(event.cursor):
+            await self._warm_start_done(event)
         try:
             self.identity.observe(event)
             change = self.policy.observe(event)
@@ -374,19 +391,16 @@ class App:
         assert self.selector is not None and self.dispatcher is not None
         s = self.summary
         partition = self.partitions.partition(event.uri)
-        if self._warming:
-            if self.resume.observe_only(event.cursor, partition):
-                s.warm_observed += 1
-                return
-            self._warming = False
-            log.info("warm_start_done", cursor=event.cursor, observed=s.warm_observed)
+        if self.resume.observe_only(event.cursor, partition):
+            s.warm_observed += 1
+            return
         post = event.post
         reason = self.selector.reason(event, post)
         if reason is None and not self.partitions.owns(event.uri):
             reason = "other_replica"
             self._handover.append((event, post, before))
         if reason is None:
-            token = self.watermark.hold(before, partition)
+            token = self.watermark.hold(before, partition, event.time_us)
             if self.lockstep:
                 # Replays wait for their work anyway, so they wait for room too: a
                 # takeover's re-offers must not crowd a fresh post out of the queue.
@@ -398,6 +412,24 @@ class App:
             else:
                 self.watermark.release(token)  # dropped (queue full), counted by dispatch
         s.selector[reason or "queued"] += 1
+
+    async def _warm_start_done(self, event: Event) -> None:
+        """The stream passed the mark(s): from this event on, posts are answered as usual.
+        First identity resolves the handles the window queued (bounded by
+        ``handles_timeout_s``), so the first replies can mention whom the window saw."""
+        self._warming = False
+        drain = getattr(self.identity, "drain", None)
+        if drain is not None:
+            try:
+                await asyncio.wait_for(drain(), self.handles_timeout_s)
+            except TimeoutError:
+                log.warning("warm_start_handles_pending", timeout_s=self.handles_timeout_s)
+        log.info(
+            "warm_start_done",
+            cursor=event.cursor,
+            observed_posts=self.summary.warm_observed,
+            events=self.summary.events,
+        )
 
     async def _note_account(self, event: Event) -> None:
         """An ``#account`` event: a deactivated account is neither answered nor mentioned from
@@ -436,7 +468,7 @@ class App:
         if self.dispatcher is not None:
             for event, post, before in mine:
                 # Held before the first await: this partition's mark must not pass it.
-                token = self.watermark.hold(before, part(event.uri))
+                token = self.watermark.hold(before, part(event.uri), event.time_us)
                 await self.dispatcher.put(event, post, token)
                 offered += 1
         # The previous owner's open mentions: watch them for outcomes from now on.

@@ -26,11 +26,12 @@ holds, else its read position. A replica never writes the mark of a partition it
 a (re)started replica resumes from the lowest mark of all partitions, so it re-reads whatever
 any owner, dead or alive, left unfinished (and re-offers it when it takes that partition over).
 
-**Warm start.** ``warm_position`` keeps a few ``(stream time, mark)`` samples and gives the mark
-of the newest one at least ``window_s`` of stream time older than the latest: saved beside the
-mark (``<name>#warm``), it is where a restart starts reading, so presence, interests, handles
-and consent are rebuilt from ``window_s`` of stream before the mark in observe-only mode (see
-``botsky.runtime``). Without a sample that old, it stays where the run started reading.
+**Warm start.** ``advance`` samples the read position about once a second of stream time;
+``warm_position`` gives the position of the newest sample at least ``window_us`` of stream time
+older than the mark (the stream time of the oldest held post, else of the latest event). Saved beside the mark (``<name>#warm``), it
+is where a restart starts reading, so presence, interests, handles and consent are rebuilt from
+that window of stream before the mark in observe-only mode (see ``botsky.runtime``). Without a
+sample that old, it stays where the run started reading.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from typing import Protocol
 from botsky.events import Event
 
 __all__ = ["Resume", "Watermark", "load_resume", "partition_key", "warm_key"]
+
+_SAMPLE_US = 1_000_000  # one warm-start sample per second of stream time
+_MAX_SAMPLES = 86_400  # a day of them
 
 
 def partition_key(name: str, partition: int) -> str:
@@ -76,11 +80,17 @@ class Resume:
         mark = self.marks.get(partition, self.default)
         return mark is not None and cursor <= mark - self.slack
 
+    def _all(self) -> list[int]:
+        return [*self.marks.values(), *([] if self.default is None else [self.default])]
+
     @property
     def warm(self) -> bool:
         """Whether the run starts before a mark (an observe-only part to read first)."""
-        marks = [*self.marks.values(), *([] if self.default is None else [self.default])]
-        return self.start is not None and any(self.start < m - self.slack for m in marks)
+        return self.start is not None and any(self.start < m - self.slack for m in self._all())
+
+    def past_marks(self, cursor: int) -> bool:
+        """Whether ``cursor`` is past every mark: the observe-only part is over."""
+        return all(cursor > m - self.slack for m in self._all())
 
 
 class Watermark:
@@ -100,26 +110,35 @@ class Watermark:
         self.read: int | None = start
         self._before = before or (lambda event, previous: previous)
         self._current: int | None = start  # the position before the event read last
-        self._held: dict[int, tuple[int | None, int]] = {}  # token → (before, partition)
+        # token → (position before the post, its partition, its stream time)
+        self._held: dict[int, tuple[int | None, int, int]] = {}
         self._next = 0
         self.window_us = window_us
         self._warm_start = start
-        self._samples: deque[tuple[int, int]] = deque()
+        # (stream time, position before an event of that time), about one a second; bounded
+        # (a mark held back longer than that starts its warm window at the oldest sample).
+        self._samples: deque[tuple[int, int]] = deque(maxlen=_MAX_SAMPLES)
         self.latest_us = 0
 
     def advance(self, event: Event) -> int | None:
         """Note that ``event`` was read; returns the position before it (for ``hold``)."""
-        self._current = self._before(event, self.read)
+        before = self._current = self._before(event, self.read)
         if self.read is None or event.cursor > self.read:
             self.read = event.cursor
-        self.latest_us = max(self.latest_us, event.time_us)
-        return self._current
+        t = event.time_us
+        if t > self.latest_us:
+            self.latest_us = t
+            samples = self._samples
+            if before is not None and (not samples or t - samples[-1][0] >= _SAMPLE_US):
+                samples.append((t, before))
+        return before
 
-    def hold(self, before: int | None, partition: int = 0) -> int:
-        """Hold work that starts at ``before`` (from ``advance``); returns its token."""
+    def hold(self, before: int | None, partition: int = 0, time_us: int = 0) -> int:
+        """Hold work that starts at ``before`` (from ``advance``), of an event of stream time
+        ``time_us``; returns its token."""
         token = self._next
         self._next += 1
-        self._held[token] = (before, partition)
+        self._held[token] = (before, partition, time_us)
         return token
 
     def release(self, token: int) -> None:
@@ -136,7 +155,7 @@ class Watermark:
         read position; None while nothing is known (a run started at the live tip that holds
         a post whose position before it is unknown)."""
         mark = self.read
-        for before, p in self._held.values():
+        for before, p, _ in self._held.values():
             if partition is not None and p != partition:
                 continue
             if before is None:
@@ -154,17 +173,20 @@ class Watermark:
                 out[p] = m
         return out
 
+    def mark_time_us(self) -> int:
+        """The stream time at the mark: that of the oldest held post, else the latest."""
+        return min((t for _, _, t in self._held.values()), default=self.latest_us)
+
     def warm_position(self, mark: int | None) -> int | None:
-        """Where a restart should start reading to see ``window_us`` of stream before ``mark``
-        (which is sampled, with the stream time of the read position)."""
-        if mark is not None:
-            self._samples.append((self.latest_us, mark))
-        cutoff = self.latest_us - self.window_us
-        # Keep one sample at or before the cutoff: the newest such is the warm position.
-        while len(self._samples) >= 2 and self._samples[1][0] <= cutoff:
-            self._samples.popleft()
-        if self._samples and self._samples[0][0] <= cutoff:
-            warm: int | None = self._samples[0][1]
+        """Where a restart should start reading to see ``window_us`` of stream before the
+        mark (``mark``, the one saved), and never after it."""
+        cutoff = self.mark_time_us() - self.window_us
+        samples = self._samples
+        # Keep one sample at or before the window's start: the newest such is the position.
+        while len(samples) >= 2 and samples[1][0] <= cutoff:
+            samples.popleft()
+        if samples and samples[0][0] <= cutoff:
+            warm: int | None = samples[0][1]
         else:
             warm = self._warm_start
         if warm is None:

@@ -167,6 +167,14 @@ class LedgerView:
     def seed_cursor(self, source: str, cursor: int) -> None:
         self._read(lambda led: led.save_cursor(source, cursor))
 
+    def cursor(self, source: str) -> int | None:
+        result: int | None = self._read(lambda led: led.load_cursor(source))
+        return result
+
+    def opt_ins(self) -> dict[str, str]:
+        result: dict[str, str] = self._read(lambda led: led.opt_ins())
+        return result
+
 
 class BotskyRun:
     """``botsky run -c cfg`` as a subprocess; its output goes to files so it cannot block."""
