@@ -123,6 +123,8 @@ class Watermark:
     def advance(self, event: Event) -> int | None:
         """Note that ``event`` was read; returns the position before it (for ``hold``)."""
         before = self._current = self._before(event, self.read)
+        if self._warm_start is None:
+            self._warm_start = before  # a run begun at the live tip: its first event
         if self.read is None or event.cursor > self.read:
             self.read = event.cursor
         t = event.time_us
@@ -180,6 +182,8 @@ class Watermark:
     def warm_position(self, mark: int | None) -> int | None:
         """Where a restart should start reading to see ``window_us`` of stream before the
         mark (``mark``, the one saved), and never after it."""
+        if self.window_us <= 0:
+            return mark  # no window: a restart resumes at the mark, cold
         cutoff = self.mark_time_us() - self.window_us
         samples = self._samples
         # Keep one sample at or before the window's start: the newest such is the position.
