@@ -3,12 +3,12 @@
 ``App.run`` reads the source, routes each event to its sinks (identity, consent, presence,
 outcomes, the selector), lets the dispatch workers answer queued posts, saves the low-water
 mark (``botsky.watermark``: the position before the oldest post whose work is unfinished)
-every ``cursor_every`` events, every ``cursor_interval_s`` (when it moved) and at exit, logs a reading of the scores every ``score_interval_s``
-seconds of stream time and at shutdown, settles replies whose outcome was unknown every
-``settle_interval_s`` (their claims wait in the ledger as ``retry``; see ``botsky.dispatch``),
-and returns a summary. Every
-long-running task (reader, dispatch workers, scorer, settle loop, identity resolution,
-partition rebalancing) runs in one ``asyncio.TaskGroup``, so none outlives the run. The
+every ``cursor_every`` events, every ``cursor_interval_s`` (when it moved) and at exit, logs a
+reading of the scores every ``score_interval_s`` seconds of stream time and at shutdown,
+settles replies whose outcome was unknown every ``settle_interval_s`` (their claims wait in the
+ledger as ``retry``; see ``botsky.dispatch``), and returns a summary. Every long-running task
+(reader, dispatch workers, scorer, settle loop, mark saver, identity resolution, partition
+rebalancing) runs in one ``asyncio.TaskGroup``, so none outlives the run. The
 components are built by ``botsky.wiring``; this module never reads ``Settings``.
 
 Warm start: a run that starts before its mark (``Resume``: the warm-start position, a presence
@@ -169,7 +169,9 @@ class App:
         self.keep_serving = False  # `simulate --serve` keeps the page up after the run
         self.partitions: Partitions = partitions or SinglePartition()
         # Eligible posts of partitions owned elsewhere, to answer if this replica takes over.
-        self._handover: deque[tuple[Event, PostRef, int | None]] = deque(maxlen=handover_buffer or None)
+        self._handover: deque[tuple[Event, PostRef, int | None]] = deque(
+            maxlen=handover_buffer or None
+        )
         self.partitions.on_acquire = self._took_over
         self.summary = RunSummary(left_out=dict(left_out or {}))
         self._cursor: int | None = None

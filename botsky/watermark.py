@@ -27,11 +27,12 @@ a (re)started replica resumes from the lowest mark of all partitions, so it re-r
 any owner, dead or alive, left unfinished (and re-offers it when it takes that partition over).
 
 **Warm start.** ``advance`` samples the read position about once a second of stream time;
-``warm_position`` gives the position of the newest sample at least ``window_us`` of stream time
-older than the mark (the stream time of the oldest held post, else of the latest event). Saved beside the mark (``<name>#warm``), it
-is where a restart starts reading, so presence, interests, handles and consent are rebuilt from
-that window of stream before the mark in observe-only mode (see ``botsky.runtime``). Without a
-sample that old, it stays where the run started reading.
+``warm_position`` gives the position of the newest sample at least ``window_us`` of stream
+time older than the mark (the stream time of the oldest held post, else of the latest event).
+Saved beside the mark (``<name>#warm``), it is where a restart starts reading, so presence,
+interests, handles and consent are rebuilt from that window of stream before the mark in
+observe-only mode (see ``botsky.runtime``). Without a sample that old, it stays where the run
+started reading.
 """
 
 from __future__ import annotations

@@ -257,6 +257,7 @@ def test_kills_and_stops_at_random_moments_lose_no_work_and_no_consent(
         asked = [u for u, _ in users.asked]
         final = BotskyRun(cfg, env, "final")
         runs.append(final)
+
         def settled() -> bool | None:
             refused = [e for r in runs for e in r.events("no_candidates")]
             assert not refused, f"refused for want of candidates (a cold start): {refused}"

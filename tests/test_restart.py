@@ -15,8 +15,15 @@ from typing import Any
 
 from botsky.configload import load_config, resolve_secrets
 from botsky.events import Event, event_to_jetstream
-from botsky.runtime import App, RunSummary
-from botsky.testing import FakeVendorServer, RecordingPoster, follow, handles_offered, identity, post
+from botsky.runtime import RunSummary
+from botsky.testing import (
+    FakeVendorServer,
+    RecordingPoster,
+    follow,
+    handles_offered,
+    identity,
+    post,
+)
 from botsky.watermark import warm_key
 from botsky.wiring import build_app
 from tests.support import MIN, T0
@@ -79,7 +86,7 @@ BOB_POST = post(
 
 async def _run(
     cfg: Path, poster: RecordingPoster, stop_when: threading.Event | None = None
-) -> tuple[RunSummary, App]:
+) -> RunSummary:
     """One start of botsky on the config; ``stop_when``: stop once it is set (a SIGTERM)."""
     loaded = load_config(cfg, environ={})
     app = await build_app(loaded, resolve_secrets(loaded, environ={}, live=False), poster=poster)
@@ -95,7 +102,7 @@ async def _run(
         summary = await asyncio.wait_for(app.run(stop), WAIT_S)
         if stop_when is not None:
             await task
-        return summary, app
+        return summary
     finally:
         await app.aclose()
 
@@ -135,12 +142,12 @@ async def test_a_stop_keeps_queued_and_in_flight_posts_and_the_next_start_answer
         try:
             # One worker: the first question is in flight (held), the other five queued, when
             # the stop comes; the in-flight one outlives the shutdown deadline (cancelled).
-            first, _ = await _run(cfg, poster, stop_when=gate.in_flight)
+            first = await _run(cfg, poster, stop_when=gate.in_flight)
         finally:
             gate.release.set()
         assert first.interrupted and first.pending_kept == 6
         assert poster.posted == []
-        second, app = await _run(cfg, poster)
+        second = await _run(cfg, poster)
     answered = _answered(poster)
     assert answered == Counter({q.uri: 1 for q in questions})
     # The second run read the questions again (the mark was before the first), and the users
@@ -153,7 +160,7 @@ async def _warm_or_cold(tmp_path: Path, warm_start_s: float) -> tuple[RunSummary
     """Run 1 answers question 0; then (botsky down) question 1 is posted; run 2 restarts."""
     q0, q1 = _question(0, T0 + 2 * MIN), _question(1, T0 + 3 * MIN)
     events = [*_users(), BOB_POST, q0]
-    tmp_path.mkdir()
+    tmp_path.mkdir()  # noqa: ASYNC240 (a test's own directory, before anything runs)
     _write(tmp_path, events)
     poster = RecordingPoster()
     with FakeVendorServer(choose=Gate()) as server:
@@ -161,7 +168,7 @@ async def _warm_or_cold(tmp_path: Path, warm_start_s: float) -> tuple[RunSummary
         await _run(cfg, poster)
         assert _answered(poster) == {q0.uri: 1}
         _write(tmp_path, [*events, q1])  # posted while botsky was down
-        second, app = await _run(cfg, poster)
+        second = await _run(cfg, poster)
     return second, _answered(poster)
 
 
@@ -203,7 +210,7 @@ async def test_opt_ins_survive_a_restart_and_the_allow_list_is_kept_in_step(
     poster = RecordingPoster()
     with FakeVendorServer(choose=Gate()) as server:
         cfg = _config(tmp_path, server.url, ", warm_start_s: 0", opt_in.format(f'"{listed}"'))
-        first, app = await _run(cfg, poster)
+        first = await _run(cfg, poster)
         assert first.opt_ins == 4
         kept = await _opt_ins(cfg)
         assert kept == {
@@ -226,7 +233,7 @@ async def test_opt_ins_survive_a_restart_and_the_allow_list_is_kept_in_step(
         ]
         _write(tmp_path, [*events, *later, *questions])
         cfg = _config(tmp_path, server.url, ", warm_start_s: 0", opt_in.format(""))
-        second, app = await _run(cfg, poster)
+        second = await _run(cfg, poster)
     answered = _answered(poster)
     assert answered == {questions[0].uri: 1, questions[1].uri: 1}
     assert second.selector["no_consent"] == 2  # asker 2 and the delisted asker 3
@@ -253,7 +260,7 @@ async def test_the_warm_position_is_saved_beside_the_mark(tmp_path: Path) -> Non
     poster = RecordingPoster()
     with FakeVendorServer(choose=Gate()) as server:
         cfg = _config(tmp_path, server.url)
-        summary, app = await _run(cfg, poster)
+        summary = await _run(cfg, poster)
     from botsky.ledger.sqlite import SqliteLedger
 
     led = SqliteLedger(tmp_path / "data" / "botsky.sqlite3")
@@ -266,5 +273,5 @@ async def test_the_warm_position_is_saved_beside_the_mark(tmp_path: Path) -> Non
     data = (tmp_path / "events.jsonl").read_bytes()
     assert mark == len(data)
     # The line at the warm position is Bob's note of minute 9 (30 minutes before minute 39).
-    assert warm is not None and b"Sourdough note 9\"" in data[warm:].split(b"\n", 1)[0]
+    assert warm is not None and b'Sourdough note 9"' in data[warm:].split(b"\n", 1)[0]
     assert summary.mark == mark

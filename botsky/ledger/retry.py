@@ -197,9 +197,7 @@ class RetryingLedger(RetryingFeedMixin):
         return await self._retry("opt_ins", lambda: self.inner.opt_ins())
 
     async def withdraw_opt_in(self, did: str, reason: str) -> bool:
-        return await self._retry(
-            "withdraw_opt_in", lambda: self.inner.withdraw_opt_in(did, reason)
-        )
+        return await self._retry("withdraw_opt_in", lambda: self.inner.withdraw_opt_in(did, reason))
 
     async def set_account_status(self, status: AccountStatus) -> bool:
         return await self._retry(
