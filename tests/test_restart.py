@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from websockets.asyncio.server import ServerConnection
+
 from botsky.configload import load_config, resolve_secrets
 from botsky.events import Event, event_to_jetstream
 from botsky.runtime import RunSummary
@@ -26,7 +28,7 @@ from botsky.testing import (
 )
 from botsky.watermark import warm_key
 from botsky.wiring import build_app
-from tests.support import MIN, T0
+from tests.support import MIN, T0, frame_server
 
 BOT = "did:plc:botada"
 BOB = "did:plc:bob"
@@ -275,3 +277,64 @@ async def test_the_warm_position_is_saved_beside_the_mark(tmp_path: Path) -> Non
     # The line at the warm position is Bob's note of minute 9 (30 minutes before minute 39).
     assert warm is not None and b'Sourdough note 9"' in data[warm:].split(b"\n", 1)[0]
     assert summary.mark == mark
+
+
+async def test_jetstream_resumes_before_unfinished_posts_rewound_and_answers_once(
+    tmp_path: Path,
+) -> None:
+    """The same stop and restart over a Jetstream (v1 wire) server on loopback whose events'
+    ``time_us`` step back (question 2 is older than question 1): the mark saved at the stop is
+    ``time_us - 1`` of the oldest unfinished question, the restart dials the warm position less
+    ``rewind_s``, and every question is answered once."""
+    questions = [
+        _question(0, T0 + 2 * MIN),
+        _question(1, T0 + 2 * MIN + 3_000_000),
+        _question(2, T0 + 2 * MIN + 1_000_000),  # arrives after 1 but is older
+    ]
+    events = [*_users(), BOB_POST, *questions]
+    lines = [event_to_jetstream(e).decode() for e in events]
+
+    async def script(ws: ServerConnection, n: int, query: dict[str, list[str]]) -> None:
+        cursor = int(query["cursor"][0]) if "cursor" in query else 0
+        for event, line in zip(events, lines, strict=True):
+            if event.time_us >= cursor:  # Jetstream replays from the cursor's time on
+                await ws.send(line)
+        await ws.wait_closed()
+
+    gate = Gate(hold=True)
+    poster = RecordingPoster()
+    async with frame_server(script) as server:
+        with FakeVendorServer(choose=gate) as model:
+            cfg = _config(tmp_path, model.url)
+            text = cfg.read_text().replace(
+                f"{{kind: replay, path: {tmp_path / 'events.jsonl'}, resume: true}}",
+                f"{{kind: jetstream, jetstream_version: v1, url: '{server.url}', name: js,"
+                " rewind_s: 2}",
+            )
+            cfg.write_text(text)
+            try:
+                first = await _run(cfg, poster, stop_when=gate.in_flight)
+            finally:
+                gate.release.set()
+            assert first.pending_kept == 3 and poster.posted == []
+            assert first.mark == questions[0].time_us - 1
+            second = await _run(cfg, poster, stop_when=_posted(poster, 3))
+    assert _answered(poster) == Counter({q.uri: 1 for q in questions})
+    assert second.warm_observed == 1  # Bob's post, before the mark
+    # The second dial: the warm position (the first run's first event) less the rewind.
+    assert int(server.queries[-1]["cursor"][0]) == events[0].time_us - 1 - 2_000_000
+
+
+def _posted(poster: RecordingPoster, n: int) -> threading.Event:
+    """Set once ``poster`` has posted ``n`` replies (a live source never ends by itself)."""
+    done = threading.Event()
+    original = poster.reply
+
+    async def reply(p: Any) -> Any:
+        result = await original(p)
+        if len(poster.posted) >= n:
+            done.set()
+        return result
+
+    poster.reply = reply  # type: ignore[method-assign]
+    return done
