@@ -17,6 +17,7 @@ from websockets.asyncio.server import ServerConnection
 
 from botsky.configload import load_config, resolve_secrets
 from botsky.events import Event, event_to_jetstream
+from botsky.partition import partition_of
 from botsky.runtime import RunSummary
 from botsky.testing import (
     FakeVendorServer,
@@ -338,3 +339,73 @@ def _posted(poster: RecordingPoster, n: int) -> threading.Event:
 
     poster.reply = reply  # type: ignore[method-assign]
     return done
+
+
+class HalfOwner:
+    """A replica that owns partition 0 of 2 (the other belongs to a replica elsewhere)."""
+
+    member = "a"
+    single = False
+    count = 2
+
+    def __init__(self) -> None:
+        self.on_acquire: Any = None
+        self.owned = {0}
+
+    def partition(self, uri: str) -> int:
+        return partition_of(uri, self.count)
+
+    def owns(self, uri: str) -> bool:
+        return self.partition(uri) in self.owned
+
+    def alive(self) -> frozenset[str]:
+        return frozenset({"a", "b"})
+
+    async def start(self) -> None:
+        return None
+
+    async def run(self) -> None:
+        return None
+
+    async def settle(self, timeout_s: float = 60.0) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_a_replica_saves_the_mark_of_its_own_partitions_only(tmp_path: Path) -> None:
+    """A replica owning one partition of two, stopped with its posts unfinished, saves that
+    partition's mark before its oldest unfinished post, and no mark for the partition it does
+    not own (its owner's unfinished work there is not this replica's to pass)."""
+    questions = [_question(i, T0 + 2 * MIN + i) for i in range(6)]
+    mine = [q for q in questions if partition_of(q.uri, 2) == 0]
+    assert mine and len(mine) < len(questions)  # both partitions have questions
+    events = [*_users(), BOB_POST, *questions]
+    _write(tmp_path, events)
+    gate = Gate(hold=True)
+    with FakeVendorServer(choose=gate) as server:
+        loaded = load_config(_config(tmp_path, server.url), environ={})
+        app = await build_app(
+            loaded, resolve_secrets(loaded, environ={}, live=False), poster=RecordingPoster()
+        )
+        app.partitions = HalfOwner()
+        stop = asyncio.Event()
+        try:
+            task = asyncio.create_task(app.run(stop))
+            assert await asyncio.to_thread(gate.in_flight.wait, WAIT_S)
+            stop.set()
+            summary = await asyncio.wait_for(task, WAIT_S)
+            name = app.cursor_name
+            marks = [await app.ledger.load_cursor(f"{name}#p{p}") for p in (0, 1)]
+            single = await app.ledger.load_cursor(name)
+        finally:
+            gate.release.set()
+            await app.aclose()
+    assert summary.pending_kept == len(mine)
+    assert summary.selector["other_replica"] == len(questions) - len(mine)
+    data = (tmp_path / "events.jsonl").read_bytes()
+    # The mark of partition 0 is where the line of its first question starts.
+    first = data.index(mine[0].uri.rsplit("/", 1)[1].encode())
+    assert marks[0] == data.rindex(b"\n", 0, first) + 1
+    assert marks[1] is None and single is None
