@@ -12,6 +12,12 @@ drawn for a paused bot is re-drawn among the bots that are not, and the re-draw 
 (``bot_redrawn``: the post, the bot drawn, the bot answering, why), counted (``redraws``) and
 kept on the mention (``extra.redrawn_from``), so the trial's assignment stays on record.
 
+Each queued post carries the runtime's hold on the saved cursor (``botsky.watermark``): it is
+released once a worker is done with the post (posted, parked as ``retry``, or refused with a
+reason), never when the post is discarded at a stop or its worker cancelled, so the next start
+reads it again. Right after a start nobody's handle is verified yet: a post with no candidate
+then waits (up to ``handles_wait_s``) for the handles identity is resolving and is offered again.
+
 The claim comes after the model call, right before posting, so a failed model call leaves no
 trace in the ledger; the claim's unique key makes a second reply to the same post impossible
 across restarts and replicas.
