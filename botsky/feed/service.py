@@ -33,7 +33,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import structlog
 
@@ -207,6 +207,41 @@ class FeedService:
         self._pages: _GroupCommit[tuple[FeedPage, list[Exposure]]] = _GroupCommit(
             ledger.record_feed_pages
         )
+
+    # --- checkpoints (botsky.sim.checkpoint's Stateful contract) ------------------------
+    STATE_VERSION: ClassVar[int] = 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the service holds in memory, as plain values: the pool (``Pool.snapshot``),
+        the state of the RNG that draws session seeds and reqIds, the sessions, the served
+        URIs, the engagement not yet joined, the last candidate id and the last purge.
+        Counters, scores and rate-limit buckets are not kept (buckets restart full, which only
+        ever errs towards serving)."""
+        return {
+            "pool": self.pool.snapshot(),
+            "rng": self.rng.getstate(),
+            "sessions": [
+                (sid, s.viewer, sorted(s.served), s.touched_us) for sid, s in self._sessions.items()
+            ],
+            "served_uris": dict(self._served_uris),
+            "engagement": list(self._engagement),
+            "last_id": self._last_id,
+            "last_purge_us": self._last_purge_us,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put a ``snapshot`` back (a service built with the same configuration)."""
+        self.pool.restore(state["pool"])
+        self.rng.setstate(state["rng"])
+        self._sessions = OrderedDict(
+            (sid, _Session(viewer, set(served), touched))
+            for sid, viewer, served, touched in state["sessions"]
+        )
+        self._served_uris = dict(state["served_uris"])
+        self._engagement.clear()
+        self._engagement.extend(state["engagement"])
+        self._last_id = state["last_id"]
+        self._last_purge_us = state["last_purge_us"]
 
     @property
     def session_count(self) -> int:
@@ -427,11 +462,18 @@ class FeedService:
 
     # --- sendInteractions ---------------------------------------------------------------
     async def interactions(
-        self, body: object, *, authorization: str | None = None, ip: str | None = None
+        self,
+        body: object,
+        *,
+        authorization: str | None = None,
+        ip: str | None = None,
+        verdict: Verdict | None = None,
     ) -> Answer:
         """``app.bsky.feed.sendInteractions``: needs a verified viewer; applies to their own
-        exposures only."""
-        verdict = await self.auth.verify(authorization, SEND_INTERACTIONS)
+        exposures only. ``verdict`` replaces the token check for in-process callers that know
+        the viewer (the simulation), as in ``skeleton``."""
+        if verdict is None:
+            verdict = await self.auth.verify(authorization, SEND_INTERACTIONS)
         if not self._allowed(verdict.viewer, ip):
             return self._refuse(429, "RateLimitExceeded", "too many requests; slow down")
         if verdict.viewer is None:
