@@ -433,7 +433,7 @@ class SimFeedConfig(_Strict):
     ``getFeedSkeleton`` and ``sendInteractions``. 0 turns the feed off in the simulation.
     """
 
-    subscribers: float = Field(default=0.3, ge=0, le=1)
+    subscribers: float = Field(default=0.2, ge=0, le=1)
     page_size: int = Field(default=10, ge=1, le=100)  # getFeedSkeleton's limit
 
 

@@ -195,7 +195,7 @@ class FeedService:
         self.opted_out = opted_out
         self.counts = _Counts()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._served_uris: dict[str, int] = {}  # item URI -> last served (engagement joins)
+        self._served_uris: dict[str, int] = {}  # item URI -> last served, oldest first
         self._engagement: deque[tuple[str, str, str, int]] = deque(maxlen=100_000)
         self._last_id = 0
         self._last_purge_us: int | None = None
@@ -313,9 +313,14 @@ class FeedService:
         await self._load(since, {})
         self.pool.expire(since)
         await self.flush()
-        cut = now - self.attribution_us
-        for uri in [u for u, t in self._served_uris.items() if t < cut]:
-            del self._served_uris[uri]
+        # Oldest serve first (``page`` moves a served URI to the end): stop at the first
+        # that is recent enough instead of walking them all on every refresh.
+        cut, served = now - self.attribution_us, self._served_uris
+        while served:
+            uri = next(iter(served))
+            if served[uri] >= cut:
+                break
+            del served[uri]
         self._drop_sessions(now)
         if self._last_purge_us is None or now - self._last_purge_us >= self.purge_every_us:
             await self._purge(now)
@@ -416,9 +421,11 @@ class FeedService:
         self._sessions.move_to_end(cursor.session_id)
         session.touched_us = now
         page = build_page(self.pool, cursor, limit, session.served, self._allowed_item)
+        served = self._served_uris
         for s in page.slots:
             session.served.add(s.item.mention_id)
-            self._served_uris[s.item.uri] = now
+            served.pop(s.item.uri, None)
+            served[s.item.uri] = now
         self._drop_sessions(now)
         return Built(page, req_id, cursor.session_id, viewer, now)
 
