@@ -234,6 +234,22 @@ _LEGEND = (
         "per bot reply, within the outcome window: measured, then the world's true expectation",
     ),
 )
+_FEED_LEGEND = (
+    (
+        "feed: seen",
+        "impressions of the arm's replies on botsky's feed that the subscribers' app reported "
+        "seen (of those served)",
+    ),
+    (
+        "engaged / seen",
+        "the feed's figure: share of seen impressions the viewer then liked, reposted or "
+        "replied to (Wilson 95% interval), then the world's true expected share",
+    ),
+    (
+        "engagement / seen",
+        "likes + reposts + replies per seen impression: measured, then the true expectation",
+    ),
+)
 
 
 def _pct(x: float | None) -> str:
@@ -274,6 +290,33 @@ def _truth_table(result: SimResult, by: str) -> Table:
     return table
 
 
+def _feed_table(result: SimResult) -> Table:
+    """Per arm of botsky's feed: the feed's own figures beside the world's truth."""
+    from botsky.sim.truth import GROUPINGS
+
+    by = result.feed_arm_by
+    truth = result.feed_arm_truth(by) if by in GROUPINGS else {}
+    table = Table(title=f"botsky's feed: engagement per seen impression vs truth, by {by}")
+    table.add_column(by)
+    for name in ("served", "seen", "engaged / seen", "95% interval", "true"):
+        table.add_column(name, justify="right")
+    for name in ("engagement / seen", "true"):
+        table.add_column(name, justify="right")
+    for s in result.feed:
+        t = truth.get(s.arm)
+        table.add_row(
+            s.arm,
+            str(s.served),
+            str(s.seen),
+            _pct(s.engaged_rate),
+            f"{s.ci_low:.1%}–{s.ci_high:.1%}",
+            _pct(t.true_engaged_rate if t else None),
+            _num(s.engagement_per_seen),
+            _num(t.true_engagement_per_impression if t else None),
+        )
+    return table
+
+
 def _print_result(
     console: Console, result: SimResult, seed: int, export: Path | None, audience_mode: str
 ) -> None:
@@ -305,6 +348,14 @@ def _print_result(
     for name, text in _LEGEND:
         legend.add_row(name, text)
     console.print(legend)
+    if result.feed:
+        console.print(_feed_table(result))
+        legend = Table.grid(padding=(0, 2))
+        legend.add_column(style="bold")
+        legend.add_column()
+        for name, text in _FEED_LEGEND:
+            legend.add_row(name, text)
+        console.print(legend)
     # Why posts went unanswered, with a hint each (botsky.summary; `botsky run` prints the same).
     for line in unanswered_lines(result.summary.as_dict(), audience_mode=audience_mode):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
