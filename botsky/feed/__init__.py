@@ -76,9 +76,7 @@ def open_feed(
         arm_by=config.arm_by,
         max_age_s=config.max_age_s,
         max_impressions=config.max_impressions_per_item,
-        viewer_limit=RateLimiter(
-            config.viewer_rate_per_s, config.viewer_burst, clock=limit_clock
-        ),
+        viewer_limit=RateLimiter(config.viewer_rate_per_s, config.viewer_burst, clock=limit_clock),
         ip_limit=RateLimiter(config.ip_rate_per_s, config.ip_burst, clock=limit_clock),
         viewer_retention_s=config.viewer_retention_s,
         attribution_window_s=config.attribution_window_s,

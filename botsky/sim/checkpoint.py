@@ -8,8 +8,9 @@ day's events and bot replies have all been handled, which lockstep guarantees):
   pipeline part holds what the app keeps in memory, each component's through its own contract
   (``snapshot()`` → plain values, ``restore(value)``; see ``Stateful``), never its attributes:
   presence, identity, audience policy, outcome watcher, with bots the recommender, selector,
-  army and dispatcher, and with botsky's feed the feed service. Each is saved as ``{"version": <its STATE_VERSION>, "state": ...}``, so a
-  component whose snapshot changed refuses an old checkpoint by name.
+  army and dispatcher, and with botsky's feed the feed service. Each is saved as
+  ``{"version": <its STATE_VERSION>, "state": ...}``, so a component whose snapshot changed
+  refuses an old checkpoint by name.
 - ``<path>.ledger.sqlite3``: a consistent copy of the SQLite ledger (SQLite's backup API).
 
 ``simulate(resume=True)`` restores the ledger copy over the ledger file, rebuilds the app,

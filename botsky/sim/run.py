@@ -24,10 +24,10 @@ import orjson
 import structlog
 
 from botsky.config import FeedConfig, SourceConfig
-from botsky.feed.scores import FeedScore
 from botsky.configload import LoadedConfig, Secrets
 from botsky.errors import ConfigError
 from botsky.events import Event, event_to_jetstream
+from botsky.feed.scores import FeedScore
 from botsky.ledger import open_ledger
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm import make_model
@@ -43,8 +43,8 @@ from botsky.sim.checkpoint import (
     save_checkpoint,
 )
 from botsky.sim.engines import Engine, LLMEngine, StochasticEngine
-from botsky.sim.rundir import set_aside
 from botsky.sim.feed import FeedTruth, ServiceClient
+from botsky.sim.rundir import set_aside
 from botsky.sim.truth import (
     GROUPINGS,
     Arm,

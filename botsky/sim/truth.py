@@ -50,11 +50,11 @@ from botsky.sim.world import Truth
 
 __all__ = [
     "DEFINITIONS",
+    "FEED_DEFINITIONS",
     "FORMAT",
     "GROUPINGS",
     "Arm",
     "ArmTruth",
-    "FEED_DEFINITIONS",
     "FeedArmTruth",
     "arm_truths",
     "feed_arm_truths",
@@ -248,9 +248,7 @@ def truth_document(
         extra["feed"] = {
             **(feed_about or {}),
             "definitions": FEED_DEFINITIONS,
-            "arms": {
-                by: [_row(a) for a in feed_arm_truths(feed, arms, by)] for by in GROUPINGS
-            },
+            "arms": {by: [_row(a) for a in feed_arm_truths(feed, arms, by)] for by in GROUPINGS},
         }
     return {
         **extra,
