@@ -13,8 +13,10 @@ their activity, and when around logs on ``1 + Poisson(λ)`` times at hours drawn
 rhythm (few at night, most in the evening); λ grows with activity, so heavy users log on many
 times a day and lurkers on some days once. At each logon the user reads (1) notifications
 (replies to them, bot mentions), (2) new posts by accounts they follow, (3) a few recent posts
-by anyone; the engine rates each item and updates the hidden state and mood; the user rolls to
-reply, like or follow, and sometimes writes a post (heavy users more often).
+by anyone, (4) if they subscribe to botsky's feed, a page of it, read through the feed service
+(``botsky.sim.feed``, which also says how its truth is kept); the engine rates each item and
+updates the hidden state and mood; the user rolls to reply, like (in botsky's feed also
+repost) or follow, and sometimes writes a post (heavy users more often).
 
 **Answering a mention.** A mention is read at the user's next logon. The probability that they
 answer it then is::
@@ -36,8 +38,9 @@ the probabilities of every decision that would have put a post of theirs into th
 such post, within the window. Its expectation is exactly the probability that the pipeline
 scores the mention a success (it is the compensator of that event), so per arm the mean of
 these numbers is the **true expected rate** the arm's success rate estimates. Likewise for
-engagement: the summed probabilities of every like of the bot's reply and every reply to it by
-the author, decided within the window, are the true expected likes and author replies. At each
+engagement: the summed probabilities of every like and repost of the bot's reply and every
+reply to it by the author, decided within the window, are the true expected likes, reposts and
+author replies. At each
 mention the world also records the **oracle**: the highest upper bound among the users the
 pipeline could have seen online (public activity within the presence window), the post's
 author excepted; no picker's upper bound beats it.
