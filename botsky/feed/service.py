@@ -21,6 +21,10 @@ replies and quotes of items the feed served; ``refresh`` (every ``refresh_s``) j
 the actor's latest exposure of the item within ``attribution_window_s``, adds new bot replies
 to the pool, drops those older than ``max_age_s``, and purges viewer DIDs older than
 ``viewer_retention_s``.
+
+A simulation drives the service in process (``botsky.sim.feed``): ``skeleton`` and
+``interactions`` with the viewer's ``Verdict`` instead of a token, ``refresh`` on its own
+clock, and ``snapshot``/``restore`` for its checkpoints.
 """
 
 from __future__ import annotations
