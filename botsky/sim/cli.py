@@ -71,7 +71,8 @@ DEFAULT_SIM_CONFIG = Path("configs/sim.yaml")
 @click.option(
     "--serve",
     is_flag=True,
-    help="Serve the leaderboard page during the run and keep it up afterwards (Ctrl-C stops).",
+    help="Serve the leaderboard page, with the world's truth beside the estimates, during the "
+    "run and after it (Ctrl-C stops); its URL is printed when the run starts.",
 )
 @click.option(
     "--port",
@@ -160,12 +161,16 @@ def simulate_cmd(
                 ),
             )
 
+        def announce(url: str) -> None:
+            # As soon as the page accepts, before the first event (with --port 0 this is the
+            # only way to find it). A line of its own, flushed: scripts and tests wait for it.
+            print(f"leaderboard page: {url}  (live during the run)", flush=True)
+
         async def hold(app: App, result: SimResult) -> None:
             progress.stop()
             _print_result(console, result, seed, export, st.audience.mode)
             url = app.web_server.url if app.web_server is not None else "(web app not running)"
-            # A line of its own, flushed: scripts and tests wait for it.
-            print(f"leaderboard page: {url}  (Ctrl-C to stop)", flush=True)
+            print(f"leaderboard page: {url}  (run finished; Ctrl-C to stop)", flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -192,6 +197,7 @@ def simulate_cmd(
                         export=export,
                         on_day=on_day,
                         hold=hold if serve else None,
+                        on_serve=announce if serve else None,
                         on_ready=open_log,
                     )
                 )
