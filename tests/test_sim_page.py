@@ -147,6 +147,15 @@ async def test_the_page_of_a_simulation_sets_the_truth_beside_the_estimates(
                 midway += pending > 0 and decided > 0
     assert midway >= 3, f"only {midway} rows were read with decided and pending mentions"
 
+    # Once every window has closed, the decided truth is the whole truth, engagement included.
+    final = result.world.decided_truth()
+    assert set(final) == set(result.world.truth)
+    for bot, t in result.world.truth.items():
+        d = final[bot]
+        assert d.mentions == t.mentions
+        for k in ("expected", "upper", "oracle", "likes", "author_replies"):
+            assert getattr(d, k) == pytest.approx(getattr(t, k), rel=1e-9, abs=1e-12), (bot, k)
+
     # At the end: the truth of truth.json, on the page and in /api/truth, labelled.
     truth = orjson.loads(result.truth_path.read_bytes())
     dom = _parse(at_end["page"])
