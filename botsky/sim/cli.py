@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -236,47 +237,58 @@ _LEGEND = (
         "the best-fitting online user for the same posts, as an upper bound: no pick does better",
     ),
     (
-        "likes, engagement",
-        "per bot reply, within the outcome window: measured, then the world's true expectation",
+        "engagement, likes",
+        "per bot reply, within the outcome window (engagement: likes and the post author's "
+        "replies): measured, then the world's true expectation (likes on terminals of 120 "
+        "columns or more)",
     ),
 )
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
+    return "-" if x is None else f"{x * 100:.1f}"
 
 
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _truth_table(result: SimResult, by: str) -> Table:
-    """Per arm: the pipeline's estimates beside the world's truth."""
+# The truth table drops its likes columns below this console width, to fit 100 columns.
+_LIKES_FROM_WIDTH = 120
+
+
+def _truth_table(result: SimResult, by: str, width: int = 160) -> Table:
+    """Per arm: the pipeline's estimates beside the world's truth (rates in %, engagement per
+    bot reply). Fits 100 columns; from ``_LIKES_FROM_WIDTH`` columns on, likes as well."""
     truth = result.arm_truth(by)
-    table = Table(title=f"estimate vs truth by {by}")
+    likes = width >= _LIKES_FROM_WIDTH
+    # No vertical rules (box.SIMPLE_HEAD) and two-line headers, as `botsky scores` does.
+    table = Table(title=f"estimate vs truth by {by}", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column(by)
-    for name in ("mentions", "decided", "estimate", "95% interval", "true rate"):
+    for name in ("decided", "estimate\n%", "Wilson\n95%", "true\nrate %"):
         table.add_column(name, justify="right")
-    table.add_column("upper bound", justify="right", style="dim")
-    table.add_column("oracle", justify="right", style="dim")
-    for name in ("likes/reply", "true", "engagement/reply", "true"):
-        table.add_column(name, justify="right")
+    table.add_column("upper\nbound %", justify="right", style="dim")
+    table.add_column("oracle\n%", justify="right", style="dim")
+    if likes:
+        table.add_column("likes\n/ reply", justify="right")
+        table.add_column("true likes\n/ reply", justify="right")
+    table.add_column("engagement\n/ reply", justify="right")
+    table.add_column("true eng.\n/ reply", justify="right")
     for s in result.scores(by):
         t = truth.get(s.group)
-        table.add_row(
-            s.group,
-            str(s.mentions),
+        cells = [
+            s.group if len(s.group) <= 20 else s.group[:19] + "…",
             str(s.decided),
             _pct(s.success_rate),
-            f"{s.ci_low:.1%}–{s.ci_high:.1%}",
+            f"{s.ci_low * 100:.1f}–{s.ci_high * 100:.1f}",
             _pct(t.true_rate if t else None),
             _pct(t.upper_bound if t else None),
             _pct(t.oracle if t else None),
-            _num(s.likes_per_reply),
-            _num(t.likes_per_reply if t else None),
-            _num(s.engagement_per_reply),
-            _num(t.engagement_per_reply if t else None),
-        )
+        ]
+        if likes:
+            cells += [_num(s.likes_per_reply), _num(t.likes_per_reply if t else None)]
+        cells += [_num(s.engagement_per_reply), _num(t.engagement_per_reply if t else None)]
+        table.add_row(*cells)
     return table
 
 
@@ -304,7 +316,7 @@ def _print_result(
         table.title = f"leaderboard {title}"
         console.print(table)
     for by in ("picker", "model"):
-        console.print(_truth_table(result, by))
+        console.print(_truth_table(result, by, console.width))
     legend = Table.grid(padding=(0, 2))
     legend.add_column(style="bold")
     legend.add_column()
