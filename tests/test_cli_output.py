@@ -60,17 +60,19 @@ def test_no_help_text_shows_restructuredtext() -> None:
 
 
 def test_the_progress_bar_counts_the_days_asked_for_and_finishes(tmp_path: Path) -> None:
-    """`simulate --days 2`: the bar reads days 2/2 at the end, never a count of 3."""
+    """`simulate --days 2`: the bar reads days 2/2 at the end, never a count of 3; printed to
+    a file (no terminal, no COLUMNS) it is not cut off at 80 columns."""
     sim_config(tmp_path)
+    env = {k: v for k, v in _env().items() if k != "COLUMNS"}
     out = subprocess.run(
         [sys.executable, "-m", "botsky", "simulate", "-c", "sim.yaml", "--days", "2",
          "--users", "20"],
-        cwd=tmp_path, env=_env() | {"COLUMNS": "200"}, capture_output=True, text=True,
-        timeout=120, check=False,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert re.search(r"days\s+\S*\s+2/2\b", out.stderr), out.stderr
     assert not re.search(r"\d/3\b", out.stderr), out.stderr
+    assert "answered mentions" in out.stderr and "…" not in out.stderr, out.stderr
 
 
 def _replay(tmp: Path, fmt: str) -> subprocess.CompletedProcess[str]:

@@ -143,7 +143,8 @@ def simulate_cmd(
             MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            # Off a terminal the bar is printed once, at the end: wide enough not to be cut.
+            console=Console(stderr=True, width=None if sys.stderr.isatty() else 160),
         )
         task = progress.add_task("days", total=days, counts="")
 
