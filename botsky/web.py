@@ -107,10 +107,10 @@ class SimulationView(Protocol):
     def name(self) -> str: ...
     @property
     def definitions(self) -> Mapping[str, str]: ...
-    def truth(self, by: str, as_of_us: int | None = None) -> list[dict[str, Any]]:
-        """Per arm of grouping ``by``: ``group``, ``mentions`` (decided at ``as_of_us``),
-        ``true_rate``, ``upper_bound``, ``oracle``, ``engagement_per_reply``... (``truth.json``
-        rows). Raises ``ValueError`` for a grouping it does not know."""
+    def truth(self, as_of_us: int | None = None) -> Mapping[str, list[dict[str, Any]]]:
+        """Per grouping (at least model, persona, picker), per arm: ``group``, ``mentions``
+        (decided at ``as_of_us``), ``true_rate``, ``upper_bound``, ``oracle``,
+        ``engagement_per_reply``... (``truth.json`` rows)."""
         ...
 
 
@@ -143,6 +143,10 @@ def create_app(
     metrics = metrics or Metrics()
     cache = metrics.watch(view, max_age_s=refresh_s)
     secret = _secret(token)
+    sim = _simulation(view)
+    # A simulation's truth, taken as of the ledger reading at each reload (the world moves
+    # on between requests; the truth stays beside the numbers it was read with).
+    truth = _TruthAtReload()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -169,6 +173,8 @@ def create_app(
             log.warning("web_ledger_unavailable", error=f"{type(exc).__name__}: {exc}")
             if cache.loaded_at is None:
                 return JSONResponse({"error": "ledger unavailable"}, status_code=503)
+        if sim is not None:
+            truth.take(sim, cache)
         return None
 
     async def leaderboard_api(request: Request) -> Response:
@@ -190,26 +196,23 @@ def create_app(
         return await refresh() or JSONResponse(list(_conversations(cache, limit, links=links)))
 
     async def truth_api(request: Request) -> Response:
-        sim = _simulation(view)
         if sim is None:
             return JSONResponse({"error": "not a simulation: no world truth"}, status_code=404)
         by = request.query_params.get("by", "model")
         failed = await refresh()
         if failed is not None:
             return failed
-        as_of = cache.board("model").as_of_us
-        try:
-            arms = _truth_rows(sim, by, as_of)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+        rows = truth.rows or {}
+        if by not in rows:
+            return JSONResponse({"error": f"by must be one of {', '.join(rows)}"}, status_code=400)
         return JSONResponse(
             {
                 "world": sim.name,
                 "by": by,
-                "as_of_us": as_of,
+                "as_of_us": truth.as_of_us,
                 "over": "mentions decided at as_of_us (outcome window closed)",
                 "definitions": dict(sim.definitions),
-                "arms": arms,
+                "arms": rows[by],
             }
         )
 
@@ -222,7 +225,9 @@ def create_app(
             from botsky.feed.render import feed_section
 
             extra = feed_section(await _feed_scores(feed, refresh_s), feed.arm_by)
-        page = _render_page(view, cache, conversations=20, extra=extra)
+        page = _render_page(
+            view, cache, conversations=20, extra=extra, truth=truth if sim is not None else None
+        )
         return HTMLResponse(page, headers=_SECURITY_HEADERS)
 
     routes = [
@@ -496,12 +501,23 @@ def _ci_svg(cs: tuple[float, float], ci: tuple[float, float], rate: float | None
 _TRUTH_FIELDS: Final = ("true_rate", "upper_bound", "oracle", "engagement_per_reply")
 
 
-def _truth_rows(sim: SimulationView, by: str, as_of_us: int | None) -> list[dict[str, Any]]:
-    """The world's truth per arm (``SimulationView.truth``), rounded like the API's scores."""
-    rows = []
-    for row in sim.truth(by, as_of_us):
-        rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    return rows
+@dataclass
+class _TruthAtReload:
+    """A simulation's truth per grouping (``SimulationView.truth``), rounded like the API's
+    scores, taken as of the score cache's reading once per reload of the cache."""
+
+    loaded_at: float | None = None
+    as_of_us: int | None = None
+    rows: Mapping[str, list[dict[str, Any]]] | None = None
+
+    def take(self, sim: SimulationView, cache: ScoreCache) -> None:
+        if self.rows is not None and self.loaded_at == cache.loaded_at:
+            return
+        self.loaded_at, self.as_of_us = cache.loaded_at, cache.as_of_us
+        self.rows = {
+            by: [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rs]
+            for by, rs in sim.truth(cache.as_of_us).items()
+        }
 
 
 def _truth_cells(t: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -739,16 +755,21 @@ async def _feed_scores(feed: FeedService | None, max_age_s: float) -> list[Any]:
         return feed.scores
 
 
-def _render_page(view: AppView, cache: ScoreCache, *, conversations: int, extra: str = "") -> str:
+def _render_page(
+    view: AppView,
+    cache: ScoreCache,
+    *,
+    conversations: int,
+    extra: str = "",
+    truth: _TruthAtReload | None = None,
+) -> str:
     sim = _simulation(view)
-    as_of_us = cache.board("model").as_of_us
+    rows = truth.rows if truth is not None else None
     sections = "\n".join(
-        _leaderboard_section(
-            by, cache.board(by), None if sim is None else _truth_rows(sim, by, as_of_us)
-        )
+        _leaderboard_section(by, cache.board(by), None if rows is None else rows.get(by, []))
         for by in LEADERBOARD_GROUPS
     )
-    as_of = _time(as_of_us) or "–"
+    as_of = _time(cache.board("model").as_of_us) or "–"
     convs = list(_conversations(cache, conversations, links=sim is None))
     simulated = ""
     if sim is not None:

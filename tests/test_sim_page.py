@@ -8,6 +8,7 @@ while the run goes on (a polling task on the same event loop) and after it (``ho
 from __future__ import annotations
 
 import asyncio
+import random
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from botsky.configload import resolve_secrets
 from botsky.runtime import App
 from botsky.sim.run import SimResult, simulate
-from botsky.sim.world import World
+from botsky.sim.world import DAY_US, World
 from tests.support import sim_config
 
 GROUPS = ("model", "persona", "picker")
@@ -70,17 +71,21 @@ def _float(v: str) -> float | None:
     return float(v) if v else None
 
 
+@pytest.mark.parametrize("refresh_s", [0.0, 0.05])
 async def test_the_page_of_a_simulation_sets_the_truth_beside_the_estimates(
-    tmp_path: Path,
+    tmp_path: Path, refresh_s: float
 ) -> None:
     """From the first event to the end: the URL is announced before the world emits anything;
     every poll of the page shows each arm's truth over exactly the mentions its estimate is
-    over (decided = decided), and no arm at 100% with pending mentions; at the end the page's
-    and /api/truth's truth is truth.json's; nothing links to bsky.app."""
+    over (decided = decided), also when the page's numbers are older than the world (the
+    ledger reloaded at most every 0.05 s while the world runs on); at the end the page's and
+    /api/truth's truth is truth.json's; nothing links to bsky.app. The world keeps no
+    mention's record long after its window closed. Exact properties: any seed holds."""
+    seed = random.randrange(2**31)
     loaded = sim_config(tmp_path)
     loaded.settings.web.enabled = True
     loaded.settings.web.port = 0
-    loaded.settings.web.refresh_s = 0.0
+    loaded.settings.web.refresh_s = refresh_s
     secrets = resolve_secrets(loaded, environ={}, live=False)
     announced: list[tuple[str, int]] = []
     world: list[World] = []
@@ -92,9 +97,13 @@ async def test_the_page_of_a_simulation_sets_the_truth_beside_the_estimates(
         announced.append((url, sum(w.stats.events for w in world)))
         serving.set()
 
+    kept_days: list[float] = []
+
     def on_day(w: World) -> None:
         if not world:
             world.append(w)
+        if w._closing:  # records still kept: of mentions closed at most 3 days ago
+            kept_days.append((w.clock_us - min(e for e, _, _ in w._closing)) / DAY_US)
 
     async def poll() -> None:
         await serving.wait()
@@ -119,10 +128,12 @@ async def test_the_page_of_a_simulation_sets_the_truth_beside_the_estimates(
 
     poller = asyncio.create_task(poll())
     result = await simulate(
-        loaded, secrets, days=3, users=80, seed=2, on_day=on_day, on_serve=on_serve, hold=hold
+        loaded, secrets, days=5, users=60, seed=seed, on_day=on_day, on_serve=on_serve, hold=hold
     )
     done.set()
     await poller
+
+    assert kept_days and max(kept_days) <= 3 + 1e-6 and max(kept_days) > 0
 
     # Announced once, before the world's first event.
     assert len(announced) == 1 and announced[0][0].startswith("http://127.0.0.1:")
@@ -139,13 +150,11 @@ async def test_the_page_of_a_simulation_sets_the_truth_beside_the_estimates(
             for row in dom.rows[by]:
                 decided, pending = int(row["decided"]), int(row["pending"])
                 true_decided = int(row["true-decided"]) if row["true-decided"] else 0
-                assert true_decided == decided, (by, row)
+                assert true_decided == decided, (seed, by, row)
                 if decided:
                     assert row["true-rate"] and 0 <= float(row["true-rate"]) <= 1
-                if pending and row["success-rate"]:
-                    assert float(row["success-rate"]) < 1.0, row
                 midway += pending > 0 and decided > 0
-    assert midway >= 3, f"only {midway} rows were read with decided and pending mentions"
+    assert midway >= 3, f"seed {seed}: only {midway} rows were read with decided and pending mentions"
 
     # Once every window has closed, the decided truth is the whole truth, engagement included.
     final = result.world.decided_truth()
@@ -162,7 +171,7 @@ async def test_the_page_of_a_simulation_sets_the_truth_beside_the_estimates(
     for by in GROUPS:
         expected = {a["group"]: a for a in truth["arms"][by]}
         api = at_end[by]
-        assert api["world"] == "sim:2" and api["by"] == by
+        assert api["world"] == f"sim:{seed}" and api["by"] == by
         assert set(api["definitions"]) >= {"true_rate", "upper_bound", "oracle"}
         assert {a["group"] for a in api["arms"]} == set(expected)
         for a in api["arms"]:

@@ -159,10 +159,10 @@ def truth_document(
 class LiveTruth:
     """The world's truth for the web page of a running simulation (``App.simulation``).
 
-    ``truth(by, as_of_us)`` is each arm's truth over the mentions *decided* at ``as_of_us``
-    (window closed: ``World.decided_truth``), the same mentions the page's estimates are over,
-    so a reading mid-run is set beside the truth so far. ``mentions`` is then the number of
-    decided mentions. At the end of a run it is the final truth (``truth.json``).
+    ``truth(as_of_us)`` is, per grouping, each arm's truth over the mentions *decided* at
+    ``as_of_us`` (window closed: ``World.decided_truth``), the same mentions the page's
+    estimates are over, so a reading mid-run is set beside the truth so far; ``mentions`` is
+    then the number of decided mentions. At the end of a run it is ``truth.json``'s.
     """
 
     world: World
@@ -176,9 +176,10 @@ class LiveTruth:
     def definitions(self) -> Mapping[str, str]:
         return DEFINITIONS
 
-    def truth(self, by: str, as_of_us: int | None = None) -> list[dict[str, Any]]:
-        """Rows like ``truth.json``'s ``arms[by]``, over decided mentions only."""
-        return [_row(a) for a in arm_truths(self.world.decided_truth(as_of_us), self.arms, by)]
+    def truth(self, as_of_us: int | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Rows like ``truth.json``'s ``arms``, per grouping, over decided mentions only."""
+        decided = self.world.decided_truth(as_of_us)
+        return {by: [_row(a) for a in arm_truths(decided, self.arms, by)] for by in GROUPINGS}
 
 
 def _row(a: ArmTruth) -> dict[str, Any]:

@@ -392,10 +392,16 @@ class World:
         (``created + window <= as_of``): the truth beside a reading taken mid-run. Once every
         window has closed it equals ``truth`` (likes and author replies included).
 
-        Readings are folded in for good: a time earlier than one asked before reads as that
-        later one. A time past the world's clock reads as the clock (the future is unknown).
+        Mentions are folded in for good: at the times asked, and at each day boundary those
+        closed ``_KEEP_DAYS`` before it (so that a long run keeps no record longer). A time
+        earlier than one folded reads as that later one, so readings are exact from
+        ``_KEEP_DAYS`` before the current day on. A time past the world's clock reads as the
+        clock (the future is unknown).
         """
-        t = self.clock_us if as_of_us is None else min(as_of_us, self.clock_us)
+        self._fold(self.clock_us if as_of_us is None else min(as_of_us, self.clock_us))
+        return {bot: replace(d) for bot, d in self.decided.items()}
+
+    def _fold(self, t: int) -> None:
         closing = self._closing
         while closing and closing[0][0] <= t:
             rec = heapq.heappop(closing)[2]
@@ -406,7 +412,6 @@ class World:
             d.oracle += rec.oracle
             d.likes += rec.likes
             d.author_replies += rec.author_replies
-        return {bot: replace(d) for bot, d in self.decided.items()}
 
     def oracle_rate(self) -> float | None:
         n = sum(t.mentions for t in self.truth.values())
@@ -759,6 +764,7 @@ class World:
     def _forget_old(self, now_us: int) -> None:
         # "Recent" is the last day; posts are kept a few days for threads and notifications.
         cutoff = now_us - _KEEP_DAYS * DAY_US
+        self._fold(cutoff)  # records of mentions closed that long ago are not needed again
         self.posts = {uri: p for uri, p in self.posts.items() if p.time_us >= cutoff}
         recent_cutoff = now_us - DAY_US
         self.recent = [
