@@ -38,27 +38,35 @@ class Ran:
         return self.stdout + self.stderr
 
 
-def _env(tmp: Path) -> dict[str, str]:
+def _env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("BOTSKY_", "OPENAI", "ANTHROPIC", "XDG_STATE_HOME", "COLUMNS"))
     }
-    return env | {"XDG_STATE_HOME": str(tmp / "state"), "COLUMNS": "100"}
+    return env | {"XDG_STATE_HOME": str(tmp / "state"), "COLUMNS": "100"} | (extra or {})
 
 
-def _botsky(tmp: Path, *args: str, cwd: Path, terminal: bool = False) -> Ran:
+def _botsky(
+    tmp: Path, *args: str, cwd: Path, terminal: bool = False, env: dict[str, str] | None = None
+) -> Ran:
     """``botsky ARGS`` in ``cwd``; with ``terminal``, stderr is a pseudo-terminal."""
     cmd = [sys.executable, "-m", "botsky", *args]
     if not terminal:
         out = subprocess.run(
-            cmd, cwd=cwd, env=_env(tmp), capture_output=True, text=True, timeout=300, check=False
+            cmd,
+            cwd=cwd,
+            env=_env(tmp, env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         ran = Ran(out.returncode, out.stdout, out.stderr)
     else:
         master, slave = pty.openpty()
         with open(tmp / "stdout.txt", "w") as stdout:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=_env(tmp), stdout=stdout, stderr=slave)
+            proc = subprocess.Popen(cmd, cwd=cwd, env=_env(tmp, env), stdout=stdout, stderr=slave)
         os.close(slave)
         shown = bytearray()
         while True:
@@ -95,8 +103,10 @@ def test_a_newcomers_first_hour_has_no_traceback_and_no_unexplained_empty_result
     (clone / REPLAY).parent.mkdir(parents=True)
     shutil.copy(REPO / REPLAY, clone / REPLAY)
 
-    def botsky(*args: str, terminal: bool = False, cwd: Path = clone) -> Ran:
-        return _botsky(tmp_path, *args, cwd=cwd, terminal=terminal)
+    def botsky(
+        *args: str, terminal: bool = False, cwd: Path = clone, env: dict[str, str] | None = None
+    ) -> Ran:
+        return _botsky(tmp_path, *args, cwd=cwd, terminal=terminal, env=env)
 
     # 1. The demo (scripts/demo's two commands, on a smaller world). The LLM bots have no
     # key: each is left out with one line saying which variable to set.
@@ -177,8 +187,15 @@ def test_a_newcomers_first_hour_has_no_traceback_and_no_unexplained_empty_result
     assert "wrong.yaml:2 dispatch.workers" in wrong.stderr
     assert "wrong.yaml:3 sourc: unknown field, did you mean 'source'?" in wrong.stderr
 
-    # 8. A missing key where one is required: the simulation's LLM user model. The message
-    # names the variable; the demo's data stays as it was.
+    # 8. Missing keys where they are required: the bots' app passwords for live posting (every
+    # one named, with its line in bots.yaml), and the simulation's LLM user model (the message
+    # names the variable; the demo's data stays as it was).
+    live = botsky("run", env={"BOTSKY_POSTING__MODE": "live"})
+    assert live.code == 1
+    assert "environment variable ADA_APP_PASSWORD is not set" in live.stderr
+    bots = (clone / "configs" / "bots.yaml").read_text()
+    needed = len(re.findall(r"^\s*password_env:", bots, re.M))
+    assert needed and live.stderr.count("is not set (needed for live posting)") == needed
     ledger = clone / "data" / "sim" / "botsky.sqlite3"
     before = ledger.read_bytes()
     keyless = botsky("simulate", "-c", "configs/sim.yaml", "--engine", "llm")
