@@ -255,7 +255,7 @@ def test_simulate_command_prints_leaderboards_and_truth(tmp_path: Path) -> None:
     # botsky's feed, read by the default share of subscribers: per arm beside its truth.
     assert "botsky's feed: engagement per seen impression vs truth, by model" in out.stdout
     assert "engaged / seen" in out.stdout and "t-similar" in out.stdout
-    for column in ("true rate", "upper bound", "likes/reply", "engagement/reply"):
+    for column in ("Wilson", "rate %", "bound %", "true likes", "engagement", "true eng."):
         assert column in out.stdout, column
     assert "what the estimate estimates" in out.stdout  # the legend
     assert "outcome window 24 h" in out.stdout
