@@ -55,7 +55,8 @@ async def test_subscribers_read_the_feed_and_the_truth_follows_the_ledger(tmp_pa
     served and seen counts are the ledger's, only subscribers are viewers, seen items are the
     top of their page, the run's figures are the production scores of the ledger, and for every
     latest exposure the world still holds, the engagement the world attributed to it is
-    exactly what the feed joined to it. truth.json carries the feed's truth. Any seed."""
+    exactly what the feed joined to it. Every page gives its arms equal slots (±1).
+    truth.json carries the feed's truth. Any seed."""
     seed = _seeds(1)[0]
     result = await _run(tmp_path, subscribers=0.5, days=2, users=80, seed=seed)
     world = result.world
@@ -83,6 +84,10 @@ async def test_subscribers_read_the_feed_and_the_truth_follows_the_ledger(tmp_pa
     for page in by_page.values():
         flags = [r.seen_us is not None for r in sorted(page, key=lambda r: r.exposure.pos)]
         assert flags == sorted(flags, reverse=True), seed
+        # Equal exposure on every page the subscribers got: a round-robin of the arms that had
+        # replies to serve (early on, only one arm may have any).
+        arms = Counter(r.exposure.arm for r in page)
+        assert max(arms.values()) - min(arms.values()) <= 1, (seed, arms)
     # The figures printed are the production scoring of the ledger's exposure counts.
     assert result.ledger_path is not None
     ledger = SqliteLedger(result.ledger_path)
