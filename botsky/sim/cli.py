@@ -239,9 +239,25 @@ _LEGEND = (
     ),
     (
         "engagement, likes",
-        "per bot reply, within the outcome window (engagement: likes and the post author's "
-        "replies): measured, then the world's true expectation (likes on terminals of 120 "
-        "columns or more)",
+        "per bot reply, within the outcome window (engagement: likes, reposts and the post "
+        "author's replies): measured, then the world's true expectation (likes on terminals of "
+        "120 columns or more)",
+    ),
+)
+_FEED_LEGEND = (
+    (
+        "feed: seen",
+        "impressions of the arm's replies on botsky's feed that the subscribers' app reported "
+        "seen (of those served)",
+    ),
+    (
+        "engaged / seen",
+        "the feed's figure: share of seen impressions the viewer then liked, reposted or "
+        "replied to (Wilson 95% interval), then the world's true expected share",
+    ),
+    (
+        "engagement / seen",
+        "likes + reposts + replies per seen impression: measured, then the true expectation",
     ),
 )
 
@@ -293,6 +309,38 @@ def _truth_table(result: SimResult, by: str, width: int = 160) -> Table:
     return table
 
 
+def _feed_table(result: SimResult) -> Table:
+    """Per arm of botsky's feed: the feed's own figures beside the world's truth (fits 100
+    columns, like the truth tables)."""
+    from botsky.sim.truth import GROUPINGS
+
+    by = result.feed_arm_by
+    truth = result.feed_arm_truth(by) if by in GROUPINGS else {}
+    table = Table(
+        title=f"botsky's feed: engagement per seen impression vs truth, by {by}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column(by)
+    for name in ("served", "seen", "engaged\n/ seen %", "Wilson\n95%", "true\n%"):
+        table.add_column(name, justify="right")
+    table.add_column("engagement\n/ seen", justify="right")
+    table.add_column("true eng.\n/ seen", justify="right")
+    for s in result.feed:
+        t = truth.get(s.arm)
+        table.add_row(
+            s.arm if len(s.arm) <= 20 else s.arm[:19] + "…",
+            str(s.served),
+            str(s.seen),
+            _pct(s.engaged_rate),
+            f"{s.ci_low * 100:.1f}–{s.ci_high * 100:.1f}",
+            _pct(t.true_engaged_rate if t else None),
+            _num(s.engagement_per_seen),
+            _num(t.true_engagement_per_impression if t else None),
+        )
+    return table
+
+
 def _print_result(
     console: Console, result: SimResult, seed: int, export: Path | None, audience_mode: str
 ) -> None:
@@ -324,6 +372,14 @@ def _print_result(
     for name, text in _LEGEND:
         legend.add_row(name, text)
     console.print(legend)
+    if result.feed:
+        console.print(_feed_table(result))
+        legend = Table.grid(padding=(0, 2))
+        legend.add_column(style="bold")
+        legend.add_column()
+        for name, text in _FEED_LEGEND:
+            legend.add_row(name, text)
+        console.print(legend)
     # Why posts went unanswered, with a hint each (botsky.summary; `botsky run` prints the same).
     for line in unanswered_lines(result.summary.as_dict(), audience_mode=audience_mode):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
