@@ -834,7 +834,8 @@ docs/statistics.md.</p>{simulated}
 _CSS: Final = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1f24;
 background:#f6f8fa}
-header,main{max-width:1200px;margin:0 auto;padding:0 20px}
+header,main{max-width:1680px;margin:0 auto;padding:0 20px}
+main{overflow-x:auto}
 header{padding-top:16px}
 h1{font-size:22px;margin:8px 0}
 h2{font-size:17px;margin:24px 0 8px}
