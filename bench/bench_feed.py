@@ -237,13 +237,17 @@ def main() -> None:
     args = cli(__doc__)
     if os.environ.get("BOTSKY_BENCH_FEED_SERVER"):
         db, keys = os.environ["BOTSKY_BENCH_FEED_SERVER"].split(os.pathsep)
-        profile = os.environ.get("BOTSKY_BENCH_FEED_PROFILE")  # a .html file: pyinstrument
+        profile = os.environ.get("BOTSKY_BENCH_FEED_PROFILE")  # text, or .pyisession
         if profile:
             from pyinstrument import Profiler
 
             with Profiler(async_mode="disabled") as profiler:
                 serve_main(db, keys)
-            Path(profile).write_text(profiler.output_text(unicode=False, show_all=False))
+            if profile.endswith(".pyisession"):  # for `pyinstrument --load`, any renderer
+                assert profiler.last_session is not None
+                profiler.last_session.save(profile)
+            else:
+                Path(profile).write_text(profiler.output_text(unicode=False, show_all=False))
             return
         serve_main(db, keys)
         return
