@@ -243,9 +243,9 @@ async def serve(
         app,
         lifespan="off",  # nothing to start or stop: the App owns every resource
         ws="none",  # no websockets; also keeps the websockets library's deprecations away
-        # The C parser (httptools): h11, pure Python, was about half of the server's CPU for a
-        # feed request (bench/bench_feed.py). uvicorn's "auto" would pick it too, but silently
-        # fall back to h11 if it were missing; botsky depends on it, so name it.
+        # The C parser (httptools): pure-Python h11 cost ~0.09 ms more CPU per request (/healthz
+        # 0.24 -> 0.15 ms, bench/bench_feed.py). uvicorn's "auto" would pick it too, but fall
+        # back to h11 silently if it were missing; botsky depends on it, so name it.
         http="httptools",
         log_config=None,  # botsky configures logging; uvicorn's loggers propagate to it
         access_log=False,
