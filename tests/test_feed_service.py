@@ -377,6 +377,34 @@ async def test_pages_are_written_behind_the_answer_and_all_written_by_stop(
     assert {r.exposure.viewer for r in rows} == {VIEWER}
 
 
+async def test_interactions_and_engagement_find_pages_not_yet_written(
+    ledger: SqliteLedger, signer: Signer
+) -> None:
+    """sendInteractions and the firehose joins right after a page is answered (its batch not
+    yet due) still land on its exposures: they wait for the page to be written first."""
+    service = make_service(ledger, signer, Clock(T0 + 3600 * S), record_batch_s=3600)
+    await service.start()
+    page = await service.skeleton(
+        feed=FEED, limit=3, authorization=bearer(signer.token(VIEWER, SERVICE, GET_SKELETON))
+    )
+    first, second = (i["post"] for i in page.body["feed"][:2])
+    seen = {"item": first, "event": SEEN_EVENT, "reqId": page.body["reqId"]}
+    auth = bearer(signer.token(VIEWER, SERVICE, SEND_INTERACTIONS))
+    assert (await service.interactions({"interactions": [seen]}, authorization=auth)).status == 200
+    await service.stop()  # nothing else queued: the page was written for the interaction
+    service = make_service(ledger, signer, Clock(T0 + 3600 * S), record_batch_s=3600)
+    await service.start()
+    page2 = await service.skeleton(feed=FEED, limit=3, verdict=Verdict(OTHER, "sim"))
+    liked = page2.body["feed"][0]["post"]
+    service.observe(like(OTHER, service.clock() + S, liked, "bafy"))
+    await service.flush()
+    rows = {r.exposure.item_uri: r for r in await ledger.feed_exposures(page2.body["reqId"])}
+    assert rows[liked].like_us == service.clock() + S
+    rows1 = {r.exposure.item_uri: r for r in await ledger.feed_exposures(page.body["reqId"])}
+    assert rows1[first].seen_us is not None and rows1[second].seen_us is None
+    await service.stop()
+
+
 async def test_a_locked_ledger_delays_pages_refuses_new_ones_and_loses_none(
     ledger: SqliteLedger, signer: Signer
 ) -> None:
