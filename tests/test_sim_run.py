@@ -248,7 +248,7 @@ def test_simulate_command_prints_leaderboards_and_truth(tmp_path: Path) -> None:
     assert (
         "estimate vs truth by picker" in out.stdout and "estimate vs truth by model" in out.stdout
     )
-    for column in ("true rate", "upper bound", "likes/reply", "engagement/reply"):
+    for column in ("Wilson", "rate %", "bound %", "true likes", "engagement", "true eng."):
         assert column in out.stdout, column
     assert "what the estimate estimates" in out.stdout  # the legend
     assert "outcome window 24 h" in out.stdout

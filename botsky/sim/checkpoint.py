@@ -3,7 +3,7 @@
 A checkpoint is two files written at the start of every simulated day (after the previous
 day's events and bot replies have all been handled, which lockstep guarantees):
 
-- ``<path>`` (pickle, version 4): ``{"version": 4, "day": d, "world": World, "pipeline": {...}}``.
+- ``<path>`` (pickle, version 5): ``{"version": 5, "day": d, "world": World, "pipeline": {...}}``.
   The world holds users, hidden states, posts, notifications, the clock and its RNG state; the
   pipeline part holds what the app keeps in memory, each component's through its own contract
   (``snapshot()`` → plain values, ``restore(value)``; see ``Stateful``), never its attributes:
@@ -46,7 +46,8 @@ __all__ = [
 # 2: posts know their topic, users pickle without derived fields. 3: the pipeline is saved
 # through the components' snapshot()/restore() contracts, with a version per component.
 # 4: the world of issue 14 (topic registers, several logons a day, ties, truth records).
-VERSION: Final = 4
+# 5: the truth of decided mentions (World.decided_truth: per-mention oracle and engagement).
+VERSION: Final = 5
 
 
 @runtime_checkable

@@ -42,7 +42,15 @@ from botsky.sim.checkpoint import (
 )
 from botsky.sim.engines import Engine, LLMEngine, StochasticEngine
 from botsky.sim.rundir import set_aside
-from botsky.sim.truth import GROUPINGS, Arm, ArmTruth, arm_truths, truth_document, write_truth
+from botsky.sim.truth import (
+    GROUPINGS,
+    Arm,
+    ArmTruth,
+    LiveTruth,
+    arm_truths,
+    truth_document,
+    write_truth,
+)
 from botsky.sim.world import Truth, World, WorldConfig
 from botsky.sources.base import SourceStats
 from botsky.wiring import build_app
@@ -266,6 +274,7 @@ async def simulate(
     models: Mapping[str, Model] | None = None,
     hold: Callable[[App, SimResult], Awaitable[None]] | None = None,
     on_ready: Callable[[Path | None], None] | None = None,
+    on_serve: Callable[[str], None] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> SimResult:
     """Run the world for ``days`` simulated days through the production pipeline.
@@ -279,7 +288,9 @@ async def simulate(
     from ``environ``, default ``os.environ``); either must differ from every arm's model unless
     ``allow_arm_model`` (or ``sim.engine.allow_arm_model``).
     ``hold(app, result)`` runs after the results are in and before the app closes: with the
-    web app enabled, the page stays up for as long as it waits (``simulate --serve``).
+    web app enabled, the page stays up for as long as it waits (``simulate --serve``), and
+    ``on_serve(url)`` is called as soon as it accepts, before the first event. The page sets the
+    world's truth beside the estimates (``LiveTruth``) and links nothing to bsky.app.
     The world's truth per arm is written to ``data_dir/truth.json``.
 
     Files (``botsky.sim.rundir``): everything that can fail before the run starts (settings,
@@ -367,6 +378,9 @@ async def simulate(
                 # The noisy_oracle picker's truth hook: only the world has one.
                 app.dispatcher.recommender.truth = world.fits
                 arms = [Arm(b.name, b.model_name, b.persona[:200], b.picker) for b in army.bots]
+            # The page shows the world's truth beside the estimates, and links nothing out.
+            app.simulation = LiveTruth(world, arms)
+            app.on_serving = on_serve
             if pipeline is not None:
                 restore_pipeline(app, pipeline)
 

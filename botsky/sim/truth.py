@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import orjson
 
-from botsky.sim.world import Truth
+from botsky.sim.world import Truth, World
 
 __all__ = [
     "DEFINITIONS",
@@ -40,6 +40,7 @@ __all__ = [
     "GROUPINGS",
     "Arm",
     "ArmTruth",
+    "LiveTruth",
     "arm_truths",
     "truth_document",
     "write_truth",
@@ -152,6 +153,33 @@ def truth_document(
             "oracle": total.oracle / total.mentions if total.mentions else None,
         },
     }
+
+
+@dataclass(frozen=True)
+class LiveTruth:
+    """The world's truth for the web page of a running simulation (``App.simulation``).
+
+    ``truth(as_of_us)`` is, per grouping, each arm's truth over the mentions *decided* at
+    ``as_of_us`` (window closed: ``World.decided_truth``), the same mentions the page's
+    estimates are over, so a reading mid-run is set beside the truth so far; ``mentions`` is
+    then the number of decided mentions. At the end of a run it is ``truth.json``'s.
+    """
+
+    world: World
+    arms: Sequence[Arm]
+
+    @property
+    def name(self) -> str:
+        return self.world.name
+
+    @property
+    def definitions(self) -> Mapping[str, str]:
+        return DEFINITIONS
+
+    def truth(self, as_of_us: int | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Rows like ``truth.json``'s ``arms``, per grouping, over decided mentions only."""
+        decided = self.world.decided_truth(as_of_us)
+        return {by: [_row(a) for a in arm_truths(decided, self.arms, by)] for by in GROUPINGS}
 
 
 def _row(a: ArmTruth) -> dict[str, Any]:

@@ -53,13 +53,14 @@ reply, before asking for the next); then one seed gives one history.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 import time
 from bisect import insort
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import accumulate
 from operator import mul
@@ -229,6 +230,9 @@ class MentionTruth:
     suggestion: float  # how well the mentioned user fits the thread (their hidden fit)
     answered: bool = False  # the mentioned user posted in the thread within the window
     expected: float = 0.0  # this mention's true answer probability (so far)
+    oracle: float = 0.0  # the oracle's upper bound at the same post
+    likes: float = 0.0  # true expected likes of the bot's reply (so far)
+    author_replies: float = 0.0  # true expected replies to it by the post's author (so far)
 
 
 @dataclass
@@ -294,6 +298,10 @@ class World:
         self.truth: dict[str, Truth] = {}
         self.mention_truth: dict[str, MentionTruth] = {}  # bot reply URI → its open mention
         self._watch: dict[str, list[MentionTruth]] = {}  # mentioned DID → their open mentions
+        # The truth of mentions whose window has closed (``decided_truth``), and the mentions
+        # not yet folded into it: a heap on (window end, sequence number).
+        self.decided: dict[str, Truth] = {}
+        self._closing: list[tuple[int, int, MentionTruth]] = []
         self.user_days = 0  # (user, day) pairs simulated, settle days excluded
         self.pending: deque[Event] = deque()
         self.on_day: Callable[[int], Awaitable[None]] | None = None
@@ -377,6 +385,33 @@ class World:
                 if b > best:
                     best = b
         return best
+
+    def decided_truth(self, as_of_us: int | None = None) -> dict[str, Truth]:
+        """Per bot, the truth of its mentions whose outcome window had closed at ``as_of_us``
+        (default: the world's clock), the rule by which the pipeline calls a mention decided
+        (``created + window <= as_of``): the truth beside a reading taken mid-run. Once every
+        window has closed it equals ``truth`` (likes and author replies included).
+
+        Mentions are folded in for good: at the times asked, and at each day boundary those
+        closed ``_KEEP_DAYS`` before it (so that a long run keeps no record longer). A time
+        earlier than one folded reads as that later one, so readings are exact from
+        ``_KEEP_DAYS`` before the current day on. A time past the world's clock reads as the
+        clock (the future is unknown).
+        """
+        self._fold(self.clock_us if as_of_us is None else min(as_of_us, self.clock_us))
+        return {bot: replace(d) for bot, d in self.decided.items()}
+
+    def _fold(self, t: int) -> None:
+        closing = self._closing
+        while closing and closing[0][0] <= t:
+            rec = heapq.heappop(closing)[2]
+            d = self.decided.setdefault(rec.bot, Truth())
+            d.mentions += 1
+            d.expected += rec.expected
+            d.upper += rec.upper
+            d.oracle += rec.oracle
+            d.likes += rec.likes
+            d.author_replies += rec.author_replies
 
     def oracle_rate(self) -> float | None:
         n = sum(t.mentions for t in self.truth.values())
@@ -623,8 +658,10 @@ class World:
             return
         truth = self.truth[rec.bot]
         truth.likes += p_like
+        rec.likes += p_like
         if u.did == rec.author:
             truth.author_replies += p_reply
+            rec.author_replies += p_reply
 
     # reading --------------------------------------------------------------------------------
     def _item(self, u: SimUser, kind: str, post: SimPost) -> Item:
@@ -727,6 +764,7 @@ class World:
     def _forget_old(self, now_us: int) -> None:
         # "Recent" is the last day; posts are kept a few days for threads and notifications.
         cutoff = now_us - _KEEP_DAYS * DAY_US
+        self._fold(cutoff)  # records of mentions closed that long ago are not needed again
         self.posts = {uri: p for uri, p in self.posts.items() if p.time_us >= cutoff}
         recent_cutoff = now_us - DAY_US
         self.recent = [
@@ -790,9 +828,11 @@ class World:
             truth.upper += picked
             truth.oracle += max(best, picked)
             rec = MentionTruth(
-                rp.bot, did, author, rp.root.uri, created, ends, picked, user.fit(post)
-            )
+                rp.bot, did, author, rp.root.uri, created, ends, picked, user.fit(post),
+                oracle=max(best, picked),
+            )  # fmt: skip
             self.mention_truth[uri] = rec
+            heapq.heappush(self._closing, (ends, self.counts["mentions"], rec))
             self._watch.setdefault(did, []).append(rec)
         self.pending.append(
             commit_event(rp.bot_did, t, t, "create", POST, rkey, cid, record, tid(t, 1))
