@@ -176,6 +176,16 @@ async def test_conversations_link_to_bsky_and_carry_outcomes(ran: App, web: WebS
     assert bad.status_code == 400
 
 
+async def test_a_live_run_links_to_bsky_and_has_no_world_truth(web: WebServer) -> None:
+    """A live run's page links its posts and replies to bsky.app and shows no truth columns
+    (those are a simulation's: tests/test_sim_page.py); /api/truth is 404."""
+    page = (await _get(f"{web.url}/")).text
+    assert 'href="https://bsky.app/profile/did:plc:alice/post/' in page
+    assert "world's true rate" not in page and "data-true-rate" not in page
+    r = await _get(f"{web.url}/api/truth")
+    assert r.status_code == 404 and "not a simulation" in r.json()["error"]
+
+
 async def test_health_endpoints_report_liveness_and_readiness(ran: App, web: WebServer) -> None:
     """/healthz is always 200; /readyz is 200 while the ledger answers and the source is up."""
     assert (await _get(web.url + "/healthz")).json() == {"status": "ok"}
@@ -184,6 +194,17 @@ async def test_health_endpoints_report_liveness_and_readiness(ran: App, web: Web
     ran.source.connected = False  # type: ignore[attr-defined]
     down = await _get(web.url + "/readyz")
     assert down.status_code == 503 and down.json()["source"] == "disconnected"
+
+
+async def test_the_server_parses_http_with_httptools(web: WebServer) -> None:
+    """The web app (as `botsky run` serves it) runs on uvicorn's C parser, not h11: the
+    feed's CPU budget per request assumes it (BENCHMARKS.md), and uvicorn would fall back
+    to h11 silently."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert web.server.config.http_protocol_class is HttpToolsProtocol
+    answer = await _get(web.url + "/healthz")  # and it answers through it
+    assert answer.status_code == 200 and answer.http_version == "HTTP/1.1"
 
 
 async def test_readyz_is_503_when_the_ledger_is_unreachable(tmp_path: Path, ran: App) -> None:
