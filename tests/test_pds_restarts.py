@@ -235,9 +235,11 @@ def test_kills_and_stops_at_random_moments_lose_no_work_and_no_consent(
                         return mine[0] if mine else None
 
                     when, delay = run.wait_for("a model call", answering, timeout=30)
-                    time.sleep(max(0.0, rng.uniform(when, when + delay) - time.monotonic()))
+                    # (Not in its last fifth: the kill must land before the answer does.)
+                    until = rng.uniform(when, when + 0.8 * delay)
+                    time.sleep(max(0.0, until - time.monotonic()))
                 else:
-                    time.sleep(rng.uniform(0.0, 5.0))
+                    time.sleep(rng.uniform(0.0, 4.0))
                 now = time.monotonic()
                 busy = any(a >= t0 and a + d > now for a, d in arrivals)
                 if i in terms_at:
