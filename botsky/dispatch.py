@@ -95,7 +95,7 @@ class Selector:
         self,
         *,
         is_bot: Callable[[str], bool],
-        may_answer: Callable[[str], bool] = lambda did: True,
+        may_answer: Callable[[str, int], bool] = lambda did, time_us: True,
         is_active: Callable[[str], bool] = lambda did: True,
         sample_rate: float = 1.0,
         author_cooldown_s: float = 3600.0,
@@ -147,7 +147,7 @@ class Selector:
             return "language"
         if not self.is_active(event.did):
             return "inactive_account"
-        if not self.may_answer(event.did):
+        if not self.may_answer(event.did, event.time_us):
             return "no_consent"
         last = self._last_answered.get(event.did)
         if last is not None and event.time_us - last < self.author_cooldown_us:

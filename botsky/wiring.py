@@ -454,17 +454,21 @@ async def build_app(
     )
 
 
-async def _opt_ins(ledger: RetryingLedger, allow_list: list[str]) -> list[str]:
-    """The opt-ins kept in the ledger, with the allow list's DIDs recorded as opt-ins (and
-    those recorded from an earlier allow list that no longer names them withdrawn)."""
+async def _opt_ins(ledger: RetryingLedger, allow_list: list[str]) -> dict[str, int]:
+    """The opt-ins kept in the ledger (DID → when), with the allow list's DIDs recorded as
+    opt-ins (and those recorded from an earlier allow list that no longer names them
+    withdrawn)."""
     allowed = {a.strip().lower() for a in allow_list if a.strip().lower().startswith("did:")}
     kept = await ledger.opt_ins()
     now = time.time_ns() // 1000
     for did in sorted(allowed - kept.keys()):
         await ledger.add_opt_in(did, ALLOW_LIST, now)
         log.info("opted_in", did=did, reason=ALLOW_LIST)
-    for did, reason in kept.items():
+    given = {}
+    for did, (reason, time_us) in kept.items():
         if reason == ALLOW_LIST and did not in allowed:
             await ledger.withdraw_opt_in(did, ALLOW_LIST)
             log.info("opt_in_withdrawn", did=did, reason="removed from the allow list")
-    return sorted(allowed | {d for d, r in kept.items() if r != ALLOW_LIST or d in allowed})
+        else:
+            given[did] = 0 if reason == ALLOW_LIST else time_us
+    return {**dict.fromkeys(allowed, 0), **given}

@@ -307,8 +307,8 @@ class TestLedgerContract:
         assert not await ledger.withdraw_opt_in("did:plc:b", "allow list")
         again = await ledgers()
         assert await again.opt_ins() == {
-            "did:plc:a": "followed a bot",
-            "did:plc:c": "mentioned a bot",
+            "did:plc:a": ("followed a bot", T0),
+            "did:plc:c": ("mentioned a bot", T0 + 3),
         }
 
     async def test_account_status_newest_event_wins(self, ledger: Ledger) -> None:

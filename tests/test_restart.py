@@ -249,7 +249,7 @@ async def _opt_ins(cfg: Path) -> dict[str, str]:
     led = SqliteLedger(cfg.parent / "data" / "botsky.sqlite3")
     await led.open()
     try:
-        return await led.opt_ins()
+        return {did: reason for did, (reason, _) in (await led.opt_ins()).items()}
     finally:
         await led.close()
 

@@ -344,8 +344,9 @@ class Ledger(Protocol):
         """Record consent (a follow or a mention of a bot, an allow-list entry); False if the
         DID had already opted in (the first reason is kept)."""
 
-    async def opt_ins(self) -> dict[str, str]:
-        """Every opted-in DID with its reason (an opt-out still wins over it)."""
+    async def opt_ins(self) -> dict[str, tuple[str, int]]:
+        """Every opted-in DID with its reason and the stream time it was given (a post older
+        than that is not answered; an opt-out still wins over it)."""
 
     async def withdraw_opt_in(self, did: str, reason: str) -> bool:
         """Forget ``did``'s opt-in if it was given for ``reason`` (an allow-list entry that was

@@ -193,7 +193,7 @@ class RetryingLedger(RetryingFeedMixin):
     async def add_opt_in(self, did: str, reason: str, time_us: int) -> bool:
         return await self._retry("add_opt_in", lambda: self.inner.add_opt_in(did, reason, time_us))
 
-    async def opt_ins(self) -> dict[str, str]:
+    async def opt_ins(self) -> dict[str, tuple[str, int]]:
         return await self._retry("opt_ins", lambda: self.inner.opt_ins())
 
     async def withdraw_opt_in(self, did: str, reason: str) -> bool:

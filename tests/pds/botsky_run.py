@@ -172,8 +172,9 @@ class LedgerView:
         return result
 
     def opt_ins(self) -> dict[str, str]:
-        result: dict[str, str] = self._read(lambda led: led.opt_ins())
-        return result
+        """Every opt-in's reason, by DID."""
+        result: dict[str, tuple[str, int]] = self._read(lambda led: led.opt_ins())
+        return {did: reason for did, (reason, _) in result.items()}
 
 
 class BotskyRun:
