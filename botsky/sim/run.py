@@ -267,6 +267,7 @@ async def simulate(
     hold: Callable[[App, SimResult], Awaitable[None]] | None = None,
     on_ready: Callable[[Path | None], None] | None = None,
     environ: Mapping[str, str] | None = None,
+    keep_mention_truth: bool = False,
 ) -> SimResult:
     """Run the world for ``days`` simulated days through the production pipeline.
 
@@ -280,7 +281,8 @@ async def simulate(
     ``allow_arm_model`` (or ``sim.engine.allow_arm_model``).
     ``hold(app, result)`` runs after the results are in and before the app closes: with the
     web app enabled, the page stays up for as long as it waits (``simulate --serve``).
-    The world's truth per arm is written to ``data_dir/truth.json``.
+    The world's truth per arm is written to ``data_dir/truth.json``; ``keep_mention_truth``
+    keeps every mention's record in the world (``World.closed_truth``, validation study).
 
     Files (``botsky.sim.rundir``): everything that can fail before the run starts (settings,
     the checkpoint, the engine's model) is checked before a file is touched; then the earlier
@@ -327,6 +329,7 @@ async def simulate(
             churn=churn,
             presence_window_s=st.presence.window_s,
             outcome_window_s=st.outcomes.window_s,
+            keep_mention_truth=keep_mention_truth,
         )
         world = World(config)
     world.engine = engine

@@ -143,6 +143,10 @@ class WorldConfig:
     settle: bool = True
     archetypes: Path | None = None
     limits: StateLimits = DEFAULT_LIMITS
+    # Keep every mention's truth record after its window closed (``World.closed_truth``): the
+    # validation study (``botsky.sim.study``) reads the true rate of the mentions decided at
+    # each reading. Off by default: a long run would carry every record in its checkpoints.
+    keep_mention_truth: bool = False
 
 
 @dataclass(slots=True)
@@ -293,6 +297,8 @@ class World:
         )
         self.truth: dict[str, Truth] = {}
         self.mention_truth: dict[str, MentionTruth] = {}  # bot reply URI → its open mention
+        # bot reply URI → the record of a mention gone from mention_truth (keep_mention_truth)
+        self.closed_truth: dict[str, MentionTruth] = {}
         self._watch: dict[str, list[MentionTruth]] = {}  # mentioned DID → their open mentions
         self.user_days = 0  # (user, day) pairs simulated, settle days excluded
         self.pending: deque[Event] = deque()
@@ -735,6 +741,10 @@ class World:
             if uri in self.posts and self.posts[uri].time_us >= recent_cutoff
         ]
         # Mentions whose window closed count no more; their records go with their posts.
+        if self.config.keep_mention_truth:
+            self.closed_truth.update(
+                (u, r) for u, r in self.mention_truth.items() if u not in self.posts
+            )
         self.mention_truth = {u: r for u, r in self.mention_truth.items() if u in self.posts}
         watch: dict[str, list[MentionTruth]] = {}
         for did, recs in self._watch.items():
