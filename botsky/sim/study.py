@@ -45,7 +45,7 @@ from botsky.configload import load_config, resolve_secrets
 from botsky.feed.scores import feed_scores
 from botsky.ledger.feed import ArmCounts
 from botsky.ledger.sqlite import SqliteLedger
-from botsky.scoring import Leaderboard, Score, leaderboard
+from botsky.scoring import Comparison, Leaderboard, Score, leaderboard
 from botsky.sim.run import simulate
 from botsky.stats import wilson_interval
 from botsky.wiring import scoring_options
@@ -59,9 +59,12 @@ __all__ = [
     "MetricRow",
     "PairResult",
     "PlantedArm",
+    "Reading",
     "StudySpec",
     "WorldResult",
     "army_yaml",
+    "read_once",
+    "read_worlds",
     "run_study",
     "run_world",
     "world_config",
@@ -416,6 +419,81 @@ async def _read_world(spec: StudySpec, seed: int, workdir: Path) -> WorldResult:
         read_s=read_s,
         truth_keys=keys,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One world read once: as of the first moment every arm had ``n`` decided mentions (or
+    at the end, without ``n``), beside the world's truth and size."""
+
+    seed: int
+    n: int | None
+    reached: bool  # every arm had n decided mentions by the end of the run
+    true_rate: dict[str, float]  # truth.json, per arm (bot)
+    scores: list[Score]  # the leaderboard's lines at the reading
+    comparisons: list[Comparison]
+    mentions_per_arm: dict[str, int]  # at the end of the run
+    user_days: int
+
+
+async def _read_once(spec: StudySpec, seed: int, workdir: Path, n: int | None) -> Reading:
+    loaded = load_config(spec.config, environ={})
+    st = loaded.settings.model_copy(update={"data_dir": workdir / f"seed-{seed}"})
+    loaded = dataclasses.replace(loaded, settings=st)
+    secrets = resolve_secrets(loaded, environ={}, live=False)
+    result = await simulate(loaded, secrets, days=spec.days, users=spec.users, seed=seed)
+    assert result.ledger_path is not None and result.truth_path is not None
+    ledger = SqliteLedger(result.ledger_path)
+    await ledger.open()
+    try:
+        mentions, outcomes = await ledger.mentions(), await ledger.outcomes()
+    finally:
+        await ledger.close()
+    truth = orjson.loads(result.truth_path.read_bytes())
+    opts = scoring_options(st)
+    window_us = int(opts.window_s * _US)
+    closes: dict[str, list[int]] = {}
+    for m in mentions:
+        closes.setdefault(m.bot, []).append(m.created_us + window_us)
+    end_us = result.world.clock_us
+    reached = True
+    as_of = end_us
+    if n is not None:
+        # The n-th decision of the slowest arm: from then on every arm has n decided.
+        nth = [sorted(c)[n - 1] if len(c) >= n else None for c in closes.values()]
+        reached = all(t is not None and t <= end_us for t in nth)
+        as_of = max(t for t in nth if t is not None) if reached else end_us
+    board = leaderboard(mentions, outcomes, by="bot", as_of_us=as_of, options=opts)
+    shutil.rmtree(st.data_dir, ignore_errors=True)
+    return Reading(
+        seed=seed,
+        n=n,
+        reached=reached,
+        true_rate={r["group"]: float(r["true_rate"]) for r in truth["arms"]["bot"]},
+        scores=board.scores,
+        comparisons=board.comparisons,
+        mentions_per_arm={bot: len(c) for bot, c in closes.items()},
+        user_days=result.user_days,
+    )
+
+
+def read_once(
+    spec: StudySpec, seed: int, workdir: Path, n: int | None = None, quiet: bool = False
+) -> Reading:
+    """One world, read as of the moment every arm had ``n`` decided mentions (default: at
+    the end). A worker process's task in ``read_worlds``."""
+    if quiet:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    return asyncio.run(_read_once(spec, seed, workdir, n))
+
+
+def read_worlds(
+    spec: StudySpec, seeds: Sequence[int], workdir: Path, n: int | None, *, processes: int = 2
+) -> list[Reading]:
+    """``read_once`` for every seed over ``processes`` worker processes, in seed order."""
+    with ProcessPoolExecutor(max_workers=max(1, processes)) as pool:
+        futures = [pool.submit(read_once, spec, s, workdir, n, True) for s in seeds]
+        return [f.result() for f in futures]
 
 
 def run_world(spec: StudySpec, seed: int, workdir: Path, quiet: bool = False) -> WorldResult:
