@@ -116,20 +116,9 @@ def test_planted_arms_ten_points_apart_are_ordered_at_the_n_botsky_plan_gives(
     )[0]
     base = pilot.true_rate["low"]
     deff = max(1.0, *(s.design_effect or 1.0 for s in pilot.scores))
-    plan = CliRunner().invoke(
-        cli,
-        [
-            "plan",
-            "--rate",
-            f"{base:.4f}",
-            "--differences",
-            "10",
-            "--design-effect",
-            f"{deff:.4f}",
-            "--json",
-        ],  # fmt: skip
-        catch_exceptions=False,
-    )
+    args = ["plan", "--rate", f"{base:.4f}", "--differences", "10", "--json"]
+    args += ["--design-effect", f"{deff:.4f}"]
+    plan = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert plan.exit_code == 0, plan.output
     n = orjson.loads(plan.output)["plans"][0]["anytime_n_per_arm"]
     assert 200 < n < 5000, (pilot_seed, n)
