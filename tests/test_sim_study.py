@@ -149,3 +149,38 @@ def test_planted_arms_ten_points_apart_are_ordered_at_the_n_botsky_plan_gives(
           f"ordered {ordered}/{w}; pooled truth {pooled}")  # fmt: skip
     assert pooled["high"] - pooled["low"] >= 0.10, (pooled, seeds)
     assert ordered >= k, (ordered, k, n, seeds)
+
+
+def test_feed_figures_are_checked_when_truth_json_has_a_feed_section() -> None:
+    """With a ``feed`` section in truth.json (simulated feed subscribers), each served arm's
+    engaged rate (with its Wilson interval) and engagement per seen impression are set
+    beside their truth; arms nobody saw, and worlds without the section, add nothing."""
+    from botsky.ledger.feed import ArmCounts
+    from botsky.sim.study import feed_metrics
+
+    counts = [
+        ArmCounts("t-a", served=300, seen=200, engaged_served=40, engaged_seen=30,
+                  likes_seen=25, reposts_seen=5, replies_seen=4, quotes_seen=0),
+        ArmCounts("t-b", served=10, seen=0, engaged_served=0, engaged_seen=0,
+                  likes_seen=0, reposts_seen=0, replies_seen=0, quotes_seen=0),
+    ]  # fmt: skip
+    doc = {
+        "feed": {
+            "arm_by": "model",
+            "arms": {
+                "model": [
+                    {"group": "t-a", "true_engaged_rate": 0.14,
+                     "true_engagement_per_impression": 0.16},
+                    {"group": "t-b", "true_engaged_rate": 0.1,
+                     "true_engagement_per_impression": 0.1},
+                ]
+            },
+        }
+    }  # fmt: skip
+    rows = {m.metric: m for m in feed_metrics(counts, doc)}
+    assert set(rows) == {"feed true_engaged_rate", "feed true_engagement_per_impression"}
+    rate = rows["feed true_engaged_rate"]
+    assert (rate.arm, rate.estimate, rate.truth) == ("t-a", 0.15, 0.14)
+    assert rate.low is not None and rate.high is not None and rate.low < 0.14 < rate.high
+    per = rows["feed true_engagement_per_impression"]
+    assert per.estimate == pytest.approx(34 / 200) and per.low is None

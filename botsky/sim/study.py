@@ -63,6 +63,7 @@ __all__ = [
     "StudySpec",
     "WorldResult",
     "army_yaml",
+    "feed_metrics",
     "read_once",
     "read_worlds",
     "run_study",
@@ -224,7 +225,7 @@ class WorldResult:
     truth_keys: list[str] = field(default_factory=list)
 
 
-def _feed_metrics(counts: Sequence[ArmCounts], truth_doc: dict[str, Any]) -> list[MetricRow]:
+def feed_metrics(counts: Sequence[ArmCounts], truth_doc: dict[str, Any]) -> list[MetricRow]:
     """The feed's per-impression figures (``botsky.feed.scores``) against ``truth.json``'s
     ``feed`` section, when the world had feed subscribers."""
     feed = truth_doc["feed"]
@@ -356,7 +357,7 @@ async def _read_world(spec: StudySpec, seed: int, workdir: Path) -> WorldResult:
     assert board is not None
     kinds = {arm.name: arm.kind for arm in spec.army}
     end_scores = {s.group: s for s in board.scores}
-    metrics = _feed_metrics(feed_counts, truth_doc) if "feed" in truth_doc else []
+    metrics = feed_metrics(feed_counts, truth_doc) if "feed" in truth_doc else []
     arms = []
     for arm_name in names:
         s = end_scores[arm_name]
