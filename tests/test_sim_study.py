@@ -184,3 +184,21 @@ def test_feed_figures_are_checked_when_truth_json_has_a_feed_section() -> None:
     assert rate.low is not None and rate.high is not None and rate.low < 0.14 < rate.high
     per = rows["feed true_engagement_per_impression"]
     assert per.estimate == pytest.approx(34 / 200) and per.low is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "one-two"], "give a range like 1-120"),
+        (["--seeds", "7"], "give at least two seeds"),
+        (["--users", "5"], "--users"),
+    ],
+)
+def test_validate_refuses_bad_arguments_with_a_message(args: list[str], message: str) -> None:
+    """scripts/validate's command: bad arguments give a usage error naming the problem (exit
+    2), not a traceback, before any world runs."""
+    from botsky.sim.validation import main
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
