@@ -2,8 +2,9 @@
 
 The whole production pipeline runs (``botsky.sim.run.simulate``: presence, recommender,
 control-arm bots, SQLite ledger, outcome watcher, lockstep dispatch) on the default simulation
-config, in a temporary data directory. Full: 300 users for 7 days (the default world);
-``--quick``: 60 users for 2 days. No baseline. Target: >= 2,000 user-days/s.
+config, in a temporary data directory, with its share of users reading botsky's feed through
+the feed service (``sim.feed.subscribers``, 20%). Full: 300 users for 7 days (the default
+world); ``--quick``: 60 users for 2 days. No baseline. Target: >= 2,000 user-days/s.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def main() -> None:
             "sim",
             f"{rate:,.0f} user-days/s ({users} users × {days} days: {result.user_days:,} "
             f"user-days, {result.summary.events:,} events, "
-            f"{result.world.counts['mentions']:,} mentions in {result.elapsed_s:.2f} s)",
+            f"{result.world.counts['mentions']:,} mentions, "
+            f"{result.world.counts['feed_pages']:,} feed pages in {result.elapsed_s:.2f} s)",
             "—",
             "—",
             "≥ 2,000 user-days/s",

@@ -25,6 +25,7 @@ from botsky.errors import BotskyError, ConfigError
 from botsky.stats_cli import scores_options
 
 if TYPE_CHECKING:
+    from botsky.config import Settings
     from botsky.configload import LoadedConfig
     from botsky.stats_cli import Rows
 
@@ -257,7 +258,43 @@ def ledger_rows(config_path: Path | None) -> tuple[LoadedConfig, Rows, tuple[lis
         sys.exit(1)
     if not rows.mentions:
         click.echo(f"no mentions recorded yet in the ledger of {_shown(loaded.path)}", err=True)
+        # Why: the last run's summary in its log (the bundled replay: no_consent, and a hint).
+        for line in _last_unanswered(st):
+            click.echo(line, err=True)
     return loaded, rows, (feed_counts, st.feed.arm_by)
+
+
+_SUMMARY_TAIL_BYTES = 1 << 20  # the last run's summary is among the log's last lines
+
+
+def _last_unanswered(st: Settings) -> list[str]:
+    """Why the last run in ``st``'s log answered no post (``botsky.summary``), from its last
+    ``run_summary`` line; nothing when there is no log or no such line."""
+    import orjson
+
+    from botsky.summary import unanswered_lines
+
+    if not st.logging.file:
+        return []
+    path = st.data_dir / st.logging.file
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(max(0, size - _SUMMARY_TAIL_BYTES))
+            tail = fh.read()
+    except OSError:
+        return []
+    for line in reversed(tail.splitlines()):
+        if b'"run_summary"' not in line:
+            continue
+        try:
+            summary = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(summary, dict) and summary.get("event") == "run_summary":
+            lines = unanswered_lines(summary, audience_mode=st.audience.mode)
+            return [f"the last run in {_shown(path)}:", *lines] if lines else []
+    return []
 
 
 def _shown(path: Path) -> Path:

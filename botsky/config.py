@@ -39,6 +39,7 @@ __all__ = [
     "Settings",
     "SimConfig",
     "SimEngineConfig",
+    "SimFeedConfig",
     "SourceConfig",
     "WebConfig",
 ]
@@ -423,10 +424,24 @@ class SimEngineConfig(_Strict):
         )
 
 
+class SimFeedConfig(_Strict):
+    """The simulated users who subscribe to botsky's fair-exposure feed (``botsky.feed``).
+
+    A user subscribes with probability ``subscribers`` (a hash of the seed and the user, so the
+    rest of the world draws the same numbers whatever the share); a subscriber reads one page of
+    ``page_size`` items of the feed at every logon, through the feed service's own
+    ``getFeedSkeleton`` and ``sendInteractions``. 0 turns the feed off in the simulation.
+    """
+
+    subscribers: float = Field(default=0.2, ge=0, le=1)
+    page_size: int = Field(default=10, ge=1, le=100)  # getFeedSkeleton's limit
+
+
 class SimConfig(_Strict):
     """``botsky simulate`` only (the rest of botsky ignores it)."""
 
     engine: SimEngineConfig = Field(default_factory=SimEngineConfig)
+    feed: SimFeedConfig = Field(default_factory=SimFeedConfig)
 
 
 class PriceConfig(_Strict):

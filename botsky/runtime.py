@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from botsky.policy import AudiencePolicy
 from botsky.presence import Presence
 from botsky.scoring import ScoringOptions, log_reading
 from botsky.sources.base import Source
-from botsky.web import WebServer, serve
+from botsky.web import SimulationView, WebServer, serve
 
 if TYPE_CHECKING:
     from botsky.feed import FeedService
@@ -146,6 +146,12 @@ class App:
         self.web = web
         self.web_server: WebServer | None = None
         self.keep_serving = False  # `simulate --serve` keeps the page up after the run
+        # Called with the page's URL once the web app accepts (`simulate --serve` prints it).
+        self.on_serving: Callable[[str], None] | None = None
+        # A simulation's world truth for the page (``botsky.sim.truth.LiveTruth``, a
+        # ``web.SimulationView``); None for a live run. The page then also links nothing to
+        # bsky.app: its users and posts are not there.
+        self.simulation: SimulationView | None = None
         self.partitions: Partitions = partitions or SinglePartition()
         # Eligible posts of partitions owned elsewhere, to answer if this replica takes over.
         self._handover: deque[tuple[Event, PostRef]] = deque(maxlen=handover_buffer or None)
@@ -179,6 +185,8 @@ class App:
                 feed=self.feed,
             )
             log.info("web_started", url=self.web_server.url)
+            if self.on_serving is not None:
+                self.on_serving(self.web_server.url)
         try:
             async with asyncio.TaskGroup() as tg:
                 services: list[asyncio.Task[None]] = []

@@ -166,7 +166,8 @@ def cluster_variance(
     covariance between the arms through people mentioned in both. Both are the sandwich
     (Liang-Zeger) variance of an OLS coefficient, clusters being ``clusters`` (the mentioned
     user), from statsmodels with its default small-sample correction
-    ``G/(G-1) * (N-1)/(N-K)``. NaN when there are fewer than two clusters or N <= K.
+    ``G/(G-1) * (N-1)/(N-K)``. NaN when there are fewer than two clusters, or no more rows
+    than coefficients (N = K: the correction divides by zero; one decided mention per arm).
     """
     import statsmodels.api as sm
 
@@ -185,7 +186,7 @@ def cluster_variance(
         exog = np.column_stack([np.ones(len(yy)), 1.0 - b])
         index = 1
     if len(yy) <= exog.shape[1]:
-        return math.nan  # no residual degree of freedom (one mention per arm): undefined
+        return math.nan
     fit = sm.OLS(yy, exog).fit(cov_type="cluster", cov_kwds={"groups": codes})
     return float(fit.cov_params()[index, index])
 

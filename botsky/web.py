@@ -8,7 +8,14 @@ Routes (all GET):
 - ``/``: the leaderboard per model, persona and picker, recent conversations, a health summary;
 - ``/api/leaderboard?by=model``: exactly ``botsky scores --json`` (``scoring.leaderboard_json``),
   read as of the App's stream clock;
-- ``/api/conversations?limit=50``: the latest mentions, newest first, with their outcomes.
+- ``/api/conversations?limit=50``: the latest mentions, newest first, with their outcomes;
+- ``/api/truth?by=model``: a simulation's world truth per arm over the mentions decided at the
+  page's reading (404 for a live run).
+
+The page of a simulation (``view.simulation``, a ``SimulationView``) sets the world's truth
+beside the estimates (the true rate, and the upper bound and oracle marked as ceilings), over the
+same decided mentions, during the run and after it; and it links nothing to bsky.app, whose
+users and posts these are not. A live run's posts and replies link to bsky.app.
 
 When a token is configured, every route but the two health checks needs
 ``Authorization: Bearer <token>``. Binding to anything but loopback without a token is refused
@@ -33,10 +40,10 @@ import ipaddress
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 import uvicorn
@@ -65,7 +72,14 @@ from botsky.scoring import (
 if TYPE_CHECKING:
     from botsky.feed.service import FeedService
 
-__all__ = ["LEADERBOARD_GROUPS", "WebServer", "bsky_url", "create_app", "serve"]
+__all__ = [
+    "LEADERBOARD_GROUPS",
+    "SimulationView",
+    "WebServer",
+    "bsky_url",
+    "create_app",
+    "serve",
+]
 
 log = structlog.get_logger("botsky.web")
 
@@ -84,6 +98,24 @@ _SECURITY_HEADERS: Final = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
 }
+
+
+class SimulationView(Protocol):
+    """A simulation's world truth, for its page (``botsky.sim.truth.LiveTruth``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def definitions(self) -> Mapping[str, str]: ...
+    def truth(self, as_of_us: int | None = None) -> Mapping[str, list[dict[str, Any]]]:
+        """Per grouping (at least model, persona, picker), per arm: ``group``, ``mentions``
+        (decided at ``as_of_us``), ``true_rate``, ``upper_bound``, ``oracle``,
+        ``engagement_per_reply``... (``truth.json`` rows)."""
+        ...
+
+
+def _simulation(view: object) -> SimulationView | None:
+    return getattr(view, "simulation", None)
 
 
 def bsky_url(uri: str) -> str | None:
@@ -111,6 +143,10 @@ def create_app(
     metrics = metrics or Metrics()
     cache = metrics.watch(view, max_age_s=refresh_s)
     secret = _secret(token)
+    sim = _simulation(view)
+    # A simulation's truth, taken as of the ledger reading at each reload (the world moves
+    # on between requests; the truth stays beside the numbers it was read with).
+    truth = _TruthAtReload()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -137,6 +173,8 @@ def create_app(
             log.warning("web_ledger_unavailable", error=f"{type(exc).__name__}: {exc}")
             if cache.loaded_at is None:
                 return JSONResponse({"error": "ledger unavailable"}, status_code=503)
+        if sim is not None:
+            truth.take(sim, cache)
         return None
 
     async def leaderboard_api(request: Request) -> Response:
@@ -154,7 +192,29 @@ def create_app(
                 {"error": f"limit must be an integer from 1 to {_MAX_CONVERSATIONS}"},
                 status_code=400,
             )
-        return await refresh() or JSONResponse(list(_conversations(cache, limit)))
+        links = _simulation(view) is None
+        return await refresh() or JSONResponse(list(_conversations(cache, limit, links=links)))
+
+    async def truth_api(request: Request) -> Response:
+        if sim is None:
+            return JSONResponse({"error": "not a simulation: no world truth"}, status_code=404)
+        by = request.query_params.get("by", "model")
+        failed = await refresh()
+        if failed is not None:
+            return failed
+        rows = truth.rows or {}
+        if by not in rows:
+            return JSONResponse({"error": f"by must be one of {', '.join(rows)}"}, status_code=400)
+        return JSONResponse(
+            {
+                "world": sim.name,
+                "by": by,
+                "as_of_us": truth.as_of_us,
+                "over": "mentions decided at as_of_us (outcome window closed)",
+                "definitions": dict(sim.definitions),
+                "arms": rows[by],
+            }
+        )
 
     async def index(request: Request) -> Response:
         failed = await refresh()
@@ -165,7 +225,9 @@ def create_app(
             from botsky.feed.render import feed_section
 
             extra = feed_section(await _feed_scores(feed, refresh_s), feed.arm_by)
-        page = _render_page(view, cache, conversations=20, extra=extra)
+        page = _render_page(
+            view, cache, conversations=20, extra=extra, truth=truth if sim is not None else None
+        )
         return HTMLResponse(page, headers=_SECURITY_HEADERS)
 
     routes = [
@@ -175,6 +237,7 @@ def create_app(
         Route("/metrics", metrics_route),
         Route("/api/leaderboard", leaderboard_api),
         Route("/api/conversations", conversations_api),
+        Route("/api/truth", truth_api),
     ]
     open_paths = _OPEN_PATHS
     if feed is not None:
@@ -345,25 +408,28 @@ def _limit(raw: str | None, *, default: int) -> int | None:
 # --- data for the page and the API ----------------------------------------------------------
 
 
-def _conversations(cache: ScoreCache, limit: int) -> Iterator[dict[str, Any]]:
+def _conversations(
+    cache: ScoreCache, limit: int, *, links: bool = True
+) -> Iterator[dict[str, Any]]:
+    """The latest mentions; ``links``: their bsky.app URLs (not for a simulation's)."""
     by_mention: dict[int, Counter[str]] = {}
     for o in cache.outcomes:
         by_mention.setdefault(o.mention_id, Counter())[o.kind] += 1
     for m in _latest(cache.mentions, limit):
-        yield _conversation(m, by_mention.get(m.id, Counter()))
+        yield _conversation(m, by_mention.get(m.id, Counter()), links=links)
 
 
 def _latest(mentions: Sequence[Mention], limit: int) -> list[Mention]:
     return heapq.nlargest(limit, mentions, key=lambda m: (m.created_us, m.id))
 
 
-def _conversation(m: Mention, outcomes: Counter[str]) -> dict[str, Any]:
+def _conversation(m: Mention, outcomes: Counter[str], *, links: bool = True) -> dict[str, Any]:
     post_text = m.extra.get("post_text")
     return {
         "mention_id": m.id,
         "created_us": m.created_us,
         "post_uri": m.post_uri,
-        "post_url": bsky_url(m.post_uri),
+        "post_url": bsky_url(m.post_uri) if links else None,
         "post_author": m.post_author,
         "post_text": post_text if isinstance(post_text, str) else None,
         "bot": m.bot,
@@ -371,7 +437,7 @@ def _conversation(m: Mention, outcomes: Counter[str]) -> dict[str, Any]:
         "persona": m.persona,
         "picker": m.picker,
         "reply_uri": m.reply_uri,
-        "reply_url": bsky_url(m.reply_uri),
+        "reply_url": bsky_url(m.reply_uri) if links else None,
         "reply_text": m.reply_text,
         "mentioned_did": m.mentioned_did,
         "mentioned_handle": m.mentioned_handle,
@@ -432,7 +498,50 @@ def _ci_svg(cs: tuple[float, float], ci: tuple[float, float], rate: float | None
     return "".join(parts)
 
 
-def _score_rows(rows: list[Score]) -> str:
+_TRUTH_FIELDS: Final = ("true_rate", "upper_bound", "oracle", "engagement_per_reply")
+
+
+@dataclass
+class _TruthAtReload:
+    """A simulation's truth per grouping (``SimulationView.truth``), rounded like the API's
+    scores, taken as of the score cache's reading once per reload of the cache."""
+
+    loaded_at: float | None = None
+    as_of_us: int | None = None
+    rows: Mapping[str, list[dict[str, Any]]] | None = None
+
+    def take(self, sim: SimulationView, cache: ScoreCache) -> None:
+        if self.rows is not None and self.loaded_at == cache.loaded_at:
+            return
+        self.loaded_at, self.as_of_us = cache.loaded_at, cache.as_of_us
+        self.rows = {
+            by: [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rs]
+            for by, rs in sim.truth(cache.as_of_us).items()
+        }
+
+
+def _truth_cells(t: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(data attributes, cells) of the world's truth beside an arm's estimates."""
+    t = t or {}
+    data = {
+        "true-decided": t.get("mentions"),
+        "true-rate": t.get("true_rate"),
+        "upper-bound": t.get("upper_bound"),
+        "oracle": t.get("oracle"),
+        "true-engagement-per-reply": t.get("engagement_per_reply"),
+    }
+    attrs = " ".join(f'data-{k}="{_attr(v)}"' for k, v in data.items())
+    cells = (
+        f'<td class="true-rate num truth">{_e(_num(t.get("true_rate"), "{:.1f}%", 100))}</td>'
+        f'<td class="upper-bound num ceiling">'
+        f"{_e(_num(t.get('upper_bound'), '{:.1f}%', 100))}</td>"
+        f'<td class="oracle num ceiling">{_e(_num(t.get("oracle"), "{:.1f}%", 100))}</td>'
+    )
+    return attrs, cells
+
+
+def _score_rows(rows: list[Score], truth: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """One row per arm; with ``truth`` (a simulation's, by group) the world's truth beside it."""
     out = []
     for s in rows:
         f = score_log_fields(s)
@@ -461,16 +570,24 @@ def _score_rows(rows: list[Score]) -> str:
             "cost-per-success": f["cost_per_success"],
         }
         attrs = " ".join(f'data-{k}="{_attr(v)}"' for k, v in data.items())
+        truth_attrs, truth_cells, true_engagement = "", "", ""
+        if truth is not None:
+            t = truth.get(s.group)
+            truth_attrs, truth_cells = _truth_cells(t)
+            truth_attrs = " " + truth_attrs
+            value = _num(t.get("engagement_per_reply") if t else None, "{:.3f}")
+            true_engagement = f'<td class="true-engagement-per-reply num truth">{_e(value)}</td>'
         control = ' <span class="control">control</span>' if s.control else ""
         bar = _ci_svg((s.cs_low, s.cs_high), (s.ci_low, s.ci_high), s.success_rate)
         out.append(
-            f'<tr class="score" {attrs}>'
+            f'<tr class="score" {attrs}{truth_attrs}>'
             f'<td class="rank">{_e(rank)}</td>'
             f'<td class="group" title="{_e(s.group)}">{_e(group)}{control}</td>'
             f'<td class="rate num">{_e(rate)}</td>'
             f'<td class="ci">{bar}'
             f'<span class="ci-text">{_e(cs)}</span>'
             f'<div class="fixed-text">fixed-n {_e(ci)}</div></td>'
+            f"{truth_cells}"
             f'<td class="decided num">{s.decided}</td>'
             f'<td class="pending num">{s.pending}</td>'
             f'<td class="successes num">{s.successes}</td>'
@@ -478,6 +595,7 @@ def _score_rows(rows: list[Score]) -> str:
             f'<td class="design-effect num">{_e(_num(f["design_effect"], "{:.2f}"))}</td>'
             f'<td class="engagement-per-reply num">'
             f"{_e(_num(f['engagement_per_reply'], '{:.3f}'))}</td>"
+            f"{true_engagement}"
             f'<td class="cost-per-success num">'
             f"{_e(_num(f['cost_per_success'], '${:.6f}'))}</td>"
             "</tr>"
@@ -505,10 +623,28 @@ def _comparison_rows(rows: list[Comparison]) -> str:
     return "\n".join(out)
 
 
-def _leaderboard_section(by: str, board: Leaderboard) -> str:
+def _leaderboard_section(
+    by: str, board: Leaderboard, truth: Sequence[Mapping[str, Any]] | None = None
+) -> str:
+    """One grouping's scores (and comparisons); ``truth``: a simulation's, per arm."""
+    by_group = None if truth is None else {str(t["group"]): t for t in truth}
+    columns = 11 if truth is None else 15
     body = (
-        _score_rows(board.scores) or '<tr><td colspan="11" class="empty">no mentions yet</td></tr>'
+        _score_rows(board.scores, by_group)
+        or f'<tr><td colspan="{columns}" class="empty">no mentions yet</td></tr>'
     )
+    truth_heads = true_engagement_head = ""
+    if truth is not None:
+        truth_heads = (
+            '<th class="truth" title="the world\'s truth over the same decided mentions: what '
+            "the success rate estimates\">world's true rate</th>"
+            '<th class="ceiling" title="the same users had they read the mention at once, '
+            'unfatigued, in the best mood: a ceiling, not an estimate">upper bound '
+            "(ceiling)</th>"
+            '<th class="ceiling" title="the best-fitting online user for the same posts: no '
+            'pick does better; a ceiling, not an estimate">oracle (ceiling)</th>'
+        )
+        true_engagement_head = '<th class="truth">world\'s true engagement / reply</th>'
     comparisons = ""
     if board.comparisons:
         comparisons = f"""
@@ -527,11 +663,11 @@ together over {_plural(len(board.comparisons), "comparison")} (family-wise 95%).
 <h2>By {_e(by)}</h2>
 <table class="scores" data-by="{_e(by)}">
 <thead><tr><th>rank</th><th>{_e(by)}</th><th>success rate</th>
-<th>95% interval: anytime-valid (bar), fixed-n (line)</th>
+<th>95% interval: anytime-valid (bar), fixed-n (line)</th>{truth_heads}
 <th title="window closed">decided</th><th title="window still open">pending</th>
 <th>successes</th><th title="Kaplan-Meier, open mentions censored">KM estimate</th>
 <th title="cluster-robust / binomial variance">design effect</th>
-<th>engagement / reply</th><th>cost / success</th></tr></thead>
+<th>engagement / reply</th>{true_engagement_head}<th>cost / success</th></tr></thead>
 <tbody>
 {body}
 </tbody>
@@ -619,10 +755,33 @@ async def _feed_scores(feed: FeedService | None, max_age_s: float) -> list[Any]:
         return feed.scores
 
 
-def _render_page(view: AppView, cache: ScoreCache, *, conversations: int, extra: str = "") -> str:
-    sections = "\n".join(_leaderboard_section(by, cache.board(by)) for by in LEADERBOARD_GROUPS)
+def _render_page(
+    view: AppView,
+    cache: ScoreCache,
+    *,
+    conversations: int,
+    extra: str = "",
+    truth: _TruthAtReload | None = None,
+) -> str:
+    sim = _simulation(view)
+    rows = truth.rows if truth is not None else None
+    sections = "\n".join(
+        _leaderboard_section(by, cache.board(by), None if rows is None else rows.get(by, []))
+        for by in LEADERBOARD_GROUPS
+    )
     as_of = _time(cache.board("model").as_of_us) or "–"
-    convs = list(_conversations(cache, conversations))
+    convs = list(_conversations(cache, conversations, links=sim is None))
+    simulated = ""
+    if sim is not None:
+        simulated = f"""
+<p class="simulation" data-world="{_e(sim.name)}"><strong>A simulation</strong>
+(world {_e(sim.name)}). Beside each arm's estimates stands the <em>world's truth</em>, which
+only a simulation knows, over the same decided mentions (so far, while the run goes on):
+<em>world's true rate</em> is what the success rate estimates (the mean answer probability the
+world used); <em>upper bound</em> and <em>oracle</em> are ceilings, not estimates: the same users
+reading at once in the best mood, and the best-fitting online user for the same posts. The users
+and posts are simulated and not on Bluesky: nothing here links to bsky.app.
+<a href="/api/truth?by=model">truth JSON</a></p>"""
     health = "\n".join(
         f'<tr data-key="{_e(k)}"><th>{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in _health(view)
     )
@@ -644,7 +803,7 @@ def _render_page(view: AppView, cache: ScoreCache, *, conversations: int, extra:
 as censored. Bars are anytime-valid 95% intervals (valid however often you reload), lines the
 fixed-n Wilson intervals, both adjusted for repeated people (design effect). A row's rank is 1 +
 the arms shown better than it; equal ranks are marked <code>=1</code>. Methods:
-docs/statistics.md.</p>
+docs/statistics.md.</p>{simulated}
 <nav>{nav} · <a href="#conversations">conversations</a> · <a href="#health">health</a> ·
 <a href="/api/leaderboard?by=model">JSON</a> · <a href="/metrics">metrics</a></nav>
 </header>
@@ -704,6 +863,9 @@ white-space:pre-wrap;word-break:break-word}
 .status-open{color:#9a6700}
 .engagement{color:#57606a;font-size:12px}
 .empty{color:#8c959f;text-align:center}
+.simulation{background:#fff8e6;border:1px solid #e8d5a3;padding:6px 10px;margin:4px 0 8px}
+td.truth,th.truth{background:#f1f8f3}
+td.ceiling,th.ceiling{color:#8c959f}
 table.health{width:auto}
 table.health th{font-weight:500;color:#57606a}
 """

@@ -11,7 +11,7 @@ import dataclasses
 import gc
 import random
 import time
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -202,6 +202,8 @@ async def build_app(
     known_handles: dict[str, str] | None = None,
     metrics: Metrics | None = None,
     models: Mapping[str, Model] | None = None,
+    feed_clock: Callable[[], int] | None = None,
+    feed_rng: random.Random | None = None,
 ) -> App:
     """Wire every component from the loaded configuration; the ledger is opened here.
 
@@ -209,6 +211,9 @@ async def build_app(
     ``known_handles`` seeds the identity map (DID → handle); ``metrics`` is the registry the
     models and the poster report to (a fresh one by default); ``models`` replaces the model
     of the named bots (tests: a scripted ``FakeModel``; not checked at start).
+    ``feed_clock`` (µs) runs the feed (``feed.enabled``) and its rate limits on that clock,
+    with its refresh left to the caller, and ``feed_rng`` draws its session seeds: the
+    simulation's, which drives the feed in simulated time and must be a function of its seed.
 
     Every bot's model endpoint is checked first (``models.check_at_start``): a bot whose
     server does not answer or refuses its key is left out, with one ``bot_disabled`` line.
@@ -389,14 +394,27 @@ async def build_app(
         from botsky.feed import open_feed
         from botsky.feed.metrics import FeedCollector
 
+        if feed_clock is None:
+            driven: dict[str, Any] = {
+                # The stream clock, like every other window; the wall clock before the first
+                # event.
+                "clock": lambda: presence.now_us or time.time_ns() // 1000,
+            }
+        else:
+            clock_us = feed_clock
+            driven = {
+                "clock": clock_us,
+                "limit_clock": lambda: clock_us() / 1e6,
+                "refresh_loop": False,
+            }
         feed = open_feed(
             st.feed,
             ledger=cast(Any, ledger),  # RetryingLedger passes the FeedLedger methods through
             plc_url=st.identity.plc_url,
-            # The stream clock, like every other window; the wall clock before the first event.
-            clock=lambda: presence.now_us or time.time_ns() // 1000,
             opted_out=policy.opted_out.__contains__,
             score_interval_s=st.scoring.interval_s,
+            rng=feed_rng,
+            **driven,
         )
         metrics.registry.register(FeedCollector(feed))
     return App(

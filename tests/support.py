@@ -368,9 +368,15 @@ CONTROL_BOTS = """bots:
 
 
 def sim_config(
-    tmp: Path, bots: str = CONTROL_BOTS, *, top_k: int = 8, audience: str = "open"
+    tmp: Path,
+    bots: str = CONTROL_BOTS,
+    *,
+    top_k: int = 8,
+    audience: str = "open",
+    subscribers: float | None = None,
 ) -> LoadedConfig:
-    """The shipped simulation config with its own data_dir and army under ``tmp``."""
+    """The shipped simulation config with its own data_dir and army under ``tmp``;
+    ``subscribers`` replaces the share of users who subscribe to botsky's feed."""
     from botsky.configload import load_config
 
     tmp.mkdir(parents=True, exist_ok=True)
@@ -381,6 +387,9 @@ def sim_config(
     text = text.replace("top_k: 8", f"top_k: {top_k}")
     if audience != "open":
         text = text.replace("mode: open", f"mode: {audience}")
+    if subscribers is not None:
+        assert "subscribers: 0.2" in text
+        text = text.replace("subscribers: 0.2", f"subscribers: {subscribers}")
     (tmp / "sim.yaml").write_text(text)
     return load_config(tmp / "sim.yaml", environ={})
 

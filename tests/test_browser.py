@@ -209,7 +209,8 @@ async def test_chromium_reads_the_page_of_a_served_simulation(
     chromium: str, tmp_path: Path
 ) -> None:
     """`botsky simulate --serve` keeps its page up after the run; Chromium's DOM has one row
-    per model and per picker, equal to `botsky scores --json` over the same ledger."""
+    per model and per picker, equal to `botsky scores --json` over the same ledger, each with
+    the world's truth of truth.json beside it, and no link to bsky.app."""
     repo = Path(__file__).parent.parent
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("BOTSKY_", "OPENAI", "ANTHROPIC"))
@@ -237,7 +238,8 @@ async def test_chromium_reads_the_page_of_a_served_simulation(
             while not url:
                 line = (await proc.stdout.readline()).decode()
                 assert line, "simulate exited before serving"
-                if line.startswith("leaderboard page: "):
+                # Announced at start, then again once the run is over: read after the run.
+                if line.startswith("leaderboard page: ") and "run finished" in line:
                     url = line.split()[2]
         html = await _browse(chromium, tmp_path / "profile", "--dump-dom", url + "/")
         shot = _artifacts(tmp_path) / "simulation-leaderboard.png"
@@ -273,6 +275,15 @@ async def test_chromium_reads_the_page_of_a_served_simulation(
         for row, exp in zip(rows, scores[by], strict=True):
             got = _row_numbers(row)
             assert got == {k: exp[k] for k in got}
+    truth = orjson.loads((tmp_path / "data" / "truth.json").read_bytes())
+    for by in ("model", "picker"):
+        expected = {a["group"]: a for a in truth["arms"][by]}
+        for row in dom.rows[by]:
+            e = expected[row["group"]]
+            assert int(row["true-decided"]) == e["mentions"] == int(row["decided"])
+            assert float(row["true-rate"]) == pytest.approx(e["true_rate"], abs=5e-5)
+            assert float(row["oracle"]) == pytest.approx(e["oracle"], abs=5e-5)
+    assert "://bsky.app" not in html and dom.scripts == 0
     assert {r["group"] for r in dom.rows["picker"]} == {"similar", "random"}
     assert sum(r["mentions"] for r in scores["model"]) > 50
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

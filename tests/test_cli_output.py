@@ -1,8 +1,9 @@
 """What the terminal shows: help without markup, a progress bar of the days asked for, one
-summary at the end of a run."""
+summary at the end of a run, simulate's tables within 100 columns."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -11,8 +12,12 @@ import sys
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from botsky.cli import cli
+from botsky.configload import resolve_secrets
+from botsky.sim.cli import _print_result
+from botsky.sim.run import simulate
 from tests.support import sim_config
 
 REPO = Path(__file__).parent.parent
@@ -55,17 +60,19 @@ def test_no_help_text_shows_restructuredtext() -> None:
 
 
 def test_the_progress_bar_counts_the_days_asked_for_and_finishes(tmp_path: Path) -> None:
-    """`simulate --days 2`: the bar reads days 2/2 at the end, never a count of 3."""
+    """`simulate --days 2`: the bar reads days 2/2 at the end, never a count of 3; printed to
+    a file (no terminal, no COLUMNS) it is not cut off at 80 columns."""
     sim_config(tmp_path)
+    env = {k: v for k, v in _env().items() if k != "COLUMNS"}
     out = subprocess.run(
         [sys.executable, "-m", "botsky", "simulate", "-c", "sim.yaml", "--days", "2",
          "--users", "20"],
-        cwd=tmp_path, env=_env() | {"COLUMNS": "200"}, capture_output=True, text=True,
-        timeout=120, check=False,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert re.search(r"days\s+\S*\s+2/2\b", out.stderr), out.stderr
     assert not re.search(r"\d/3\b", out.stderr), out.stderr
+    assert "answered mentions" in out.stderr and "…" not in out.stderr, out.stderr
 
 
 def _replay(tmp: Path, fmt: str) -> subprocess.CompletedProcess[str]:
@@ -103,3 +110,26 @@ def test_a_run_ends_with_one_summary_for_people(tmp_path: Path) -> None:
         json.loads(line) for line in (tmp_path / "data" / "log.jsonl").read_text().splitlines()
     ]
     assert [line["events"] for line in logged if line["event"] == "run_summary"] == [152]
+
+
+async def test_simulate_prints_its_tables_within_100_columns(tmp_path: Path) -> None:
+    """simulate's leaderboards and its estimate-vs-truth tables fit a 100-column terminal with
+    no cut cell, units named in the headers (%, / reply); wider terminals also get likes."""
+    loaded = sim_config(tmp_path)
+    loaded.settings.logging.file = None
+    secrets = resolve_secrets(loaded, environ={}, live=False)
+    result = await simulate(loaded, secrets, days=2, users=40, seed=1)
+    printed = {}
+    for width in (100, 160):
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        _print_result(console, result, 1, None, "open")
+        out = console.file
+        assert isinstance(out, io.StringIO)
+        printed[width] = out.getvalue()
+    narrow = printed[100]
+    tables = narrow[: narrow.index("why posts were not answered")]
+    assert max(len(line.rstrip()) for line in tables.splitlines()) <= 100
+    assert "…" not in tables
+    for header in ("estimate vs truth by picker", "rate %", "bound %", "Wilson", "/ reply"):
+        assert header in tables, header
+    assert "true likes" not in tables and "true likes" in printed[160]

@@ -43,7 +43,8 @@ def test_scores_after_a_simulation_show_its_leaderboard(tmp_path: Path) -> None:
 
 
 def test_scores_after_botsky_run_show_that_run(tmp_path: Path) -> None:
-    """`botsky run -c X` is noted too: a plain `botsky scores` then reads X's ledger."""
+    """`botsky run -c X` is noted too: a plain `botsky scores` then reads X's ledger; with no
+    mention in it, it says why the run answered nothing."""
     (tmp_path / "bots.yaml").write_text(
         "bots:\n  - {name: s, persona: p, provider: template, model: t, picker: similar,\n"
         "     account: {handle: s.test}}\n"
@@ -56,6 +57,10 @@ def test_scores_after_botsky_run_show_that_run(tmp_path: Path) -> None:
     out = _botsky("scores", cwd=tmp_path)
     assert out.stderr.startswith("scores of the last run here: botsky run -c replay.yaml")
     assert "no mentions recorded yet in the ledger of" in out.stderr  # the opt-in replay
+    # ... and why, from the run's summary in its log, with the hint.
+    assert "the last run in out/botsky.log.jsonl:" in out.stderr
+    assert "why posts were not answered:" in out.stderr
+    assert "no_consent  audience.mode is opt_in" in out.stderr
     assert out.returncode == 0, out.stderr
 
 

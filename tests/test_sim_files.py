@@ -131,7 +131,11 @@ def test_set_aside_names_are_unique(tmp_path: Path) -> None:
 
 
 def _simulate_cli(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Any:
-    code = "from botsky.cli import main; main()"
+    # The first line on stderr says botsky's modules are imported (see the Ctrl-C test).
+    code = (
+        "import sys; from botsky.cli import main; "
+        "print('imported', file=sys.stderr, flush=True); main()"
+    )
     return subprocess.Popen(
         [sys.executable, "-c", code, "simulate", "-c", str(tmp / "sim.yaml"), *args],
         cwd=tmp,
@@ -188,14 +192,16 @@ async def test_ctrl_c_at_any_moment_keeps_the_earlier_run(tmp_path: Path) -> Non
     where it was (start undone) or under previous/ (run started), runs kept before stay as
     they were, and the command ends without a traceback. Every delay drawn must pass.
 
-    (The delays start 1.5 s after spawning: before botsky's module is imported, Ctrl-C is the
-    Python interpreter's own KeyboardInterrupt, as for any Python program.)"""
+    (The delays start once botsky's modules are imported, which the child announces on stderr:
+    before that, Ctrl-C is the Python interpreter's own KeyboardInterrupt, as for any Python
+    program, and on a loaded machine the imports alone can take seconds.)"""
     await _earlier_run(tmp_path, days=1, users=20, seed=2)
     data = tmp_path / "data"
     for _ in range(3):
         current, kept = _runs(data)
         proc = _simulate_cli(tmp_path, "--days", "7", "--users", "1000")
-        await asyncio.sleep(random.uniform(1.5, 6.0))
+        assert (await asyncio.to_thread(proc.stderr.readline)).strip() == "imported"
+        await asyncio.sleep(random.uniform(0.0, 4.5))
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
         assert "Traceback" not in err, err

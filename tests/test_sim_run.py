@@ -18,6 +18,7 @@ from botsky.configload import resolve_secrets
 from botsky.dispatch import Dispatcher, Selector
 from botsky.errors import ConfigError
 from botsky.events import PostRef, event_to_jetstream, parse_jetstream
+from botsky.feed.service import FeedService
 from botsky.identity import MemoryIdentity
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.outcomes import OutcomeWatcher
@@ -80,13 +81,16 @@ async def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path: Pa
     assert board(resumed) == board(whole)
     assert resumed.world.counts == whole.world.counts
     assert resumed.oracle_rate == whole.oracle_rate
+    # botsky's feed too (checkpointed through FeedService.snapshot): the same pages and scores.
+    assert whole.world.counts["feed_pages"] > 0
+    assert resumed.feed == whole.feed and resumed.feed_truth == whole.feed_truth
 
 
 def _with_unpicklable_private_field(monkeypatch: pytest.MonkeyPatch) -> list[type]:
     """Give every stateful component a new private attribute that cannot be pickled."""
     classes: list[type] = [
         Presence, MemoryIdentity, AudiencePolicy, OutcomeWatcher, Recommender, Selector, Army,
-        Dispatcher,
+        Dispatcher, FeedService,
     ]  # fmt: skip
     for cls in classes:
         init = cls.__init__
@@ -116,7 +120,7 @@ async def test_checkpoints_go_through_the_components_contracts(
     assert saved["version"] == VERSION
     assert set(saved["pipeline"]) == {
         "presence", "identity", "policy", "outcomes", "recommender", "selector", "army",
-        "dispatcher",
+        "dispatcher", "feed",
     }  # fmt: skip
     assert "_scratch" not in repr(saved["pipeline"])
 
@@ -248,7 +252,10 @@ def test_simulate_command_prints_leaderboards_and_truth(tmp_path: Path) -> None:
     assert (
         "estimate vs truth by picker" in out.stdout and "estimate vs truth by model" in out.stdout
     )
-    for column in ("true rate", "upper bound", "likes/reply", "engagement/reply"):
+    # botsky's feed, read by the default share of subscribers: per arm beside its truth.
+    assert "botsky's feed: engagement per seen impression vs truth, by model" in out.stdout
+    assert "engaged / seen" in out.stdout and "t-similar" in out.stdout
+    for column in ("Wilson", "rate %", "bound %", "true likes", "engagement", "true eng."):
         assert column in out.stdout, column
     assert "what the estimate estimates" in out.stdout  # the legend
     assert "outcome window 24 h" in out.stdout

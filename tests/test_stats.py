@@ -166,6 +166,13 @@ def test_anytime_n_reaches_the_power_read_continuously(p1: float, p2: float) -> 
     assert declared.mean() >= 0.8
 
 
+def test_cluster_variance_of_a_difference_needs_more_rows_than_coefficients() -> None:
+    """One row per arm (two rows, two coefficients): NaN, not a division by zero (a page read
+    when each arm had exactly one decided mention used to answer 500)."""
+    assert math.isnan(cluster_variance([1.0, 0.0], ["a", "b"], [False, True]))
+    assert not math.isnan(cluster_variance([1.0, 0.0, 1.0], ["a", "b", "c"], [False, True, True]))
+
+
 def test_cluster_variance_of_a_mean_matches_the_sandwich_by_hand() -> None:
     """Clustered variance of a mean: G/(G-1) * sum over users of (sum of residuals)^2 / N^2."""
     y = [1, 1, 0, 0, 1, 0, 0, 1]

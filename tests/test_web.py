@@ -176,6 +176,16 @@ async def test_conversations_link_to_bsky_and_carry_outcomes(ran: App, web: WebS
     assert bad.status_code == 400
 
 
+async def test_a_live_run_links_to_bsky_and_has_no_world_truth(web: WebServer) -> None:
+    """A live run's page links its posts and replies to bsky.app and shows no truth columns
+    (those are a simulation's: tests/test_sim_page.py); /api/truth is 404."""
+    page = (await _get(f"{web.url}/")).text
+    assert 'href="https://bsky.app/profile/did:plc:alice/post/' in page
+    assert "world's true rate" not in page and "data-true-rate" not in page
+    r = await _get(f"{web.url}/api/truth")
+    assert r.status_code == 404 and "not a simulation" in r.json()["error"]
+
+
 async def test_health_endpoints_report_liveness_and_readiness(ran: App, web: WebServer) -> None:
     """/healthz is always 200; /readyz is 200 while the ledger answers and the source is up."""
     assert (await _get(web.url + "/healthz")).json() == {"status": "ok"}

@@ -49,8 +49,14 @@ def open_feed(
     opted_out: Callable[[str], bool] = lambda did: False,
     rng: random.Random | None = None,
     score_interval_s: float = 60.0,
+    limit_clock: Callable[[], float] = time.monotonic,
+    refresh_loop: bool = True,
 ) -> FeedService:
-    """The feed ``config`` describes (not yet started: ``await feed.start()``)."""
+    """The feed ``config`` describes (not yet started: ``await feed.start()``).
+
+    ``limit_clock`` (seconds) is the rate limiters' clock; ``refresh_loop=False`` leaves
+    ``refresh`` to the caller (the simulation calls it in simulated time, not every
+    ``config.refresh_s`` seconds of the wall clock)."""
     assert config.service_did is not None  # FeedConfig validates this when enabled
     links = {
         key: url
@@ -70,11 +76,11 @@ def open_feed(
         arm_by=config.arm_by,
         max_age_s=config.max_age_s,
         max_impressions=config.max_impressions_per_item,
-        viewer_limit=RateLimiter(config.viewer_rate_per_s, config.viewer_burst),
-        ip_limit=RateLimiter(config.ip_rate_per_s, config.ip_burst),
+        viewer_limit=RateLimiter(config.viewer_rate_per_s, config.viewer_burst, clock=limit_clock),
+        ip_limit=RateLimiter(config.ip_rate_per_s, config.ip_burst, clock=limit_clock),
         viewer_retention_s=config.viewer_retention_s,
         attribution_window_s=config.attribution_window_s,
-        refresh_s=config.refresh_s,
+        refresh_s=config.refresh_s if refresh_loop else 0.0,
         session_ttl_s=config.session_ttl_s,
         max_sessions=config.max_sessions,
         record_timeout_s=config.record_timeout_s,

@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "Cursor",
@@ -249,6 +249,39 @@ class Pool:
         for mid in refused:
             self.remove(mid)
         return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pool as plain values (a simulation checkpoint): items with their counts, each
+        arm's queues in their order, and the age heap. ``restore`` puts it back exactly, so
+        the next pages are the ones the pool would have built."""
+        return {
+            "items": [
+                (i.mention_id, i.uri, i.arm, i.created_us, i.post_author, i.mentioned_did)
+                for i in self._items.values()
+            ],
+            "counts": dict(self._count),
+            "arms": {
+                arm: (
+                    [(c, list(q)) for c, q in s.buckets.items()],
+                    s.live,
+                    s.low,
+                    s.high,
+                )
+                for arm, s in self._arms.items()
+            },
+            "ages": list(self._ages),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the pool's content with a ``snapshot``."""
+        self._items = {row[0]: Item(*row) for row in state["items"]}
+        self._count = dict(state["counts"])
+        self._by_uri = {i.uri: mid for mid, i in self._items.items()}
+        self._arms = {
+            arm: _Arm({c: deque(q) for c, q in buckets}, live, low, high)
+            for arm, (buckets, live, low, high) in state["arms"].items()
+        }
+        self._ages = list(state["ages"])
 
     def commit(self, items: Iterable[Item]) -> None:
         """Count one impression of each item; an item reaching the cap leaves the pool."""

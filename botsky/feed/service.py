@@ -21,6 +21,10 @@ replies and quotes of items the feed served; ``refresh`` (every ``refresh_s``) j
 the actor's latest exposure of the item within ``attribution_window_s``, adds new bot replies
 to the pool, drops those older than ``max_age_s``, and purges viewer DIDs older than
 ``viewer_retention_s``.
+
+A simulation drives the service in process (``botsky.sim.feed``): ``skeleton`` and
+``interactions`` with the viewer's ``Verdict`` instead of a token, ``refresh`` on its own
+clock, and ``snapshot``/``restore`` for its checkpoints.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import structlog
 
@@ -195,7 +199,7 @@ class FeedService:
         self.opted_out = opted_out
         self.counts = _Counts()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._served_uris: dict[str, int] = {}  # item URI -> last served (engagement joins)
+        self._served_uris: dict[str, int] = {}  # item URI -> last served, oldest first
         self._engagement: deque[tuple[str, str, str, int]] = deque(maxlen=100_000)
         self._last_id = 0
         self._last_purge_us: int | None = None
@@ -207,6 +211,41 @@ class FeedService:
         self._pages: _GroupCommit[tuple[FeedPage, list[Exposure]]] = _GroupCommit(
             ledger.record_feed_pages
         )
+
+    # --- checkpoints (botsky.sim.checkpoint's Stateful contract) ------------------------
+    STATE_VERSION: ClassVar[int] = 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the service holds in memory, as plain values: the pool (``Pool.snapshot``),
+        the state of the RNG that draws session seeds and reqIds, the sessions, the served
+        URIs, the engagement not yet joined, the last candidate id and the last purge.
+        Counters, scores and rate-limit buckets are not kept (buckets restart full, which only
+        ever errs towards serving)."""
+        return {
+            "pool": self.pool.snapshot(),
+            "rng": self.rng.getstate(),
+            "sessions": [
+                (sid, s.viewer, sorted(s.served), s.touched_us) for sid, s in self._sessions.items()
+            ],
+            "served_uris": dict(self._served_uris),
+            "engagement": list(self._engagement),
+            "last_id": self._last_id,
+            "last_purge_us": self._last_purge_us,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put a ``snapshot`` back (a service built with the same configuration)."""
+        self.pool.restore(state["pool"])
+        self.rng.setstate(state["rng"])
+        self._sessions = OrderedDict(
+            (sid, _Session(viewer, set(served), touched))
+            for sid, viewer, served, touched in state["sessions"]
+        )
+        self._served_uris = dict(state["served_uris"])
+        self._engagement.clear()
+        self._engagement.extend(state["engagement"])
+        self._last_id = state["last_id"]
+        self._last_purge_us = state["last_purge_us"]
 
     @property
     def session_count(self) -> int:
@@ -278,9 +317,14 @@ class FeedService:
         await self._load(since, {})
         self.pool.expire(since)
         await self.flush()
-        cut = now - self.attribution_us
-        for uri in [u for u, t in self._served_uris.items() if t < cut]:
-            del self._served_uris[uri]
+        # Oldest serve first (``page`` moves a served URI to the end): stop at the first
+        # that is recent enough instead of walking them all on every refresh.
+        cut, served = now - self.attribution_us, self._served_uris
+        while served:
+            uri = next(iter(served))
+            if served[uri] >= cut:
+                break
+            del served[uri]
         self._drop_sessions(now)
         if self._last_purge_us is None or now - self._last_purge_us >= self.purge_every_us:
             await self._purge(now)
@@ -381,9 +425,11 @@ class FeedService:
         self._sessions.move_to_end(cursor.session_id)
         session.touched_us = now
         page = build_page(self.pool, cursor, limit, session.served, self._allowed_item)
+        served = self._served_uris
         for s in page.slots:
             session.served.add(s.item.mention_id)
-            self._served_uris[s.item.uri] = now
+            served.pop(s.item.uri, None)
+            served[s.item.uri] = now
         self._drop_sessions(now)
         return Built(page, req_id, cursor.session_id, viewer, now)
 
@@ -427,11 +473,18 @@ class FeedService:
 
     # --- sendInteractions ---------------------------------------------------------------
     async def interactions(
-        self, body: object, *, authorization: str | None = None, ip: str | None = None
+        self,
+        body: object,
+        *,
+        authorization: str | None = None,
+        ip: str | None = None,
+        verdict: Verdict | None = None,
     ) -> Answer:
         """``app.bsky.feed.sendInteractions``: needs a verified viewer; applies to their own
-        exposures only."""
-        verdict = await self.auth.verify(authorization, SEND_INTERACTIONS)
+        exposures only. ``verdict`` replaces the token check for in-process callers that know
+        the viewer (the simulation), as in ``skeleton``."""
+        if verdict is None:
+            verdict = await self.auth.verify(authorization, SEND_INTERACTIONS)
         if not self._allowed(verdict.viewer, ip):
             return self._refuse(429, "RateLimitExceeded", "too many requests; slow down")
         if verdict.viewer is None:

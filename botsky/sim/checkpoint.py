@@ -3,13 +3,14 @@
 A checkpoint is two files written at the start of every simulated day (after the previous
 day's events and bot replies have all been handled, which lockstep guarantees):
 
-- ``<path>`` (pickle, version 4): ``{"version": 4, "day": d, "world": World, "pipeline": {...}}``.
+- ``<path>`` (pickle, version 6): ``{"version": 6, "day": d, "world": World, "pipeline": {...}}``.
   The world holds users, hidden states, posts, notifications, the clock and its RNG state; the
   pipeline part holds what the app keeps in memory, each component's through its own contract
   (``snapshot()`` → plain values, ``restore(value)``; see ``Stateful``), never its attributes:
-  presence, identity, audience policy, outcome watcher, and with bots the recommender, selector,
-  army and dispatcher. Each is saved as ``{"version": <its STATE_VERSION>, "state": ...}``, so a
-  component whose snapshot changed refuses an old checkpoint by name.
+  presence, identity, audience policy, outcome watcher, with bots the recommender, selector,
+  army and dispatcher, and with botsky's feed the feed service. Each is saved as
+  ``{"version": <its STATE_VERSION>, "state": ...}``, so a component whose snapshot changed
+  refuses an old checkpoint by name.
 - ``<path>.ledger.sqlite3``: a consistent copy of the SQLite ledger (SQLite's backup API).
 
 ``simulate(resume=True)`` restores the ledger copy over the ledger file, rebuilds the app,
@@ -46,7 +47,9 @@ __all__ = [
 # 2: posts know their topic, users pickle without derived fields. 3: the pipeline is saved
 # through the components' snapshot()/restore() contracts, with a version per component.
 # 4: the world of issue 14 (topic registers, several logons a day, ties, truth records).
-VERSION: Final = 4
+# 5: the truth of decided mentions (World.decided_truth: per-mention oracle and engagement).
+# 6: botsky's feed in the world (subscribers, exposures and their truth; the feed's state).
+VERSION: Final = 6
 
 
 @runtime_checkable
@@ -90,6 +93,8 @@ def _components(app: App) -> dict[str, Stateful]:
             "army": app.dispatcher.army,
             "dispatcher": app.dispatcher,
         }
+    if app.feed is not None:
+        out["feed"] = app.feed
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -71,7 +72,8 @@ DEFAULT_SIM_CONFIG = Path("configs/sim.yaml")
 @click.option(
     "--serve",
     is_flag=True,
-    help="Serve the leaderboard page during the run and keep it up afterwards (Ctrl-C stops).",
+    help="Serve the leaderboard page, with the world's truth beside the estimates, during the "
+    "run and after it (Ctrl-C stops); its URL is printed when the run starts.",
 )
 @click.option(
     "--port",
@@ -141,7 +143,8 @@ def simulate_cmd(
             MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            # Off a terminal the bar is printed once, at the end: wide enough not to be cut.
+            console=Console(stderr=True, width=None if sys.stderr.isatty() else 160),
         )
         task = progress.add_task("days", total=days, counts="")
 
@@ -160,12 +163,16 @@ def simulate_cmd(
                 ),
             )
 
+        def announce(url: str) -> None:
+            # As soon as the page accepts, before the first event (with --port 0 this is the
+            # only way to find it). A line of its own, flushed: scripts and tests wait for it.
+            print(f"leaderboard page: {url}  (live during the run)", flush=True)
+
         async def hold(app: App, result: SimResult) -> None:
             progress.stop()
             _print_result(console, result, seed, export, st.audience.mode)
             url = app.web_server.url if app.web_server is not None else "(web app not running)"
-            # A line of its own, flushed: scripts and tests wait for it.
-            print(f"leaderboard page: {url}  (Ctrl-C to stop)", flush=True)
+            print(f"leaderboard page: {url}  (run finished; Ctrl-C to stop)", flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -192,6 +199,7 @@ def simulate_cmd(
                         export=export,
                         on_day=on_day,
                         hold=hold if serve else None,
+                        on_serve=announce if serve else None,
                         on_ready=open_log,
                     )
                 )
@@ -230,46 +238,105 @@ _LEGEND = (
         "the best-fitting online user for the same posts, as an upper bound: no pick does better",
     ),
     (
-        "likes, engagement",
-        "per bot reply, within the outcome window: measured, then the world's true expectation",
+        "engagement, likes",
+        "per bot reply, within the outcome window (engagement: likes, reposts and the post "
+        "author's replies): measured, then the world's true expectation (likes on terminals of "
+        "120 columns or more)",
+    ),
+)
+_FEED_LEGEND = (
+    (
+        "feed: seen",
+        "impressions of the arm's replies on botsky's feed that the subscribers' app reported "
+        "seen (of those served)",
+    ),
+    (
+        "engaged / seen",
+        "the feed's figure: share of seen impressions the viewer then liked, reposted or "
+        "replied to (Wilson 95% interval), then the world's true expected share",
+    ),
+    (
+        "engagement / seen",
+        "likes + reposts + replies per seen impression: measured, then the true expectation",
     ),
 )
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
+    return "-" if x is None else f"{x * 100:.1f}"
 
 
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _truth_table(result: SimResult, by: str) -> Table:
-    """Per arm: the pipeline's estimates beside the world's truth."""
+# The truth table drops its likes columns below this console width, to fit 100 columns.
+_LIKES_FROM_WIDTH = 120
+
+
+def _truth_table(result: SimResult, by: str, width: int = 160) -> Table:
+    """Per arm: the pipeline's estimates beside the world's truth (rates in %, engagement per
+    bot reply). Fits 100 columns; from ``_LIKES_FROM_WIDTH`` columns on, likes as well."""
     truth = result.arm_truth(by)
-    table = Table(title=f"estimate vs truth by {by}")
+    likes = width >= _LIKES_FROM_WIDTH
+    # No vertical rules (box.SIMPLE_HEAD) and two-line headers, as `botsky scores` does.
+    table = Table(title=f"estimate vs truth by {by}", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column(by)
-    for name in ("mentions", "decided", "estimate", "95% interval", "true rate"):
+    for name in ("decided", "estimate\n%", "Wilson\n95%", "true\nrate %"):
         table.add_column(name, justify="right")
-    table.add_column("upper bound", justify="right", style="dim")
-    table.add_column("oracle", justify="right", style="dim")
-    for name in ("likes/reply", "true", "engagement/reply", "true"):
-        table.add_column(name, justify="right")
+    table.add_column("upper\nbound %", justify="right", style="dim")
+    table.add_column("oracle\n%", justify="right", style="dim")
+    if likes:
+        table.add_column("likes\n/ reply", justify="right")
+        table.add_column("true likes\n/ reply", justify="right")
+    table.add_column("engagement\n/ reply", justify="right")
+    table.add_column("true eng.\n/ reply", justify="right")
     for s in result.scores(by):
         t = truth.get(s.group)
-        table.add_row(
-            s.group,
-            str(s.mentions),
+        cells = [
+            s.group if len(s.group) <= 20 else s.group[:19] + "…",
             str(s.decided),
             _pct(s.success_rate),
-            f"{s.ci_low:.1%}–{s.ci_high:.1%}",
+            f"{s.ci_low * 100:.1f}–{s.ci_high * 100:.1f}",
             _pct(t.true_rate if t else None),
             _pct(t.upper_bound if t else None),
             _pct(t.oracle if t else None),
-            _num(s.likes_per_reply),
-            _num(t.likes_per_reply if t else None),
-            _num(s.engagement_per_reply),
-            _num(t.engagement_per_reply if t else None),
+        ]
+        if likes:
+            cells += [_num(s.likes_per_reply), _num(t.likes_per_reply if t else None)]
+        cells += [_num(s.engagement_per_reply), _num(t.engagement_per_reply if t else None)]
+        table.add_row(*cells)
+    return table
+
+
+def _feed_table(result: SimResult) -> Table:
+    """Per arm of botsky's feed: the feed's own figures beside the world's truth (fits 100
+    columns, like the truth tables)."""
+    from botsky.sim.truth import GROUPINGS
+
+    by = result.feed_arm_by
+    truth = result.feed_arm_truth(by) if by in GROUPINGS else {}
+    table = Table(
+        title=f"botsky's feed: engagement per seen impression vs truth, by {by}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column(by)
+    for name in ("served", "seen", "engaged\n/ seen %", "Wilson\n95%", "true\n%"):
+        table.add_column(name, justify="right")
+    table.add_column("engagement\n/ seen", justify="right")
+    table.add_column("true eng.\n/ seen", justify="right")
+    for s in result.feed:
+        t = truth.get(s.arm)
+        table.add_row(
+            s.arm if len(s.arm) <= 20 else s.arm[:19] + "…",
+            str(s.served),
+            str(s.seen),
+            _pct(s.engaged_rate),
+            f"{s.ci_low * 100:.1f}–{s.ci_high * 100:.1f}",
+            _pct(t.true_engaged_rate if t else None),
+            _num(s.engagement_per_seen),
+            _num(t.true_engagement_per_impression if t else None),
         )
     return table
 
@@ -298,13 +365,21 @@ def _print_result(
         table.title = f"leaderboard {title}"
         console.print(table)
     for by in ("picker", "model"):
-        console.print(_truth_table(result, by))
+        console.print(_truth_table(result, by, console.width))
     legend = Table.grid(padding=(0, 2))
     legend.add_column(style="bold")
     legend.add_column()
     for name, text in _LEGEND:
         legend.add_row(name, text)
     console.print(legend)
+    if result.feed:
+        console.print(_feed_table(result))
+        legend = Table.grid(padding=(0, 2))
+        legend.add_column(style="bold")
+        legend.add_column()
+        for name, text in _FEED_LEGEND:
+            legend.add_row(name, text)
+        console.print(legend)
     # Why posts went unanswered, with a hint each (botsky.summary; `botsky run` prints the same).
     for line in unanswered_lines(result.summary.as_dict(), audience_mode=audience_mode):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -41,10 +41,11 @@ log = structlog.get_logger("botsky.sim")
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass is several times slower to build
 class Item:
-    """Something a user reads at logon: ``kind`` is reply, feed or recent.
+    """Something a user reads at logon: ``kind`` is reply, feed, recent or botsky_feed.
 
-    ``suggestion`` is set for a bot's reply to the reader's post: how well the user it mentions
-    suits the thread (their hidden fit, in [0, 1]); -1 otherwise.
+    ``suggestion`` is set for a bot's reply: how well the user it mentions suits the thread
+    (their hidden fit, in [0, 1]); -1 otherwise. ``position``: its place on a page of botsky's
+    feed (0 first), -1 for anything else.
     """
 
     kind: str
@@ -52,6 +53,7 @@ class Item:
     author_toxicity: float
     follows_author: bool
     suggestion: float = -1.0
+    position: int = -1
 
 
 Rated = tuple[list[float], dict[str, Any], float | None]

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -22,10 +23,11 @@ from typing import IO, Any
 import orjson
 import structlog
 
-from botsky.config import SourceConfig
+from botsky.config import FeedConfig, SourceConfig
 from botsky.configload import LoadedConfig, Secrets
 from botsky.errors import ConfigError
 from botsky.events import Event, event_to_jetstream
+from botsky.feed.scores import FeedScore
 from botsky.ledger import open_ledger
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.llm import make_model
@@ -41,8 +43,19 @@ from botsky.sim.checkpoint import (
     save_checkpoint,
 )
 from botsky.sim.engines import Engine, LLMEngine, StochasticEngine
+from botsky.sim.feed import FeedTruth, ServiceClient
 from botsky.sim.rundir import set_aside
-from botsky.sim.truth import GROUPINGS, Arm, ArmTruth, arm_truths, truth_document, write_truth
+from botsky.sim.truth import (
+    GROUPINGS,
+    Arm,
+    ArmTruth,
+    FeedArmTruth,
+    LiveTruth,
+    arm_truths,
+    feed_arm_truths,
+    truth_document,
+    write_truth,
+)
 from botsky.sim.world import Truth, World, WorldConfig
 from botsky.sources.base import SourceStats
 from botsky.wiring import build_app
@@ -62,6 +75,9 @@ log = structlog.get_logger("botsky.sim")
 
 CHECKPOINT_FILE = "sim-checkpoint.pkl"  # under data_dir
 TRUTH_FILE = "truth.json"  # under data_dir
+# botsky's feed in the simulation (sim.feed.subscribers > 0, feed section not enabled).
+SIM_FEED_DID = "did:web:feed.sim.test"
+SIM_FEED_PUBLISHER = "did:plc:botskyfeedsimtestpublish"
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,11 @@ class SimResult:
     log_path: Path | None
     truth_path: Path | None = None
     user_model: UserModel | None = None
+    # botsky's feed (sim.feed.subscribers > 0): the feed's own per-arm figures (grouped by
+    # ``feed_arm_by``) as its scoring code computed them, and the world's truth per bot.
+    feed: list[FeedScore] = field(default_factory=list)
+    feed_arm_by: str = "model"
+    feed_truth: dict[str, FeedTruth] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     # Where the earlier run's files were moved (botsky.sim.rundir); None if there were none.
     previous_run: Path | None = None
@@ -109,6 +130,10 @@ class SimResult:
     def arm_truth(self, by: str) -> dict[str, ArmTruth]:
         """The truth of each arm of grouping ``by`` (bot, model, persona, picker)."""
         return {a.group: a for a in arm_truths(self.truth, self.arms, by)}
+
+    def feed_arm_truth(self, by: str) -> dict[str, FeedArmTruth]:
+        """The feed truth of each arm of grouping ``by`` (bot, model, persona, picker)."""
+        return {a.group: a for a in feed_arm_truths(self.feed_truth, self.arms, by)}
 
     def scores(self, by: str) -> list[Score]:
         """The pipeline's scoreboard grouped by ``by`` (bot, model, persona, picker)."""
@@ -158,14 +183,25 @@ def _settings_for(loaded: LoadedConfig, seed: int) -> LoadedConfig:
             "the simulation's users are the network's own: set audience.mode: open and "
             "audience.acknowledge_open_audience: true in the simulation config"
         )
-    st = st.model_copy(
-        update={
-            "seed": seed,
-            "source": SourceConfig(kind="sim", name="sim"),
-            # Lockstep is what makes a run a function of its seed.
-            "dispatch": st.dispatch.model_copy(update={"lockstep": True}),
-        }
-    )
+    update: dict[str, Any] = {
+        "seed": seed,
+        "source": SourceConfig(kind="sim", name="sim"),
+        # Lockstep is what makes a run a function of its seed.
+        "dispatch": st.dispatch.model_copy(update={"lockstep": True}),
+    }
+    if st.sim.feed.subscribers > 0 and not st.feed.enabled:
+        # The subscribers read the feed in process (botsky.sim.feed), so it needs no public
+        # host: a simulated service and publisher, the rest of the feed section as configured.
+        # (Served on the web page too when web.enabled; no web app is needed otherwise.)
+        update["feed"] = FeedConfig.model_validate(
+            {
+                **st.feed.model_dump(exclude={"publisher"}),
+                "enabled": True,
+                "service_did": SIM_FEED_DID,
+                "publisher": {"handle": "feed.sim.test", "did": SIM_FEED_PUBLISHER},
+            }
+        )
+    st = st.model_copy(update=update)
     return dataclasses.replace(loaded, settings=st)
 
 
@@ -266,6 +302,7 @@ async def simulate(
     models: Mapping[str, Model] | None = None,
     hold: Callable[[App, SimResult], Awaitable[None]] | None = None,
     on_ready: Callable[[Path | None], None] | None = None,
+    on_serve: Callable[[str], None] | None = None,
     environ: Mapping[str, str] | None = None,
     keep_mention_truth: bool = False,
 ) -> SimResult:
@@ -280,7 +317,9 @@ async def simulate(
     from ``environ``, default ``os.environ``); either must differ from every arm's model unless
     ``allow_arm_model`` (or ``sim.engine.allow_arm_model``).
     ``hold(app, result)`` runs after the results are in and before the app closes: with the
-    web app enabled, the page stays up for as long as it waits (``simulate --serve``).
+    web app enabled, the page stays up for as long as it waits (``simulate --serve``), and
+    ``on_serve(url)`` is called as soon as it accepts, before the first event. The page sets the
+    world's truth beside the estimates (``LiveTruth``) and links nothing to bsky.app.
     The world's truth per arm is written to ``data_dir/truth.json``; ``keep_mention_truth``
     keeps every mention's record in the world (``World.closed_truth``, validation study).
 
@@ -329,6 +368,9 @@ async def simulate(
             churn=churn,
             presence_window_s=st.presence.window_s,
             outcome_window_s=st.outcomes.window_s,
+            feed_subscribers=st.sim.feed.subscribers if st.feed.enabled else 0.0,
+            feed_page=st.sim.feed.page_size,
+            feed_attribution_s=st.feed.attribution_window_s,
             keep_mention_truth=keep_mention_truth,
         )
         world = World(config)
@@ -357,7 +399,12 @@ async def simulate(
             poster=world,
             http_client=http_client,
             models=models,
+            # The feed runs in simulated time, its sessions drawn from the seed.
+            feed_clock=lambda: world.clock_us,
+            feed_rng=random.Random(f"{seed}/botsky-feed"),
         )
+        if app.feed is not None:
+            world.feed = ServiceClient(app.feed)
     except BaseException:
         aside.restore()
         raise
@@ -370,6 +417,9 @@ async def simulate(
                 # The noisy_oracle picker's truth hook: only the world has one.
                 app.dispatcher.recommender.truth = world.fits
                 arms = [Arm(b.name, b.model_name, b.persona[:200], b.picker) for b in army.bots]
+            # The page shows the world's truth beside the estimates, and links nothing out.
+            app.simulation = LiveTruth(world, arms)
+            app.on_serving = on_serve
             if pipeline is not None:
                 restore_pipeline(app, pipeline)
 
@@ -388,6 +438,10 @@ async def simulate(
             if on_day is not None:
                 on_day(world)
             mentions, outcomes = await app.ledger.mentions(), await app.ledger.outcomes()
+            feed_scores: list[FeedScore] = []
+            if app.feed is not None:
+                await app.feed.flush()  # the engagement since the last page, joined
+                feed_scores = await app.feed.load_scores()
             truth_path = st.data_dir / TRUTH_FILE
             about = {
                 "seed": seed,
@@ -398,7 +452,22 @@ async def simulate(
                 "outcome_window_s": world.config.outcome_window_s,
                 "presence_window_s": world.config.presence_window_s,
             }
-            write_truth(truth_path, truth_document(world.truth, arms, about))
+            feed_about = {
+                "arm_by": st.feed.arm_by,
+                "subscribers": world.config.feed_subscribers,
+                "page_size": world.config.feed_page,
+                "attribution_window_s": world.config.feed_attribution_s,
+            }
+            write_truth(
+                truth_path,
+                truth_document(
+                    world.truth,
+                    arms,
+                    about,
+                    world.feed_truth if app.feed is not None else None,
+                    feed_about,
+                ),
+            )
             # Read as of the stream clock, with the run's scoring options.
             reading = {"as_of_us": app.outcomes.clock.now_us or None, "options": app.scoring}
             result = SimResult(
@@ -418,6 +487,9 @@ async def simulate(
                 truth_path=truth_path,
                 user_model=user_model,
                 previous_run=aside.previous,
+                feed=feed_scores,
+                feed_arm_by=st.feed.arm_by,
+                feed_truth=dict(world.feed_truth),
             )
             if hold is not None:
                 await hold(app, result)
@@ -447,11 +519,18 @@ class WorldOutcome:
     scores: dict[str, list[Score]]  # grouping → the pipeline's scoreboard
     counts: dict[str, int]
     elapsed_s: float
+    feed: list[FeedScore] = field(default_factory=list)  # botsky's feed, by truth["feed"]["arm_by"]
 
     def arm(self, by: str, group: str) -> tuple[dict[str, Any], Score]:
         """(truth row, score) of one arm."""
         row = next(r for r in self.truth["arms"][by] if r["group"] == group)
         return row, next(s for s in self.scores[by] if s.group == group)
+
+    def feed_arm(self, group: str) -> tuple[dict[str, Any], FeedScore]:
+        """(feed truth row, the feed's score) of one arm of the feed's grouping."""
+        feed = self.truth["feed"]
+        row = next(r for r in feed["arms"][feed["arm_by"]] if r["group"] == group)
+        return row, next(s for s in self.feed if s.arm == group)
 
 
 def _in(loaded: LoadedConfig, data_dir: Path) -> LoadedConfig:
@@ -486,6 +565,7 @@ async def simulate_many(
                 scores={by: result.scores(by) for by in GROUPINGS},
                 counts=dict(result.world.counts),
                 elapsed_s=result.elapsed_s,
+                feed=result.feed,
             )
         )
     return out

@@ -15,11 +15,24 @@ printed legend):
 - ``oracle``: the mean, over the same posts, of the highest upper bound among the users online
   when the bot chose (the author excepted): what the best possible pick would have had. No
   picker's ``upper_bound`` exceeds it.
-- ``likes_per_reply``, ``author_replies_per_reply``, ``engagement_per_reply``: the true
-  expected numbers per bot reply of likes of the reply, replies to it by the post's author, and
-  both (the simulated network has no reposts or quotes), decided within the outcome window.
+- ``likes_per_reply``, ``author_replies_per_reply``, ``reposts_per_reply``,
+  ``engagement_per_reply``: the true expected numbers per bot reply of likes of the reply,
+  replies to it by the post's author, reposts of it (made by readers of botsky's feed), and
+  their sum (the simulated network has no quotes), decided within the outcome window.
   These have no upper bound or oracle: they would need the readers' decisions about replies
   that were never written.
+
+**The feed** (``truth.json``'s ``feed`` key, when simulated users subscribe to botsky's feed;
+``botsky.sim.feed`` says how the world counts it), per arm over its *seen* impressions:
+
+- ``impressions``: exposures the app reported seen (``served``: all that were served);
+- ``true_engaged_rate``: the true expected share of seen impressions with at least one like,
+  repost or reply joined to them: what the feed's ``engaged_rate`` (with its Wilson interval)
+  estimates;
+- ``true_engagement_per_impression``: the true expected likes + reposts + replies per seen
+  impression (each at most once per impression): what ``engagement_per_seen`` estimates;
+- ``true_likes_per_impression``, ``true_reposts_per_impression``,
+  ``true_replies_per_impression``: the same per kind (``likes_seen / seen``...).
 """
 
 from __future__ import annotations
@@ -32,15 +45,20 @@ from typing import Any, Final
 
 import orjson
 
-from botsky.sim.world import Truth
+from botsky.sim.feed import FeedTruth
+from botsky.sim.world import Truth, World
 
 __all__ = [
     "DEFINITIONS",
+    "FEED_DEFINITIONS",
     "FORMAT",
     "GROUPINGS",
     "Arm",
     "ArmTruth",
+    "FeedArmTruth",
+    "LiveTruth",
     "arm_truths",
+    "feed_arm_truths",
     "truth_document",
     "write_truth",
 ]
@@ -65,7 +83,26 @@ DEFINITIONS: Final = {
     "author_replies_per_reply": (
         "true expected replies to a bot reply by the post's author within the outcome window"
     ),
-    "engagement_per_reply": "likes_per_reply + author_replies_per_reply (no reposts or quotes)",
+    "reposts_per_reply": "true expected reposts of a bot reply within the outcome window",
+    "engagement_per_reply": (
+        "likes_per_reply + reposts_per_reply + author_replies_per_reply (no quotes)"
+    ),
+}
+FEED_DEFINITIONS: Final = {
+    "served": "exposures of the arm's replies on pages of botsky's feed",
+    "impressions": "served exposures the subscriber's app reported seen (interactionSeen)",
+    "true_engaged_rate": (
+        "true expected share of seen impressions with at least one like, repost or reply of "
+        "the viewer joined to them (attribution as the feed joins it): what engaged_rate "
+        "estimates"
+    ),
+    "true_engagement_per_impression": (
+        "true expected likes + reposts + replies per seen impression, each at most once per "
+        "impression (no quotes in the world): what engagement_per_seen estimates"
+    ),
+    "true_likes_per_impression": "true expected likes per seen impression (likes_seen / seen)",
+    "true_reposts_per_impression": "true expected reposts per seen impression",
+    "true_replies_per_impression": "true expected replies per seen impression",
 }
 
 
@@ -92,6 +129,22 @@ class ArmTruth:
     likes_per_reply: float | None
     author_replies_per_reply: float | None
     engagement_per_reply: float | None
+    reposts_per_reply: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedArmTruth:
+    """One arm's truth on botsky's feed (see the module docstring); None without impressions."""
+
+    by: str
+    group: str
+    served: int
+    impressions: int
+    true_engaged_rate: float | None
+    true_engagement_per_impression: float | None
+    true_likes_per_impression: float | None
+    true_reposts_per_impression: float | None
+    true_replies_per_impression: float | None
 
 
 def arm_truths(truth: Mapping[str, Truth], arms: Sequence[Arm], by: str) -> list[ArmTruth]:
@@ -110,6 +163,7 @@ def arm_truths(truth: Mapping[str, Truth], arms: Sequence[Arm], by: str) -> list
         s.oracle += t.oracle
         s.likes += t.likes
         s.author_replies += t.author_replies
+        s.reposts += t.reposts
     out = []
     for group, s in sorted(sums.items()):
         n = s.mentions
@@ -127,22 +181,78 @@ def arm_truths(truth: Mapping[str, Truth], arms: Sequence[Arm], by: str) -> list
                 oracle=mean(s.oracle),
                 likes_per_reply=mean(s.likes),
                 author_replies_per_reply=mean(s.author_replies),
-                engagement_per_reply=mean(s.likes + s.author_replies),
+                engagement_per_reply=mean(s.likes + s.author_replies + s.reposts),
+                reposts_per_reply=mean(s.reposts),
+            )
+        )
+    return out
+
+
+def feed_arm_truths(
+    truth: Mapping[str, FeedTruth], arms: Sequence[Arm], by: str
+) -> list[FeedArmTruth]:
+    """The feed truth of every arm of grouping ``by`` that was served, sorted by group."""
+    if by not in GROUPINGS:
+        raise ValueError(f"cannot group by {by!r}; expected one of {', '.join(GROUPINGS)}")
+    sums: dict[str, FeedTruth] = {}
+    for arm in arms:
+        t = truth.get(arm.bot)
+        if t is None:
+            continue
+        s = sums.setdefault(getattr(arm, by), FeedTruth())
+        s.served += t.served
+        s.seen += t.seen
+        s.likes += t.likes
+        s.reposts += t.reposts
+        s.replies += t.replies
+        s.engaged += t.engaged
+    out = []
+    for group, s in sorted(sums.items()):
+        n = s.seen
+
+        def mean(x: float, n: int = n) -> float | None:
+            return x / n if n else None
+
+        out.append(
+            FeedArmTruth(
+                by=by,
+                group=group,
+                served=s.served,
+                impressions=n,
+                true_engaged_rate=mean(s.engaged),
+                true_engagement_per_impression=mean(s.likes + s.reposts + s.replies),
+                true_likes_per_impression=mean(s.likes),
+                true_reposts_per_impression=mean(s.reposts),
+                true_replies_per_impression=mean(s.replies),
             )
         )
     return out
 
 
 def truth_document(
-    truth: Mapping[str, Truth], arms: Sequence[Arm], about: Mapping[str, Any]
+    truth: Mapping[str, Truth],
+    arms: Sequence[Arm],
+    about: Mapping[str, Any],
+    feed: Mapping[str, FeedTruth] | None = None,
+    feed_about: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``truth.json``'s content: ``about`` (seed, days, window...), definitions, every arm."""
+    """``truth.json``'s content: ``about`` (seed, days, window...), definitions, every arm;
+    with ``feed`` (the world's feed truth per bot), a ``feed`` key: ``feed_about`` (arm_by,
+    subscribers, page size...), its definitions and every arm of every grouping."""
     groups = {by: [_row(a) for a in arm_truths(truth, arms, by)] for by in GROUPINGS}
     total = Truth()
     for t in truth.values():
         total.mentions += t.mentions
         total.oracle += t.oracle
+    extra: dict[str, Any] = {}
+    if feed is not None:
+        extra["feed"] = {
+            **(feed_about or {}),
+            "definitions": FEED_DEFINITIONS,
+            "arms": {by: [_row(a) for a in feed_arm_truths(feed, arms, by)] for by in GROUPINGS},
+        }
     return {
+        **extra,
         "format": FORMAT,
         **about,
         "definitions": DEFINITIONS,
@@ -154,7 +264,34 @@ def truth_document(
     }
 
 
-def _row(a: ArmTruth) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LiveTruth:
+    """The world's truth for the web page of a running simulation (``App.simulation``).
+
+    ``truth(as_of_us)`` is, per grouping, each arm's truth over the mentions *decided* at
+    ``as_of_us`` (window closed: ``World.decided_truth``), the same mentions the page's
+    estimates are over, so a reading mid-run is set beside the truth so far; ``mentions`` is
+    then the number of decided mentions. At the end of a run it is ``truth.json``'s.
+    """
+
+    world: World
+    arms: Sequence[Arm]
+
+    @property
+    def name(self) -> str:
+        return self.world.name
+
+    @property
+    def definitions(self) -> Mapping[str, str]:
+        return DEFINITIONS
+
+    def truth(self, as_of_us: int | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Rows like ``truth.json``'s ``arms``, per grouping, over decided mentions only."""
+        decided = self.world.decided_truth(as_of_us)
+        return {by: [_row(a) for a in arm_truths(decided, self.arms, by)] for by in GROUPINGS}
+
+
+def _row(a: ArmTruth | FeedArmTruth) -> dict[str, Any]:
     row = asdict(a)
     del row["by"]
     return row

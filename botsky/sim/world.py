@@ -13,8 +13,10 @@ their activity, and when around logs on ``1 + Poisson(λ)`` times at hours drawn
 rhythm (few at night, most in the evening); λ grows with activity, so heavy users log on many
 times a day and lurkers on some days once. At each logon the user reads (1) notifications
 (replies to them, bot mentions), (2) new posts by accounts they follow, (3) a few recent posts
-by anyone; the engine rates each item and updates the hidden state and mood; the user rolls to
-reply, like or follow, and sometimes writes a post (heavy users more often).
+by anyone, (4) if they subscribe to botsky's feed, a page of it, read through the feed service
+(``botsky.sim.feed``, which also says how its truth is kept); the engine rates each item and
+updates the hidden state and mood; the user rolls to reply, like (in botsky's feed also
+repost) or follow, and sometimes writes a post (heavy users more often).
 
 **Answering a mention.** A mention is read at the user's next logon. The probability that they
 answer it then is::
@@ -36,8 +38,9 @@ the probabilities of every decision that would have put a post of theirs into th
 such post, within the window. Its expectation is exactly the probability that the pipeline
 scores the mention a success (it is the compensator of that event), so per arm the mean of
 these numbers is the **true expected rate** the arm's success rate estimates. Likewise for
-engagement: the summed probabilities of every like of the bot's reply and every reply to it by
-the author, decided within the window, are the true expected likes and author replies. At each
+engagement: the summed probabilities of every like and repost of the bot's reply and every
+reply to it by the author, decided within the window, are the true expected likes, reposts and
+author replies. At each
 mention the world also records the **oracle**: the highest upper bound among the users the
 pipeline could have seen online (public activity within the presence window), the post's
 author excepted; no picker's upper bound beats it.
@@ -53,26 +56,45 @@ reply, before asking for the next); then one seed gives one history.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 import time
 from bisect import insort
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import accumulate
 from operator import mul
 from pathlib import Path
 from typing import Any, Final
 
-from botsky.events import FOLLOW, LIKE, POST, PROFILE, Event, PostRef, at_uri, commit_event
+from botsky.events import (
+    FOLLOW,
+    LIKE,
+    POST,
+    PROFILE,
+    REPOST,
+    Event,
+    PostRef,
+    at_uri,
+    commit_event,
+)
 from botsky.ids import BASE32_SORTABLE as _B32
 from botsky.ids import synthetic_cid as fake_cid
 from botsky.ids import tid
 from botsky.posting import Posted, ReplyPost
 from botsky.sim.archetypes import Archetype, load_archetypes, mix
 from botsky.sim.engines import Engine, Item, StochasticEngine, main_topic
+from botsky.sim.feed import (
+    ENGAGED,
+    FEED_KIND,
+    KINDS,
+    ExposureTruth,
+    FeedClient,
+    FeedTruth,
+)
 from botsky.sim.state import DEFAULT_LIMITS, StateLimits, merge_state
 from botsky.sim.text import bio, display_name, handle_stem
 from botsky.sim.topics import REGISTERS, TOPIC_NAMES, fit
@@ -109,6 +131,11 @@ _KEEP_DAYS: Final = 3  # posts older than this are forgotten (notifications are 
 _REPLY_SCALE: Final = 0.2
 _LIKE_SCALE: Final = 0.3
 _FOLLOW_SCALE: Final = 0.5
+# Reposts are rarer than likes (botsky's feed is where the world's users repost a bot's reply).
+_REPOST_SCALE: Final = 0.1
+# On a page of botsky's feed, each position down the page keeps this much of the attention of
+# the one above (the feed's team-draft order gives every arm the same positions on average).
+_FEED_ATTENTION: Final = 0.95
 # How many hours of the day people log on in (relative weights, 00:00 to 23:00 UTC; one time
 # zone): few at night, a morning bump, most in the evening.
 _TO_NOON: Final = (0.3, 0.2, 0.1, 0.1, 0.1, 0.2, 0.5, 0.9, 1.0, 1.0, 1.0, 1.1)
@@ -129,7 +156,9 @@ class WorldConfig:
     """The world's shape. ``presence_window_s`` should be the pipeline's (for the oracle) and
     ``outcome_window_s`` its outcome window (truth is counted within it; settle days span it).
     ``reads``: at most this many notifications and feed posts per logon; ``recent_reads``:
-    recent posts by anyone per logon."""
+    recent posts by anyone per logon. ``feed_subscribers``: the share of users who subscribe
+    to botsky's feed (``World.feed`` serves it), who read a page of ``feed_page`` items of it
+    at every logon; ``feed_attribution_s``: the feed's attribution window (its truth's)."""
 
     users: int = 300
     days: int = 7
@@ -143,6 +172,9 @@ class WorldConfig:
     settle: bool = True
     archetypes: Path | None = None
     limits: StateLimits = DEFAULT_LIMITS
+    feed_subscribers: float = 0.0
+    feed_page: int = 10
+    feed_attribution_s: float = 86_400.0
     # Keep every mention's truth record after its window closed (``World.closed_truth``): the
     # validation study (``botsky.sim.study``) reads the true rate of the mentions decided at
     # each reading. Off by default: a long run would carry every record in its checkpoints.
@@ -233,6 +265,10 @@ class MentionTruth:
     suggestion: float  # how well the mentioned user fits the thread (their hidden fit)
     answered: bool = False  # the mentioned user posted in the thread within the window
     expected: float = 0.0  # this mention's true answer probability (so far)
+    oracle: float = 0.0  # the oracle's upper bound at the same post
+    likes: float = 0.0  # true expected likes of the bot's reply (so far)
+    author_replies: float = 0.0  # true expected replies to it by the post's author (so far)
+    reposts: float = 0.0  # true expected reposts of it (so far; readers of botsky's feed)
 
 
 @dataclass
@@ -240,9 +276,9 @@ class Truth:
     """Per bot, sums over its mentions (divide by ``mentions`` for per-mention means).
 
     ``expected``: true answer probabilities (see the module docstring); ``upper``: upper
-    bounds of its picks; ``oracle``: the oracle's upper bounds at the same posts; ``likes`` and
-    ``author_replies``: true expected numbers of likes of its replies and replies to them by the
-    post's author, within the window.
+    bounds of its picks; ``oracle``: the oracle's upper bounds at the same posts; ``likes``,
+    ``reposts`` and ``author_replies``: true expected numbers of likes and reposts of its
+    replies and replies to them by the post's author, within the window.
     """
 
     mentions: int = 0
@@ -251,6 +287,7 @@ class Truth:
     oracle: float = 0.0
     likes: float = 0.0
     author_replies: float = 0.0
+    reposts: float = 0.0
 
 
 def _poisson(lam: float, rng: random.Random) -> int:
@@ -292,6 +329,9 @@ class World:
                 "mention_replies",
                 "joined",
                 "logons",
+                "reposts",
+                "feed_pages",
+                "feed_seen",
             ),
             0,
         )
@@ -300,8 +340,19 @@ class World:
         # bot reply URI → the record of a mention gone from mention_truth (keep_mention_truth)
         self.closed_truth: dict[str, MentionTruth] = {}
         self._watch: dict[str, list[MentionTruth]] = {}  # mentioned DID → their open mentions
+        # The truth of mentions whose window has closed (``decided_truth``), and the mentions
+        # not yet folded into it: a heap on (window end, sequence number).
+        self.decided: dict[str, Truth] = {}
+        self._closing: list[tuple[int, int, MentionTruth]] = []
         self.user_days = 0  # (user, day) pairs simulated, settle days excluded
         self.pending: deque[Event] = deque()
+        # botsky's feed (botsky.sim.feed): the subscribers' app, who subscribes (user indexes),
+        # the latest exposure per (viewer, item) and the truth per bot over seen exposures.
+        self.feed: FeedClient | None = None
+        self.subscribers: set[int] = set()
+        self.exposed: dict[tuple[str, str], ExposureTruth] = {}
+        self.feed_truth: dict[str, FeedTruth] = {}
+        self.bot_names: dict[str, str] = {}  # bot DID -> bot name
         self.on_day: Callable[[int], Awaitable[None]] | None = None
         self.finished = False
         self._ranked: dict[tuple[float, ...], list[tuple[float, int]]] = {}  # see _best_online
@@ -310,7 +361,7 @@ class World:
     # Caches and the DID index are rebuilt rather than stored.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("engine", "on_day", "by_did", "_ranked"):
+        for name in ("engine", "on_day", "by_did", "_ranked", "feed"):
             del state[name]
         return state
 
@@ -318,6 +369,7 @@ class World:
         self.__dict__.update(state)
         self.engine = StochasticEngine()
         self.on_day = None
+        self.feed = None
         self.by_did = {u.did: u for u in self.users}
         self._ranked = {}
 
@@ -383,6 +435,34 @@ class World:
                 if b > best:
                     best = b
         return best
+
+    def decided_truth(self, as_of_us: int | None = None) -> dict[str, Truth]:
+        """Per bot, the truth of its mentions whose outcome window had closed at ``as_of_us``
+        (default: the world's clock), the rule by which the pipeline calls a mention decided
+        (``created + window <= as_of``): the truth beside a reading taken mid-run. Once every
+        window has closed it equals ``truth`` (likes and author replies included).
+
+        Mentions are folded in for good: at the times asked, and at each day boundary those
+        closed ``_KEEP_DAYS`` before it (so that a long run keeps no record longer). A time
+        earlier than one folded reads as that later one, so readings are exact from
+        ``_KEEP_DAYS`` before the current day on. A time past the world's clock reads as the
+        clock (the future is unknown).
+        """
+        self._fold(self.clock_us if as_of_us is None else min(as_of_us, self.clock_us))
+        return {bot: replace(d) for bot, d in self.decided.items()}
+
+    def _fold(self, t: int) -> None:
+        closing = self._closing
+        while closing and closing[0][0] <= t:
+            rec = heapq.heappop(closing)[2]
+            d = self.decided.setdefault(rec.bot, Truth())
+            d.mentions += 1
+            d.expected += rec.expected
+            d.upper += rec.upper
+            d.oracle += rec.oracle
+            d.likes += rec.likes
+            d.author_replies += rec.author_replies
+            d.reposts += rec.reposts
 
     def oracle_rate(self) -> float | None:
         n = sum(t.mentions for t in self.truth.values())
@@ -516,6 +596,8 @@ class World:
         self.users.append(user)
         self.by_did[did] = user
         self.counts["joined"] += 1
+        if self._subscribes(i):
+            self.subscribers.add(i)
         t = self._tick(self.clock_us)
         yield Event(did=did, time_us=t, kind="identity", cursor=t, handle=handle)
         profile = {"displayName": display_name(stem), "description": bio(interests, registers, rng)}
@@ -544,6 +626,8 @@ class World:
             items += [
                 self._item(u, "recent", p) for p in self._recent(u, {i.post.uri for i in items})
             ]
+            if self.feed is not None and u.index in self.subscribers:
+                items += await self._read_botsky_feed(u, now)
         probs, update, mood = await engine.rate(u, items, rng)
         if update:
             u.state = merge_state(u.state, update, self.config.limits)
@@ -555,21 +639,39 @@ class World:
         random, follows, watch = rng.random, u.follows, self._watch.get(u.did)
         reply = u.traits["reply"] * _REPLY_SCALE
         like = u.traits["like"] * _LIKE_SCALE
+        repost = u.traits["like"] * _REPOST_SCALE
         follow = u.traits["follow"] * _FOLLOW_SCALE
+        exposed = self.exposed
         for item, p in zip(items, probs, strict=True):
             post = item.post
+            p_repost = 0.0
+            if item.position >= 0:  # on a page of botsky's feed: attention fades down the page
+                p *= _FEED_ATTENTION**item.position
+                p_repost = min(1.0, p * repost)
             p_reply = min(1.0, p * reply)
             p_like = min(1.0, p * like)
             if post.by_bot:
-                self._engaged(u, post.uri, p_like, p_reply)
+                self._engaged(u, post.uri, p_like, p_reply, p_repost)
             in_play = self._thread_decision(watch, post.root_uri, p_reply) if watch else None
-            if random() < p_reply:
+            hit = random() < p_reply
+            if exposed and post.by_bot:
+                self._feed_decision(u, post.uri, "reply", p_reply, hit)
+            if hit:
                 if in_play:
                     self._answered(in_play)
                 yield await self._reply(u, post)
-            if random() < p_like:
+            hit = random() < p_like
+            if exposed and post.by_bot:
+                self._feed_decision(u, post.uri, "like", p_like, hit)
+            if hit:
                 self.counts["likes"] += 1
                 yield self._commit(u, LIKE, {"subject": {"uri": post.uri, "cid": post.cid}})
+            if p_repost > 0.0:
+                hit = random() < p_repost
+                self._feed_decision(u, post.uri, "repost", p_repost, hit)
+                if hit:
+                    self.counts["reposts"] += 1
+                    yield self._commit(u, REPOST, {"subject": {"uri": post.uri, "cid": post.cid}})
             if (
                 post.did not in follows
                 and post.did != u.did
@@ -591,7 +693,10 @@ class World:
         rng = self.rng
         p = self.answer_probability(u, rec, self.clock_us)
         in_play = self._thread_decision([rec], rec.root_uri, p)
-        if rng.random() < p:
+        hit = rng.random() < p
+        if self.exposed:
+            self._feed_decision(u, post.uri, "reply", p, hit)
+        if hit:
             self.counts["mention_replies"] += 1
             if in_play:
                 self._answered(in_play)
@@ -600,7 +705,10 @@ class World:
         # Being recommended to a thread that suits you is flattering.
         p_like = min(1.0, u.traits["like"] * _LIKE_SCALE * (0.3 + 0.7 * rec.suggestion))
         self._engaged(u, post.uri, p_like, 0.0)
-        if rng.random() < p_like:
+        hit = rng.random() < p_like
+        if self.exposed:
+            self._feed_decision(u, post.uri, "like", p_like, hit)
+        if hit:
             self.counts["likes"] += 1
             yield self._commit(u, LIKE, {"subject": {"uri": post.uri, "cid": post.cid}})
 
@@ -622,15 +730,81 @@ class World:
         for rec in in_play:
             rec.answered = True
 
-    def _engaged(self, u: SimUser, reply_uri: str, p_like: float, p_reply: float) -> None:
-        """Count a decision to like (``p_like``) or reply to (``p_reply``) a bot's reply."""
+    def _engaged(
+        self, u: SimUser, reply_uri: str, p_like: float, p_reply: float, p_repost: float = 0.0
+    ) -> None:
+        """Count a decision to like (``p_like``), repost or reply to (``p_reply``) a bot's
+        reply."""
         rec = self.mention_truth.get(reply_uri)
         if rec is None or self.clock_us + _STEP_US > rec.ends_us:
             return
         truth = self.truth[rec.bot]
         truth.likes += p_like
+        rec.likes += p_like
+        truth.reposts += p_repost
+        rec.reposts += p_repost
         if u.did == rec.author:
             truth.author_replies += p_reply
+            rec.author_replies += p_reply
+
+    # botsky's feed ----------------------------------------------------------------------------
+    def _subscribes(self, index: int) -> bool:
+        """Whether user ``index`` subscribes to botsky's feed: a hash of the seed and the user
+        (no draw from the world's RNG, so the share changes nothing else)."""
+        share = self.config.feed_subscribers
+        if share <= 0.0:
+            return False
+        digest = hashlib.sha256(f"{self.config.seed}/{index}/botsky-feed".encode()).digest()
+        return int.from_bytes(digest[:8]) < share * 2.0**64
+
+    async def _read_botsky_feed(self, u: SimUser, now: int) -> list[Item]:
+        """``u`` opens botsky's feed: one page through the feed service, of which they scroll
+        past the first few items (reported seen); every served item becomes the latest
+        exposure of that item to them (``botsky.sim.feed``), the seen ones are read."""
+        assert self.feed is not None
+        page = await self.feed.page(u.did, self.config.feed_page)
+        self.counts["feed_pages"] += 1
+        if not page.items:
+            return []
+        # Scrolling on: busier users read further down the page.
+        keep, random, n = 0.7 + 0.25 * u.traits["activity"], self.rng.random, 1
+        while n < len(page.items) and random() < keep:
+            n += 1
+        posts, names, out = self.posts, self.bot_names, []
+        for pos, (uri, _) in enumerate(page.items):
+            post = posts.get(uri)
+            bot = names.get(uri.split("/", 3)[2], "")
+            seen = pos < n and post is not None
+            self.exposed[(u.did, uri)] = ExposureTruth(bot, now, seen)
+            truth = self.feed_truth.setdefault(bot, FeedTruth())
+            truth.served += 1
+            if seen:
+                assert post is not None
+                truth.seen += 1
+                item = self._item(u, FEED_KIND, post)
+                item.position = pos
+                out.append(item)
+        self.counts["feed_seen"] += len(out)
+        await self.feed.seen(u.did, page, n)
+        return out
+
+    def _feed_decision(self, u: SimUser, uri: str, kind: str, p: float, hit: bool) -> None:
+        """A decision of ``u`` that would like, repost or reply to ``uri`` with probability
+        ``p`` (drawn: ``hit``): add ``p`` to the truth of the exposure the feed would join it
+        to, unless that exposure already has one of that kind (see ``botsky.sim.feed``)."""
+        exp = self.exposed.get((u.did, uri))
+        if exp is None or self.clock_us + _STEP_US - exp.served_us > self._attribution_us:
+            return
+        bit = KINDS[kind]
+        if exp.done & bit:
+            return
+        if exp.seen:
+            truth = self.feed_truth[exp.bot]
+            truth.add(kind, p)
+            if not exp.done & ENGAGED:
+                truth.engaged += p
+        if hit:
+            exp.done |= bit | ENGAGED
 
     # reading --------------------------------------------------------------------------------
     def _item(self, u: SimUser, kind: str, post: SimPost) -> Item:
@@ -733,6 +907,7 @@ class World:
     def _forget_old(self, now_us: int) -> None:
         # "Recent" is the last day; posts are kept a few days for threads and notifications.
         cutoff = now_us - _KEEP_DAYS * DAY_US
+        self._fold(cutoff)  # records of mentions closed that long ago are not needed again
         self.posts = {uri: p for uri, p in self.posts.items() if p.time_us >= cutoff}
         recent_cutoff = now_us - DAY_US
         self.recent = [
@@ -752,6 +927,13 @@ class World:
             if kept:
                 watch[did] = kept
         self._watch = watch
+        # An exposure older than the attribution window takes no engagement any more.
+        cut = now_us - self._attribution_us
+        self.exposed = {k: e for k, e in self.exposed.items() if e.served_us >= cut}
+
+    @property
+    def _attribution_us(self) -> int:
+        return int(self.config.feed_attribution_s * 1e6)
 
     def _tick(self, target_us: int) -> int:
         self.clock_us = max(self.clock_us + _STEP_US, target_us)
@@ -761,6 +943,7 @@ class World:
     async def reply(self, rp: ReplyPost) -> Posted:
         """A bot's reply lands in its thread; its mention becomes a notification."""
         self.bot_dids.add(rp.bot_did)
+        self.bot_names[rp.bot_did] = rp.bot
         rkey = rp.rkey or tid(self.clock_us + _STEP_US)
         known = self.bot_posts.get((rp.bot_did, rkey))
         if known is not None:
@@ -800,9 +983,11 @@ class World:
             truth.upper += picked
             truth.oracle += max(best, picked)
             rec = MentionTruth(
-                rp.bot, did, author, rp.root.uri, created, ends, picked, user.fit(post)
-            )
+                rp.bot, did, author, rp.root.uri, created, ends, picked, user.fit(post),
+                oracle=max(best, picked),
+            )  # fmt: skip
             self.mention_truth[uri] = rec
+            heapq.heappush(self._closing, (ends, self.counts["mentions"], rec))
             self._watch.setdefault(did, []).append(rec)
         self.pending.append(
             commit_event(rp.bot_did, t, t, "create", POST, rkey, cid, record, tid(t, 1))
