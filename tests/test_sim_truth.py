@@ -67,7 +67,7 @@ async def test_estimates_cover_the_true_rate_in_most_worlds(tmp_path: Path) -> N
     over the 2n arm-worlds exceeds z(1 - 1/10000) / sqrt(2n) in absolute value with
     probability below 1/5000 (normal approximation: hundreds of mentions per arm). Union bound
     over the five checks: below 1/1000 in all. (VALIDATION.md measures the same coverages
-    over 120 worlds and at every look.)
+    over 100 worlds and at every look.)
     """
     n = 12
     seeds = _seeds(n)

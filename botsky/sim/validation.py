@@ -344,7 +344,7 @@ def _seeds(text: str) -> list[int]:
 
 
 @click.command()
-@click.option("--seeds", "seed_text", default="1-120", show_default=True,
+@click.option("--seeds", "seed_text", default="1-100", show_default=True,
               help="Worlds' seeds: a range (1-120) or a list (3,5,8).")  # fmt: skip
 @click.option("--users", default=300, show_default=True, type=click.IntRange(20))
 @click.option("--days", default=5, show_default=True, type=click.IntRange(1))
