@@ -7,9 +7,12 @@ on keep-alive connections and measures each one from its scheduled send time (so
 answer delays nothing and queueing is counted, no coordinated omission). Requests are what the
 AppView sends: a viewer's service JWT (ES256K, verified with the atproto SDK against the
 viewer's key; keys are served from memory, as after the DID cache is warm), limit 30, a third
-of them continuing a session with its cursor. Every page is recorded in the ledger before it
-is answered. Baseline, same server, same run, same rate: ``/healthz`` (a trivial JSON route of
-the same app).
+of them continuing a session with its cursor. Every page is queued for the ledger before it is
+answered and written behind the answer (batched every 10 ms); those writes run in the server
+process, so its CPU per request counts them. Baseline, same server, same run, same rate:
+``/healthz`` (a trivial JSON route of the same app). The row gives the server's CPU per request
+(from /proc, the figure that carries across machines and load) and the 1-minute load average
+before and after the run (latency at a fixed rate depends on the CPU share the server gets).
 
 Target: getFeedSkeleton p99 < 20 ms.
 """
@@ -237,13 +240,17 @@ def main() -> None:
     args = cli(__doc__)
     if os.environ.get("BOTSKY_BENCH_FEED_SERVER"):
         db, keys = os.environ["BOTSKY_BENCH_FEED_SERVER"].split(os.pathsep)
-        profile = os.environ.get("BOTSKY_BENCH_FEED_PROFILE")  # a .html file: pyinstrument
+        profile = os.environ.get("BOTSKY_BENCH_FEED_PROFILE")  # text, or .pyisession
         if profile:
             from pyinstrument import Profiler
 
             with Profiler(async_mode="disabled") as profiler:
                 serve_main(db, keys)
-            Path(profile).write_text(profiler.output_text(unicode=False, show_all=False))
+            if profile.endswith(".pyisession"):  # for `pyinstrument --load`, any renderer
+                assert profiler.last_session is not None
+                profiler.last_session.save(profile)
+            else:
+                Path(profile).write_text(profiler.output_text(unicode=False, show_all=False))
             return
         serve_main(db, keys)
         return
@@ -254,6 +261,7 @@ def main() -> None:
     from tests.feed_tokens import Signer
 
     quiet_logs()
+    load_before = os.getloadavg()[0]
     candidates = 2_000 if args.quick else 100_000
     seconds = 3.0 if args.quick else 30.0
     viewers = [f"did:plc:viewer{i:04d}" for i in range(300)]
@@ -327,7 +335,8 @@ def main() -> None:
             "feed",
             f"getFeedSkeleton p99 {p99:.1f} ms, p50 {p50:.1f} ms ({len(lat):,} requests at "
             f"200/s, {candidates:,} candidates, limit 30, {err} errors; server CPU "
-            f"{cpu['skeleton'] * 1e3:.2f} ms/request; load average {os.getloadavg()[0]:.1f})",
+            f"{cpu['skeleton'] * 1e3:.2f} ms/request; load average {load_before:.1f} -> "
+            f"{os.getloadavg()[0]:.1f})",
             f"/healthz p99 {b99:.1f} ms, p50 {b50:.1f} ms ({len(base):,} at 200/s, "
             f"{base_err} errors; server CPU {cpu['healthz'] * 1e3:.2f} ms/request)",
             f"p99 {p99 / b99:.1f}x",

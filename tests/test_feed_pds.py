@@ -79,6 +79,17 @@ def _exposures(path: Path) -> list[ExposureRow]:
     return asyncio.run(read())
 
 
+def _page_rows(path: Path, req_id: str, n: int) -> list[ExposureRow]:
+    """The ``n`` exposures of page ``req_id``: the feed writes pages just behind the answer,
+    so wait (a few seconds at most) until they are all there."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = [r for r in _exposures(path) if r.exposure.req_id == req_id]
+        if len(rows) >= n or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 def _seed(path: Path, bot: TestAccount, replies: list[dict[str, str]]) -> None:
     async def write() -> None:
         led = SqliteLedger(path)
@@ -229,7 +240,7 @@ def test_feed_on_the_reference_pds(pds_factory: Callable[..., LocalPds], tmp_pat
         token = _token(pds, viewer, service_did, SKELETON)
         page = skeleton(token, limit=2)
         assert {i["post"] for i in page["feed"]} <= reply_uris and len(page["feed"]) == 2
-        mine = [r for r in _exposures(ledger) if r.exposure.req_id == page["reqId"]]
+        mine = _page_rows(ledger, page["reqId"], 2)
         assert [r.exposure.viewer for r in mine] == [viewer.did] * 2
         assert {r.exposure.arm for r in mine} == {"model-a", "model-b"}
         # The cursor continues the session without repeats.
@@ -237,7 +248,7 @@ def test_feed_on_the_reference_pds(pds_factory: Callable[..., LocalPds], tmp_pat
         assert not {i["post"] for i in nxt["feed"]} & {i["post"] for i in page["feed"]}
         # The did#bsky_fg audience form works too.
         fg = skeleton(_token(pds, viewer, f"{service_did}#bsky_fg", SKELETON), limit=1)
-        fg_rows = [r for r in _exposures(ledger) if r.exposure.req_id == fg["reqId"]]
+        fg_rows = _page_rows(ledger, fg["reqId"], 1)
         assert [r.exposure.viewer for r in fg_rows] == [viewer.did]
 
         # Forged, expired and wrong-audience tokens: the unpersonalized feed, no viewer.
@@ -251,7 +262,7 @@ def test_feed_on_the_reference_pds(pds_factory: Callable[..., LocalPds], tmp_pat
         bad["expired"] = expiring
         for name, tok in bad.items():
             answer = skeleton(tok, limit=2)
-            rows = [r for r in _exposures(ledger) if r.exposure.req_id == answer["reqId"]]
+            rows = _page_rows(ledger, answer["reqId"], 2)
             assert len(rows) == 2 and all(r.exposure.viewer is None for r in rows), name
 
         # sendInteractions: the viewer says the first item was seen.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -98,6 +100,7 @@ async def test_verified_viewer_gets_bot_replies_and_the_page_is_recorded(
     assert answer.status == 200
     body = answer.body
     assert len(body["feed"]) == 9 and body["cursor"] and len(body["reqId"]) <= 100
+    await feed.sync()  # written behind the answer
     rows = await ledger.feed_exposures(body["reqId"])
     assert [r.exposure.item_uri for r in rows] == [i["post"] for i in body["feed"]]
     assert all(r.exposure.viewer == VIEWER for r in rows)
@@ -170,6 +173,7 @@ async def test_bad_tokens_get_the_unpersonalized_feed(
         ),
     }
     answer = await feed.skeleton(feed=FEED, limit=5, authorization=tokens[case], ip="192.0.2.1")
+    await feed.sync()
     assert answer.status == 200, answer.body
     assert len(answer.body["feed"]) == 5
     rows = await ledger.feed_exposures(answer.body["reqId"])
@@ -354,11 +358,100 @@ async def test_old_replies_leave_and_viewers_are_purged(
     assert len(service.pool) == 0
 
 
-async def test_an_unrecordable_page_is_a_503(ledger: SqliteLedger, signer: Signer) -> None:
-    """When the ledger cannot take the page, the answer is 503, not an unrecorded page."""
+async def test_pages_are_written_behind_the_answer_and_all_written_by_stop(
+    ledger: SqliteLedger, signer: Signer
+) -> None:
+    """A page is answered before it is in the ledger (written in batches); stop writes every
+    page still queued."""
+    service = make_service(ledger, signer, Clock(T0 + 3600 * S), record_batch_s=3600)
+    await service.start()
+    auth = bearer(signer.token(VIEWER, SERVICE, GET_SKELETON))
+    pages = [await service.skeleton(feed=FEED, limit=4, authorization=auth) for _ in range(5)]
+    assert all(p.status == 200 for p in pages)
+    assert await ledger.feed_exposures() == []  # queued: the writer waits an hour for more
+    await service.stop()
+    rows = await ledger.feed_exposures()
+    assert sorted((r.exposure.req_id, r.exposure.item_uri) for r in rows) == sorted(
+        (p.body["reqId"], i["post"]) for p in pages for i in p.body["feed"]
+    )
+    assert {r.exposure.viewer for r in rows} == {VIEWER}
+
+
+async def test_interactions_and_engagement_find_pages_not_yet_written(
+    ledger: SqliteLedger, signer: Signer
+) -> None:
+    """sendInteractions and the firehose joins right after a page is answered (its batch not
+    yet due) still land on its exposures: they wait for the page to be written first."""
+    service = make_service(ledger, signer, Clock(T0 + 3600 * S), record_batch_s=3600)
+    await service.start()
+    page = await service.skeleton(
+        feed=FEED, limit=3, authorization=bearer(signer.token(VIEWER, SERVICE, GET_SKELETON))
+    )
+    first, second = (i["post"] for i in page.body["feed"][:2])
+    seen = {"item": first, "event": SEEN_EVENT, "reqId": page.body["reqId"]}
+    auth = bearer(signer.token(VIEWER, SERVICE, SEND_INTERACTIONS))
+    assert (await service.interactions({"interactions": [seen]}, authorization=auth)).status == 200
+    await service.stop()  # nothing else queued: the page was written for the interaction
+    service = make_service(ledger, signer, Clock(T0 + 3600 * S), record_batch_s=3600)
+    await service.start()
+    page2 = await service.skeleton(feed=FEED, limit=3, verdict=Verdict(OTHER, "sim"))
+    liked = page2.body["feed"][0]["post"]
+    service.observe(like(OTHER, service.clock() + S, liked, "bafy"))
+    await service.flush()
+    rows = {r.exposure.item_uri: r for r in await ledger.feed_exposures(page2.body["reqId"])}
+    assert rows[liked].like_us == service.clock() + S
+    rows1 = {r.exposure.item_uri: r for r in await ledger.feed_exposures(page.body["reqId"])}
+    assert rows1[first].seen_us is not None and rows1[second].seen_us is None
+    await service.stop()
+
+
+async def test_a_locked_ledger_delays_pages_refuses_new_ones_and_loses_none(
+    ledger: SqliteLedger, signer: Signer
+) -> None:
+    """While the ledger cannot take pages (another connection holds its write lock), the page
+    already answered stays queued and is retried, new pages are refused with 503 before
+    anything is counted, and once the lock is gone the queued page is written."""
+    impatient = SqliteLedger(ledger.path, busy_timeout=0.05)
+    await impatient.open()
+    service = make_service(impatient, signer, Clock(T0 + 3600 * S))
+    await service.start()
+    auth = bearer(signer.token(VIEWER, SERVICE, GET_SKELETON))
+    lock = sqlite3.connect(ledger.path, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        first = await service.skeleton(feed=FEED, limit=3, authorization=auth)
+        assert first.status == 200
+        with pytest.raises(TimeoutError):  # retried for a second, never written
+            async with asyncio.timeout(1.0):
+                await service.sync()
+        refused = await service.skeleton(feed=FEED, limit=3, authorization=auth)
+        assert refused.status == 503 and refused.body["error"] == "ServiceUnavailable"
+        assert sum(service.counts.served.values()) == 3
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    async with asyncio.timeout(10):
+        await service.sync()
+    rows = await ledger.feed_exposures(first.body["reqId"])
+    assert [r.exposure.item_uri for r in rows] == [i["post"] for i in first.body["feed"]]
+    again = await service.skeleton(feed=FEED, limit=3, authorization=auth)
+    assert again.status == 200
+    await service.stop()
+    await impatient.close()
+    assert len(await ledger.feed_exposures()) == 6
+
+
+async def test_a_closed_ledger_gets_503_after_the_first_failed_write(
+    ledger: SqliteLedger, signer: Signer
+) -> None:
+    """Once a page write has failed (here: the ledger is closed), new pages are 503."""
     service = make_service(ledger, signer, Clock(T0 + 3600 * S))
     await service.start()
     await ledger.close()
+    assert (await service.skeleton(feed=FEED, limit=3)).status == 200  # queued
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await service.sync()
     answer = await service.skeleton(feed=FEED, limit=3)
     assert answer.status == 503 and answer.body["error"] == "ServiceUnavailable"
 
@@ -366,6 +459,7 @@ async def test_an_unrecordable_page_is_a_503(ledger: SqliteLedger, signer: Signe
 async def test_in_process_callers_pass_the_viewer(feed: FeedService, ledger: SqliteLedger) -> None:
     """The simulation's path: a known viewer without a token, same page building."""
     answer = await feed.skeleton(feed=FEED, limit=4, verdict=Verdict("did:plc:simuser", "sim"))
+    await feed.sync()
     rows = await ledger.feed_exposures(answer.body["reqId"])
     assert [r.exposure.viewer for r in rows] == ["did:plc:simuser"] * 4
 
@@ -393,6 +487,7 @@ async def test_scores_are_logged_per_arm(feed: FeedService, signer: Signer) -> N
         feed=FEED, limit=3, authorization=bearer(signer.token(VIEWER, SERVICE, GET_SKELETON))
     )
     first = page.body["feed"][0]
+    await feed.sync()
     await feed.ledger.record_feed_interactions(
         VIEWER, [Interaction(first["post"], SEEN_EVENT, page.body["reqId"])], feed.clock()
     )

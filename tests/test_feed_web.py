@@ -99,6 +99,7 @@ async def test_page_and_metrics_show_per_seen_figures_without_viewers(
     token = signer.token(VIEWER, SERVICE, GET_SKELETON)
     answer = await feed.skeleton(feed=FEED, limit=6, authorization=f"Bearer {token}")
     first = answer.body["feed"][0]
+    await feed.sync()
     await feed.ledger.record_feed_interactions(
         VIEWER, [Interaction(first["post"], SEEN_EVENT, answer.body["reqId"])], feed.clock()
     )

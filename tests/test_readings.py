@@ -60,21 +60,31 @@ async def test_the_runtime_reads_scores_every_interval_of_stream_time(tmp_path: 
     await led.open()
     try:
         assert await led.load_cursor(CLOCK_CURSOR) == readings[-1]
+        mentions = await led.mentions()
     finally:
         await led.close()
-    # While windows were open, no answer counted before its mention's window closed (the bug
-    # was successes counted at once and failures only at expiry): every reading's rate is over
-    # decided mentions only. (An arm may still read 100% when its first decided mentions were
-    # all answered: seed 3 did not show it until botsky's feed readers changed the world's
-    # history, and it is a true reading of the decided mentions.)
+    # While windows were open, a mention counted as decided only once its window had closed
+    # (the bug was successes counted at once and failures only at expiry, so early readings
+    # were over-stated): every reading's decided count is exactly the arm's mentions whose
+    # window closed by the reading's time, and its rate is over those alone. (An arm may still
+    # read 100% when its first decided mentions were all answered: a true reading of them.)
+    window_us = int(loaded.settings.outcomes.window_s * 1e6)
+    checked = 0
     for e in logs:
-        if e["event"] == "recommender_score":
-            assert e["decided"] + e["pending"] == e["mentions"], e
-            assert e["successes"] <= e["decided"], e
-            if e["decided"]:
-                assert e["success_rate"] == pytest.approx(e["successes"] / e["decided"], abs=1e-4)
-            else:
-                assert e["success_rate"] is None
+        if e["event"] != "recommender_score":
+            continue
+        arm = [m for m in mentions if str(getattr(m, e["by"])) == e[e["by"]]]
+        made = [m for m in arm if m.created_us <= e["as_of_us"]]
+        closed = [m for m in made if m.created_us + window_us <= e["as_of_us"]]
+        assert (e["mentions"], e["decided"]) == (len(made), len(closed)), e
+        assert e["decided"] + e["pending"] == e["mentions"], e
+        assert e["successes"] <= e["decided"], e
+        if e["decided"]:
+            assert e["success_rate"] == pytest.approx(e["successes"] / e["decided"], abs=1e-4)
+        else:
+            assert e["success_rate"] is None
+        checked += bool(e["pending"] and e["decided"])
+    assert checked  # some readings had both decided and pending mentions
 
 
 def _env() -> dict[str, str]:

@@ -196,6 +196,17 @@ async def test_health_endpoints_report_liveness_and_readiness(ran: App, web: Web
     assert down.status_code == 503 and down.json()["source"] == "disconnected"
 
 
+async def test_the_server_parses_http_with_httptools(web: WebServer) -> None:
+    """The web app (as `botsky run` serves it) runs on uvicorn's C parser, not h11: the
+    feed's CPU budget per request assumes it (BENCHMARKS.md), and uvicorn would fall back
+    to h11 silently."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert web.server.config.http_protocol_class is HttpToolsProtocol
+    answer = await _get(web.url + "/healthz")  # and it answers through it
+    assert answer.status_code == 200 and answer.http_version == "HTTP/1.1"
+
+
 async def test_readyz_is_503_when_the_ledger_is_unreachable(tmp_path: Path, ran: App) -> None:
     """A closed ledger makes /readyz and the page fail; /healthz and /metrics still answer."""
     await ran.ledger.close()

@@ -19,7 +19,7 @@ from typing import Final
 import orjson
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from botsky.feed.service import DESCRIBE, GET_SKELETON, SEND_INTERACTIONS, Answer, FeedService
@@ -40,8 +40,17 @@ _MAX_BODY: Final = 256 * 1024
 _HEADERS: Final = {"cache-control": "no-store"}
 
 
+class _Json(Response):
+    """JSON by orjson (botsky's hot-path JSON; Starlette's JSONResponse uses the json module)."""
+
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
+
+
 def _answer(answer: Answer) -> Response:
-    return JSONResponse(answer.body, status_code=answer.status, headers=_HEADERS)
+    return _Json(answer.body, status_code=answer.status, headers=_HEADERS)
 
 
 def _guarded(
@@ -63,10 +72,10 @@ def feed_routes(feed: FeedService) -> list[Route]:
     """The four routes over ``feed``."""
 
     async def did_json(request: Request) -> Response:
-        return JSONResponse(feed.did_document())
+        return _Json(feed.did_document())
 
     async def describe(request: Request) -> Response:
-        return JSONResponse(feed.describe())
+        return _Json(feed.describe())
 
     async def skeleton(request: Request) -> Response:
         q = request.query_params

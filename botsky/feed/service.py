@@ -9,12 +9,20 @@ Sessions: a page without cursor starts a session with a fresh 64-bit seed; the s
 remembers its viewer and the mentions it was served (in memory, bounded, with the ledger as the
 fallback after a restart or on another replica), so its pages never repeat an item. A cursor
 of another viewer's session, or of an unknown one, gets an empty page and no cursor: nobody
-learns what someone else was shown. Every page is recorded (``record_feed_pages``) before it is
-answered; when the ledger cannot take it in ``record_timeout_s``, the answer is 503 (the page
-may still be written after that: a recorded page that was never served is possible, a served
-page that was not recorded is not). Pages are written by one writer at a time, each write taking
-every page queued meanwhile in one transaction (a group commit): at 200 pages/s that is a few
-pages per commit instead of a thread hop and a commit per page.
+learns what someone else was shown.
+
+Recording: every page is queued for the ledger (``record_feed_pages``) before it is answered and
+written behind the answer: one writer, every ``record_batch_s``, takes every page queued
+meanwhile in one transaction (a group commit), so a request never waits for the ledger's thread
+or a commit (that wait was most of a page's latency). A failed write is kept and retried (with
+backoff) until it succeeds; while the last write failed, or a queued page has waited longer than
+``record_timeout_s``, new pages are refused with 503 before anything is counted, so the backlog
+stays bounded. ``stop`` writes everything still queued (within ``record_timeout_s`` of retries;
+pages it cannot write are logged as lost, with their count). What is not guaranteed: a process
+killed without ``stop`` (SIGKILL, a crash) loses the pages answered in its last
+``record_batch_s`` plus the write in flight. Whatever reads the ledger for pages already
+answered first waits for them (``sync``): ``sendInteractions``, a session recalled from the
+ledger, and the engagement joins of ``refresh``/``flush``.
 
 Engagement: ``observe`` (called for every firehose event by the App) queues likes, reposts,
 replies and quotes of items the feed served; ``refresh`` (every ``refresh_s``) joins them to
@@ -165,6 +173,7 @@ class FeedService:
         session_ttl_s: float = 3600.0,
         max_sessions: int = 20_000,
         record_timeout_s: float = 5.0,
+        record_batch_s: float = 0.01,
         service_endpoint: str = "",
         links: dict[str, str] | None = None,
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
@@ -208,8 +217,8 @@ class FeedService:
         self.scores: list[FeedScore] = []
         self.scores_at: float | None = None  # time.monotonic() of the last load
         self._scores_lock = asyncio.Lock()
-        self._pages: _GroupCommit[tuple[FeedPage, list[Exposure]]] = _GroupCommit(
-            ledger.record_feed_pages
+        self._pages: _WriteBehind[tuple[FeedPage, list[Exposure]]] = _WriteBehind(
+            ledger.record_feed_pages, batch_s=record_batch_s, timeout_s=record_timeout_s
         )
 
     # --- checkpoints (botsky.sim.checkpoint's Stateful contract) ------------------------
@@ -272,7 +281,9 @@ class FeedService:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._pages.drain()
+        lost = await self._pages.close()
+        if lost:
+            log.error("feed_pages_lost", pages=lost, reason="the ledger would not take them")
         try:
             await self.flush()
             await self.log_scores()
@@ -311,7 +322,10 @@ class FeedService:
             log.info(fields.pop("event"), **fields)
 
     async def refresh(self) -> None:
-        """New bot replies in, old ones out, engagement joined, old viewers purged."""
+        """New bot replies in, old ones out, engagement joined, old viewers purged (after the
+        pages answered so far are written, so none escapes the purge or the joins)."""
+        async with asyncio.timeout(self.record_timeout_s):
+            await self._pages.sync()
         now = self.clock()
         since = now - self.max_age_us
         await self._load(since, {})
@@ -389,15 +403,10 @@ class FeedService:
             return self._refuse(400, "InvalidRequest", "malformed cursor")
         if parsed is not None and parsed.session_id not in self._sessions:
             await self._recall(parsed.session_id)
-        built = self.page(verdict.viewer, parsed, n)
-        try:
-            async with asyncio.timeout(self.record_timeout_s):  # no task, unlike wait_for
-                await self._pages.put(built.records())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("feed_page_not_recorded", error=f"{type(exc).__name__}: {exc}")
+        if not self._pages.accepting():  # before the page: nothing counted, nothing served
             return self._refuse(503, "ServiceUnavailable", "the feed cannot record pages now")
+        built = self.page(verdict.viewer, parsed, n)
+        self._pages.put(built.records())  # written behind the answer (module docstring)
         self.counts.requests["ok"] += 1
         for s in built.page.slots:
             self.counts.served[s.item.arm] += 1
@@ -433,12 +442,16 @@ class FeedService:
         self._drop_sessions(now)
         return Built(page, req_id, cursor.session_id, viewer, now)
 
+    async def sync(self) -> None:
+        """Wait until every page answered so far is in the ledger (retrying failed writes)."""
+        await self._pages.sync()
+
     async def _recall(self, session_id: str) -> None:
         """A session this process does not know (restart, another replica): the ledger's."""
         try:
-            stored = await asyncio.wait_for(
-                self.ledger.feed_session(session_id), self.record_timeout_s
-            )
+            async with asyncio.timeout(self.record_timeout_s):
+                await self._pages.sync()  # its latest pages may still be queued here
+                stored = await self.ledger.feed_session(session_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -495,10 +508,9 @@ class FeedService:
         if len(parsed) > _MAX_INTERACTIONS:
             return self._refuse(400, "InvalidRequest", "too many interactions in one call")
         try:
-            await asyncio.wait_for(
-                self.ledger.record_feed_interactions(verdict.viewer, parsed, self.clock()),
-                self.record_timeout_s,
-            )
+            async with asyncio.timeout(self.record_timeout_s):
+                await self._pages.sync()  # the pages they name may still be queued
+                await self.ledger.record_feed_interactions(verdict.viewer, parsed, self.clock())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -547,7 +559,10 @@ class FeedService:
                 self._engagement.append((post.quote_uri, event.did, "quote", event.time_us))
 
     async def flush(self) -> None:
-        """Join the queued engagement to exposures in the ledger."""
+        """Join the queued engagement to exposures in the ledger (pages written first)."""
+        if self._engagement:
+            async with asyncio.timeout(self.record_timeout_s):
+                await self._pages.sync()
         while self._engagement:
             uri, actor, kind, time_us = self._engagement.popleft()
             joined = await self.ledger.mark_feed_engagement(
@@ -557,46 +572,127 @@ class FeedService:
                 self.counts.engagement_joined[kind] += 1
 
 
-class _GroupCommit(Generic[_T]):
-    """Items written by one writer at a time, each write taking all that queued meanwhile."""
+class _WriteBehind(Generic[_T]):
+    """Items written in the background, in order, by one writer task: each write, every
+    ``batch_s``, takes every item queued meanwhile (a group commit). A failed write keeps its
+    items at the front of the queue and is retried with backoff."""
 
-    def __init__(self, write: Callable[[list[_T]], Awaitable[None]]) -> None:
+    _RETRY_S: Final = (0.05, 1.0)  # first and longest wait between failed writes
+
+    def __init__(
+        self,
+        write: Callable[[list[_T]], Awaitable[None]],
+        *,
+        batch_s: float,
+        timeout_s: float,
+        max_queued: int = 100_000,
+    ) -> None:
         self._write = write
-        self._queue: list[tuple[_T, asyncio.Future[None]]] = []
+        self.batch_s = batch_s
+        self.timeout_s = timeout_s
+        self.max_queued = max_queued
+        self._queue: deque[tuple[_T, float]] = deque()  # (item, time.monotonic() queued)
+        self._inflight_since: float | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._put = 0  # items queued so far
+        self._done = 0  # items written so far (in queue order)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._closing = False
+        self._hurry = asyncio.Event()  # set by sync and close: write now, do not wait batch_s
+        self.failure: BaseException | None = None  # of the last write, None once one succeeds
+        self.written_batches = 0
 
-    async def put(self, item: _T) -> None:
-        """Queue ``item`` and wait until it is written (the write's error is raised here)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # A caller that gave up (timeout) never reads the outcome: read it here instead.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._queue.append((item, future))
+    def __len__(self) -> int:
+        """Items queued or being written."""
+        return self._put - self._done
+
+    def accepting(self) -> bool:
+        """False while the last write failed, the oldest item has waited ``timeout_s``, or the
+        queue is full: the caller should refuse new work rather than queue it."""
+        if self.failure is not None or len(self) >= self.max_queued:
+            return False
+        oldest = self._inflight_since
+        if oldest is None and self._queue:
+            oldest = self._queue[0][1]
+        return oldest is None or time.monotonic() - oldest < self.timeout_s
+
+    def put(self, item: _T) -> None:
+        """Queue ``item``; the writer writes it within ``batch_s`` (plus the writes before)."""
+        self._queue.append((item, time.monotonic()))
+        self._put += 1
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain(), name="botsky-feed-pages")
-        await asyncio.shield(future)
+            self._writer = asyncio.create_task(self._run(), name="botsky-feed-pages")
 
-    async def _drain(self) -> None:
+    async def sync(self) -> None:
+        """Wait until every item queued before this call is written."""
+        target = self._put
+        if self._done >= target:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        self._hurry.set()
+        if self._writer is None or self._writer.done():  # (only after a cancelled writer)
+            self._writer = asyncio.create_task(self._run(), name="botsky-feed-pages")
+        try:
+            await future
+        finally:
+            self._waiters = [(t, f) for t, f in self._waiters if f is not future]
+
+    async def close(self) -> int:
+        """Write what is queued, retrying for up to ``timeout_s``; stop the writer. Returns how
+        many items could not be written (and are dropped)."""
+        self._closing = True
+        self._hurry.set()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.sync()
+        except TimeoutError:
+            pass
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        lost = len(self)
+        self._queue.clear()
+        self._done = self._put
+        return lost
+
+    async def _run(self) -> None:
+        retry = self._RETRY_S[0]
         while self._queue:
-            batch, self._queue = self._queue, []
+            if self.batch_s > 0 and self.failure is None and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):  # let the next moments' pages join
+                    async with asyncio.timeout(self.batch_s):
+                        await self._hurry.wait()
+            if not self._closing:
+                self._hurry.clear()
+            batch = list(self._queue)
+            self._queue.clear()
+            self._inflight_since = batch[0][1]
             try:
                 await self._write([item for item, _ in batch])
             except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                self._queue.extendleft(reversed(batch))  # first again, in order
+                self._inflight_since = None
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-
-    async def drain(self) -> None:
-        """Wait for the writes in flight."""
-        writer = self._writer
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                await writer
+                if self.failure is None:
+                    log.warning("feed_pages_not_written", error=f"{type(exc).__name__}: {exc}")
+                self.failure = exc
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, self._RETRY_S[1])
+                continue
+            self._inflight_since = None
+            if self.failure is not None:
+                log.info("feed_pages_written_again", pages=len(batch))
+            self.failure = None
+            retry = self._RETRY_S[0]
+            self._done += len(batch)
+            self.written_batches += 1
+            for target, future in self._waiters:
+                if target <= self._done and not future.done():
+                    future.set_result(None)
 
 
 def _limit(raw: str | int | None) -> int | None:
