@@ -30,3 +30,18 @@ def test_fast_leaves_out_slow_tests_and_passes_other_arguments_to_pytest() -> No
     assert "test_sigkill_at_random_points" in everything and "1 test collected" in everything
     fast = _collect("--fast")
     assert "test_sigkill_at_random_points" not in fast and "1 deselected" in fast
+
+
+def test_readme_quick_start_is_the_two_commands_ci_runs() -> None:
+    """README's Quick start block holds exactly scripts/demo and scripts/test, both executable,
+    and .ci/run ends in scripts/test (the README claim a fresh machine relies on)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["scripts/demo", "scripts/test"], commands
+    for command in commands:
+        path = ROOT / command
+        assert path.is_file() and path.stat().st_mode & 0o111, command
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert ci.rstrip().splitlines()[-1] == "exec scripts/test"

@@ -199,6 +199,9 @@ def test_cluster_variance_of_a_difference_counts_shared_users() -> None:
     g, n, k = 6, 8, 2
     expected = (g / (g - 1)) * ((n - 1) / (n - k)) * (bread @ meat @ bread)[1, 1]
     assert cluster_variance(y, users, b) == pytest.approx(expected)
+    # One mention per arm leaves no degree of freedom (N = K): undefined, not a crash (an
+    # early reading of a run; found by the validation study).
+    assert math.isnan(cluster_variance([1, 0], ["u1", "u2"], [False, True]))
 
 
 def test_kaplan_meier_matches_the_product_limit_by_hand() -> None:

@@ -304,6 +304,7 @@ async def simulate(
     on_ready: Callable[[Path | None], None] | None = None,
     on_serve: Callable[[str], None] | None = None,
     environ: Mapping[str, str] | None = None,
+    keep_mention_truth: bool = False,
 ) -> SimResult:
     """Run the world for ``days`` simulated days through the production pipeline.
 
@@ -319,7 +320,8 @@ async def simulate(
     web app enabled, the page stays up for as long as it waits (``simulate --serve``), and
     ``on_serve(url)`` is called as soon as it accepts, before the first event. The page sets the
     world's truth beside the estimates (``LiveTruth``) and links nothing to bsky.app.
-    The world's truth per arm is written to ``data_dir/truth.json``.
+    The world's truth per arm is written to ``data_dir/truth.json``; ``keep_mention_truth``
+    keeps every mention's record in the world (``World.closed_truth``, validation study).
 
     Files (``botsky.sim.rundir``): everything that can fail before the run starts (settings,
     the checkpoint, the engine's model) is checked before a file is touched; then the earlier
@@ -369,6 +371,7 @@ async def simulate(
             feed_subscribers=st.sim.feed.subscribers if st.feed.enabled else 0.0,
             feed_page=st.sim.feed.page_size,
             feed_attribution_s=st.feed.attribution_window_s,
+            keep_mention_truth=keep_mention_truth,
         )
         world = World(config)
     world.engine = engine

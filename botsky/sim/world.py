@@ -175,6 +175,10 @@ class WorldConfig:
     feed_subscribers: float = 0.0
     feed_page: int = 10
     feed_attribution_s: float = 86_400.0
+    # Keep every mention's truth record after its window closed (``World.closed_truth``): the
+    # validation study (``botsky.sim.study``) reads the true rate of the mentions decided at
+    # each reading. Off by default: a long run would carry every record in its checkpoints.
+    keep_mention_truth: bool = False
 
 
 @dataclass(slots=True)
@@ -333,6 +337,8 @@ class World:
         )
         self.truth: dict[str, Truth] = {}
         self.mention_truth: dict[str, MentionTruth] = {}  # bot reply URI → its open mention
+        # bot reply URI → the record of a mention gone from mention_truth (keep_mention_truth)
+        self.closed_truth: dict[str, MentionTruth] = {}
         self._watch: dict[str, list[MentionTruth]] = {}  # mentioned DID → their open mentions
         # The truth of mentions whose window has closed (``decided_truth``), and the mentions
         # not yet folded into it: a heap on (window end, sequence number).
@@ -910,6 +916,10 @@ class World:
             if uri in self.posts and self.posts[uri].time_us >= recent_cutoff
         ]
         # Mentions whose window closed count no more; their records go with their posts.
+        if self.config.keep_mention_truth:
+            self.closed_truth.update(
+                (u, r) for u, r in self.mention_truth.items() if u not in self.posts
+            )
         self.mention_truth = {u: r for u, r in self.mention_truth.items() if u in self.posts}
         watch: dict[str, list[MentionTruth]] = {}
         for did, recs in self._watch.items():
