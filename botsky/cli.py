@@ -318,6 +318,11 @@ def _print_summary(summary: dict[str, object], *, audience_mode: str) -> None:
             table.add_row(f"{group.removeprefix('by_')}: {key}", str(value))
     table.add_row("skipped lines", str(summary["skipped"]))
     table.add_row("opt-outs", str(summary["opt_outs"]))
+    table.add_row("opt-ins", str(summary.get("opt_ins", 0)))
+    if summary.get("warm_observed"):
+        table.add_row("posts observed on the warm start", str(summary["warm_observed"]))
+    if summary.get("pending_kept"):
+        table.add_row("posts kept for the next start", str(summary["pending_kept"]))
     console.print(table)
     _print_unanswered(console, summary, audience_mode)
 

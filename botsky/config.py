@@ -84,6 +84,10 @@ class SourceConfig(_Strict):
     # Live sources always resume, rewound by rewind_s (work is idempotent).
     resume: bool = False
     rewind_s: float = Field(default=5.0, ge=0)
+    # Warm start: a restart reads this much stream before its low-water mark in observe-only
+    # mode (presence, interests, handles, consent; no replies), bounded by what the server
+    # keeps. 0: resume at the mark, cold.
+    warm_start_s: float = Field(default=1800.0, ge=0)
     jetstream_version: Literal["v1", "v2"] = "v2"
     compress: bool = True
     collections: list[str] = Field(default_factory=lambda: list(DEFAULT_COLLECTIONS))

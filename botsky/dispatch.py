@@ -12,6 +12,12 @@ drawn for a paused bot is re-drawn among the bots that are not, and the re-draw 
 (``bot_redrawn``: the post, the bot drawn, the bot answering, why), counted (``redraws``) and
 kept on the mention (``extra.redrawn_from``), so the trial's assignment stays on record.
 
+Each queued post carries the runtime's hold on the saved cursor (``botsky.watermark``): it is
+released once a worker is done with the post (posted, parked as ``retry``, or refused with a
+reason), never when the post is discarded at a stop or its worker cancelled, so the next start
+reads it again. Right after a start nobody's handle is verified yet: a post with no candidate
+then waits (up to ``handles_wait_s``) for the handles identity is resolving and is offered again.
+
 The claim comes after the model call, right before posting, so a failed model call leaves no
 trace in the ledger; the claim's unique key makes a second reply to the same post impossible
 across restarts and replicas.
@@ -76,6 +82,9 @@ __all__ = ["ComposeRules", "Dispatcher", "RetryPolicy", "Selector"]
 
 log = structlog.get_logger("botsky.dispatch")
 
+# How long after a start a post without candidates waits for handles being resolved.
+_HANDLES_WAIT_AFTER_START_S = 120.0
+
 
 class Selector:
     """Decides which new posts are worth a reply. ``reason`` returns None for eligible posts."""
@@ -86,7 +95,7 @@ class Selector:
         self,
         *,
         is_bot: Callable[[str], bool],
-        may_answer: Callable[[str], bool] = lambda did: True,
+        may_answer: Callable[[str, int], bool] = lambda did, time_us: True,
         is_active: Callable[[str], bool] = lambda did: True,
         sample_rate: float = 1.0,
         author_cooldown_s: float = 3600.0,
@@ -138,7 +147,7 @@ class Selector:
             return "language"
         if not self.is_active(event.did):
             return "inactive_account"
-        if not self.may_answer(event.did):
+        if not self.may_answer(event.did, event.time_us):
             return "no_consent"
         last = self._last_answered.get(event.did)
         if last is not None and event.time_us - last < self.author_cooldown_us:
@@ -183,6 +192,7 @@ class _Job:
     event: Event
     post: PostRef
     queued_at: float
+    token: int | None = None  # the runtime's hold on the cursor (botsky.watermark)
 
 
 class Dispatcher:
@@ -241,6 +251,13 @@ class Dispatcher:
         self.queue_size = queue_size
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._room = asyncio.Event()  # set whenever a worker takes a job off the queue
+        # Called with a job's token once its worker is done with it (not when it is cancelled
+        # or discarded): the runtime's low-water mark then moves past it (botsky.watermark).
+        self.release: Callable[[int], None] = lambda token: None
+        # A post with no candidate waits this long for handles being resolved (see
+        # ``_handles_resolved``): after a start, nobody has a verified handle yet.
+        self.handles_wait_s = 5.0
+        self._started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.redraws: Counter[str] = Counter()  # posts re-drawn away from each paused bot
 
@@ -261,21 +278,22 @@ class Dispatcher:
         self.counts = Counter(state["counts"])
         self.redraws = Counter(state.get("redraws", {}))
 
-    def offer(self, event: Event, post: PostRef) -> bool:
-        """Queue a post without waiting; False (and a counted drop) when the queue is full."""
+    def offer(self, event: Event, post: PostRef, token: int | None = None) -> bool:
+        """Queue a post without waiting; False (and a counted drop) when the queue is full.
+        ``token`` is released once a worker is done with the post."""
         if self.queue.qsize() >= self.queue_size:
             self.counts["dropped_queue_full"] += 1
             return False
-        self.queue.put_nowait(_Job(event, post, time.perf_counter()))
+        self.queue.put_nowait(_Job(event, post, time.perf_counter(), token))
         self.counts["queued"] += 1
         return True
 
-    async def put(self, event: Event, post: PostRef) -> None:
+    async def put(self, event: Event, post: PostRef, token: int | None = None) -> None:
         """Queue a post, waiting for room (for handover work, never for the reader)."""
         while self.queue.qsize() >= self.queue_size:
             self._room.clear()
             await self._room.wait()
-        self.queue.put_nowait(_Job(event, post, time.perf_counter()))
+        self.queue.put_nowait(_Job(event, post, time.perf_counter(), token))
         self.counts["queued"] += 1
 
     async def run(self) -> None:
@@ -293,7 +311,9 @@ class Dispatcher:
             self.queue.put_nowait(None)
 
     def discard_pending(self) -> int:
-        """Forget queued posts (on shutdown without draining); returns how many."""
+        """Take the queued posts off the queue (on shutdown without draining); returns how
+        many. Their tokens are not released: the runtime's mark stays before them, so the
+        next start reads them again (botsky.watermark)."""
         n = 0
         while True:
             try:
@@ -322,6 +342,10 @@ class Dispatcher:
                 log.exception("dispatch_failed", post=job.event.uri)
             finally:
                 self.queue.task_done()
+            # Done with it (a cancellation or a FatalError never gets here: kept for the next
+            # start, which reads the post again).
+            if job.token is not None:
+                self.release(job.token)
             self.counts[outcome] += 1
 
     async def wait_idle(self) -> None:
@@ -364,6 +388,18 @@ class Dispatcher:
             bot_did=bot.did,
             quality=bot.quality,
         )
+        if not offer.candidates and await self._handles_resolved():
+            # Candidates may have been waiting for their handles (a start, a new user).
+            offer = self.recommender.offer(
+                bot.picker,
+                post.text,
+                event.did,
+                post.langs,
+                self.rng,
+                post_uri=event.uri,
+                bot_did=bot.did,
+                quality=bot.quality,
+            )
         if not offer.candidates:
             log.info("no_candidates", bot=bot.name)
             return "no_candidates"
@@ -469,6 +505,22 @@ class Dispatcher:
         if not await self.ledger.claim(event.uri, bot.name, now, intent):
             return "already_claimed"
         return await self._settle(reply, mention, find_first=False)
+
+    async def _handles_resolved(self) -> bool:
+        """Wait (at most ``handles_wait_s``) for the handles identity is resolving; True if
+        there were any (a post's candidates may be among them), False at once if none, or
+        once the process has run for two minutes."""
+        pending = getattr(self.identity, "resolving", None)
+        drain = getattr(self.identity, "drain", None)
+        if time.monotonic() - self._started > _HANDLES_WAIT_AFTER_START_S:
+            return False  # a busy stream always has DIDs resolving: only right after a start
+        if pending is None or drain is None or not pending():
+            return False
+        try:
+            await asyncio.wait_for(drain(), self.handles_wait_s)
+        except TimeoutError:
+            log.info("handles_still_resolving", waited_s=self.handles_wait_s)
+        return True
 
     async def recover(
         self, only: Callable[[str, dict[str, Any] | None], bool] | None = None

@@ -64,6 +64,8 @@ class Partitions(Protocol):
     takeovers (never called when this process owns everything)."""
 
     on_acquire: OnAcquire | None
+    count: int  # how many partitions there are
+    owned: set[int]  # the partitions this replica owns now
 
     @property
     def member(self) -> str:
@@ -100,9 +102,11 @@ class SinglePartition:
 
     member = "local"
     single = True
+    count = 1
 
     def __init__(self) -> None:
         self.on_acquire: OnAcquire | None = None  # never called: nothing is ever taken over
+        self.owned: set[int] = {0}
 
     def owns(self, uri: str) -> bool:
         return True

@@ -32,10 +32,12 @@ from botsky.ledger.base import AccountStatus
 __all__ = [
     "DAY_US",
     "INACTIVE_STATUSES",
+    "OPT_IN_REASONS",
     "OPT_OUT_REASONS",
     "AccountStatus",
     "AudiencePolicy",
     "KillSwitch",
+    "OptIn",
     "OptOut",
     "account_status",
 ]
@@ -47,6 +49,20 @@ BLOCKED = "blocked a bot"
 ASKED_TO_STOP = "asked a bot to stop"
 NOBOT_PROFILE = "nobot in profile"
 OPT_OUT_REASONS = (BLOCKED, ASKED_TO_STOP, NOBOT_PROFILE)
+
+# The reasons an ``OptIn`` gives (kept in the ledger's ``opt_ins``).
+FOLLOWED = "followed a bot"
+MENTIONED = "mentioned a bot"
+ALLOW_LIST = "allow list"
+OPT_IN_REASONS = (FOLLOWED, MENTIONED, ALLOW_LIST)
+
+
+@dataclass(frozen=True, slots=True)
+class OptIn:
+    """A user who just opted in, and why (one of ``OPT_IN_REASONS``)."""
+
+    did: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +159,7 @@ class AudiencePolicy:
         mode: str = "opt_in",
         bot_dids: Iterable[str] = (),
         allow_list: Iterable[str] = (),
+        opted_in: Iterable[str] | Mapping[str, int] = (),
         opted_out: Iterable[str] = (),
         inactive: Iterable[AccountStatus] = (),
         handle_of: Callable[[str], str | None] = lambda did: None,
@@ -159,7 +176,13 @@ class AudiencePolicy:
         self.bot_dids = frozenset(bot_dids)
         # The allow list may name DIDs or handles; handles are checked through identity.
         allowed = [a.strip().lower() for a in allow_list]
-        self.opted_in: set[str] = {a for a in allowed if a.startswith("did:")}
+        self.allowed_dids = frozenset(a for a in allowed if a.startswith("did:"))
+        # Consent given so far: the allow list's DIDs and the opt-ins kept in the ledger, with
+        # when it was given (stream µs; 0: always): a post older than its author's opt-in is
+        # not answered, whenever it is read (a restart reads posts again).
+        given = opted_in if isinstance(opted_in, Mapping) else dict.fromkeys(opted_in, 0)
+        self._opted_in_us: dict[str, int] = {**dict.fromkeys(self.allowed_dids, 0), **given}
+        self.opted_in: set[str] = set(self._opted_in_us)
         self.allowed_handles = frozenset(a.lstrip("@") for a in allowed if not a.startswith("did:"))
         self.handle_of = handle_of
         self.opted_out: set[str] = set(opted_out)
@@ -201,6 +224,7 @@ class AudiencePolicy:
     def restore(self, state: dict[str, Any]) -> None:
         """Know what ``state`` (a ``snapshot``) holds, in place of what was learned so far."""
         self.opted_in = set(state["opted_in"])
+        self._opted_in_us = dict.fromkeys(self.opted_in, 0)
         self.opted_out = set(state["opted_out"])
         self.inactive = {did: (st, t) for did, (st, t) in state.get("inactive", {}).items()}
         self._latest_us = state["latest_us"]
@@ -209,9 +233,10 @@ class AudiencePolicy:
 
     # -- decisions -------------------------------------------------------------------------
 
-    def may_answer(self, did: str) -> bool:
-        """Consent to answer ``did``'s post, and ``did`` is under its daily reply cap."""
-        return self._consents(did) and self._under(
+    def may_answer(self, did: str, at_us: int | None = None) -> bool:
+        """Consent to answer ``did``'s post (made at ``at_us``: consent given after it does not
+        count), and ``did`` is under its daily reply cap."""
+        return self._consents(did, at_us) and self._under(
             self._replies, did, self.replies_per_author_per_day
         )
 
@@ -233,10 +258,12 @@ class AudiencePolicy:
         """The kill switch: while true, post nothing (reading the stream goes on)."""
         return self._kill_switch()
 
-    def _consents(self, did: str) -> bool:
+    def _consents(self, did: str, at_us: int | None = None) -> bool:
         if did in self.opted_out or did in self.bot_dids or did in self.inactive:
             return False
-        if self.mode == "open" or did in self.opted_in:
+        if self.mode == "open":
+            return True
+        if did in self.opted_in and (at_us is None or self._opted_in_us.get(did, 0) <= at_us):
             return True
         return bool(self.allowed_handles) and self.handle_of(did) in self.allowed_handles
 
@@ -288,11 +315,13 @@ class AudiencePolicy:
         self.inactive[status.did] = (status.status, status.time_us)
         return status
 
-    def observe(self, event: Event) -> OptOut | None:
-        """Learn opt-ins (follow or mention of a bot) and opt-outs; return a new opt-out.
+    def observe(self, event: Event) -> OptOut | OptIn | None:
+        """Learn opt-ins (follow or mention of a bot) and opt-outs; return a new one (for the
+        app to record in the ledger), or None.
 
         Opt-outs: a block of a bot, a reply to a bot containing a stop phrase, ``#nobot`` in a
-        profile description (create or update). A user already opted out gives None.
+        profile description (create or update). A user already opted out gives None; so does
+        an opt-in of a user who already opted in or out (an opt-out wins, for good).
         """
         if event.kind != "commit" or event.operation not in ("create", "update"):
             return None
@@ -308,16 +337,28 @@ class AudiencePolicy:
                 reason = BLOCKED
         elif event.collection == FOLLOW:
             if event.subject_did() in self.bot_dids:
-                self.opted_in.add(event.did)
+                return self._opt_in(event.did, FOLLOWED, event.time_us)
         elif event.collection == POST:
             post = event.post
             to_bot = uri_authority(post.parent_uri) in self.bot_dids
             if to_bot and self._stop is not None and self._stop.search(post.text):
                 reason = ASKED_TO_STOP
             if reason is None and any(d in self.bot_dids for d in post.mention_dids):
-                self.opted_in.add(event.did)
+                return self._opt_in(event.did, MENTIONED, event.time_us)
         if reason is None or event.did in self.opted_out or event.did in self.bot_dids:
             return None
         self.opted_out.add(event.did)
         self.opted_in.discard(event.did)
+        self._opted_in_us.pop(event.did, None)
         return OptOut(event.did, reason)
+
+    def _opt_in(self, did: str, reason: str, time_us: int) -> OptIn | None:
+        if did in self.opted_out or did in self.bot_dids:
+            return None
+        if did in self.opted_in:
+            # Read again (a restart) or given again: the earliest time counts.
+            self._opted_in_us[did] = min(self._opted_in_us.get(did, 0), time_us)
+            return None
+        self.opted_in.add(did)
+        self._opted_in_us[did] = time_us
+        return OptIn(did, reason)

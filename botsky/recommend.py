@@ -118,7 +118,9 @@ class Recommender:
         presence = self.presence
         vec = weigh(tokenize(text), presence.stats)
         online = presence.now_us - presence.window_us
-        cutoff = presence.now_us - self.cooldown_us
+        # cooldown_s: 0 means none, as in ``eligible``: not even a mention "after" the stream
+        # clock (a restart reads the stream again from its mark, behind mentions it made).
+        cutoff = presence.now_us - self.cooldown_us if self.cooldown_us else None
         last_mentioned = self._last_mentioned
         wanted = set(langs) if self.require_shared_language and langs else None
         is_bot, may_mention, handle = self.is_bot, self.may_mention, self.identity.handle
@@ -128,7 +130,7 @@ class Recommender:
             if did == author or last_us < online or is_bot(did):
                 return False
             last = last_mentioned.get(did)
-            if last is not None and last >= cutoff:
+            if last is not None and cutoff is not None and last >= cutoff:
                 return False
             if wanted is not None and theirs and not wanted.intersection(theirs):
                 return False

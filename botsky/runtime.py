@@ -1,19 +1,27 @@
 """The runtime: one botsky process, from its first event to its run summary.
 
 ``App.run`` reads the source, routes each event to its sinks (identity, consent, presence,
-outcomes, the selector), lets the dispatch workers answer queued posts, saves the cursor every
-``cursor_every`` events and at exit, logs a reading of the scores every ``score_interval_s``
-seconds of stream time and at shutdown, settles replies whose outcome was unknown every
-``settle_interval_s`` (their claims wait in the ledger as ``retry``; see ``botsky.dispatch``),
-and returns a summary. Every
-long-running task (reader, dispatch workers, scorer, settle loop, identity resolution,
-partition rebalancing) runs in one ``asyncio.TaskGroup``, so none outlives the run. The
+outcomes, the selector), lets the dispatch workers answer queued posts, saves the low-water
+mark (``botsky.watermark``: the position before the oldest post whose work is unfinished)
+every ``cursor_every`` events, every ``cursor_interval_s`` (when it moved) and at exit, logs a
+reading of the scores every ``score_interval_s`` seconds of stream time and at shutdown,
+settles replies whose outcome was unknown every ``settle_interval_s`` (their claims wait in the
+ledger as ``retry``; see ``botsky.dispatch``), and returns a summary. Every long-running task
+(reader, dispatch workers, scorer, settle loop, mark saver, identity resolution, partition
+rebalancing) runs in one ``asyncio.TaskGroup``, so none outlives the run. The
 components are built by ``botsky.wiring``; this module never reads ``Settings``.
 
+Warm start: a run that starts before its mark (``Resume``: the warm-start position, a presence
+window before the mark) reads that part in observe-only mode: every sink is fed (presence,
+interests, handles, consent, outcomes) but no post is offered to dispatch; from the first post
+past the mark on, it runs as usual (``warm_start_done``).
+
 Shutdown: the source ends (a finite source: queued posts are answered unless
-``drain_on_eof`` is off) or a stop is requested (queued posts are dropped; replies in flight get
-``shutdown_deadline_s``, then are cancelled and their claims settled on the next start). Either
-way the cursor is saved, scores are logged once more and the source is closed.
+``drain_on_eof`` is off) or a stop is requested (queued posts are kept, not answered: the mark
+stays before them, so the next start reads them again; replies in flight get
+``shutdown_deadline_s``, then are cancelled, kept the same way, and a claim they left is settled
+on the next start). Either way the mark is saved, scores are logged once more and the source is
+closed.
 """
 
 from __future__ import annotations
@@ -37,10 +45,11 @@ from botsky.llm.base import Model
 from botsky.metrics import Metrics
 from botsky.outcomes import OutcomeWatcher
 from botsky.partition import Partitions, SinglePartition
-from botsky.policy import AudiencePolicy
+from botsky.policy import AudiencePolicy, OptIn
 from botsky.presence import Presence
 from botsky.scoring import ScoringOptions, log_reading
 from botsky.sources.base import Source
+from botsky.watermark import Resume, Watermark, partition_key, warm_key
 from botsky.web import SimulationView, WebServer, serve
 
 if TYPE_CHECKING:
@@ -65,6 +74,9 @@ class RunSummary:
     dispatch: Counter[str] = field(default_factory=Counter)
     outcomes: dict[str, int] = field(default_factory=dict)
     opt_outs: int = 0
+    opt_ins: int = 0
+    # Posts read before the low-water mark on a warm start: observed, not answered again.
+    warm_observed: int = 0
     # #account events that changed whether an account may be answered: deactivated, reactivated.
     accounts: Counter[str] = field(default_factory=Counter)
     # Bots left out at start (bot → why: no key, no server, key refused), and posts re-drawn
@@ -72,6 +84,8 @@ class RunSummary:
     left_out: dict[str, str] = field(default_factory=dict)
     redrawn: Counter[str] = field(default_factory=Counter)
     cursor: int | None = None
+    mark: int | None = None  # the low-water mark saved at exit (botsky.watermark)
+    pending_kept: int = 0  # posts queued or in flight at exit: read again on the next start
     interrupted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,10 +100,14 @@ class RunSummary:
             "dispatch": dict(self.dispatch),
             "outcomes": dict(self.outcomes),
             "opt_outs": self.opt_outs,
+            "opt_ins": self.opt_ins,
+            "warm_observed": self.warm_observed,
             "accounts": dict(self.accounts),
             "left_out": dict(self.left_out),
             "redrawn": dict(self.redrawn),
             "cursor": self.cursor,
+            "mark": self.mark,
+            "pending_kept": self.pending_kept,
             "interrupted": self.interrupted,
         }
 
@@ -123,6 +141,9 @@ class App:
         settle_interval_s: float = 5.0,
         scoring: ScoringOptions | None = None,
         feed: FeedService | None = None,
+        resume: Resume | None = None,
+        warm_start_s: float = 0.0,
+        cursor_interval_s: float = 1.0,
     ) -> None:
         self.source = source
         self.scoring = scoring or ScoringOptions()
@@ -154,10 +175,25 @@ class App:
         self.simulation: SimulationView | None = None
         self.partitions: Partitions = partitions or SinglePartition()
         # Eligible posts of partitions owned elsewhere, to answer if this replica takes over.
-        self._handover: deque[tuple[Event, PostRef]] = deque(maxlen=handover_buffer or None)
+        self._handover: deque[tuple[Event, PostRef, int | None]] = deque(
+            maxlen=handover_buffer or None
+        )
         self.partitions.on_acquire = self._took_over
         self.summary = RunSummary(left_out=dict(left_out or {}))
         self._cursor: int | None = None
+        # Where this run started and where its observe-only part ends; the low-water mark.
+        self.resume = resume or Resume()
+        self.watermark = Watermark(
+            self.resume.start,
+            before=getattr(source, "position_before", None),
+            window_us=int(warm_start_s * 1e6),
+        )
+        self.cursor_interval_s = cursor_interval_s
+        self.handles_timeout_s = 10.0
+        self._saved: dict[str, int] = {}  # what this run saved last, per ledger key
+        self._warming = self.resume.warm
+        if self.dispatcher is not None:
+            self.dispatcher.release = self.watermark.release
         self._failure: Exception | None = None  # what ended a task of the run, re-raised
         self.feed = feed  # the fair-exposure feed (botsky.feed), served by the web app
 
@@ -218,6 +254,9 @@ class App:
             source=self.source.name,
             open_mentions=loaded,
             recovered_claims=dict(recovered),
+            start=self.resume.start,
+            mark=self.resume.default,
+            warm=self._warming,
         )
         workers = (
             tg.create_task(self._guard(self.dispatcher.run()), name="dispatch")
@@ -227,6 +266,7 @@ class App:
         if self.dispatcher is not None:
             services.append(tg.create_task(self._guard(self._settle_loop()), name="settle"))
         scorer = tg.create_task(self._guard(self._score_loop()), name="scorer")
+        services.append(tg.create_task(self._guard(self._mark_loop()), name="mark"))
         reader = tg.create_task(self._guard(self._read()), name="reader")
         stopper = tg.create_task(stop.wait(), name="stop")
         try:
@@ -275,7 +315,44 @@ class App:
             await self.route(event)
             self._cursor = event.cursor
             if self.summary.events % self.cursor_every == 0:
-                await self.ledger.save_cursor(self.cursor_name, event.cursor)
+                await self.save_mark()
+
+    async def _mark_loop(self) -> None:
+        """Save the mark every ``cursor_interval_s`` when it moved: work finishes between
+        events too, and a quiet stream may not bring the next ``cursor_every`` for long."""
+        while True:
+            await asyncio.sleep(self.cursor_interval_s)
+            try:
+                await self.save_mark()
+            except FatalError:
+                raise
+            except (SkipError, RetryableError) as exc:
+                log.warning("cursor_save_skipped", outcome=exc.outcome, error=str(exc))
+
+    async def save_mark(self) -> int | None:
+        """Save the low-water mark (one per owned partition with replicas) and the warm-start
+        position beside it; returns the mark (the lowest one saved). Nothing while a warm
+        start reads before its mark: the saved mark and warm position stay as loaded."""
+        w = self.watermark
+        if self._warming:
+            return self.resume.default
+        saves: dict[str, int] = {}
+        if self.partitions.single:
+            mark = w.mark()
+            if mark is not None:
+                saves[self.cursor_name] = mark
+        else:
+            marks = w.marks(sorted(self.partitions.owned))
+            saves |= {partition_key(self.cursor_name, p): m for p, m in marks.items()}
+            mark = min(marks.values(), default=w.mark())
+        warm = w.warm_position(mark)
+        if warm is not None:
+            saves[warm_key(self.cursor_name)] = warm
+        for key, value in saves.items():
+            if self._saved.get(key) != value:
+                await self.ledger.save_cursor(key, value)
+                self._saved[key] = value
+        return mark
 
     async def route(self, event: Event) -> None:
         """Hand one event to every sink. One bad event is skipped and counted, never fatal to
@@ -286,13 +363,20 @@ class App:
         if event.kind == "commit":
             s.by_operation[event.operation or ""] += 1
             s.by_collection[event.collection or ""] += 1
+        before = self.watermark.advance(event)
+        if self._warming and self.resume.past_marks(event.cursor):
+            await self._warm_start_done(event)
         try:
             self.identity.observe(event)
-            opt_out = self.policy.observe(event)
-            if opt_out is not None:
+            change = self.policy.observe(event)
+            if isinstance(change, OptIn):
+                s.opt_ins += 1
+                await self.ledger.add_opt_in(change.did, change.reason, event.time_us)
+                log.info("opted_in", did=change.did, reason=change.reason)
+            elif change is not None:
                 s.opt_outs += 1
-                await self.ledger.add_opt_out(opt_out.did, opt_out.reason, event.time_us)
-                log.info("opted_out", did=opt_out.did, reason=opt_out.reason)
+                await self.ledger.add_opt_out(change.did, change.reason, event.time_us)
+                log.info("opted_out", did=change.did, reason=change.reason)
             if event.kind == "account":
                 await self._note_account(event)
             self.presence.observe(event)
@@ -300,20 +384,7 @@ class App:
             if self.feed is not None:
                 self.feed.observe(event)
             if self.selector is not None and self.dispatcher is not None and event.is_post_create:
-                post = event.post
-                reason = self.selector.reason(event, post)
-                if reason is None and not self.partitions.owns(event.uri):
-                    reason = "other_replica"
-                    self._handover.append((event, post))
-                if reason is None and self.lockstep:
-                    # Replays wait for their work anyway, so they wait for room too: a
-                    # takeover's re-offers must not crowd a fresh post out of the queue.
-                    await self.dispatcher.put(event, post)
-                    self.selector.accepted(event)
-                    await self.dispatcher.wait_idle()
-                elif reason is None and self.dispatcher.offer(event, post):
-                    self.selector.accepted(event)
-                s.selector[reason or "queued"] += 1
+                await self._select(event, before)
         except FatalError:
             raise  # stops the run (see botsky.errors)
         except (SkipError, RetryableError) as exc:
@@ -323,6 +394,52 @@ class App:
             # A bug: isolated to this event, counted, logged with its traceback.
             s.skip_reasons["route_error"] += 1
             log.exception("route_failed", uri=_where(event))
+
+    async def _select(self, event: Event, before: int | None) -> None:
+        """Offer a new post to dispatch, holding the low-water mark before it until its
+        work is done; on a warm start, a post before the mark is only observed."""
+        assert self.selector is not None and self.dispatcher is not None
+        s = self.summary
+        partition = self.partitions.partition(event.uri)
+        if self.resume.observe_only(event.cursor, partition):
+            s.warm_observed += 1
+            return
+        post = event.post
+        reason = self.selector.reason(event, post)
+        if reason is None and not self.partitions.owns(event.uri):
+            reason = "other_replica"
+            self._handover.append((event, post, before))
+        if reason is None:
+            token = self.watermark.hold(before, partition, event.time_us)
+            if self.lockstep:
+                # Replays wait for their work anyway, so they wait for room too: a
+                # takeover's re-offers must not crowd a fresh post out of the queue.
+                await self.dispatcher.put(event, post, token)
+                self.selector.accepted(event)
+                await self.dispatcher.wait_idle()
+            elif self.dispatcher.offer(event, post, token):
+                self.selector.accepted(event)
+            else:
+                self.watermark.release(token)  # dropped (queue full), counted by dispatch
+        s.selector[reason or "queued"] += 1
+
+    async def _warm_start_done(self, event: Event) -> None:
+        """The stream passed the mark(s): from this event on, posts are answered as usual.
+        First identity resolves the handles the window queued (bounded by
+        ``handles_timeout_s``), so the first replies can mention whom the window saw."""
+        self._warming = False
+        drain = getattr(self.identity, "drain", None)
+        if drain is not None:
+            try:
+                await asyncio.wait_for(drain(), self.handles_timeout_s)
+            except TimeoutError:
+                log.warning("warm_start_handles_pending", timeout_s=self.handles_timeout_s)
+        log.info(
+            "warm_start_done",
+            cursor=event.cursor,
+            observed_posts=self.summary.warm_observed,
+            events=self.summary.events,
+        )
 
     async def _note_account(self, event: Event) -> None:
         """An ``#account`` event: a deactivated account is neither answered nor mentioned from
@@ -352,15 +469,17 @@ class App:
         claims their previous owner left half-done."""
         part = self.partitions.partition
         # Split the buffer before awaiting anything: the reader keeps appending to it.
-        mine = [(e, p) for e, p in self._handover if part(e.uri) in taken]
+        mine = [(e, p, b) for e, p, b in self._handover if part(e.uri) in taken]
         self._handover = deque(
-            ((e, p) for e, p in self._handover if part(e.uri) not in taken),
+            ((e, p, b) for e, p, b in self._handover if part(e.uri) not in taken),
             maxlen=self._handover.maxlen,
         )
         offered = 0
         if self.dispatcher is not None:
-            for event, post in mine:
-                await self.dispatcher.put(event, post)
+            for event, post, before in mine:
+                # Held before the first await: this partition's mark must not pass it.
+                token = self.watermark.hold(before, part(event.uri), event.time_us)
+                await self.dispatcher.put(event, post, token)
                 offered += 1
         # The previous owner's open mentions: watch them for outcomes from now on.
         for m in await self.ledger.open_mentions():
@@ -380,9 +499,10 @@ class App:
         await self.partitions.stop()
         if self.dispatcher is not None and workers is not None:
             if self.summary.interrupted or not self.drain_on_eof:
-                dropped = self.dispatcher.discard_pending()
-                if dropped:
-                    log.info("pending_posts_dropped", count=dropped)
+                kept = self.dispatcher.discard_pending()
+                if kept:
+                    # Not dropped: the saved mark stays before them (botsky.watermark).
+                    log.info("pending_posts_kept", count=kept)
             await self.dispatcher.close()
             # Draining waits for the workers, until a stop request comes (before or during the
             # drain): then queued posts are dropped and replies in flight get the deadline;
@@ -392,7 +512,9 @@ class App:
             stopping.cancel()
             if not workers.done():
                 self.summary.interrupted = True
-                self.dispatcher.discard_pending()
+                kept = self.dispatcher.discard_pending()
+                if kept:
+                    log.info("pending_posts_kept", count=kept)
                 try:
                     await asyncio.wait_for(asyncio.shield(workers), self.shutdown_deadline_s)
                 except TimeoutError:
@@ -407,8 +529,8 @@ class App:
             await scorer
         try:
             await self.outcomes.expire(self.presence.now_us)
-            if self._cursor is not None:
-                await self.ledger.save_cursor(self.cursor_name, self._cursor)
+            self.summary.pending_kept = self.watermark.held
+            self.summary.mark = await self.save_mark()
             await self.log_scores()
             if self.dispatcher is not None:
                 # Replies whose outcome is still unknown wait in the ledger for the next start

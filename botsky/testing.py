@@ -319,6 +319,10 @@ class FakeVendorServer:
     ) -> None:
         self.choose = choose
         self.delay = delay  # seconds before each answer: a slow model
+        # Drawn for each completion (not the models listing): a model of varying latency.
+        self.answer_delay: Callable[[], float] | None = None
+        self.in_flight = 0  # completions being answered right now
+        self._lock = threading.Lock()
         self.fail_next: deque[tuple[int, dict[str, str], dict[str, Any]]] = deque()
         self.requests: list[dict[str, Any]] = []
         self.checks: list[str] = []
@@ -352,8 +356,19 @@ class FakeVendorServer:
 
     def _answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         self.requests.append({"path": path, "body": body})
-        if self.delay:
-            time.sleep(self.delay)
+        with self._lock:
+            self.in_flight += 1
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            if self.answer_delay is not None:
+                time.sleep(self.answer_delay())
+            return self._reply(path, body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _reply(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         if self.fail_next:
             return self.fail_next.popleft()
         if path.endswith("/chat/completions"):

@@ -32,7 +32,7 @@ from botsky.llm.base import Model, Price
 from botsky.metrics import Metrics
 from botsky.outcomes import OutcomeWatcher
 from botsky.partition import Partitions, PgPartitions, SinglePartition
-from botsky.policy import AudiencePolicy, KillSwitch
+from botsky.policy import ALLOW_LIST, AudiencePolicy, KillSwitch
 from botsky.posting import DryRunPoster, LiveAccount, Poster
 from botsky.presence import Presence
 from botsky.recommend import Recommender
@@ -41,6 +41,7 @@ from botsky.scoring import ScoringOptions
 from botsky.secretguard import SecretGuard
 from botsky.sources import open_source
 from botsky.sources.base import Source
+from botsky.watermark import Resume, load_resume
 
 __all__ = [
     "build_app",
@@ -230,17 +231,23 @@ async def build_app(
     await ledger.open()
     rng = random.Random(st.seed)
     cursor_name = source.name if source is not None else st.source.cursor_name
-    if source is None:
-        # Live sources always resume (they rewind a little themselves; work is idempotent);
-        # a replay is a fixed experiment and starts from the top unless asked to resume.
-        resume = st.source.resume or st.source.kind in ("jetstream", "relay")
-        after = await ledger.load_cursor(cursor_name) if resume else None
-        source = open_source(st.source, after_cursor=after)
-
     is_pg = st.ledger.url.startswith(("postgres://", "postgresql://"))
     partitioned = st.scale.partitioned if st.scale.partitioned is not None else is_pg
     if partitioned and not is_pg:
         raise ConfigError("scale.partitioned needs a PostgreSQL ledger (ledger.url)")
+    resume: Resume | None = None
+    if source is None:
+        # Live sources always resume, from the low-water mark (the work not finished is read
+        # again; claims make that idempotent), a warm-start window before it; a replay is a
+        # fixed experiment and starts from the top unless asked to resume.
+        if st.source.resume or st.source.kind in ("jetstream", "relay"):
+            resume = await load_resume(
+                ledger,
+                cursor_name,
+                partitions=st.scale.partitions if partitioned else None,
+                slack=int(st.source.rewind_s * 1e6) if st.source.kind == "jetstream" else 0,
+            )
+        source = open_source(st.source, after_cursor=resume.start if resume else None)
     partitions: Partitions = (
         PgPartitions(
             st.ledger.url,
@@ -309,6 +316,7 @@ async def build_app(
         mode=st.audience.mode,
         bot_dids=[b.did for b in bots],
         allow_list=st.audience.allow_list,
+        opted_in=await _opt_ins(ledger, st.audience.allow_list),
         opted_out=await ledger.opt_outs(),
         inactive=await ledger.inactive_accounts(),
         handle_of=identity.handle,
@@ -441,4 +449,26 @@ async def build_app(
         settle_interval_s=st.posting.retry_initial_s,
         scoring=scoring_options(st),
         feed=feed,
+        resume=resume,
+        warm_start_s=st.source.warm_start_s,
     )
+
+
+async def _opt_ins(ledger: RetryingLedger, allow_list: list[str]) -> dict[str, int]:
+    """The opt-ins kept in the ledger (DID → when), with the allow list's DIDs recorded as
+    opt-ins (and those recorded from an earlier allow list that no longer names them
+    withdrawn)."""
+    allowed = {a.strip().lower() for a in allow_list if a.strip().lower().startswith("did:")}
+    kept = await ledger.opt_ins()
+    now = time.time_ns() // 1000
+    for did in sorted(allowed - kept.keys()):
+        await ledger.add_opt_in(did, ALLOW_LIST, now)
+        log.info("opted_in", did=did, reason=ALLOW_LIST)
+    given = {}
+    for did, (reason, time_us) in kept.items():
+        if reason == ALLOW_LIST and did not in allowed:
+            await ledger.withdraw_opt_in(did, ALLOW_LIST)
+            log.info("opt_in_withdrawn", did=did, reason="removed from the allow list")
+        else:
+            given[did] = 0 if reason == ALLOW_LIST else time_us
+    return {**dict.fromkeys(allowed, 0), **given}

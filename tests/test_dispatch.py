@@ -72,7 +72,7 @@ BOT_POST = post(BOT_DID, T0, "a bot post")
         (post(AUTHOR, T0, "to the bot", reply_to=BOT_POST), {"reply_to_bots": True}, None),
         (post(AUTHOR, T0, "bonjour", langs=("fr",)), {"languages": ("en",)}, "language"),
         (post(AUTHOR, T0, "no langs", langs=()), {"languages": ("en",)}, None),
-        (post(AUTHOR, T0, "hi"), {"may_answer": lambda d: False}, "no_consent"),
+        (post(AUTHOR, T0, "hi"), {"may_answer": lambda d, t: False}, "no_consent"),
         (post(AUTHOR, T0, "hi"), {"is_active": lambda d: False}, "inactive_account"),
         (post(AUTHOR, T0, "hi"), {"sample_rate": 0.0}, "sampled_out"),
     ],

@@ -292,6 +292,25 @@ class TestLedgerContract:
         assert await ledger.add_opt_out("did:plc:b", "#nobot", T0 + 2)
         assert await ledger.opt_outs() == {"did:plc:a": "blocked bot-a", "did:plc:b": "#nobot"}
 
+    async def test_opt_ins_are_kept_once_and_survive_a_reopen(
+        self, ledgers: Callable[[], Awaitable[Ledger]]
+    ) -> None:
+        """The first opt-in of a DID keeps its reason; an allow-list opt-in can be withdrawn
+        (only under that reason); another connection (a restart) reads them all."""
+        ledger = await ledgers()
+        assert await ledger.add_opt_in("did:plc:a", "followed a bot", T0)
+        assert not await ledger.add_opt_in("did:plc:a", "mentioned a bot", T0 + 1)
+        assert await ledger.add_opt_in("did:plc:b", "allow list", T0 + 2)
+        assert await ledger.add_opt_in("did:plc:c", "mentioned a bot", T0 + 3)
+        assert not await ledger.withdraw_opt_in("did:plc:a", "allow list")
+        assert await ledger.withdraw_opt_in("did:plc:b", "allow list")
+        assert not await ledger.withdraw_opt_in("did:plc:b", "allow list")
+        again = await ledgers()
+        assert await again.opt_ins() == {
+            "did:plc:a": ("followed a bot", T0),
+            "did:plc:c": ("mentioned a bot", T0 + 3),
+        }
+
     async def test_account_status_newest_event_wins(self, ledger: Ledger) -> None:
         """An inactive status is listed until a newer event reactivates it; older events are
         ignored (a rewound stream replaying a deactivation cannot undo a later reactivation)."""

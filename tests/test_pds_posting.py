@@ -242,9 +242,8 @@ def test_the_budget_holds_across_a_restart_and_two_replicas(
             first.wait_for("3 answers", lambda: _settled(view, early))
         finally:
             assert first.stop() == 0, first.output()
-        # Presence and handles are memory only: the restarted replicas read the firehose from
-        # its start again to know who is online (answered posts are claimed, so skipped).
-        view.seed_cursor("pds", 0)
+        # The restarted replicas start warm: they read the firehose from a window before
+        # their marks again, observe-only, to know who is online (botsky.watermark).
         replicas = [BotskyRun(cfg, env, "a2"), BotskyRun(cfg, env, "b1")]
         try:
             for r in replicas:
@@ -326,7 +325,6 @@ def test_a_real_write_429_is_honoured_after_a_restart(
         until_us, why = view.blocks()[bot.did]
         assert t0 + 3500 < until_us / 1e6 < time.time() + 3601 and "5000;w=3600" in why
 
-        view.seed_cursor("pds", 0)  # presence and handles again (see the test above)
         again = BotskyRun(cfg, env, "r2")
         try:
             q2 = post(pds, asker, _question(2))["uri"]

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from botsky.events import PROFILE, Event
-from botsky.policy import AccountStatus, AudiencePolicy, KillSwitch, OptOut, account_status
+from botsky.policy import (
+    FOLLOWED,
+    MENTIONED,
+    AccountStatus,
+    AudiencePolicy,
+    KillSwitch,
+    OptIn,
+    OptOut,
+    account_status,
+)
 from botsky.testing import FakeClock, block, follow, post
 from tests.support import T0
 
@@ -29,6 +38,24 @@ def test_following_a_bot_or_mentioning_it_opts_in() -> None:
     assert pol.may_answer("did:plc:f") and pol.may_mention("did:plc:m")
     assert pol.may_answer("did:plc:listed")
     assert not pol.may_answer("did:plc:other")
+
+
+def test_opt_ins_are_reported_once_with_their_reason_and_count_from_their_time() -> None:
+    """A new opt-in is returned (for the ledger) once; a post made before its author's opt-in
+    is not answered even when read after it (a restart reads posts again), one made at or
+    after it is; opt-ins loaded from the ledger keep their time; the allow list has none."""
+    pol = AudiencePolicy(
+        bot_dids=[BOT], allow_list=["did:plc:listed"], opted_in={"did:plc:kept": T0 + 50}
+    )
+    assert pol.observe(follow("did:plc:f", T0 + 10, BOT)) == OptIn("did:plc:f", FOLLOWED)
+    assert pol.observe(follow("did:plc:f", T0 + 10, BOT)) is None
+    mention = post("did:plc:m", T0 + 20, "hi @bot.test", mentions=[(BOT, "bot.test")])
+    assert pol.observe(mention) == OptIn("did:plc:m", MENTIONED)
+    assert not pol.may_answer("did:plc:f", T0 + 9) and pol.may_answer("did:plc:f", T0 + 10)
+    assert pol.may_answer("did:plc:m", T0 + 20)  # the post that mentions the bot itself
+    assert not pol.may_answer("did:plc:kept", T0) and pol.may_answer("did:plc:kept", T0 + 50)
+    assert pol.may_answer("did:plc:listed", 0)
+    assert pol.may_mention("did:plc:f")  # mentioning is decided now: consent is given
 
 
 def test_blocking_a_bot_opts_out_for_good() -> None:

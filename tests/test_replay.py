@@ -391,8 +391,9 @@ async def test_an_unknown_time_us_cursor_is_refused() -> None:
 
 
 async def test_the_app_saves_the_position_and_resumes_a_grown_file(tmp_path: Path) -> None:
-    """`source.resume: true`: a run over the first 40 lines saves the position; after the file
-    grows, the next run reads exactly the new lines."""
+    """`source.resume: true` (no warm-start window): a run over the first 40 lines saves the
+    position; after the file grows, the next run reads exactly the new lines. (With the
+    window, it reads some before them too, observe-only: tests/test_restart.py.)"""
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(GOOD[:40]) + b"\n")
     (tmp_path / "bots.yaml").write_text(
@@ -401,7 +402,7 @@ async def test_the_app_saves_the_position_and_resumes_a_grown_file(tmp_path: Pat
     )
     (tmp_path / "botsky.yaml").write_text(
         f"data_dir: {tmp_path / 'data'}\nsource: {{kind: replay, path: events.jsonl, "
-        "resume: true}\nlogging: {file: null}\n"
+        "resume: true, warm_start_s: 0}\nlogging: {file: null}\n"
     )
     loaded = load_config(tmp_path / "botsky.yaml", environ={})
     secrets = resolve_secrets(loaded, environ={}, live=False)

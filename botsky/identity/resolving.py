@@ -171,6 +171,10 @@ class ResolvingIdentity:
             finally:
                 self._queue.task_done()
 
+    def resolving(self) -> int:
+        """DIDs queued or being resolved right now."""
+        return len(self._queued) + len(self._inflight)
+
     async def drain(self) -> None:
         """Wait until every queued DID has been resolved (needs ``run`` running)."""
         await self._queue.join()

@@ -122,6 +122,11 @@ class Statements:
         "INSERT INTO opt_outs (did, reason, time_us) VALUES (?, ?, ?) ON CONFLICT (did) DO NOTHING"
     )
     opt_outs: str = "SELECT did, reason FROM opt_outs ORDER BY time_us, did"
+    add_opt_in: str = (
+        "INSERT INTO opt_ins (did, reason, time_us) VALUES (?, ?, ?) ON CONFLICT (did) DO NOTHING"
+    )
+    opt_ins: str = "SELECT did, reason, time_us FROM opt_ins ORDER BY time_us, did"
+    withdraw_opt_in: str = "DELETE FROM opt_ins WHERE did = ? AND reason = ?"
     # Newest event wins: an older status (a rewound stream replaying it) changes nothing.
     set_account_status: str = """
         INSERT INTO account_status (did, active, status, time_us) VALUES (?, ?, ?, ?)
@@ -293,6 +298,20 @@ class SqlLedger:
     async def opt_outs(self) -> dict[str, str]:
         """Every opted-out DID with its reason."""
         return {did: reason for did, reason in await self._fetchall(self.sql.opt_outs, ())}
+
+    # opt-ins --------------------------------------------------------------------------------
+    async def add_opt_in(self, did: str, reason: str, time_us: int) -> bool:
+        """Record consent; False if the DID had already opted in (the first reason stays)."""
+        return await self._execute(self.sql.add_opt_in, (did, reason, time_us)) == 1
+
+    async def opt_ins(self) -> dict[str, tuple[str, int]]:
+        """Every opted-in DID with the reason it first opted in and when (stream µs)."""
+        rows = await self._fetchall(self.sql.opt_ins, ())
+        return {did: (reason, time_us) for did, reason, time_us in rows}
+
+    async def withdraw_opt_in(self, did: str, reason: str) -> bool:
+        """Forget ``did``'s opt-in if it was given for ``reason``; False if there was none."""
+        return await self._execute(self.sql.withdraw_opt_in, (did, reason)) == 1
 
     # account status -------------------------------------------------------------------------
     async def set_account_status(self, status: AccountStatus) -> bool:

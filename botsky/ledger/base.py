@@ -12,8 +12,11 @@ Tables (numbered migrations in each backend):
 - ``mentions``: one row per posted bot reply and the user it @-mentioned.
 - ``outcomes``: success / engagement / negative events tied to a mention; UNIQUE on
   ``(mention_id, kind, uri)`` so replaying the same event records it once.
-- ``cursors``: source name → last cursor.
+- ``cursors``: source name → its low-water mark (the position before the oldest event whose
+  work is unfinished; see ``botsky.watermark``), and the warm-start position beside it.
 - ``opt_outs``: DIDs that must never be answered or mentioned again (permanent).
+- ``opt_ins``: DIDs that consented (followed or mentioned a bot, or are on the allow list), with
+  the first reason; read on start, so consent survives restarts. An opt-out wins over it.
 - ``write_spends`` and ``account_blocks``: each account's write-budget spends (wall-clock µs)
   and the server's 429 resets, shared by restarts and replicas (``botsky.posting.budget``).
 - ``account_status``: the last ``#account`` status seen for a DID that was ever inactive
@@ -335,6 +338,19 @@ class Ledger(Protocol):
 
     async def opt_outs(self) -> dict[str, str]:
         """Every opted-out DID with its reason."""
+
+    # opt-ins --------------------------------------------------------------------------------
+    async def add_opt_in(self, did: str, reason: str, time_us: int) -> bool:
+        """Record consent (a follow or a mention of a bot, an allow-list entry); False if the
+        DID had already opted in (the first reason is kept)."""
+
+    async def opt_ins(self) -> dict[str, tuple[str, int]]:
+        """Every opted-in DID with its reason and the stream time it was given (a post older
+        than that is not answered; an opt-out still wins over it)."""
+
+    async def withdraw_opt_in(self, did: str, reason: str) -> bool:
+        """Forget ``did``'s opt-in if it was given for ``reason`` (an allow-list entry that was
+        removed); False if there was no such opt-in."""
 
     # account status -------------------------------------------------------------------------
     async def set_account_status(self, status: AccountStatus) -> bool:

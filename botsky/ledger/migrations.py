@@ -240,6 +240,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX feed_interactions_time_us ON feed_interactions (time_us)",
         ),
     ),
+    Migration(
+        7,
+        "opt_ins",
+        (
+            # Consent given, like consent withdrawn (opt_outs): a follow of a bot, a mention of
+            # a bot, an allow-list entry. Kept across restarts, so a follower whose follow is
+            # older than the warm-start window is still answered. An opt-out wins over it.
+            """CREATE TABLE opt_ins (
+                did TEXT PRIMARY KEY,
+                reason TEXT NOT NULL,
+                time_us BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

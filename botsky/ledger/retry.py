@@ -190,6 +190,15 @@ class RetryingLedger(RetryingFeedMixin):
     async def opt_outs(self) -> dict[str, str]:
         return await self._retry("opt_outs", lambda: self.inner.opt_outs())
 
+    async def add_opt_in(self, did: str, reason: str, time_us: int) -> bool:
+        return await self._retry("add_opt_in", lambda: self.inner.add_opt_in(did, reason, time_us))
+
+    async def opt_ins(self) -> dict[str, tuple[str, int]]:
+        return await self._retry("opt_ins", lambda: self.inner.opt_ins())
+
+    async def withdraw_opt_in(self, did: str, reason: str) -> bool:
+        return await self._retry("withdraw_opt_in", lambda: self.inner.withdraw_opt_in(did, reason))
+
     async def set_account_status(self, status: AccountStatus) -> bool:
         return await self._retry(
             "set_account_status", lambda: self.inner.set_account_status(status)

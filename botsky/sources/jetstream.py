@@ -16,7 +16,8 @@ older than the highest seen may still be on their way. The replayed overlap is d
 exactly: an event whose key (time_us, did, kind, collection, rkey) was yielded within the rewind
 window is dropped, while an event merely older than the highest yielded one still gets through.
 After a restart the first ``rewind_s`` of events are yielded again; work downstream is
-idempotent (DESIGN.md).
+idempotent (DESIGN.md). The saved cursor is the low-water mark (``botsky.watermark``):
+``time_us - 1`` of the oldest event whose work was not finished, else the highest read.
 
 **Compression.** v2: with ``compress`` the dictionary is fetched from
 ``network.bsky.jetstream.getZstdDictionary`` before dialing and its id sent as
@@ -126,6 +127,12 @@ class JetstreamSource(LiveSource):
         if version == "v2":
             # Import the SDK now, not on the first message: it blocks the loop for a second.
             import atproto_jetstream.models  # noqa: F401
+
+    @staticmethod
+    def position_before(event: Event, previous: int | None) -> int:
+        """The cursor that reads ``event`` again: ``time_us - 1`` (every dial also rewinds
+        ``rewind_s``, for events that arrive out of time order; see ``botsky.watermark``)."""
+        return event.time_us - 1
 
     # --- dialing ----------------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ Frame policies (the relay's answer → what the source does):
   are dropped, so no event is yielded twice.
 
 The relay's cursor is a sequence number, not a time, so ``rewind_s`` does not apply: a restart
-resumes right after the saved ``seq``.
+resumes right after the saved ``seq``, which is the low-water mark (``botsky.watermark``): the
+``seq`` before the oldest event whose work was not finished.
 """
 
 from __future__ import annotations
@@ -389,6 +390,12 @@ class RelaySource(LiveSource):
     def frame_counts(self) -> Counter[str]:
         """Frames seen per type (``#commit``, ``#sync``, ``error``, ...)."""
         return self.decoder.frame_counts
+
+    @staticmethod
+    def position_before(event: Event, previous: int | None) -> int:
+        """The cursor to resume after to read ``event`` again: its ``seq - 1`` (the whole
+        commit is read again; see ``botsky.watermark``)."""
+        return event.cursor - 1
 
     def _frame_too_big(self) -> None:
         # Resuming from the same seq would fetch the same frame again, forever: step past it.

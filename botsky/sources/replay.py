@@ -121,6 +121,12 @@ class ReplaySource:
         finally:
             self._close_file()
 
+    @staticmethod
+    def position_before(event: Event, previous: int | None) -> int:
+        """The position that reads ``event`` again: that of the event read before it (the
+        start of the file for the first; see ``botsky.watermark``)."""
+        return previous if previous is not None else 0
+
     def _seek(self, file: BinaryIO, position: int) -> int:
         """Read past the first ``position`` bytes; the number of lines they hold.
 

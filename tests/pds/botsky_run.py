@@ -167,6 +167,15 @@ class LedgerView:
     def seed_cursor(self, source: str, cursor: int) -> None:
         self._read(lambda led: led.save_cursor(source, cursor))
 
+    def cursor(self, source: str) -> int | None:
+        result: int | None = self._read(lambda led: led.load_cursor(source))
+        return result
+
+    def opt_ins(self) -> dict[str, str]:
+        """Every opt-in's reason, by DID."""
+        result: dict[str, tuple[str, int]] = self._read(lambda led: led.opt_ins())
+        return {did: reason for did, (reason, _) in result.items()}
+
 
 class BotskyRun:
     """``botsky run -c cfg`` as a subprocess; its output goes to files so it cannot block."""
