@@ -313,6 +313,9 @@ class App:
     async def _read(self) -> None:
         async for event in self.source:
             await self.route(event)
+            # Only now may the mark pass it: a reader cancelled inside route (a stop) has not
+            # held the event's post yet, and the next start must read it again.
+            self.watermark.passed(event)
             self._cursor = event.cursor
             if self.summary.events % self.cursor_every == 0:
                 await self.save_mark()
@@ -363,7 +366,7 @@ class App:
         if event.kind == "commit":
             s.by_operation[event.operation or ""] += 1
             s.by_collection[event.collection or ""] += 1
-        before = self.watermark.advance(event)
+        before = self.watermark.begin(event)
         if self._warming and self.resume.past_marks(event.cursor):
             await self._warm_start_done(event)
         try:

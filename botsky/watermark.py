@@ -122,12 +122,25 @@ class Watermark:
         self.latest_us = 0
 
     def advance(self, event: Event) -> int | None:
-        """Note that ``event`` was read; returns the position before it (for ``hold``)."""
+        """Note that ``event`` was read and routed (``begin`` then ``passed``); returns the
+        position before it."""
+        before = self.begin(event)
+        self.passed(event)
+        return before
+
+    def passed(self, event: Event) -> None:
+        """``event`` was routed to the end (its post, if any, is held or refused): the read
+        position may move past it. Until then the mark stays before it, so a run stopped
+        while routing it (a reader cancelled at an await) reads it again."""
+        if self.read is None or event.cursor > self.read:
+            self.read = event.cursor
+
+    def begin(self, event: Event) -> int | None:
+        """``event`` is being routed; returns the position before it (for ``hold``). The read
+        position does not move until ``passed``."""
         before = self._current = self._before(event, self.read)
         if self._warm_start is None:
             self._warm_start = before  # a run begun at the live tip: its first event
-        if self.read is None or event.cursor > self.read:
-            self.read = event.cursor
         t = event.time_us
         if t > self.latest_us:
             self.latest_us = t

@@ -409,3 +409,43 @@ async def test_a_replica_saves_the_mark_of_its_own_partitions_only(tmp_path: Pat
     first = data.index(mine[0].uri.rsplit("/", 1)[1].encode())
     assert marks[0] == data.rindex(b"\n", 0, first) + 1
     assert marks[1] is None and single is None
+
+
+async def test_a_stop_while_routing_a_post_leaves_the_mark_before_it(tmp_path: Path) -> None:
+    """The reader is cancelled at a stop wherever it awaits: here inside ``route`` for
+    question 1, before its post is held. The saved mark must stay before that question (the
+    read position moves only once an event is routed to the end), so the next start answers
+    it; before the fix the mark had already moved past it and it was never answered."""
+    questions = [_question(i, T0 + 2 * MIN + i) for i in range(3)]
+    events = [*_users(), BOB_POST, *questions]
+    _write(tmp_path, events)
+    # A replay cursor is the byte offset where the next line starts: question 1's line
+    # starts where question 0's ends.
+    before_q1 = sum(len(event_to_jetstream(e)) + 1 for e in events[: events.index(questions[1])])
+    poster = RecordingPoster()
+    with FakeVendorServer(choose=Gate()) as server:
+        cfg = _config(tmp_path, server.url)
+        loaded = load_config(cfg, environ={})
+        app = await build_app(
+            loaded, resolve_secrets(loaded, environ={}, live=False), poster=poster
+        )
+        stop = asyncio.Event()
+        observe = app.outcomes.observe
+
+        async def stuck_on_question_1(event: Event) -> None:
+            if event.uri == questions[1].uri:
+                stop.set()
+                await asyncio.Event().wait()  # until the reader is cancelled
+            await observe(event)
+
+        app.outcomes.observe = stuck_on_question_1  # type: ignore[method-assign]
+        try:
+            first = await asyncio.wait_for(app.run(stop), WAIT_S)
+        finally:
+            await app.aclose()
+        assert first.interrupted
+        assert first.mark is not None and first.cursor is not None
+        assert first.mark <= first.cursor == before_q1
+        assert _answered(poster) == {questions[0].uri: 1}
+        await _run(cfg, poster)
+    assert _answered(poster) == Counter({q.uri: 1 for q in questions})

@@ -155,3 +155,14 @@ async def test_load_resume_starts_at_the_warm_position_or_the_lowest_mark(tmp_pa
         assert r.start == 300  # every partition has its mark: the run's own no longer counts
     finally:
         await led.close()
+
+
+def test_an_event_begun_but_not_passed_keeps_the_mark_before_it() -> None:
+    """A stop may cancel the reader inside ``route``: until ``passed``, the event being
+    routed is not behind the mark, so the next start reads it again."""
+    w = Watermark(10, before=RelaySource.position_before)
+    w.advance(_at(11))
+    before = w.begin(_at(12))
+    assert before == 11 and w.mark() == 11  # 12 is being routed: not passed yet
+    w.passed(_at(12))
+    assert w.mark() == 12
