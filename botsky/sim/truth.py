@@ -38,10 +38,10 @@ printed legend):
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -147,23 +147,29 @@ class FeedArmTruth:
     true_replies_per_impression: float | None
 
 
-def arm_truths(truth: Mapping[str, Truth], arms: Sequence[Arm], by: str) -> list[ArmTruth]:
-    """The truth of every arm of grouping ``by`` that made mentions, sorted by group."""
+_Sums = TypeVar("_Sums", Truth, FeedTruth)
+
+
+def _group_sums(
+    truth: Mapping[str, _Sums], arms: Sequence[Arm], by: str, new: Callable[[], _Sums]
+) -> dict[str, _Sums]:
+    """Per-bot sums added up per group of ``by`` (every field of the dataclass is a sum)."""
     if by not in GROUPINGS:
         raise ValueError(f"cannot group by {by!r}; expected one of {', '.join(GROUPINGS)}")
-    sums: dict[str, Truth] = {}
+    sums: dict[str, _Sums] = {}
     for arm in arms:
         t = truth.get(arm.bot)
         if t is None:
             continue
-        s = sums.setdefault(getattr(arm, by), Truth())
-        s.mentions += t.mentions
-        s.expected += t.expected
-        s.upper += t.upper
-        s.oracle += t.oracle
-        s.likes += t.likes
-        s.author_replies += t.author_replies
-        s.reposts += t.reposts
+        s = sums.setdefault(getattr(arm, by), new())
+        for f in fields(s):
+            setattr(s, f.name, getattr(s, f.name) + getattr(t, f.name))
+    return sums
+
+
+def arm_truths(truth: Mapping[str, Truth], arms: Sequence[Arm], by: str) -> list[ArmTruth]:
+    """The truth of every arm of grouping ``by`` that made mentions, sorted by group."""
+    sums = _group_sums(truth, arms, by, Truth)
     out = []
     for group, s in sorted(sums.items()):
         n = s.mentions
@@ -192,20 +198,7 @@ def feed_arm_truths(
     truth: Mapping[str, FeedTruth], arms: Sequence[Arm], by: str
 ) -> list[FeedArmTruth]:
     """The feed truth of every arm of grouping ``by`` that was served, sorted by group."""
-    if by not in GROUPINGS:
-        raise ValueError(f"cannot group by {by!r}; expected one of {', '.join(GROUPINGS)}")
-    sums: dict[str, FeedTruth] = {}
-    for arm in arms:
-        t = truth.get(arm.bot)
-        if t is None:
-            continue
-        s = sums.setdefault(getattr(arm, by), FeedTruth())
-        s.served += t.served
-        s.seen += t.seen
-        s.likes += t.likes
-        s.reposts += t.reposts
-        s.replies += t.replies
-        s.engaged += t.engaged
+    sums = _group_sums(truth, arms, by, FeedTruth)
     out = []
     for group, s in sorted(sums.items()):
         n = s.seen
