@@ -75,7 +75,7 @@ from botsky.llm.reply import ReplyRequest, write_reply
 from botsky.outcomes import OutcomeWatcher
 from botsky.posting import Posted, Poster, ReplyPost, StrongRef, reply_rkey
 from botsky.presence import Presence
-from botsky.recommend import Recommender
+from botsky.recommend import Offer, Recommender
 from botsky.secretguard import SecretGuard
 
 __all__ = ["ComposeRules", "Dispatcher", "RetryPolicy", "Selector"]
@@ -378,19 +378,9 @@ class Dispatcher:
                 return "no_bot_available"
             self.redraws[drawn.name] += 1
             log.info("bot_redrawn", drawn=drawn.name, bot=bot.name, reason=reason)
-        offer = self.recommender.offer(
-            bot.picker,
-            post.text,
-            event.did,
-            post.langs,
-            self.rng,
-            post_uri=event.uri,
-            bot_did=bot.did,
-            quality=bot.quality,
-        )
-        if not offer.candidates and await self._handles_resolved():
-            # Candidates may have been waiting for their handles (a start, a new user).
-            offer = self.recommender.offer(
+
+        def make_offer() -> Offer:
+            return self.recommender.offer(
                 bot.picker,
                 post.text,
                 event.did,
@@ -400,6 +390,11 @@ class Dispatcher:
                 bot_did=bot.did,
                 quality=bot.quality,
             )
+
+        offer = make_offer()
+        if not offer.candidates and await self._handles_resolved():
+            # Candidates may have been waiting for their handles (a start, a new user).
+            offer = make_offer()
         if not offer.candidates:
             log.info("no_candidates", bot=bot.name)
             return "no_candidates"
