@@ -543,8 +543,11 @@ def _truth_cells(t: Mapping[str, Any] | None) -> tuple[str, str]:
     return attrs, cells
 
 
-def _score_rows(rows: list[Score], truth: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """One row per arm; with ``truth`` (a simulation's, by group) the world's truth beside it."""
+def _score_rows(
+    rows: list[Score], truth: Mapping[str, Mapping[str, Any]] | None = None, cost: bool = True
+) -> str:
+    """One row per arm; with ``truth`` (a simulation's, by group) the world's truth beside it;
+    ``cost``: whether the cost column is shown (its data attribute always is)."""
     out = []
     for s in rows:
         f = score_log_fields(s)
@@ -599,9 +602,13 @@ def _score_rows(rows: list[Score], truth: Mapping[str, Mapping[str, Any]] | None
             f'<td class="engagement-per-reply num">'
             f"{_e(_num(f['engagement_per_reply'], '{:.3f}'))}</td>"
             f"{true_engagement}"
-            f'<td class="cost-per-success num">'
-            f"{_e(_num(f['cost_per_success'], '${:.6f}'))}</td>"
-            "</tr>"
+            + (
+                f'<td class="cost-per-success num">'
+                f"{_e(_num(f['cost_per_success'], '${:.6f}'))}</td>"
+                if cost
+                else ""
+            )
+            + "</tr>"
         )
     return "\n".join(out)
 
@@ -631,9 +638,11 @@ def _leaderboard_section(
 ) -> str:
     """One grouping's scores (and comparisons); ``truth``: a simulation's, per arm."""
     by_group = None if truth is None else {str(t["group"]): t for t in truth}
-    columns = 11 if truth is None else 15
+    # No arm has a cost (template arms, local models): no column of zeros.
+    cost = any(s.cost_usd > 0 for s in board.scores)
+    columns = (11 if truth is None else 15) - (not cost)
     body = (
-        _score_rows(board.scores, by_group)
+        _score_rows(board.scores, by_group, cost)
         or f'<tr><td colspan="{columns}" class="empty">no mentions yet</td></tr>'
     )
     truth_heads = true_engagement_head = ""
@@ -648,6 +657,7 @@ def _leaderboard_section(
             'pick does better; a ceiling, not an estimate">oracle (ceiling)</th>'
         )
         true_engagement_head = '<th class="truth">world\'s true engagement / reply</th>'
+    cost_head = "<th>cost / success</th>" if cost else ""
     comparisons = ""
     if board.comparisons:
         comparisons = f"""
@@ -670,7 +680,7 @@ together over {_plural(len(board.comparisons), "comparison")} (family-wise 95%).
 <th title="window closed">decided</th><th title="window still open">pending</th>
 <th>successes</th><th title="Kaplan-Meier, open mentions censored">KM estimate</th>
 <th title="cluster-robust / binomial variance">design effect</th>
-<th>engagement / reply</th>{true_engagement_head}<th>cost / success</th></tr></thead>
+<th>engagement / reply</th>{true_engagement_head}{cost_head}</tr></thead>
 <tbody>
 {body}
 </tbody>

@@ -21,7 +21,7 @@ from botsky.scoring import leaderboard, leaderboard_json
 from botsky.testing import (
     FakeVendorServer,
 )
-from botsky.web import WebServer, bsky_url, serve
+from botsky.web import WebServer, _score_rows, bsky_url, serve
 from tests.support import HOSTILE, hostile_answer, replay_app
 
 
@@ -300,3 +300,27 @@ async def test_serve_keeps_reading_the_ledger_after_the_run(
 def test_bsky_url_maps_post_uris_only(uri: str, url: str | None) -> None:
     """Only post URIs get a bsky.app link; anything else is shown as text."""
     assert bsky_url(uri) == url
+
+
+async def test_the_cost_column_shows_only_when_some_arm_has_a_cost(
+    ran: App, web: WebServer
+) -> None:
+    """A section whose arms cost nothing (templates, local models) has no column of zeros;
+    every row has as many cells as the header, and the data attribute is always there."""
+    page = (await _get(web.url + "/")).text
+    shown = set()
+    for by in ("model", "persona", "picker"):
+        section = page.split(f'<table class="scores" data-by="{by}">', 1)[1].split("</table>")[0]
+        head, body = section.split("</thead>", 1)
+        costly = any((s["cost_usd"] or 0) > 0 for s in await _expected(ran, by))
+        assert ("cost / success" in head) == costly, by
+        shown.add(costly)
+        columns = len(re.findall(r"<th[ >]", head))
+        for row in re.findall(r'<tr class="score" ([^>]*)>(.*?)</tr>', body, re.S):
+            assert "data-cost-per-success=" in row[0]
+            assert row[1].count("<td") == columns, by
+    assert shown == {True}  # the replay's LLM bots have prices: the column is there
+
+    # Template arms only: no cost anywhere, no column.
+    scores = leaderboard([], [], by="model", as_of_us=0).scores
+    assert "cost-per-success num" not in _score_rows(scores, None, cost=False)
