@@ -505,14 +505,12 @@ class Dispatcher:
         """Wait (at most ``handles_wait_s``) for the handles identity is resolving; True if
         there were any (a post's candidates may be among them), False at once if none, or
         once the process has run for two minutes."""
-        pending = getattr(self.identity, "resolving", None)
-        drain = getattr(self.identity, "drain", None)
         if time.monotonic() - self._started > _HANDLES_WAIT_AFTER_START_S:
             return False  # a busy stream always has DIDs resolving: only right after a start
-        if pending is None or drain is None or not pending():
+        if not self.identity.resolving():
             return False
         try:
-            await asyncio.wait_for(drain(), self.handles_wait_s)
+            await asyncio.wait_for(self.identity.drain(), self.handles_wait_s)
         except TimeoutError:
             log.info("handles_still_resolving", waited_s=self.handles_wait_s)
         return True

@@ -431,12 +431,10 @@ class App:
         First identity resolves the handles the window queued (bounded by
         ``handles_timeout_s``), so the first replies can mention whom the window saw."""
         self._warming = False
-        drain = getattr(self.identity, "drain", None)
-        if drain is not None:
-            try:
-                await asyncio.wait_for(drain(), self.handles_timeout_s)
-            except TimeoutError:
-                log.warning("warm_start_handles_pending", timeout_s=self.handles_timeout_s)
+        try:
+            await asyncio.wait_for(self.identity.drain(), self.handles_timeout_s)
+        except TimeoutError:
+            log.warning("warm_start_handles_pending", timeout_s=self.handles_timeout_s)
         log.info(
             "warm_start_done",
             cursor=event.cursor,

@@ -110,7 +110,6 @@ class Watermark:
     ) -> None:
         self.read: int | None = start
         self._before = before or (lambda event, previous: previous)
-        self._current: int | None = start  # the position before the event read last
         # token → (position before the post, its partition, its stream time)
         self._held: dict[int, tuple[int | None, int, int]] = {}
         self._next = 0
@@ -138,7 +137,7 @@ class Watermark:
     def begin(self, event: Event) -> int | None:
         """``event`` is being routed; returns the position before it (for ``hold``). The read
         position does not move until ``passed``."""
-        before = self._current = self._before(event, self.read)
+        before = self._before(event, self.read)
         if self._warm_start is None:
             self._warm_start = before  # a run begun at the live tip: its first event
         t = event.time_us

@@ -28,5 +28,11 @@ class Identity(Protocol):
     async def run(self) -> None:
         """Background work (resolution) until cancelled; returns at once if there is none."""
 
+    def resolving(self) -> int:
+        """How many DIDs are queued or being resolved right now (0 without resolution)."""
+
+    async def drain(self) -> None:
+        """Wait until every queued DID is resolved (needs ``run`` running); at once if none."""
+
     async def aclose(self) -> None:
         """Release clients and cancel work in flight. Idempotent."""

@@ -51,5 +51,12 @@ class MemoryIdentity:
     async def run(self) -> None:
         """Nothing to resolve in the background."""
 
+    def resolving(self) -> int:
+        """Nothing is ever being resolved."""
+        return 0
+
+    async def drain(self) -> None:
+        """Nothing to wait for."""
+
     async def aclose(self) -> None:
         """Nothing to release."""
