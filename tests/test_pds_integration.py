@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from botsky.accounts import accounts
 from botsky.ledger.base import AccountStatus, Mention, Outcome
 from botsky.ledger.sqlite import SqliteLedger
 from botsky.testing import FakeVendorServer, handles_offered
+from tests.pds.botsky_run import BotskyRun
 from tests.pds.harness import LocalPds, TestAccount
 from tests.support import unique_name
 
@@ -141,58 +141,18 @@ async def _seed_cursor(path: Path) -> None:
         await led.close()
 
 
-class Botsky:
-    """``botsky run`` as a subprocess; output goes to files so a long run cannot block."""
+class Botsky(BotskyRun):
+    """``botsky run`` as a subprocess (``tests/pds/botsky_run.py``), reading its ledger."""
 
     def __init__(self, cfg: Path, env: dict[str, str], tmp: Path) -> None:
-        self.out_path = tmp / "run.stdout"
-        self.err_path = tmp / "run.stderr"
+        super().__init__(cfg, env)
         self.ledger = tmp / "data" / "botsky.sqlite3"
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "botsky", "run", "-c", str(cfg)],
-                cwd=tmp,
-                env=env,
-                stdout=out,
-                stderr=err,
-                text=True,
-            )
-
-    def output(self) -> str:
-        return self.out_path.read_text()[-6000:] + "\n--- stderr ---\n" + self.err_path.read_text()
 
     def state(self) -> tuple[list[Mention], list[Outcome], dict[str, str]]:
         return asyncio.run(_ledger_state(self.ledger))
 
     def inactive(self) -> list[AccountStatus]:
         return asyncio.run(_inactive(self.ledger))
-
-    def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float = WAIT_S) -> T:
-        """Poll ``probe`` until it returns something; fail fast if botsky died."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"botsky exited ({self.proc.returncode}) before {what}:\n{self.output()}"
-                )
-            found = probe()
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}:\n{self.output()}")
-            time.sleep(0.2)
-
-    def stop(self) -> int:
-        """SIGTERM, then wait (bounded) for a clean exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-                pytest.fail(f"botsky ignored SIGTERM:\n{self.output()}")
-        return self.proc.returncode
 
 
 def _bot_replies(pds: LocalPds, bots: list[TestAccount]) -> list[dict[str, Any]]:
