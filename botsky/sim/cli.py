@@ -177,6 +177,12 @@ def simulate_cmd(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Ctrl-C came while the results were being prepared, and a wait that cancels
+                # its own child task swallowed it: stop now (asyncio.run then raises
+                # KeyboardInterrupt) instead of serving until a second Ctrl-C.
+                return
             await stop.wait()
 
         # The imported SDKs are most of the heap: out of the collector's full passes (see
